@@ -1,0 +1,108 @@
+"""LoRA (Hu et al., 2021): a low-rank update ``scale · B A`` added to a frozen weight.
+
+The forward stays factored, ``y += scale · (drop(x) A^T) B^T``, fused into one addmm for linear
+layers, so training never materialises ``W + BA`` (no full-size weight copy, no dense weight
+gradient). Factor shapes follow peft's so adapter files convert by renaming keys only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import check_choice, check_fraction, check_positive, check_positive_int
+from ..kinds import EmbeddingKind, LayerKind
+from ..registry import register_weight_method
+from ..targets import TargetSpec
+from .base import Delta
+
+
+@dataclass
+class LoraConfig:
+    """r: rank; alpha: scale numerator (scale = alpha / r, or alpha / sqrt(r) with ``use_rslora``).
+
+    targets: which layers (regex on module names, list of names, predicate, or None for the
+    architecture's default). init: "default" (A Kaiming-uniform, B zero, so the model starts
+    unchanged) or "gaussian" (A ~ N(0, 1/r), B zero). bias: "none", "all" (train every bias of the
+    model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
+    full, one copy per adapter (e.g. a classification head).
+    """
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: TargetSpec = None
+    use_rslora: bool = False
+    init: str = "default"
+    bias: str = "none"
+    modules_to_save: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        check_positive_int("r", self.r)
+        check_positive("alpha", self.alpha)
+        check_fraction("dropout", self.dropout)
+        check_choice("init", self.init, ("default", "gaussian"))
+        check_choice("bias", self.bias, ("none", "all", "lora_only"))
+        self.modules_to_save = list(self.modules_to_save or [])
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoraDelta(Delta):
+    def __init__(self, kind: LayerKind, weight: torch.Tensor, r: int, scale: float, dropout: float = 0.0, init: str = "default"):
+        super().__init__(kind)
+        a_shape, b_shape = kind.factor_shapes(weight, r)
+        dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        self.r = r
+        self.scale = scale
+        self.lora_A = nn.Parameter(torch.empty(a_shape, device=weight.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.empty(b_shape, device=weight.device, dtype=dtype))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.reset_parameters(init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "default") -> None:
+        if isinstance(self.kind, EmbeddingKind):  # peft's choice for embeddings: A zero, B normal
+            nn.init.zeros_(self.lora_A)
+            nn.init.normal_(self.lora_B)
+            return
+        if init == "gaussian":
+            nn.init.normal_(self.lora_A, std=1.0 / self.r)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def add_output(self, y, x):
+        if self.dropout is not None and x.is_floating_point():
+            x = self.dropout(x)
+        if x.is_floating_point() and x.dtype != self.lora_A.dtype:
+            h = self.kind.project_in(x.to(self.lora_A.dtype), self.lora_A)
+            return self.kind.add_project_out(y, h.to(y.dtype), self.lora_B.to(y.dtype), self.scale)
+        h = self.kind.project_in(x, self.lora_A)
+        return self.kind.add_project_out(y, h, self.lora_B, self.scale)
+
+    def delta_weight(self):
+        return self.kind.factors_to_weight(self.lora_A, self.lora_B) * self.scale
+
+    def slice_(self, dim, keep):
+        # A reads the input units, B writes the output units (canonical layout).
+        with torch.no_grad():
+            if dim == "out":
+                self.lora_B = nn.Parameter(self.lora_B.index_select(0, keep).contiguous(), self.lora_B.requires_grad)
+            elif dim == "in":
+                self.lora_A = nn.Parameter(self.lora_A.index_select(1, keep).contiguous(), self.lora_A.requires_grad)
+            else:
+                raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
+
+    def extra_repr(self):
+        return f"r={self.r}, scale={self.scale:g}"
+
+
+@register_weight_method(LoraConfig)
+def make_lora(layer, config: LoraConfig) -> LoraDelta:
+    return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)

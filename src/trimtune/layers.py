@@ -1,0 +1,169 @@
+"""The one wrapper: a frozen base layer, an optional mask, and an ordered set of named deltas.
+
+``TunedLayer`` takes over the base layer's parameters under their *original names*, so the
+model's state-dict keys for the base are unchanged (``...query.weight`` stays ``...query.weight``)
+and a base checkpoint loads without key surgery. The base module object is kept (unregistered)
+only for its hyper-parameters (stride, padding_idx, ...) and to hand the parameters back on unload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .deltas.base import Delta
+from .kinds import kind_class_for, supported_types
+
+
+class AdapterHost(nn.Module):
+    """A module that carries named adapters and switches between them (wrappers, head copies, prompts)."""
+
+    active: tuple[str, ...] = ()
+
+    def set_active(self, names: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def adapter_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def delete_adapter(self, name: str) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+
+class TunedLayer(AdapterHost):
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        kind_cls = kind_class_for(base)
+        if kind_cls is None:
+            raise TypeError(
+                f"cannot wrap {type(base).__name__}: supported layer types are {', '.join(supported_types())}"
+            )
+        object.__setattr__(self, "base_layer", base)
+        self.kind = kind_cls(base)
+        # One owner for each tensor: move the base's parameters and buffers onto the wrapper.
+        for name, param in list(base._parameters.items()):
+            self.register_parameter(name, param)
+        for name, buf in list(base._buffers.items()):
+            self.register_buffer(name, buf, persistent=name not in base._non_persistent_buffers_set)
+        base._parameters.clear()
+        base._buffers.clear()
+        if "bias" not in self._parameters:
+            self.bias = None
+        self.register_buffer("weight_mask", None)
+        self.deltas = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()
+        self.merged: tuple[str, ...] = ()
+        self._refresh()
+
+    # ---- the forward, written once ----
+    def forward(self, x):
+        for delta in self._scale_input:
+            x = delta.scale_input(x)
+        weight, bias = self.weight, self.bias
+        if self.weight_mask is not None:
+            weight = weight * self.weight_mask
+        for delta in self._weight_delta:
+            weight = weight + delta.weight_delta()
+            extra_bias = delta.bias_delta()
+            if extra_bias is not None:
+                bias = extra_bias if bias is None else bias + extra_bias
+        y = self.kind.forward(x, weight, bias)
+        for delta in self._add_output:
+            y = delta.add_output(y, x)
+        for delta in self._transform_output:
+            y = delta.transform_output(y)
+        return y
+
+    def _refresh(self) -> None:
+        """Cache, per forward stage, the active deltas that are not merged into the weight."""
+        live = [self.deltas[n] for n in self.active if n not in self.merged]
+        for stage in ("scale_input", "weight_delta", "add_output", "transform_output"):
+            object.__setattr__(self, f"_{stage}", tuple(d for d in live if stage in d.stages()))
+
+    # ---- managing deltas ----
+    def add_delta(self, name: str, delta: Delta) -> None:
+        if name in self.deltas:
+            raise ValueError(f"{self.describe()} already has an adapter named {name!r}; pick another name or delete it first")
+        self.deltas[name] = delta
+        self._refresh()
+
+    def delete_delta(self, name: str) -> None:
+        if name in self.merged:
+            raise ValueError(f"adapter {name!r} is merged into {self.describe()}; unmerge it before deleting")
+        del self.deltas[name]
+        self.active = tuple(n for n in self.active if n != name)
+        self._refresh()
+
+    def set_active(self, names: Iterable[str]) -> None:
+        names = tuple(names)
+        if any(n in self.merged and n not in names for n in self.active):
+            raise ValueError(f"cannot deactivate adapters merged into {self.describe()}; unmerge first")
+        self.active = tuple(n for n in names if n in self.deltas)
+        self._refresh()
+
+    def adapter_names(self) -> list[str]:
+        return list(self.deltas)
+
+    def delete_adapter(self, name: str) -> None:
+        self.delete_delta(name)
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        delta = self.deltas[name]
+        return list(getattr(delta, "trainable_parameters", delta.parameters)())
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        if mask is not None and mask.shape != self.weight.shape:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not fit {self.describe()} whose weight is {tuple(self.weight.shape)}"
+            )
+        self.weight_mask = None if mask is None else mask.to(device=self.weight.device, dtype=self.weight.dtype)
+
+    # ---- merging ----
+    @torch.no_grad()
+    def merge(self, names: Iterable[str] | None = None, keep_sparsity: bool = True) -> None:
+        names = tuple(self.active if names is None else names)
+        for name in names:
+            if name in self.merged:
+                raise ValueError(f"adapter {name!r} is already merged into {self.describe()}")
+            delta = self.deltas[name]
+            if not delta.mergeable:
+                raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
+        mask = self.weight_mask if keep_sparsity else None
+        for name in names:
+            self.deltas[name].merge_into(self.weight, self.bias, mask)
+            self.merged += (name,)
+        self._refresh()
+
+    @torch.no_grad()
+    def unmerge(self, names: Iterable[str] | None = None) -> None:
+        names = tuple(reversed(self.merged)) if names is None else tuple(names)
+        mask = self.weight_mask
+        for name in names:
+            if name not in self.merged:
+                raise ValueError(f"adapter {name!r} is not merged into {self.describe()}")
+            self.deltas[name].unmerge_from(self.weight, self.bias, mask)
+            self.merged = tuple(n for n in self.merged if n != name)
+        self._refresh()
+
+    def restore_base(self) -> nn.Module:
+        """Hand the parameters back to the original module and return it (deltas are dropped)."""
+        base = self.base_layer
+        base._parameters.update(self._parameters)
+        base._buffers.update((k, v) for k, v in self._buffers.items() if k != "weight_mask")
+        return base
+
+    def describe(self) -> str:
+        return f"{type(self.base_layer).__name__}{tuple(self.weight.shape)}"
+
+    def extra_repr(self) -> str:
+        parts = [f"base={self.describe()}", f"active={list(self.active)}"]
+        if self.merged:
+            parts.append(f"merged={list(self.merged)}")
+        if self.weight_mask is not None:
+            parts.append("masked")
+        return ", ".join(parts)
