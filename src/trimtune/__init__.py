@@ -16,6 +16,14 @@ from .api import (
 from .config import ConfigError
 from .deltas.lora import LoraConfig
 from .layers import TunedLayer
+from .prompts import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    fold,
+    load_prompt_adapter,
+    save_prompt_adapter,
+)
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 
 __version__ = "0.1.0"
@@ -23,6 +31,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "LoraConfig",
+    "PTuningConfig",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
     "TargetError",
     "TunedLayer",
     "active_adapters",
@@ -34,8 +45,11 @@ __all__ = [
     "by_type",
     "delete_adapter",
     "disable_adapters",
+    "fold",
+    "load_prompt_adapter",
     "merge",
     "print_trainable_parameters",
+    "save_prompt_adapter",
     "set_adapter",
     "trainable_parameters",
     "unload",
