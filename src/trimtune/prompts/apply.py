@@ -21,7 +21,7 @@ def check_prompt_fields(config) -> None:
 def add_input_delta(model: nn.Module, name: str, delta: InputDelta, modules_to_save: Sequence[str]) -> None:
     device = model.get_input_embeddings().weight.device
     try:
-        prompt_host(model).add(name, delta.to(device))
+        prompt_host(model).add(name, delta.to(device).train(model.training))
         for module_name in modules_to_save:
             _copies_at(model, module_name).add_copy(name)
     except Exception:
