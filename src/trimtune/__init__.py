@@ -14,6 +14,7 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "IA3Config",
     "LoraConfig",
     "TargetError",
     "TunedLayer",
