@@ -14,7 +14,9 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.diff import DiffConfig
 from .deltas.lora import LoraConfig
+from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DiffConfig",
     "LoraConfig",
     "TargetError",
     "TunedLayer",
@@ -33,9 +36,11 @@ __all__ = [
     "by_regex",
     "by_type",
     "delete_adapter",
+    "diff_penalty",
     "disable_adapters",
     "merge",
     "print_trainable_parameters",
+    "project_diffs",
     "set_adapter",
     "trainable_parameters",
     "unload",
