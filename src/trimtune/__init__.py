@@ -15,6 +15,7 @@ from .api import (
 )
 from .config import ConfigError
 from .deltas.diff import DiffConfig
+from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DiffConfig",
+    "IA3Config",
     "LoraConfig",
     "TargetError",
     "TunedLayer",
