@@ -14,6 +14,7 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.bottleneck import BottleneckConfig
 from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
@@ -24,6 +25,7 @@ from .targets import TargetError, by_glob, by_names, by_regex, by_type
 __version__ = "0.1.0"
 
 __all__ = [
+    "BottleneckConfig",
     "ConfigError",
     "DiffConfig",
     "IA3Config",
