@@ -15,8 +15,10 @@ from .api import (
 )
 from .config import ConfigError
 from .deltas.bottleneck import BottleneckConfig
+from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BottleneckConfig",
     "ConfigError",
+    "DiffConfig",
     "IA3Config",
     "LoraConfig",
     "TargetError",
@@ -37,9 +40,11 @@ __all__ = [
     "by_regex",
     "by_type",
     "delete_adapter",
+    "diff_penalty",
     "disable_adapters",
     "merge",
     "print_trainable_parameters",
+    "project_diffs",
     "set_adapter",
     "trainable_parameters",
     "unload",
