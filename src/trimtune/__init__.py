@@ -14,6 +14,8 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.bottleneck import BottleneckConfig
+from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
@@ -21,7 +23,9 @@ from .targets import TargetError, by_glob, by_names, by_regex, by_type
 __version__ = "0.1.0"
 
 __all__ = [
+    "BottleneckConfig",
     "ConfigError",
+    "IA3Config",
     "LoraConfig",
     "TargetError",
     "TunedLayer",
