@@ -137,6 +137,10 @@ class TunedLayer(AdapterHost):
             if not delta.mergeable:
                 raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
         mask = self.weight_mask if keep_sparsity else None
+        if not keep_sparsity and self.weight_mask is not None:
+            # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
+            self.weight.mul_(self.weight_mask)
+            self.weight_mask = None
         for name in names:
             self.deltas[name].merge_into(self.weight, self.bias, mask)
             self.merged += (name,)
