@@ -17,14 +17,32 @@ from .config import ConfigError
 from .deltas.lora import LoraConfig
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
+from .train import (
+    Callback,
+    ClipConfig,
+    NonFiniteLossError,
+    TrainContext,
+    TrainResult,
+    accuracy,
+    clip_gradients,
+    evaluate,
+    linear_schedule,
+    train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
+    "ClipConfig",
     "ConfigError",
     "LoraConfig",
+    "NonFiniteLossError",
     "TargetError",
+    "TrainContext",
+    "TrainResult",
     "TunedLayer",
+    "accuracy",
     "active_adapters",
     "adapter_config",
     "apply",
@@ -32,11 +50,15 @@ __all__ = [
     "by_names",
     "by_regex",
     "by_type",
+    "clip_gradients",
     "delete_adapter",
     "disable_adapters",
+    "evaluate",
+    "linear_schedule",
     "merge",
     "print_trainable_parameters",
     "set_adapter",
+    "train",
     "trainable_parameters",
     "unload",
     "unmerge",
