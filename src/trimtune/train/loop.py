@@ -153,7 +153,7 @@ def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
                 if loss is None:
                     raise ValueError("the batch gave no loss: dict batches need 'labels' (the model returns .loss), (inputs, targets) batches need loss_fn")
                 loss = sum(hooks.loss_terms(ctx), loss)
-            value = float(loss)
+            value = loss.detach().item()
             if not math.isfinite(value):
                 last_finite = result.losses[-1] if result.losses else None
                 raise NonFiniteLossError(ctx.step + 1, value, last_finite, result)
