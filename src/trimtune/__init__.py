@@ -14,6 +14,8 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.bottleneck import BottleneckConfig
+from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
@@ -33,9 +35,11 @@ from .train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BottleneckConfig",
     "Callback",
     "ClipConfig",
     "ConfigError",
+    "IA3Config",
     "LoraConfig",
     "NonFiniteLossError",
     "TargetError",

@@ -59,6 +59,7 @@ def wrap(model: nn.Module, name: str) -> TunedLayer:
     if isinstance(module, TunedLayer):
         return module
     layer = TunedLayer(module)
+    layer.module_name = name  # for methods that treat layers differently by name (IA3's feed-forward set)
     _replace(model, name, layer)
     return layer
 
@@ -97,7 +98,8 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
 
 
 def _apply_weight_method(model, config, name, make_delta) -> None:
-    targets = select(model, config.targets)
+    # A method with other per-architecture defaults than LoRA's (IA3, adapters) names them on its config.
+    targets = select(model, config.targets, getattr(config, "default_targets", None))
     try:
         for target in targets:
             layer = wrap(model, target)

@@ -57,6 +57,7 @@ class TunedLayer(AdapterHost):
         self.register_buffer("weight_mask", None)
         self.deltas = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
+        self.module_name = ""  # dotted name in the model, set by api.wrap
         self.merged: tuple[str, ...] = ()
         self._refresh()
 
