@@ -21,17 +21,35 @@ from .deltas.lora import LoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
+from .train import (
+    Callback,
+    ClipConfig,
+    NonFiniteLossError,
+    TrainContext,
+    TrainResult,
+    accuracy,
+    clip_gradients,
+    evaluate,
+    linear_schedule,
+    train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BottleneckConfig",
+    "Callback",
+    "ClipConfig",
     "ConfigError",
     "DiffConfig",
     "IA3Config",
     "LoraConfig",
+    "NonFiniteLossError",
     "TargetError",
+    "TrainContext",
+    "TrainResult",
     "TunedLayer",
+    "accuracy",
     "active_adapters",
     "adapter_config",
     "apply",
@@ -39,13 +57,17 @@ __all__ = [
     "by_names",
     "by_regex",
     "by_type",
+    "clip_gradients",
     "delete_adapter",
     "diff_penalty",
     "disable_adapters",
+    "evaluate",
+    "linear_schedule",
     "merge",
     "print_trainable_parameters",
     "project_diffs",
     "set_adapter",
+    "train",
     "trainable_parameters",
     "unload",
     "unmerge",
