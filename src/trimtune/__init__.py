@@ -14,6 +14,8 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.adalora import AdaLoraConfig
+from .deltas.adalora_budget import adalora_ranks, adalora_update
 from .deltas.bottleneck import BottleneckConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
@@ -23,6 +25,7 @@ from .targets import TargetError, by_glob, by_names, by_regex, by_type
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
     "BottleneckConfig",
     "ConfigError",
     "IA3Config",
@@ -30,6 +33,8 @@ __all__ = [
     "TargetError",
     "TunedLayer",
     "active_adapters",
+    "adalora_ranks",
+    "adalora_update",
     "adapter_config",
     "apply",
     "by_glob",
