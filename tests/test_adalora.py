@@ -152,3 +152,17 @@ def test_unsupported_layer_and_no_adalora():
         tt.apply(model, tt.AdaLoraConfig(targets=["0"], total_step=5))
     with pytest.raises(ValueError, match="no AdaLoRA adapter"):
         tt.adalora_ranks(torch.nn.Linear(2, 2))
+
+
+def test_trimtune_train_runs_the_rank_update_by_itself(tiny_llama, recwarn):
+    from trimtune.train import train
+
+    config = tt.AdaLoraConfig(init_r=4, target_r=2, tinit=1, tfinal=2)  # total_step taken from the loop
+    tt.apply(tiny_llama, config)
+    torch.manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 100, (12, 2, 8))]
+    train(tiny_llama, data, max_steps=12, lr=1e-2, progress=False)
+    ranks = tt.adalora_ranks(tiny_llama)
+    assert sum(ranks.values()) == 2 * len(ranks) and len(ranks) == 4
+    assert config.rank_pattern is not None and set(config.rank_pattern) == set(ranks)
+    assert not [w for w in recwarn if "rank update was never called" in str(w.message)]
