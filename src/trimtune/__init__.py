@@ -14,6 +14,8 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.adalora import AdaLoraConfig
+from .deltas.adalora_budget import adalora_ranks, adalora_update
 from .deltas.bottleneck import BottleneckConfig
 from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
@@ -45,6 +47,7 @@ from .train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
     "BottleneckConfig",
     "Callback",
     "ClipConfig",
@@ -62,6 +65,8 @@ __all__ = [
     "TunedLayer",
     "accuracy",
     "active_adapters",
+    "adalora_ranks",
+    "adalora_update",
     "adapter_config",
     "apply",
     "by_glob",
