@@ -95,9 +95,9 @@ def test_callback_in_trimtune_train_prunes_by_schedule_and_keeps_zeros():
 
     movement = Movement()
     callback = PruningCallback(PruneConfig(importance=movement, targets=["0"]), schedule)
-    train(net, data, max_steps=30, lr=0.01, callbacks=[callback, Watch()], progress=False,
+    train(net, data, max_steps=30, callbacks=[callback, Watch()], progress=False,
           optimizer=torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1),
-          loss_fn=lambda out, batch: nn.functional.cross_entropy(out, batch[1]))
+          loss_fn=nn.functional.cross_entropy)
     for step, value in seen:
         assert value == pytest.approx(schedule.sparsity_at(step), abs=0.01)
     assert torch.all(net[0].weight[net[0].weight_mask == 0] == 0)
