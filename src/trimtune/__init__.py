@@ -20,6 +20,14 @@ from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
+from .prompts import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    fold,
+    load_prompt_adapter,
+    save_prompt_adapter,
+)
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
@@ -45,6 +53,9 @@ __all__ = [
     "IA3Config",
     "LoraConfig",
     "NonFiniteLossError",
+    "PTuningConfig",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
     "TargetError",
     "TrainContext",
     "TrainResult",
@@ -62,10 +73,13 @@ __all__ = [
     "diff_penalty",
     "disable_adapters",
     "evaluate",
+    "fold",
     "linear_schedule",
+    "load_prompt_adapter",
     "merge",
     "print_trainable_parameters",
     "project_diffs",
+    "save_prompt_adapter",
     "set_adapter",
     "train",
     "trainable_parameters",
