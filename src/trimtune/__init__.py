@@ -18,6 +18,7 @@ from .deltas.bottleneck import BottleneckConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .layers import TunedLayer
+from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "IA3Config",
     "LoraConfig",
+    "ShrinkReport",
     "TargetError",
     "TunedLayer",
     "active_adapters",
@@ -38,9 +40,12 @@ __all__ = [
     "by_type",
     "delete_adapter",
     "disable_adapters",
+    "load_shrunk",
     "merge",
     "print_trainable_parameters",
+    "save_shrunk",
     "set_adapter",
+    "shrink",
     "trainable_parameters",
     "unload",
     "unmerge",
