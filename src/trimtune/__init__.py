@@ -1,5 +1,7 @@
 """trimtune: prune (trim) and parameter-efficiently fine-tune (tune) PyTorch and Hugging Face models."""
 
+from types import ModuleType as _ModuleType
+
 from .api import (
     active_adapters,
     adapter_config,
@@ -15,38 +17,27 @@ from .api import (
 )
 from .config import ConfigError
 from .deltas.bottleneck import BottleneckConfig
+from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
 from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
+from .train import (
+    Callback,
+    ClipConfig,
+    NonFiniteLossError,
+    TrainContext,
+    TrainResult,
+    accuracy,
+    clip_gradients,
+    evaluate,
+    linear_schedule,
+    train,
+)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BottleneckConfig",
-    "ConfigError",
-    "IA3Config",
-    "LoraConfig",
-    "ShrinkReport",
-    "TargetError",
-    "TunedLayer",
-    "active_adapters",
-    "adapter_config",
-    "apply",
-    "by_glob",
-    "by_names",
-    "by_regex",
-    "by_type",
-    "delete_adapter",
-    "disable_adapters",
-    "load_shrunk",
-    "merge",
-    "print_trainable_parameters",
-    "save_shrunk",
-    "set_adapter",
-    "shrink",
-    "trainable_parameters",
-    "unload",
-    "unmerge",
-]
+# Everything imported above is the public API (derived, so parallel additions never conflict here).
+__all__ = sorted(n for n, v in list(globals().items()) if not n.startswith("_") and not isinstance(v, _ModuleType))

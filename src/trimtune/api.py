@@ -222,6 +222,8 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
                 layer.merge(pending)
         elif layer.merged:
             layer.unmerge()
+        if layer.weight_mask is not None:  # a plain layer has no mask: keep the pruning in its weight
+            layer.weight.data.mul_(layer.weight_mask)
         _replace(model, name, layer.restore_base())
     for name, module in list(model.named_modules()):
         if isinstance(module, ModuleCopies):
