@@ -252,3 +252,40 @@ def test_reload_errors_are_clear(tiny_bert, tmp_path):
     (tmp_path / "s" / "shrink_history.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
         load_shrunk(tmp_path / "s")
+
+
+def _randomise_all_deltas(model):
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for _, layer in layers(model):
+            for delta in layer.deltas.values():
+                for param in delta.parameters():
+                    param.add_(0.2 * torch.randn_like(param))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(lambda: tt.IA3Config(), id="ia3"),
+        pytest.param(lambda: tt.BottleneckConfig(placement="houlsby", reduction_factor=4), id="houlsby"),
+    ],
+)
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama", "tiny_gpt2"])
+def test_every_delta_type_is_sliced_with_the_base(fixture, config, request):
+    model = request.getfixturevalue(fixture)
+    tt.apply(model, config())
+    _randomise_all_deltas(model)
+    inputs = _hf_inputs(model)
+    original = copy.deepcopy(model)
+    report = shrink(model, 0.5, example_inputs=inputs)
+    expected = _mask_form(original, report.history)(**inputs).logits
+    torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unsliceable_delta_is_refused_before_anything_changes(tiny_bert):
+    tt.apply(tiny_bert, tt.DiffConfig(penalty="l1"))
+    before = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    with pytest.raises(ValueError, match=r"carries adapter 'default' \(DiffDelta\), which cannot be sliced.*nothing was changed"):
+        shrink(tiny_bert, 0.5)
+    after = tiny_bert.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
