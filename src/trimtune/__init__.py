@@ -22,6 +22,14 @@ from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
+from .prompts import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    fold,
+    load_prompt_adapter,
+    save_prompt_adapter,
+)
 from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (

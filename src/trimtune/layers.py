@@ -34,6 +34,9 @@ class AdapterHost(nn.Module):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         raise NotImplementedError
 
+    def detach(self) -> None:
+        """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
+
 
 class TunedLayer(AdapterHost):
     def __init__(self, base: nn.Module):
