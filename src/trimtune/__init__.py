@@ -15,12 +15,15 @@ from .api import (
 )
 from .config import ConfigError
 from .deltas.lora import LoraConfig
+from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseMismatchError",
+    "FormatError",
     "ConfigError",
     "LoraConfig",
     "TargetError",
@@ -34,8 +37,10 @@ __all__ = [
     "by_type",
     "delete_adapter",
     "disable_adapters",
+    "load_adapter",
     "merge",
     "print_trainable_parameters",
+    "save_adapter",
     "set_adapter",
     "trainable_parameters",
     "unload",

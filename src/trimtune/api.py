@@ -101,7 +101,9 @@ def _apply_weight_method(model, config, name, make_delta) -> None:
     try:
         for target in targets:
             layer = wrap(model, target)
-            layer.add_delta(name, make_delta(layer, config))
+            # A config may specialise itself per layer (LoRA's rank_pattern / alpha_pattern).
+            layer_config = config.for_layer(target) if hasattr(config, "for_layer") else config
+            layer.add_delta(name, make_delta(layer, layer_config))
         for module_name in getattr(config, "modules_to_save", ()):
             _copies_at(model, module_name).add_copy(name)
     except Exception:
