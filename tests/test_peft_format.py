@@ -125,6 +125,23 @@ def test_gpt2_saved_by_peft_loads_in_trimtune(tiny_gpt2, token_ids, tmp_path):
     torch.testing.assert_close(logits(tiny_gpt2, token_ids), expected, atol=1e-5, rtol=0)
 
 
+def test_bias_all_with_a_head_copy_both_directions(tiny_bert, token_ids, tmp_path, recwarn):
+    base = copy.deepcopy(tiny_bert)
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"], bias="all")
+    expected, _ = _peft_saved(copy.deepcopy(base), config, tmp_path / "peft", token_ids)
+    model = copy.deepcopy(base)
+    tt.load_adapter(model, tmp_path / "peft")
+    torch.testing.assert_close(logits(model, token_ids), expected, atol=1e-5, rtol=0)
+    assert not [w for w in recwarn if "ignored" in str(w.message)]  # peft's internal head duplicates skipped quietly
+
+    tt.apply(tiny_bert, tt.LoraConfig(r=4, targets=["query", "value"], bias="all", modules_to_save=["classifier"]))
+    randomise_trainable(tiny_bert)
+    tt.save_adapter(tiny_bert, tmp_path / "ours")
+    assert "base_model.model.bert.encoder.layer.0.output.dense.bias" in load_file(tmp_path / "ours" / "adapter_model.safetensors")
+    peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
+    torch.testing.assert_close(logits(peft_model, token_ids), logits(tiny_bert, token_ids), atol=1e-5, rtol=0)
+
+
 # ---------- several adapters, round trips ----------
 
 def test_named_adapters_are_saved_and_loaded_separately(tiny_bert, token_ids, tmp_path):
@@ -167,3 +184,92 @@ def test_trimtune_regex_means_the_same_in_peft(tiny_bert, tmp_path):
     peft_model = peft.PeftModel.from_pretrained(base, tmp_path)
     theirs = sorted(n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer))
     assert ours == theirs == ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.value"]
+
+
+# ---------- bad input ----------
+
+@pytest.fixture
+def saved_bert_adapter(tiny_bert, tmp_path):
+    """A trimtune adapter directory for ``tiny_bert`` (the fixture model is left without adapters)."""
+    model = copy.deepcopy(tiny_bert)
+    tt.apply(model, tt.LoraConfig(r=2, targets=["query", "value"]))
+    randomise_trainable(model)
+    return tt.save_adapter(model, tmp_path / "adapter")
+
+
+def test_missing_directory_and_files_are_named(tiny_bert, saved_bert_adapter, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tt.load_adapter(tiny_bert, tmp_path / "nowhere")
+    (saved_bert_adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors is missing"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+    (saved_bert_adapter / "adapter_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_config.json is missing"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_safetensors_is_a_clear_error(tiny_bert, saved_bert_adapter, damage):
+    file = saved_bert_adapter / "adapter_model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(b"\x00\x01not safetensors" if damage == "garbage" else data[: len(data) - 40])
+    with pytest.raises(tt.FormatError, match="not a readable safetensors file"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+    assert tt.api.state_of(tiny_bert).adapters == {}
+
+
+def test_bad_json_and_unknown_peft_type(tiny_bert, saved_bert_adapter):
+    config_file = saved_bert_adapter / "adapter_config.json"
+    good = json.loads(config_file.read_text())
+    config_file.write_text('{"peft_type": "LORA", "r": 4,')
+    with pytest.raises(tt.FormatError, match="not valid JSON"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+    config_file.write_text(json.dumps({**good, "peft_type": "VERA"}))
+    with pytest.raises(tt.FormatError, match="peft_type 'VERA'.*LORA"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+    config_file.write_text(json.dumps({k: v for k, v in good.items() if k != "peft_type"}))
+    with pytest.raises(tt.FormatError, match="no peft_type"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("use_dora", True, "use_dora=True"),
+        ("layers_to_transform", [0], "layers_to_transform"),
+        ("exclude_modules", ["key"], "exclude_modules"),
+        ("init_lora_weights", "pissa", "changes the base model"),
+        ("r", 0, "r must be an integer >= 1"),
+    ],
+)
+def test_unsupported_peft_fields_are_refused(tiny_bert, saved_bert_adapter, field, value, message):
+    config_file = saved_bert_adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), field: value}))
+    with pytest.raises(tt.ConfigError, match=message):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+
+
+def test_shapes_that_do_not_fit_name_the_tensor_and_both_shapes(tiny_bert, saved_bert_adapter):
+    config_file = saved_bert_adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "r": 3}))
+    tt.apply(tiny_bert, tt.LoraConfig(r=2, targets="key"), name="other")
+    with pytest.raises(tt.FormatError, match=r"lora_A.weight in .* has shape \(2, 32\) but the model needs \(3, 32\)"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+    assert list(tt.api.state_of(tiny_bert).adapters) == ["other"]  # nothing half-loaded left behind
+    assert tt.active_adapters(tiny_bert) == ["other"]
+
+
+def test_adapter_for_another_layout_lacks_tensors(tiny_gpt2, saved_bert_adapter):
+    config_file = saved_bert_adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "target_modules": ["c_attn"]}))
+    with pytest.raises(tt.FormatError, match="lacks 4 tensor"):
+        tt.load_adapter(tiny_gpt2, saved_bert_adapter, check_base=False)
+
+
+def test_loading_an_existing_name_and_saving_an_unknown_one(tiny_bert, saved_bert_adapter, tmp_path):
+    tt.load_adapter(tiny_bert, saved_bert_adapter, name="task")
+    with pytest.raises(ValueError, match="already has an adapter named 'task'"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter, name="task")
+    with pytest.raises(KeyError, match="no adapter named 'nope'"):
+        tt.save_adapter(tiny_bert, tmp_path / "x", name="nope")
+    assert not (tmp_path / "x").exists()

@@ -14,20 +14,45 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.bottleneck import BottleneckConfig
+from .deltas.diff import DiffConfig
+from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .diff_pruning import diff_penalty, project_diffs
 from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
+from .train import (
+    Callback,
+    ClipConfig,
+    NonFiniteLossError,
+    TrainContext,
+    TrainResult,
+    accuracy,
+    clip_gradients,
+    evaluate,
+    linear_schedule,
+    train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BaseMismatchError",
-    "FormatError",
+    "BottleneckConfig",
+    "Callback",
+    "ClipConfig",
     "ConfigError",
+    "DiffConfig",
+    "FormatError",
+    "IA3Config",
     "LoraConfig",
+    "NonFiniteLossError",
     "TargetError",
+    "TrainContext",
+    "TrainResult",
     "TunedLayer",
+    "accuracy",
     "active_adapters",
     "adapter_config",
     "apply",
@@ -35,13 +60,19 @@ __all__ = [
     "by_names",
     "by_regex",
     "by_type",
+    "clip_gradients",
     "delete_adapter",
+    "diff_penalty",
     "disable_adapters",
+    "evaluate",
+    "linear_schedule",
     "load_adapter",
     "merge",
     "print_trainable_parameters",
+    "project_diffs",
     "save_adapter",
     "set_adapter",
+    "train",
     "trainable_parameters",
     "unload",
     "unmerge",

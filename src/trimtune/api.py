@@ -59,6 +59,7 @@ def wrap(model: nn.Module, name: str) -> TunedLayer:
     if isinstance(module, TunedLayer):
         return module
     layer = TunedLayer(module)
+    layer.module_name = name  # for methods that treat layers differently by name (IA3's feed-forward set)
     _replace(model, name, layer)
     return layer
 
@@ -97,13 +98,12 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
 
 
 def _apply_weight_method(model, config, name, make_delta) -> None:
-    targets = select(model, config.targets)
+    # A method with other per-architecture defaults than LoRA's (IA3, adapters) names them on its config.
+    targets = select(model, config.targets, getattr(config, "default_targets", None))
     try:
         for target in targets:
             layer = wrap(model, target)
-            # A config may specialise itself per layer (LoRA's rank_pattern / alpha_pattern).
-            layer_config = config.for_layer(target) if hasattr(config, "for_layer") else config
-            layer.add_delta(name, make_delta(layer, layer_config))
+            layer.add_delta(name, make_delta(layer, config))
         for module_name in getattr(config, "modules_to_save", ()):
             _copies_at(model, module_name).add_copy(name)
     except Exception:
@@ -222,6 +222,8 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
                 layer.merge(pending)
         elif layer.merged:
             layer.unmerge()
+        if layer.weight_mask is not None:  # a plain layer has no mask: keep the pruning in its weight
+            layer.weight.data.mul_(layer.weight_mask)
         _replace(model, name, layer.restore_base())
     for name, module in list(model.named_modules()):
         if isinstance(module, ModuleCopies):

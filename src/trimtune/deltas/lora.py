@@ -172,4 +172,5 @@ class LoraDelta(Delta):
 
 @register_weight_method(LoraConfig)
 def make_lora(layer, config: LoraConfig) -> LoraDelta:
+    config = config.for_layer(layer.module_name)
     return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)

@@ -25,6 +25,7 @@ from .peft_format import PREFIX, FormatError, bias_tensors, from_peft_config, to
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 FINGERPRINT_KEY = "trimtune_base_fingerprint"
+_PEFT_INTERNAL = (".original_module.", ".modules_to_save.")
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
@@ -126,7 +127,8 @@ def _copy_into(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
             raise FormatError(
                 f"tensor {key} in {file} has shape {tuple(found[key].shape)} but the model needs {tuple(target.shape)}"
             )
-    unexpected = sorted(set(found) - set(expected))
+    # peft's bias="all" also saves its head wrapper's internal copies; the head's real keys are loaded.
+    unexpected = sorted(k for k in set(found) - set(expected) if not any(s in k for s in _PEFT_INTERNAL))
     if unexpected:
         warnings.warn(f"{file}: ignored {len(unexpected)} tensor(s) the model has no place for, e.g. {unexpected[:3]}", stacklevel=3)
     with torch.no_grad():

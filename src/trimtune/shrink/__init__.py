@@ -1,0 +1,8 @@
+"""Physical shrinking: remove pruned channels, filters, heads and FFN units for real."""
+
+from .api import find_groups, shrink
+from .apply import replay
+from .graph import Group, Member, UntraceableError
+from .report import ShrinkReport
+
+__all__ = ["Group", "Member", "ShrinkReport", "UntraceableError", "find_groups", "replay", "shrink"]
