@@ -273,3 +273,13 @@ def test_loading_an_existing_name_and_saving_an_unknown_one(tiny_bert, saved_ber
     with pytest.raises(KeyError, match="no adapter named 'nope'"):
         tt.save_adapter(tiny_bert, tmp_path / "x", name="nope")
     assert not (tmp_path / "x").exists()
+
+
+def test_prompt_methods_use_the_same_entry_points(tiny_llama, token_ids, tmp_path):
+    base = copy.deepcopy(tiny_llama)
+    tt.apply(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=3))
+    randomise_trainable(tiny_llama)
+    tt.save_adapter(tiny_llama, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    assert isinstance(tt.load_adapter(base, tmp_path), tt.PromptTuningConfig)
+    torch.testing.assert_close(logits(base, token_ids), logits(tiny_llama, token_ids), atol=1e-6, rtol=0)

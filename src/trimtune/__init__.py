@@ -21,6 +21,14 @@ from .deltas.lora import LoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
+from .prompts import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    fold,
+    load_prompt_adapter,
+    save_prompt_adapter,
+)
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
@@ -48,6 +56,9 @@ __all__ = [
     "IA3Config",
     "LoraConfig",
     "NonFiniteLossError",
+    "PTuningConfig",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
     "TargetError",
     "TrainContext",
     "TrainResult",
@@ -65,12 +76,15 @@ __all__ = [
     "diff_penalty",
     "disable_adapters",
     "evaluate",
+    "fold",
     "linear_schedule",
     "load_adapter",
+    "load_prompt_adapter",
     "merge",
     "print_trainable_parameters",
     "project_diffs",
     "save_adapter",
+    "save_prompt_adapter",
     "set_adapter",
     "train",
     "trainable_parameters",

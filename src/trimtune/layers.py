@@ -40,6 +40,9 @@ class AdapterHost(nn.Module):
         copies into them (see ``trimtune.io.adapter_files``)."""
         raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
 
+    def detach(self) -> None:
+        """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
+
 
 class TunedLayer(AdapterHost):
     def __init__(self, base: nn.Module):

@@ -20,7 +20,7 @@ from torch import nn
 from ..api import active_adapters, adapter_config, apply, delete_adapter, hosts, layers, set_adapter, state_of
 from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import check_fingerprint, fingerprint
-from .peft_format import PREFIX, FormatError, bias_tensors, from_peft_config, to_peft_config
+from .peft_format import FILE_HANDLERS, PREFIX, FormatError, bias_tensors, config_type_of, to_peft_config
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -31,6 +31,8 @@ _PEFT_INTERNAL = (".original_module.", ".modules_to_save.")
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
     """Write adapter ``name`` of ``model`` to the directory ``path`` (created or updated atomically)."""
     config = adapter_config(model, name)
+    if type(config) in FILE_HANDLERS:
+        return Path(FILE_HANDLERS[type(config)][0](model, path, name))
     carriers = _layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
     tensors = adapter_tensors(model, config, name)
@@ -50,7 +52,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     if name in state_of(model).adapters:
         raise ValueError(f"the model already has an adapter named {name!r}; load under another name or delete_adapter first")
     path = Path(path)
-    config = _fit_modules_to_save(model, from_peft_config(_read_config(path)))
+    peft_config = _read_config(path)
+    config_type = config_type_of(peft_config)
+    if config_type in FILE_HANDLERS:
+        FILE_HANDLERS[config_type][1](model, path, name)
+        return adapter_config(model, name)
+    config = _fit_modules_to_save(model, config_type.from_peft_dict(peft_config))
     tensors, metadata = _read_tensors(path / WEIGHTS_FILE)
     if check_base and FINGERPRINT_KEY in metadata:
         check_fingerprint(json.loads(metadata[FINGERPRINT_KEY]), model, f"the adapter in {path}")

@@ -11,13 +11,15 @@ The convention a method follows to get PEFT-compatible files (nothing here names
   a Delta only says how peft names its entries relative to the layer (``Delta.peft_key``).
 
 Biases trained with ``bias="lora_only"/"all"`` and the model-level fields (``task_type``,
-``base_model_name_or_path``) are handled here for every method.
+``base_model_name_or_path``) are handled here for every method. A family whose files do not fit
+this tensor mapping (prompts store an encoder's *output*) registers its own directory writer and
+reader with ``register_peft_files``; ``save_adapter``/``load_adapter`` then hand over to them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +39,15 @@ _TASK_TYPES = (  # transformers class-name suffix -> peft task_type (peft picks 
     ("LMHeadModel", "CAUSAL_LM"),
 )
 _SEQ_CLS_HEADS = ("classifier", "score")  # peft's SEQ_CLS model always trains these (name suffix)
+
+
+# config type -> (save(model, path, name), load(model, path, name)) for methods that write their own files
+FILE_HANDLERS: dict[type, tuple[Callable, Callable]] = {}
+
+
+def register_peft_files(config_types: Iterable[type], save: Callable, load: Callable) -> None:
+    for config_type in config_types:
+        FILE_HANDLERS[config_type] = (save, load)
 
 
 class FormatError(ValueError):
@@ -131,12 +142,12 @@ def to_peft_config(model: nn.Module, config, name: str, layers: dict[str, nn.Mod
     }
 
 
-def from_peft_config(d: dict):
+def config_type_of(d: dict) -> type:
     if not isinstance(d, dict):
         raise FormatError(f"adapter_config.json must hold a JSON object, got {type(d).__name__}")
     if "peft_type" not in d:
         raise FormatError("adapter_config.json has no peft_type field")
-    return config_class_for(d["peft_type"]).from_peft_dict(d)
+    return config_class_for(d["peft_type"])
 
 
 def bias_tensors(model: nn.Module, config, name: str, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
