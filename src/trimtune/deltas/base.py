@@ -80,6 +80,11 @@ class Delta(nn.Module):
         return key
 
     # ---- structured pruning ----
+    @property
+    def sliceable(self) -> bool:
+        """Whether ``slice_`` is implemented; shrink checks every delta before it cuts anything."""
+        return type(self).slice_ is not Delta.slice_
+
     def slice_(self, dim: str, keep: torch.Tensor) -> None:
         """Keep only output (``dim="out"``) or input (``dim="in"``) units ``keep`` of the base."""
         raise NotImplementedError(f"{type(self).__name__} does not support structured slicing yet")
