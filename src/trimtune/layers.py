@@ -34,6 +34,12 @@ class AdapterHost(nn.Module):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         raise NotImplementedError
 
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        """The live tensors of adapter ``name`` keyed as peft's adapter file names them; ``path`` is
+        this module's peft prefix (``base_model.model.<module name>``). Saving writes them, loading
+        copies into them (see ``trimtune.io.adapter_files``)."""
+        raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
+
     def detach(self) -> None:
         """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
 
@@ -124,6 +130,10 @@ class TunedLayer(AdapterHost):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         delta = self.deltas[name]
         return list(getattr(delta, "trainable_parameters", delta.parameters)())
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        delta = self.deltas[name]
+        return {f"{path}.{delta.peft_key(k)}": v for k, v in delta.state_dict(keep_vars=True).items()}
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         if mask is not None and mask.shape != self.weight.shape:

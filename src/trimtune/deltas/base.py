@@ -79,6 +79,12 @@ class Delta(nn.Module):
                 raise ValueError(f"{type(self).__name__} changes a bias but the base layer has none")
             bias.add_(sign * change.to(bias.dtype))
 
+    # ---- adapter files ----
+    def peft_key(self, key: str) -> str:
+        """The name peft gives this delta's state-dict entry ``key``, relative to the layer
+        (e.g. LoRA's ``lora_A`` is ``lora_A.weight`` in peft). Override when peft's names differ."""
+        return key
+
     # ---- structured pruning ----
     @property
     def sliceable(self) -> bool:
