@@ -1,0 +1,41 @@
+"""The shared benchmark harness measures what it claims: interleaved medians and a child's peak RSS."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _harness  # noqa: E402
+
+
+def _allocate(mib: int):
+    def run():
+        block = torch.ones(mib * 1024 * 1024 // 4)  # touched pages: they count in RSS
+        return float(block[-1])
+
+    return run
+
+
+def test_time_variants_medians_order_and_ratio():
+    timings = _harness.time_variants({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.012)}, rounds=5, warmup=1)
+    assert len(timings["fast"].samples_ms) == 5
+    assert timings["fast"].median_ms < timings["slow"].median_ms
+    assert _harness.ratio(timings["slow"], timings["fast"]) > 1  # a ratio band would be flaky on a loaded machine
+
+
+def test_peak_memory_of_a_child_counts_only_the_measured_calls():
+    peak = _harness.peak_memory_mb(_allocate, 64)
+    assert 60 <= peak <= 90, peak  # 64 MiB tensor; the loaded baseline is excluded
+
+
+def test_markdown_table_formats_rows():
+    table = _harness.markdown_table(["a", "b"], [["x", 0.91234], ["y", 2]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| x | 0.912 |", "| y | 2 |"]
+
+
+def test_memory_method_is_known():
+    assert _harness.memory_method() in ("VmHWM", "ru_maxrss")
