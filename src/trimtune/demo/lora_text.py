@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..data import DEMO_LABELS, demo_split, text_loader
 from ..deltas.lora import LoraConfig
 from ..models import minilm_path
 from .context import DemoContext, Step
-from .fallback import accuracy, save_trainable, train_epochs
+from .fallback import save_trainable
 from .linear_probe import linear_probe_accuracy, mean_pooled_embeddings
 
 # Chosen on the training split only (see docs/benchmarks.md, "demo"); quick mode is for tests.
@@ -45,7 +43,7 @@ def run(ctx: DemoContext) -> None:
 
     probe_train = mean_pooled_embeddings(model.base_model, text_loader(train, tokenizer, DEMO_LABELS, 64))
     probe = linear_probe_accuracy(probe_train, mean_pooled_embeddings(model.base_model, test_loader), tune=not ctx.quick)
-    before = accuracy(model, test_loader)
+    before = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
 
     config = LoraConfig(r=settings["r"], alpha=settings["alpha"], targets="query|value", modules_to_save=["classifier"])
     tt.apply(model, config)
@@ -53,10 +51,10 @@ def run(ctx: DemoContext) -> None:
     ctx.report(f"  LoRA r={config.r} on query/value + trained classifier head: "
                f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f} %)")
 
-    start = time.perf_counter()
-    train_epochs(model, train_loader, settings["epochs"], settings["lr"], log=ctx.detail)
-    seconds = time.perf_counter() - start
-    after = accuracy(model, test_loader)
+    result = tt.train(model, train_loader, epochs=settings["epochs"], lr=settings["lr"],
+                      scheduler=tt.linear_schedule(), progress=not ctx.quiet)
+    seconds = result.wall_time
+    after = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
     saved = save_trainable(model, ctx.out_dir / "lora_adapter")
 
     ctx.report(f"  accuracy before fine-tuning (random head):  {before:.1%}")
