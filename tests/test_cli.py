@@ -85,4 +85,5 @@ def test_demo_quick_end_to_end(tmp_path):
     assert 0 < figures["trainable"] < 0.05 * figures["total"]
     for key in ("probe_accuracy", "accuracy_before", "accuracy_after"):
         assert 0.0 <= figures[key] <= 1.0
-    assert any(Path(figures["adapter_dir"]).glob("*.safetensors"))
+    adapter = Path(figures["adapter_dir"])
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()

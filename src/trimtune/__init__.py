@@ -23,6 +23,7 @@ from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .diff_pruning import diff_penalty, project_diffs
+from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
 from .prompts import (
     PrefixTuningConfig,

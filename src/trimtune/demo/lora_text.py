@@ -8,7 +8,6 @@ from ..data import DEMO_LABELS, demo_split, text_loader
 from ..deltas.lora import LoraConfig
 from ..models import minilm_path
 from .context import DemoContext, Step
-from .fallback import save_trainable
 from .linear_probe import linear_probe_accuracy, mean_pooled_embeddings
 
 # Chosen on the training split only (see docs/benchmarks.md, "demo"); quick mode is for tests.
@@ -55,7 +54,7 @@ def run(ctx: DemoContext) -> None:
                       scheduler=tt.linear_schedule(), progress=not ctx.quiet)
     seconds = result.wall_time
     after = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
-    saved = save_trainable(model, ctx.out_dir / "lora_adapter")
+    saved = tt.save_adapter(model, ctx.out_dir / "lora_adapter")
 
     ctx.report(f"  accuracy before fine-tuning (random head):  {before:.1%}")
     ctx.report(f"  linear probe on frozen MiniLM embeddings:   {probe:.1%}")
@@ -63,7 +62,7 @@ def run(ctx: DemoContext) -> None:
     ctx.report(f"  training time: {seconds:.1f} s ({settings['epochs']} epochs); adapter saved in {saved}")
     ctx.results["lora_text"] = dict(
         trainable=trainable, total=total, probe_accuracy=probe, accuracy_before=before,
-        accuracy_after=after, train_seconds=seconds, adapter_dir=saved,
+        accuracy_after=after, train_seconds=seconds, adapter_dir=str(saved),
     )
 
 
