@@ -20,8 +20,10 @@ from .deltas.bottleneck import BottleneckConfig
 from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .deltas.qlora import QLoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
+from .quant import QuantConfig, quantize_base
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
@@ -47,6 +49,8 @@ __all__ = [
     "DiffConfig",
     "IA3Config",
     "LoraConfig",
+    "QLoraConfig",
+    "QuantConfig",
     "NonFiniteLossError",
     "TargetError",
     "TrainContext",
@@ -70,6 +74,7 @@ __all__ = [
     "linear_schedule",
     "merge",
     "print_trainable_parameters",
+    "quantize_base",
     "project_diffs",
     "set_adapter",
     "train",
