@@ -1,5 +1,7 @@
 """trimtune: prune (trim) and parameter-efficiently fine-tune (tune) PyTorch and Hugging Face models."""
 
+from types import ModuleType as _ModuleType
+
 from .api import (
     active_adapters,
     adapter_config,
@@ -22,8 +24,18 @@ from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
 from .deltas.qlora import QLoraConfig
 from .diff_pruning import diff_penalty, project_diffs
+from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
 from .quant import QuantConfig, quantize_base
+from .prompts import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    fold,
+    load_prompt_adapter,
+    save_prompt_adapter,
+)
+from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
@@ -40,45 +52,5 @@ from .train import (
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdaLoraConfig",
-    "BottleneckConfig",
-    "Callback",
-    "ClipConfig",
-    "ConfigError",
-    "DiffConfig",
-    "IA3Config",
-    "LoraConfig",
-    "QLoraConfig",
-    "QuantConfig",
-    "NonFiniteLossError",
-    "TargetError",
-    "TrainContext",
-    "TrainResult",
-    "TunedLayer",
-    "accuracy",
-    "active_adapters",
-    "adalora_ranks",
-    "adalora_update",
-    "adapter_config",
-    "apply",
-    "by_glob",
-    "by_names",
-    "by_regex",
-    "by_type",
-    "clip_gradients",
-    "delete_adapter",
-    "diff_penalty",
-    "disable_adapters",
-    "evaluate",
-    "linear_schedule",
-    "merge",
-    "print_trainable_parameters",
-    "quantize_base",
-    "project_diffs",
-    "set_adapter",
-    "train",
-    "trainable_parameters",
-    "unload",
-    "unmerge",
-]
+# Everything imported above is the public API (derived, so parallel additions never conflict here).
+__all__ = sorted(n for n, v in list(globals().items()) if not n.startswith("_") and not isinstance(v, _ModuleType))

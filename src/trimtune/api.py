@@ -218,7 +218,7 @@ def unmerge(model: nn.Module) -> nn.Module:
 def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
     """Return the plain model: original layer classes, trimtune removed. With ``merge_adapters``
     the active adapters are folded in first (and trained head copies kept); otherwise the base
-    weights are restored exactly as they were."""
+    weights are restored exactly as they were. Input deltas (prompts, prefixes) are removed either way."""
     for name, layer in list(layers(model)):
         if merge_adapters:
             pending = [n for n in layer.active if n not in layer.merged]
@@ -233,6 +233,10 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
         if isinstance(module, ModuleCopies):
             keep = module.copies[module.active[0]] if (merge_adapters and module.active) else module.original
             _replace(model, name, keep)
+    for name, host in list(hosts(model)):  # the rest (input deltas) cannot fold into weights: removed
+        host.detach()
+        parent_name, _, child = name.rpartition(".")
+        delattr(model.get_submodule(parent_name) if parent_name else model, child)
     if hasattr(model, STATE_ATTR):
         object.__delattr__(model, STATE_ATTR)
     return model

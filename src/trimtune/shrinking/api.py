@@ -14,6 +14,7 @@ from torch import nn
 from ..targets import to_predicate
 from . import transformer_groups as hf
 from .apply import apply_removals, removals_for
+from .files import record
 from .graph import Group, channel_groups
 from .measure import count_macs, count_parameters, file_bytes, latency_ms
 from .plan import choose_pruned, group_importance, pruned_from_masks
@@ -75,6 +76,7 @@ def shrink(
     before = _measure(model, example_inputs, measure_latency)
     shapes_before = _shapes(model)
     history = apply_removals(model, removals_for(groups, pruned))
+    record(model, history)  # before after_shrink edits the config: the first shrink keeps the original
     widths = hf.after_shrink(model) if hf.supports(model) else None
     after = _measure(model, example_inputs, measure_latency)
     return ShrinkReport(
