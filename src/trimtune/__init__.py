@@ -22,9 +22,11 @@ from .deltas.bottleneck import BottleneckConfig
 from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .deltas.qlora import QLoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
+from .quant import QuantConfig, quantize_base
 from .prompts import (
     PrefixTuningConfig,
     PromptTuningConfig,

@@ -74,7 +74,9 @@ class PeftRegex:
 
 def peft_types() -> dict[str, type]:
     """peft_type -> trimtune config class, over every registered method that declares one."""
-    return {t.peft_type: t for t in (*WEIGHT_METHODS, *MODEL_METHODS) if getattr(t, "peft_type", None)}
+    # Only a class that declares peft_type itself: a subclass (QLoraConfig) saves as its parent's
+    # type but does not take over loading it.
+    return {t.peft_type: t for t in (*WEIGHT_METHODS, *MODEL_METHODS) if vars(t).get("peft_type")}
 
 
 def config_class_for(peft_type) -> type:
