@@ -25,15 +25,14 @@ def peft_to_ours_key(peft_key: str, adapter: str = "default") -> str | None:
 
 @torch.no_grad()
 def copy_from_peft(peft, ours, adapter: str = "default", randomize: bool = True) -> int:
-    """Give peft's adapter tensors random values (so parity is not ones == ones) and copy them to ours."""
+    """Give peft's trainable adapter tensors random values (so parity is not ones == ones) and copy them to ours."""
     ours_state = dict(ours.named_parameters())
-    ours_state.update(ours.named_buffers())
     copied = 0
-    for key, tensor in list(peft.named_parameters()) + list(peft.named_buffers()):
+    for key, tensor in peft.named_parameters():
         target = peft_to_ours_key(key, adapter)
-        if target is None:
+        if target is None or not tensor.requires_grad:  # frozen extras (AdaLoRA's ranknum) are not tensors here
             continue
-        if randomize and tensor.is_floating_point() and tensor.requires_grad:
+        if randomize:
             tensor.copy_(tensor + 0.2 * torch.randn_like(tensor))
         assert target in ours_state, f"{key} -> {target} missing in trimtune model"
         assert ours_state[target].shape == tensor.shape, (key, ours_state[target].shape, tensor.shape)

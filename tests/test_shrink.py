@@ -8,7 +8,7 @@ from torch import nn
 
 import trimtune as tt
 from trimtune.api import layers
-from trimtune.shrink import UntraceableError, find_groups, replay, shrink
+from trimtune.shrinking import UntraceableError, find_groups, replay, shrink
 
 
 class ResidualNet(nn.Module):
@@ -195,3 +195,97 @@ def test_untraceable_model_names_the_op():
         find_groups(Odd(), example_inputs=(torch.randn(2, 4),))
     with pytest.raises(ValueError, match="pass example_inputs"):
         find_groups(Odd())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama", "tiny_gpt2"])
+def test_save_and_reload_a_shrunk_transformer(fixture, request, tmp_path):
+    from trimtune.shrinking import load_shrunk, save_shrunk
+
+    model = request.getfixturevalue(fixture)
+    inputs = _hf_inputs(model)
+    # two shrinks, uneven across layers (layer 0 only for FFN), to need the recorded history
+    shrink(model, 0.5, structures=("heads",))
+    layer0 = {"bert": "bert.encoder.layer.0", "llama": "model.layers.0", "gpt2": "transformer.h.0"}[model.config.model_type]
+    shrink(model, 0.25, structures=("ffn",), protected=lambda name, m: not name.startswith(layer0))
+    expected = model(**inputs).logits
+    save_shrunk(model, tmp_path / "shrunk")
+    reloaded = load_shrunk(tmp_path / "shrunk").eval()
+    torch.testing.assert_close(reloaded(**inputs).logits, expected)
+
+
+def test_uniformly_shrunk_llama_reloads_with_plain_from_pretrained(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from trimtune.shrinking import save_shrunk
+
+    inputs = _hf_inputs(tiny_llama)
+    shrink(tiny_llama, 0.5)
+    save_shrunk(tiny_llama, tmp_path / "m")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(plain(**inputs).logits, tiny_llama(**inputs).logits)
+
+
+def test_save_and_reload_a_shrunk_plain_module(tmp_path):
+    from trimtune.shrinking import load_shrunk, save_shrunk
+
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    fresh = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8)
+    shrink(model, 0.5, example_inputs=(x,))
+    with torch.no_grad():
+        model.fc.weight.mul_(2)  # fine-tuned after the shrink: the file, not the replay, has the weights
+    save_shrunk(model, tmp_path / "cnn")
+    torch.testing.assert_close(load_shrunk(tmp_path / "cnn", model=fresh)(x), model(x))
+
+
+def test_reload_errors_are_clear(tiny_bert, tmp_path):
+    from trimtune.shrinking import load_shrunk, save_shrunk
+
+    tiny_bert.save_pretrained(tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="has no shrink_history.json: it was not saved by trimtune"):
+        load_shrunk(tmp_path / "plain")
+    with pytest.raises(ValueError, match="was not shrunk by trimtune"):
+        save_shrunk(tiny_bert, tmp_path / "x")
+    shrink(tiny_bert, 0.5)
+    save_shrunk(tiny_bert, tmp_path / "s")
+    (tmp_path / "s" / "shrink_history.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        load_shrunk(tmp_path / "s")
+
+
+def _randomise_all_deltas(model):
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for _, layer in layers(model):
+            for delta in layer.deltas.values():
+                for param in delta.parameters():
+                    param.add_(0.2 * torch.randn_like(param))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(lambda: tt.IA3Config(), id="ia3"),
+        pytest.param(lambda: tt.BottleneckConfig(placement="houlsby", reduction_factor=4), id="houlsby"),
+    ],
+)
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama", "tiny_gpt2"])
+def test_every_delta_type_is_sliced_with_the_base(fixture, config, request):
+    model = request.getfixturevalue(fixture)
+    tt.apply(model, config())
+    _randomise_all_deltas(model)
+    inputs = _hf_inputs(model)
+    original = copy.deepcopy(model)
+    report = shrink(model, 0.5, example_inputs=inputs)
+    expected = _mask_form(original, report.history)(**inputs).logits
+    torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unsliceable_delta_is_refused_before_anything_changes(tiny_bert):
+    tt.apply(tiny_bert, tt.DiffConfig(penalty="l1"))
+    before = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    with pytest.raises(ValueError, match=r"carries adapter 'default' \(DiffDelta\), which cannot be sliced.*nothing was changed"):
+        shrink(tiny_bert, 0.5)
+    after = tiny_bert.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

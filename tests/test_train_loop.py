@@ -206,6 +206,28 @@ def test_evaluate_on_hf_dict_batches(tiny_bert):
     assert metrics["accuracy"] == pytest.approx(float((out.logits.argmax(-1) == batch["labels"]).float().mean()))
 
 
+def test_a_loss_fn_on_hf_dict_batches_takes_the_labels_out(tiny_bert):
+    batch = bert_batch(0)
+    with torch.no_grad():
+        own_loss = tiny_bert(**batch).loss.item()
+    assert tt.evaluate(tiny_bert, [batch], loss_fn=F.cross_entropy)["loss"] == pytest.approx(own_loss)
+
+
+def test_accuracy_leaves_out_ignored_labels():
+    logits = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])  # one sequence, three tokens
+    labels = torch.tensor([[0, 0, -100]])  # right, wrong, padding
+    assert tt.accuracy(logits, labels).tolist() == [1.0, 0.0]
+
+
+def test_batches_move_to_the_device_through_nested_containers():
+    from trimtune.train.batches import to_device
+
+    t = torch.zeros(2)
+    moved = to_device({"a": (t, [t]), "b": 3}, torch.device("meta"))
+    assert isinstance(moved["a"], tuple) and isinstance(moved["a"][1], list) and moved["b"] == 3
+    assert moved["a"][0].is_meta and moved["a"][1][0].is_meta
+
+
 def test_linear_schedule_warms_up_then_decays():
     lrs = []
 
@@ -321,6 +343,12 @@ def test_bad_arguments_are_clear_errors(kwargs, error, words):
 def test_bad_models_and_batches_are_clear_errors(model, data, kwargs, error, words):
     with pytest.raises(error, match=words):
         quiet_train(model(), data, max_steps=3, **kwargs)
+
+
+def test_a_dict_batch_without_labels_or_loss_fn_gives_no_loss(tiny_bert):
+    batch = {k: v for k, v in bert_batch(0).items() if k != "labels"}
+    with pytest.raises(ValueError, match="dict batches need 'labels'"):
+        quiet_train(tiny_bert, [batch], max_steps=1)
 
 
 def test_a_loss_fn_with_dict_batches_needs_labels():

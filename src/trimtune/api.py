@@ -25,6 +25,8 @@ STATE_ATTR = "_trimtune"
 class TuneState:
     adapters: dict[str, object] = field(default_factory=dict)  # name -> config, in the order applied
     active: list[str] = field(default_factory=list)
+    # Training callbacks a method needs run every step (AdaLoRA's rank update); trimtune.train runs them.
+    callbacks: dict[str, object] = field(default_factory=dict)
 
 
 def state_of(model: nn.Module) -> TuneState:
@@ -183,6 +185,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if name in host.adapter_names():
             host.delete_adapter(name)
     del state.adapters[name]
+    state.callbacks.pop(name, None)
     state.active = [n for n in state.active if n != name]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .deltas.base import Delta
+from .deltas.base import STAGES, Delta
 from .kinds import kind_class_for, supported_types
 
 
@@ -33,6 +33,12 @@ class AdapterHost(nn.Module):
 
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         raise NotImplementedError
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        """The live tensors of adapter ``name`` keyed as peft's adapter file names them; ``path`` is
+        this module's peft prefix (``base_model.model.<module name>``). Saving writes them, loading
+        copies into them (see ``trimtune.io.adapter_files``)."""
+        raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
 
     def detach(self) -> None:
         """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
@@ -78,7 +84,10 @@ class TunedLayer(AdapterHost):
         # which is also what merge(keep_sparsity=True) folds in (W + δ ⊙ M, then ⊙ M).
         if self.weight_mask is not None:
             weight = weight * self.weight_mask
-        y = self.kind.forward(x, weight, bias)
+        keep = None
+        for delta in self._output_units:  # runtime gates: compute only the open output units
+            keep = delta.output_units(x)
+        y = self.kind.forward(x, weight, bias) if keep is None else self.kind.forward_units(x, weight, bias, keep)
         for delta in self._add_output:
             y = delta.add_output(y, x)
         for delta in self._transform_output:
@@ -88,7 +97,7 @@ class TunedLayer(AdapterHost):
     def _refresh(self) -> None:
         """Cache, per forward stage, the active deltas that are not merged into the weight."""
         live = [self.deltas[n] for n in self.active if n not in self.merged]
-        for stage in ("scale_input", "weight_delta", "add_output", "transform_output"):
+        for stage in STAGES:
             object.__setattr__(self, f"_{stage}", tuple(d for d in live if stage in d.stages()))
 
     # ---- managing deltas ----
@@ -121,6 +130,10 @@ class TunedLayer(AdapterHost):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         delta = self.deltas[name]
         return list(getattr(delta, "trainable_parameters", delta.parameters)())
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        delta = self.deltas[name]
+        return {f"{path}.{delta.peft_key(k)}": v for k, v in delta.state_dict(keep_vars=True).items()}
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         if mask is not None and mask.shape != self.weight.shape:

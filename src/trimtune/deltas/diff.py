@@ -209,6 +209,8 @@ class DiffDelta(Delta):
     def kept(self) -> int:
         return sum(v.numel() for v in self.values.values()) if self.sparse else self.numel()
 
+    sliceable = False
+
     def slice_(self, dim, keep):
         raise NotImplementedError(
             "a diff cannot be sliced by structured pruning yet; shrink the base before applying the diff, or merge it first"

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..api import adapter_config, apply, delete_adapter, hosts
 from ..copies import ModuleCopies
+from ..io.peft_format import register_peft_files
 from .apply import fold
 from .host import prompt_host
 from .model_info import kv_shape, num_layers_and_heads, token_dim
@@ -145,3 +146,6 @@ def _copy(key: str, target: torch.Tensor, source: torch.Tensor | None) -> None:
     if source.shape != target.shape:
         raise ValueError(f"tensor {key!r} has shape {tuple(source.shape)} in the file but {tuple(target.shape)} in the model")
     target.copy_(source)
+
+
+register_peft_files(CONFIG_TYPES.values(), save_prompt_adapter, load_prompt_adapter)  # tt.save_adapter/load_adapter use these

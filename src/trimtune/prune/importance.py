@@ -106,10 +106,12 @@ class Movement:
 
     @torch.no_grad()
     def update(self, model) -> None:
-        """Accumulate -w · grad for every wrapped layer whose weight has a gradient."""
+        """Accumulate -w · grad for every layer whose weight has a gradient (wrapped or not yet:
+        the name is the same either way)."""
         for name, module in model.named_modules():
-            if isinstance(module, TunedLayer) and module.weight.grad is not None:
-                step = -(module.weight * module.weight.grad)
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.nn.Parameter) and weight.grad is not None and ".deltas." not in f".{name}.":
+                step = -(weight * weight.grad)
                 self.scores[name] = self.scores[name] + step if name in self.scores else step.clone()
 
     def __call__(self, name, layer):

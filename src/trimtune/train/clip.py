@@ -35,7 +35,8 @@ class ClipConfig:
     """mode: "norm" (scale all gradients so their global L2 norm is at most ``threshold``),
     "value" (clamp each entry to [-threshold, threshold]), "agc" (unit-wise adaptive, λ =
     ``threshold``), "agc-tensor" (per-tensor adaptive). eps: floor on the weight norm (adaptive
-    modes only); the NFNets paper uses 1e-3."""
+    modes only); the NFNets paper uses 1e-3. Note that a zero-initialised factor (LoRA's B) may
+    then only move by λ·eps per unit at first; "norm" clipping has no such start-up cost."""
 
     mode: str = "norm"
     threshold: float = 1.0

@@ -14,12 +14,15 @@ from torch import nn
 
 from .batches import LossFn, run_batch, to_device
 
+IGNORE_INDEX = -100
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """1.0 where the arg-max class equals the label, else 0.0 (one value per example)."""
-    return (logits.argmax(dim=-1) == labels).float()
+    """1.0 where the arg-max class equals the label, else 0.0: one value per labelled example (or
+    token); labels of -100, Hugging Face's "ignore" index (padding), are left out."""
+    keep = labels != IGNORE_INDEX
+    return (logits.argmax(dim=-1) == labels)[keep].float()
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..api import state_of
 from ..config import ConfigError, check_positive, check_positive_int
 from .batches import LossFn, run_batch, to_device
 from .callbacks import CallbackList, TrainContext
@@ -92,7 +93,8 @@ def train(
         scheduler = scheduler(optimizer, total_steps)
     clip = as_clip_config(clip)
     precision = MixedPrecision(autocast, device)
-    hooks = CallbackList(callbacks)
+    # Callbacks a tuning method needs every step (AdaLoRA's rank update) run without being asked for.
+    hooks = CallbackList([*state_of(model).callbacks.values(), *callbacks])
     ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps)
     result = TrainResult()
 

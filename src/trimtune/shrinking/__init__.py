@@ -2,7 +2,8 @@
 
 from .api import find_groups, shrink
 from .apply import replay
+from .files import load_shrunk, save_shrunk
 from .graph import Group, Member, UntraceableError
 from .report import ShrinkReport
 
-__all__ = ["Group", "Member", "ShrinkReport", "UntraceableError", "find_groups", "replay", "shrink"]
+__all__ = ["Group", "Member", "ShrinkReport", "UntraceableError", "find_groups", "load_shrunk", "replay", "save_shrunk", "shrink"]

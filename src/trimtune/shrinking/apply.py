@@ -35,6 +35,7 @@ def removals_for(groups: list[Group], pruned: dict[int, torch.Tensor]) -> dict[t
 
 def apply_removals(model: nn.Module, drop: dict[tuple[str, str], set[int]]) -> list[dict]:
     """Slice every (module, dim); return the history (module, dim, kept indices) for replay."""
+    _check_sliceable(model, {name for name, _ in drop})
     history = []
     for (name, dim), removed in sorted(drop.items()):
         module = model.get_submodule(name)
@@ -45,6 +46,18 @@ def apply_removals(model: nn.Module, drop: dict[tuple[str, str], set[int]]) -> l
         slice_module(module, dim, torch.tensor(keep))
         history.append({"module": name, "dim": dim, "size": size, "keep": keep})
     return history
+
+
+def _check_sliceable(model: nn.Module, names: set[str]) -> None:
+    """Refuse before cutting anything, so a refusal never leaves a half-shrunk model."""
+    for name in sorted(names):
+        module = model.get_submodule(name)
+        for adapter, delta in getattr(module, "deltas", {}).items():
+            if not delta.sliceable:
+                raise ValueError(
+                    f"{name} carries adapter {adapter!r} ({type(delta).__name__}), which cannot be sliced; "
+                    "merge or delete it before shrinking (nothing was changed)"
+                )
 
 
 def replay(model: nn.Module, history: list[dict]) -> None:
