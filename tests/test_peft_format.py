@@ -283,3 +283,40 @@ def test_prompt_methods_use_the_same_entry_points(tiny_llama, token_ids, tmp_pat
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
     assert isinstance(tt.load_adapter(base, tmp_path), tt.PromptTuningConfig)
     torch.testing.assert_close(logits(base, token_ids), logits(tiny_llama, token_ids), atol=1e-6, rtol=0)
+
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3), torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 10)
+    ).eval()
+
+
+def test_conv2d_lora_both_directions(tmp_path):
+    """Plain torch models (no HF config) and convolutions use the same mapping."""
+    images = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = _tiny_cnn()
+    tt.apply(model, tt.LoraConfig(r=2, targets=["0", "2"], modules_to_save=["4"]))
+    randomise_trainable(model)
+    tt.save_adapter(model, tmp_path / "ours")
+    peft_model = peft.PeftModel.from_pretrained(_tiny_cnn(), tmp_path / "ours").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(images), model(images), atol=1e-5, rtol=0)
+
+    peft_model = peft.get_peft_model(_tiny_cnn(), peft.LoraConfig(r=3, lora_alpha=6, target_modules=["2"]))
+    randomise_trainable(peft_model)
+    peft_model.save_pretrained(tmp_path / "theirs")
+    fresh = _tiny_cnn()
+    tt.load_adapter(fresh, tmp_path / "theirs")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images), peft_model.eval()(images), atol=1e-5, rtol=0)
+
+
+def test_saving_with_a_merged_adapter_is_refused_clearly(tiny_bert, tmp_path):
+    tt.apply(tiny_bert, tt.LoraConfig(r=2, targets="query"))
+    tt.merge(tiny_bert)
+    with pytest.raises(ValueError, match="merged into the base weights.*unmerge"):
+        tt.save_adapter(tiny_bert, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    tt.unmerge(tiny_bert)
+    tt.save_adapter(tiny_bert, tmp_path / "a")
