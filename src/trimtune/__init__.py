@@ -32,8 +32,6 @@ from .prompts import (
     PromptTuningConfig,
     PTuningConfig,
     fold,
-    load_prompt_adapter,
-    save_prompt_adapter,
 )
 from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type

@@ -41,7 +41,8 @@ _TASK_TYPES = (  # transformers class-name suffix -> peft task_type (peft picks 
 _SEQ_CLS_HEADS = ("classifier", "score")  # peft's SEQ_CLS model always trains these (name suffix)
 
 
-# config type -> (save(model, path, name), load(model, path, name)) for methods that write their own files
+# config type -> (save(model, path, name), load(model, path, name, check_base=, activate=) -> config)
+# for methods that write their own files
 FILE_HANDLERS: dict[type, tuple[Callable, Callable]] = {}
 
 
