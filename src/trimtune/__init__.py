@@ -1,5 +1,7 @@
 """trimtune: prune (trim) and parameter-efficiently fine-tune (tune) PyTorch and Hugging Face models."""
 
+from types import ModuleType as _ModuleType
+
 from .api import (
     active_adapters,
     adapter_config,
@@ -14,30 +16,38 @@ from .api import (
     unmerge,
 )
 from .config import ConfigError
+from .deltas.adalora import AdaLoraConfig
+from .deltas.adalora_budget import adalora_ranks, adalora_update
+from .deltas.bottleneck import BottleneckConfig
+from .deltas.diff import DiffConfig
+from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .diff_pruning import diff_penalty, project_diffs
 from .layers import TunedLayer
+from .prompts import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    fold,
+    load_prompt_adapter,
+    save_prompt_adapter,
+)
+from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
+from .train import (
+    Callback,
+    ClipConfig,
+    NonFiniteLossError,
+    TrainContext,
+    TrainResult,
+    accuracy,
+    clip_gradients,
+    evaluate,
+    linear_schedule,
+    train,
+)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConfigError",
-    "LoraConfig",
-    "TargetError",
-    "TunedLayer",
-    "active_adapters",
-    "adapter_config",
-    "apply",
-    "by_glob",
-    "by_names",
-    "by_regex",
-    "by_type",
-    "delete_adapter",
-    "disable_adapters",
-    "merge",
-    "print_trainable_parameters",
-    "set_adapter",
-    "trainable_parameters",
-    "unload",
-    "unmerge",
-]
+# Everything imported above is the public API (derived, so parallel additions never conflict here).
+__all__ = sorted(n for n, v in list(globals().items()) if not n.startswith("_") and not isinstance(v, _ModuleType))

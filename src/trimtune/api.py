@@ -25,6 +25,8 @@ STATE_ATTR = "_trimtune"
 class TuneState:
     adapters: dict[str, object] = field(default_factory=dict)  # name -> config, in the order applied
     active: list[str] = field(default_factory=list)
+    # Training callbacks a method needs run every step (AdaLoRA's rank update); trimtune.train runs them.
+    callbacks: dict[str, object] = field(default_factory=dict)
 
 
 def state_of(model: nn.Module) -> TuneState:
@@ -59,6 +61,7 @@ def wrap(model: nn.Module, name: str) -> TunedLayer:
     if isinstance(module, TunedLayer):
         return module
     layer = TunedLayer(module)
+    layer.module_name = name  # for methods that treat layers differently by name (IA3's feed-forward set)
     _replace(model, name, layer)
     return layer
 
@@ -97,7 +100,8 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
 
 
 def _apply_weight_method(model, config, name, make_delta) -> None:
-    targets = select(model, config.targets)
+    # A method with other per-architecture defaults than LoRA's (IA3, adapters) names them on its config.
+    targets = select(model, config.targets, getattr(config, "default_targets", None))
     try:
         for target in targets:
             layer = wrap(model, target)
@@ -181,6 +185,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if name in host.adapter_names():
             host.delete_adapter(name)
     del state.adapters[name]
+    state.callbacks.pop(name, None)
     state.active = [n for n in state.active if n != name]
 
 
@@ -212,7 +217,7 @@ def unmerge(model: nn.Module) -> nn.Module:
 def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
     """Return the plain model: original layer classes, trimtune removed. With ``merge_adapters``
     the active adapters are folded in first (and trained head copies kept); otherwise the base
-    weights are restored exactly as they were."""
+    weights are restored exactly as they were. Input deltas (prompts, prefixes) are removed either way."""
     for name, layer in list(layers(model)):
         if merge_adapters:
             pending = [n for n in layer.active if n not in layer.merged]
@@ -220,11 +225,17 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
                 layer.merge(pending)
         elif layer.merged:
             layer.unmerge()
+        if layer.weight_mask is not None:  # a plain layer has no mask: keep the pruning in its weight
+            layer.weight.data.mul_(layer.weight_mask)
         _replace(model, name, layer.restore_base())
     for name, module in list(model.named_modules()):
         if isinstance(module, ModuleCopies):
             keep = module.copies[module.active[0]] if (merge_adapters and module.active) else module.original
             _replace(model, name, keep)
+    for name, host in list(hosts(model)):  # the rest (input deltas) cannot fold into weights: removed
+        host.detach()
+        parent_name, _, child = name.rpartition(".")
+        delattr(model.get_submodule(parent_name) if parent_name else model, child)
     if hasattr(model, STATE_ATTR):
         object.__delattr__(model, STATE_ATTR)
     return model

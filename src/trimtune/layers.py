@@ -34,6 +34,9 @@ class AdapterHost(nn.Module):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         raise NotImplementedError
 
+    def detach(self) -> None:
+        """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
+
 
 class TunedLayer(AdapterHost):
     def __init__(self, base: nn.Module):
@@ -57,6 +60,7 @@ class TunedLayer(AdapterHost):
         self.register_buffer("weight_mask", None)
         self.deltas = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
+        self.module_name = ""  # dotted name in the model, set by api.wrap
         self.merged: tuple[str, ...] = ()
         self._refresh()
 
@@ -65,13 +69,15 @@ class TunedLayer(AdapterHost):
         for delta in self._scale_input:
             x = delta.scale_input(x)
         weight, bias = self.weight, self.bias
-        if self.weight_mask is not None:
-            weight = weight * self.weight_mask
         for delta in self._weight_delta:
             weight = weight + delta.weight_delta()
             extra_bias = delta.bias_delta()
             if extra_bias is not None:
                 bias = extra_bias if bias is None else bias + extra_bias
+        # The mask comes after the dense deltas: a pruned entry stays zero whatever a delta adds,
+        # which is also what merge(keep_sparsity=True) folds in (W + δ ⊙ M, then ⊙ M).
+        if self.weight_mask is not None:
+            weight = weight * self.weight_mask
         y = self.kind.forward(x, weight, bias)
         for delta in self._add_output:
             y = delta.add_output(y, x)
@@ -134,6 +140,10 @@ class TunedLayer(AdapterHost):
             if not delta.mergeable:
                 raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
         mask = self.weight_mask if keep_sparsity else None
+        if not keep_sparsity and self.weight_mask is not None:
+            # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
+            self.weight.mul_(self.weight_mask)
+            self.weight_mask = None
         for name in names:
             self.deltas[name].merge_into(self.weight, self.bias, mask)
             self.merged += (name,)

@@ -79,20 +79,22 @@ def all_linear(model: nn.Module) -> Predicate:
     return predicate
 
 
-def default_targets(model: nn.Module) -> list[str]:
+def default_targets(model: nn.Module, table: dict[str, TargetSpec] | None = None) -> TargetSpec:
+    """The architecture's default targets from ``table`` (a method's own table, else LoRA's)."""
+    table = DEFAULT_TARGETS if table is None else table
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DEFAULT_TARGETS:
-        known = ", ".join(sorted(DEFAULT_TARGETS))
+    if model_type not in table:
+        known = ", ".join(sorted(table))
         raise TargetError(
             f"no default targets for model type {model_type!r} ({type(model).__name__}); pass targets= "
             f"(a regex, list of names, type or predicate). Defaults exist for: {known}"
         )
-    return DEFAULT_TARGETS[model_type]
+    return table[model_type]
 
 
-def to_predicate(spec: TargetSpec, model: nn.Module) -> Predicate:
-    if spec is None:
-        return by_names(default_targets(model))
+def to_predicate(spec: TargetSpec, model: nn.Module, defaults: dict[str, TargetSpec] | None = None) -> Predicate:
+    if spec is None:  # a table entry is itself a spec (a list of names, or a regex where names are ambiguous)
+        return to_predicate(default_targets(model, defaults), model)
     if isinstance(spec, str):
         return all_linear(model) if spec == "all-linear" else by_regex(spec)
     if isinstance(spec, type) or (isinstance(spec, tuple) and all(isinstance(t, type) for t in spec)):
@@ -129,9 +131,10 @@ def candidate_modules(model: nn.Module):
         yield name, (module.base_layer if isinstance(module, TunedLayer) else module)
 
 
-def select(model: nn.Module, spec: TargetSpec) -> list[str]:
-    """Names of the modules that ``spec`` selects; each must be a wrappable layer type."""
-    predicate = to_predicate(spec, model)
+def select(model: nn.Module, spec: TargetSpec, defaults: dict[str, TargetSpec] | None = None) -> list[str]:
+    """Names of the modules that ``spec`` selects; each must be a wrappable layer type.
+    ``defaults``: per-architecture specs used when ``spec`` is None (LoRA's table if not given)."""
+    predicate = to_predicate(spec, model, defaults)
     chosen, unsupported = [], []
     for name, module in candidate_modules(model):
         if predicate(name, module):

@@ -4,7 +4,7 @@ A delta overrides only the stages its method needs; the wrapper finds out which 
 the subclass overrides, so the forward has no per-method branches:
 
     x' = x · scale_input                              (IA3 on a down projection)
-    W  = W ⊙ M + Σ weight_delta()                     (diff pruning: dense, sparse)
+    W  = (W + Σ weight_delta()) ⊙ M                   (diff pruning: dense, sparse; the mask wins)
     y  = op(x', W, b + Σ bias_delta())
     y  = add_output(y, x')                            (LoRA, AdaLoRA: factored, never W + BA)
     y  = transform_output(y)                          (IA3 on keys/values, bottleneck adapters)
@@ -74,6 +74,11 @@ class Delta(nn.Module):
             bias.add_(sign * change.to(bias.dtype))
 
     # ---- structured pruning ----
+    @property
+    def sliceable(self) -> bool:
+        """Whether ``slice_`` is implemented; shrink checks every delta before it cuts anything."""
+        return type(self).slice_ is not Delta.slice_
+
     def slice_(self, dim: str, keep: torch.Tensor) -> None:
         """Keep only output (``dim="out"``) or input (``dim="in"``) units ``keep`` of the base."""
         raise NotImplementedError(f"{type(self).__name__} does not support structured slicing yet")

@@ -1,0 +1,45 @@
+"""Shared by the input-delta methods: put a delta on the model's PromptHost (plus head copies)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..api import _copies_at, hosts
+from ..config import ConfigError, check_positive_int
+from .base import InputDelta
+from .host import prompt_host
+
+
+def check_prompt_fields(config) -> None:
+    check_positive_int("num_virtual_tokens", config.num_virtual_tokens)
+    if isinstance(config.modules_to_save, str) or not isinstance(config.modules_to_save, Sequence):
+        raise ConfigError(f"modules_to_save must be a list of module names, got {config.modules_to_save!r}")
+
+
+def add_input_delta(model: nn.Module, name: str, delta: InputDelta, modules_to_save: Sequence[str]) -> None:
+    device = model.get_input_embeddings().weight.device
+    try:
+        prompt_host(model).add(name, delta.to(device).train(model.training))
+        for module_name in modules_to_save:
+            _copies_at(model, module_name).add_copy(name)
+    except Exception:
+        for _, host in hosts(model):  # leave no half-applied adapter behind
+            if name in host.adapter_names():
+                host.delete_adapter(name)
+        raise
+
+
+def fold(model: nn.Module, names: Sequence[str] | None = None) -> None:
+    """Replace the encoders of input deltas (P-tuning's MLP/LSTM, prefix tuning's MLP) by their output:
+    same forward, fewer parameters, nothing re-run. What peft saves is this folded form."""
+    from ..api import set_adapter, state_of
+
+    host = prompt_host(model)
+    for name in host.adapter_names() if names is None else names:
+        if name not in host.deltas:
+            raise KeyError(f"no input-side adapter named {name!r}; the model has {host.adapter_names()}")
+        host.deltas[name] = host.deltas[name].folded()
+    if state_of(model).active:
+        set_adapter(model, state_of(model).active)  # the new tables train iff their adapter is active

@@ -1,0 +1,154 @@
+"""The one place input deltas meet the model: a ``PromptHost`` and a forward pre-hook.
+
+No model subclass and no wrapper object: ``apply`` installs a ``PromptHost`` as the submodule
+``trimtune_prompts`` of the model and registers a forward pre-hook (with kwargs) on the model itself.
+The hook rewrites each call's arguments, so ``model(...)``, a training loop and ``model.generate()``
+all see the virtual tokens:
+
+- at the first step of a sequence (no cache, or an empty one), the active ``"embeddings"`` deltas are
+  prepended to the input embeddings (labels get -100, token_type_ids 0 in front), and the active
+  ``"cache"`` deltas are written into the (new or given, empty) ``DynamicCache`` as per-layer key/value
+  prefixes;
+- at every step the 2-D attention mask gets ones in front for all virtual tokens (the cache holds them);
+- given ``position_ids`` are shifted by the prefix length (prefix tuning); with prompt embeddings they are
+  dropped so the model numbers positions from the cache length, as peft does.
+
+``generate()`` keeps its own ``input_ids``, so the virtual tokens are never returned. Several active
+input deltas combine: their tokens are concatenated in activation order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..layers import AdapterHost
+from .base import InputDelta
+
+HOST_ATTR = "trimtune_prompts"
+
+
+class PromptHost(AdapterHost):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.deltas = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()
+        object.__setattr__(self, "_signature", inspect.signature(model.forward))
+        object.__setattr__(self, "_handle", model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+
+    # ---- AdapterHost ----
+    def add(self, name: str, delta: InputDelta) -> None:
+        self.deltas[name] = delta
+
+    def set_active(self, names: Iterable[str]) -> None:
+        self.active = tuple(n for n in names if n in self.deltas)
+
+    def adapter_names(self) -> list[str]:
+        return list(self.deltas)
+
+    def delete_adapter(self, name: str) -> None:
+        del self.deltas[name]
+        self.active = tuple(n for n in self.active if n != name)
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        return list(self.deltas[name].parameters())
+
+    def detach(self) -> None:
+        """Stop rewriting the model's calls (unload)."""
+        self._handle.remove()
+
+    # ---- the hook ----
+    def _before_forward(self, model: nn.Module, args: tuple, kwargs: dict):
+        live = [self.deltas[n] for n in self.active]
+        if not live:
+            return None
+        call = _as_kwargs(self._signature, args, kwargs)
+        front = [d for d in live if d.side == "embeddings"]
+        prefix = [d for d in live if d.side == "cache"]
+        batch = _batch_size(call)
+        cache = call.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:  # first step of a sequence
+            if prefix:
+                call["past_key_values"] = _fill_cache(model, cache, prefix, batch)
+            if front:
+                _prepend_embeddings(model, call, front, batch)
+        n_virtual = sum(d.num_virtual_tokens for d in live)
+        mask = call.get("attention_mask")
+        if mask is not None:
+            if mask.dim() != 2:
+                raise ValueError(f"prompt methods need a 2-D attention mask (batch, seq); got shape {tuple(mask.shape)}")
+            call["attention_mask"] = torch.cat([mask.new_ones(batch, n_virtual), mask], dim=1)
+        positions = call.get("position_ids")
+        if positions is not None:
+            call["position_ids"] = None if front else positions + sum(d.num_virtual_tokens for d in prefix)
+        return (), call
+
+    def extra_repr(self) -> str:
+        return f"active={list(self.active)}"
+
+
+def _as_kwargs(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """All call arguments by name (the hook can only rewrite what it can name)."""
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    call = {}
+    for name, value in bound.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        else:
+            call[name] = value
+    return call
+
+
+def _batch_size(call: dict) -> int:
+    for key in ("input_ids", "inputs_embeds"):
+        if call.get(key) is not None:
+            return call[key].shape[0]
+    raise ValueError("prompt methods need input_ids or inputs_embeds to know the batch size")
+
+
+def _prepend_embeddings(model: nn.Module, call: dict, deltas: list[InputDelta], batch: int) -> None:
+    embeds = call.get("inputs_embeds")
+    if embeds is None:
+        embeds = model.get_input_embeddings()(call["input_ids"])
+    seq = embeds.shape[1]
+    prompts = torch.cat([d.output() for d in deltas]).to(embeds.dtype)
+    n = prompts.shape[0]
+    call["inputs_embeds"] = torch.cat([prompts.unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)
+    call["input_ids"] = None
+    labels = call.get("labels")
+    if labels is not None and labels.dim() == 2 and labels.shape[1] == seq:  # token labels (LM), not class labels
+        call["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)
+    token_types = call.get("token_type_ids")
+    if token_types is not None:
+        call["token_type_ids"] = torch.cat([token_types.new_zeros(batch, n), token_types], dim=1)
+
+
+def _fill_cache(model: nn.Module, cache, deltas: list[InputDelta], batch: int):
+    from transformers import DynamicCache
+
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    dtype = model.get_input_embeddings().weight.dtype
+    per_delta = []
+    for delta in deltas:
+        layers, heads, head_dim = delta.kv_shape
+        flat = delta.output().to(dtype)  # (n, layers * 2 * heads * head_dim), peft's layout
+        per_delta.append(flat.view(delta.num_virtual_tokens, layers * 2, heads, head_dim).permute(1, 2, 0, 3))
+    kv = torch.cat(per_delta, dim=2)  # (layers * 2, heads, n_total, head_dim)
+    for layer in range(kv.shape[0] // 2):
+        keys = kv[2 * layer].unsqueeze(0).expand(batch, -1, -1, -1)
+        values = kv[2 * layer + 1].unsqueeze(0).expand(batch, -1, -1, -1)
+        cache.update(keys, values, layer)
+    return cache
+
+
+def prompt_host(model: nn.Module) -> PromptHost:
+    """The model's PromptHost, installed on first use."""
+    host = getattr(model, HOST_ATTR, None)
+    if host is None:
+        host = PromptHost(model)
+        model.add_module(HOST_ATTR, host)
+    return host

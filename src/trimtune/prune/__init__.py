@@ -1,0 +1,16 @@
+"""Pruning with masks: importance → scope → granularity → schedule → masks on the wrapper layers."""
+
+from .api import PruneConfig, prune, select_layers
+from .calibration import collect_input_norms, collect_taylor
+from .granularity import NM, Blocks, Columns, Element, Rows
+from .heads import Heads
+from .importance import Magnitude, Movement, Random, Taylor, Wanda
+from .report import SparsityReport, sparsity_report
+from .schedule import PruneSchedule, Pruner, PruningCallback
+from .masks import enforce_masks, keep_pruned, make_permanent, pruned_structures, remove_masks, sparsity
+
+__all__ = [
+    "NM", "Blocks", "Columns", "Element", "Heads", "Magnitude", "Movement", "PruneConfig", "PruneSchedule", "Pruner", "PruningCallback", "Random", "Rows", "SparsityReport",
+    "Taylor", "Wanda", "collect_input_norms", "collect_taylor", "enforce_masks", "keep_pruned", "make_permanent", "prune", "pruned_structures",
+    "remove_masks", "select_layers", "sparsity", "sparsity_report",
+]

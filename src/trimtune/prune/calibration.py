@@ -1,0 +1,80 @@
+"""Calibration statistics for data-aware importances: input-channel norms (Wanda) and
+accumulated |w · grad| (Taylor). ``batches`` is any iterable of model inputs: a tensor (passed
+positionally) or a dict (passed as keyword arguments)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..api import wrap
+from .api import PruneConfig, select_layers
+
+
+def _run(model: nn.Module, batch):
+    return model(**batch) if isinstance(batch, dict) else model(batch)
+
+
+def _targets(model, targets) -> dict[str, nn.Module]:
+    names = select_layers(model, PruneConfig(targets=targets))
+    return {n: wrap(model, n) for n in names}
+
+
+@torch.no_grad()
+def collect_input_norms(model: nn.Module, batches: Iterable, targets=None) -> dict[str, torch.Tensor]:
+    """``{layer: ||X_j||_2}`` over every input channel j, summed over all calibration tokens/pixels."""
+    layers = _targets(model, targets)
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook_for(name, layer):
+        channel_dim = layer.kind.input_channel_dim
+
+        def hook(module, args):
+            x = args[0].detach().float()
+            dims = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
+            sq = x.pow(2).sum(dim=dims)
+            sums[name] = sums[name] + sq if name in sums else sq
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(n, layer)) for n, layer in layers.items()]
+    try:
+        count = 0
+        for batch in batches:
+            _run(model, batch)
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if not count:
+        raise ValueError("collect_input_norms got no calibration batches; pass at least one")
+    return {n: s.sqrt() for n, s in sums.items()}
+
+
+def collect_taylor(
+    model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, object], torch.Tensor], targets=None
+) -> dict[str, torch.Tensor]:
+    """``{layer: Σ_batches |w · dL/dw|}``; ``loss_fn(model, batch)`` returns a scalar loss.
+    The weights get gradients only for the duration of the call."""
+    layers = _targets(model, targets)
+    saved = {n: layer.weight.requires_grad for n, layer in layers.items()}
+    scores: dict[str, torch.Tensor] = {}
+    try:
+        for layer in layers.values():
+            layer.weight.requires_grad_(True)
+            layer.weight.grad = None
+        for batch in batches:
+            loss_fn(model, batch).backward()
+            with torch.no_grad():
+                for n, layer in layers.items():
+                    s = (layer.weight * layer.weight.grad).abs()
+                    scores[n] = scores[n] + s if n in scores else s
+                    layer.weight.grad = None
+    finally:
+        for n, layer in layers.items():
+            layer.weight.requires_grad_(saved[n])
+    if not scores:
+        raise ValueError("collect_taylor got no calibration batches; pass at least one")
+    return scores

@@ -1,0 +1,146 @@
+"""Save and reload a shrunk model: tensors in safetensors, the shrink history in JSON, no pickle.
+
+A shrunk model records (on ``model._trimtune_shrink``) the configuration it started from and every
+slice taken. Reloading rebuilds the original architecture, replays the history — so layers of
+different widths come back without the user rebuilding anything — and loads the tensors. Hugging
+Face models are saved with ``save_pretrained``; when every layer was shrunk alike the stock config
+describes the new widths and plain ``from_pretrained`` works too (Llama-style configs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .apply import replay
+
+HISTORY_FILE = "shrink_history.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "trimtune-shrink/1"
+STATE_ATTR = "_trimtune_shrink"
+
+
+def record(model: nn.Module, history: list[dict]) -> None:
+    """Remember the original config (first shrink only) and append the slices taken."""
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        config = getattr(model, "config", None)
+        state = {
+            "architecture": type(model).__name__,
+            "original_config": config.to_dict() if config is not None else None,
+            "history": [],
+        }
+        object.__setattr__(model, STATE_ATTR, state)
+    state["history"].extend(history)
+
+
+def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise ValueError("this model was not shrunk by trimtune (no shrink history); save it the usual way")
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None))
+    try:
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            tensors, seen = {}, set()
+            for name, tensor in model.state_dict().items():
+                if tensor.data_ptr() not in seen:  # tied weights once
+                    seen.add(tensor.data_ptr())
+                    tensors[name] = tensor.contiguous()
+            save_file(tensors, tmp / WEIGHTS_FILE)
+        (tmp / HISTORY_FILE).write_text(json.dumps({"format": FORMAT, **state}))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Swap the finished directory in with renames, so a crash never leaves a half-written model."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Reload a shrunk model. ``model``: a fresh copy of the ORIGINAL model, needed for plain
+    nn.Modules (Hugging Face models are rebuilt from the recorded config)."""
+    path = Path(path)
+    history_path = path / HISTORY_FILE
+    if not history_path.is_file():
+        raise FileNotFoundError(
+            f"{path} has no {HISTORY_FILE}: it was not saved by trimtune's save_shrunk, so the layer widths "
+            "cannot be rebuilt; save the shrunk model with trimtune.save_shrunk"
+        )
+    try:
+        state = json.loads(history_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{history_path} is not valid JSON ({err}); the file is corrupt") from err
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{history_path} has format {state.get('format')!r}; this trimtune reads {FORMAT!r}")
+    if model is None:
+        model = _rebuild_hf(state, path)
+    replay(model, state["history"])
+    from . import transformer_groups as hf
+
+    if hf.supports(model):
+        hf.after_shrink(model)
+    _load_tensors(model, path)
+    state.pop("format")
+    object.__setattr__(model, STATE_ATTR, state)
+    return model
+
+
+def _rebuild_hf(state: dict, path: Path) -> nn.Module:
+    config_dict = state.get("original_config")
+    if not config_dict:
+        raise ValueError(f"{path} holds a plain nn.Module; pass model= (a fresh copy of the original model)")
+    import transformers
+
+    config_dict = dict(config_dict)
+    model_type = config_dict.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **config_dict)
+    architecture = state.get("architecture")
+    model_cls = getattr(transformers, architecture, None) if architecture else None
+    if model_cls is None:
+        raise ValueError(f"cannot rebuild architecture {architecture!r} from {path}; pass model=")
+    return model_cls(config)
+
+
+def _load_tensors(model: nn.Module, path: Path) -> None:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no .safetensors weights")
+    tensors = {}
+    for file in files:
+        tensors.update(load_file(file))
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        if name in expected and expected[name].shape != tensor.shape:
+            raise ValueError(
+                f"{name} is {tuple(tensor.shape)} in {path} but {tuple(expected[name].shape)} in the rebuilt model: "
+                "the shrink history does not match these weights"
+            )
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {n for n in missing if _is_tied(model, n)}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"weights in {path} do not match the model: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    """A tensor absent from the file because it shares storage with one that is present."""
+    state = model.state_dict()
+    return any(other != name and state[other].data_ptr() == state[name].data_ptr() for other in state)

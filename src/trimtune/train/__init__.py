@@ -1,0 +1,20 @@
+"""Training utilities: the loop, gradient clipping, callbacks, evaluation, LR schedules."""
+
+from .callbacks import Callback, TrainContext
+from .clip import ClipConfig, clip_gradients
+from .evaluate import accuracy, evaluate
+from .loop import NonFiniteLossError, TrainResult, train
+from .schedule import linear_schedule
+
+__all__ = [
+    "Callback",
+    "ClipConfig",
+    "NonFiniteLossError",
+    "TrainContext",
+    "TrainResult",
+    "accuracy",
+    "clip_gradients",
+    "evaluate",
+    "linear_schedule",
+    "train",
+]

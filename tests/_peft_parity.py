@@ -1,0 +1,55 @@
+"""Helpers to compare trimtune adapters with peft's: copy tensors across by key, compare outputs."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+
+
+def peft_model(model, peft_config):
+    from peft import get_peft_model
+
+    return get_peft_model(copy.deepcopy(model), peft_config)
+
+
+def peft_to_ours_key(peft_key: str, adapter: str = "default") -> str | None:
+    """``base_model.model.X.lora_A.default.weight`` -> ``X.deltas.default.lora_A`` (None: not an adapter tensor)."""
+    key = peft_key.removeprefix("base_model.model.")
+    match = re.match(rf"(.*)\.(\w+)\.{adapter}(?:\.weight)?$", key)
+    if match is None or match.group(2) == "base_layer":
+        return None
+    return f"{match.group(1)}.deltas.{adapter}.{match.group(2)}"
+
+
+@torch.no_grad()
+def copy_from_peft(peft, ours, adapter: str = "default", randomize: bool = True) -> int:
+    """Give peft's trainable adapter tensors random values (so parity is not ones == ones) and copy them to ours."""
+    ours_state = dict(ours.named_parameters())
+    copied = 0
+    for key, tensor in peft.named_parameters():
+        target = peft_to_ours_key(key, adapter)
+        if target is None or not tensor.requires_grad:  # frozen extras (AdaLoRA's ranknum) are not tensors here
+            continue
+        if randomize:
+            tensor.copy_(tensor + 0.2 * torch.randn_like(tensor))
+        assert target in ours_state, f"{key} -> {target} missing in trimtune model"
+        assert ours_state[target].shape == tensor.shape, (key, ours_state[target].shape, tensor.shape)
+        ours_state[target].copy_(tensor)
+        copied += 1
+    assert copied > 0
+    return copied
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def assert_parity(ours, peft, base, atol: float = 1e-5) -> None:
+    """ours == peft within atol, and the adapter visibly changed the output (so the match means something)."""
+    error = (ours - peft).abs().max().item()
+    effect = (ours - base).abs().max().item()
+    assert error <= atol, f"trimtune and peft differ by {error:.3g}"
+    assert error * 100 < effect, f"adapter effect {effect:.3g} too small to make parity error {error:.3g} meaningful"

@@ -1,0 +1,106 @@
+import peft
+import pytest
+import torch
+from torch import nn
+
+import trimtune as tt
+from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
+
+CONFIGS = [
+    (dict(), dict()),
+    (dict(projection=True, encoder_hidden_size=16), dict(prefix_projection=True, encoder_hidden_size=16)),
+]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("ours_kw,peft_kw", CONFIGS, ids=["table", "projection"])
+def test_decoder_forward_and_generate_match_peft(fixture, ours_kw, peft_kw, request, token_ids):
+    base = request.getfixturevalue(fixture)
+    ours = with_adapter(base, tt.PrefixTuningConfig(num_virtual_tokens=3, **ours_kw))
+    twin = peft_twin(base, ours, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, **peft_kw))
+    mask = padded(token_ids)
+    with torch.no_grad():
+        logits = ours(input_ids=token_ids, attention_mask=mask).logits
+        assert logits.shape == (2, 9, 100)  # prefixes live in the cache, not in the sequence
+        torch.testing.assert_close(logits, twin(input_ids=token_ids, attention_mask=mask).logits, atol=1e-5, rtol=0)
+        assert not torch.allclose(logits, base(input_ids=token_ids, attention_mask=mask).logits, atol=1e-3)
+    for sample in (False, True):
+        out = generate(ours, token_ids, mask, sample=sample)
+        assert out.shape == (2, 14) and torch.equal(out[:, :9], token_ids)
+        assert torch.equal(out, generate(twin, token_ids, mask, sample=sample))
+
+
+def test_gqa_prefixes_have_the_key_value_heads(tiny_llama, token_ids):
+    ours = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=3))
+    assert delta_of(ours).embedding.weight.shape == (3, 2 * 2 * 2 * 8)  # layers * (k, v) * kv_heads * head_dim
+    with torch.no_grad():
+        cache = ours(input_ids=token_ids, use_cache=True).past_key_values
+    assert cache.get_seq_length() == 3 + 9
+    assert cache.layers[0].keys.shape == (2, 2, 12, 8)  # 2 kv heads, not 4 query heads
+    prefix = delta_of(ours).embedding.weight.view(3, 4, 2, 8)  # (n, layers * 2, kv_heads, head_dim)
+    torch.testing.assert_close(cache.layers[1].values[0, :, :3], prefix[:, 3].transpose(0, 1))
+
+
+@pytest.mark.parametrize("ours_kw,peft_kw", CONFIGS, ids=["table", "projection"])
+def test_bert_classification_matches_peft(tiny_bert, token_ids, ours_kw, peft_kw):
+    ours = with_adapter(tiny_bert, tt.PrefixTuningConfig(num_virtual_tokens=4, **ours_kw))
+    twin = peft_twin(tiny_bert, ours, peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, **peft_kw))
+    mask = padded(token_ids)
+    with torch.no_grad():
+        logits = ours(token_ids, attention_mask=mask).logits
+        torch.testing.assert_close(logits, twin(input_ids=token_ids, attention_mask=mask).logits, atol=1e-5, rtol=0)
+        assert not torch.allclose(logits, tiny_bert(token_ids, attention_mask=mask).logits, atol=1e-4)
+
+
+def test_fold_removes_the_mlp_and_keeps_the_outputs(tiny_gpt2, token_ids):
+    ours = with_adapter(tiny_gpt2, tt.PrefixTuningConfig(num_virtual_tokens=3, projection=True))
+    with torch.no_grad():
+        before = ours(token_ids).logits
+    trainable_before, _ = tt.trainable_parameters(ours)
+    tt.fold(ours)
+    assert not hasattr(delta_of(ours), "transform")
+    trainable_after, _ = tt.trainable_parameters(ours)
+    assert trainable_after == 3 * 2 * 2 * 32 < trainable_before
+    with torch.no_grad():
+        torch.testing.assert_close(ours(token_ids).logits, before, atol=1e-6, rtol=0)
+
+
+def test_zero_init_starts_at_the_base_value_path_and_trains(tiny_llama, token_ids):
+    ours = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2, init="ZERO"))
+    assert torch.count_nonzero(delta_of(ours).embedding.weight) == 0
+    ours.train()
+    ours(input_ids=token_ids, labels=token_ids).loss.backward()
+    grads = {n for n, p in ours.named_parameters() if p.grad is not None}
+    assert grads == {"trimtune_prompts.deltas.default.embedding.weight"}
+
+
+def test_prefix_and_prompt_tuning_combine(tiny_llama, token_ids):
+    model = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2), name="prefix")
+    tt.apply(model, tt.PromptTuningConfig(num_virtual_tokens=3), name="prompt")
+    tt.set_adapter(model, ["prefix", "prompt"])
+    mask = padded(token_ids)
+    with torch.no_grad():
+        out = model(input_ids=token_ids, attention_mask=mask, use_cache=True)
+    assert out.logits.shape[1] == 3 + 9 and out.past_key_values.get_seq_length() == 2 + 3 + 9
+    assert generate(model, token_ids, mask).shape == (2, 14)
+
+
+def test_bad_input_is_refused_clearly(token_ids):
+    with pytest.raises(tt.ConfigError, match="num_virtual_tokens"):
+        tt.PrefixTuningConfig(num_virtual_tokens=0)
+    with pytest.raises(tt.ConfigError, match="init"):
+        tt.PrefixTuningConfig(init="zeros")
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+        def forward(self, input_ids=None, inputs_embeds=None):
+            return self.embed(input_ids)
+
+    with pytest.raises(TypeError, match="Plain"):
+        tt.apply(Plain(), tt.PrefixTuningConfig(num_virtual_tokens=2))
