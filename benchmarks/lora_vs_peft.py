@@ -63,7 +63,7 @@ QUICK_CASES = [
     Case("tiny BERT q,v r=4", "bert", ["query", "value"], 4, 2, 16),
     Case("tiny Llama q,v r=4", "tiny-llama", ["q_proj", "v_proj"], 4, 2, 16),
 ]
-TRAIN_VARIANTS = ("full", "peft", "trimtune")
+TRAIN_VARIANTS = ("full", "peft", "trimtune")  # peak memory is measured for these
 INFER_VARIANTS = ("base", "peft", "trimtune", "trimtune merged")
 
 
@@ -121,18 +121,30 @@ def variant_model(case: Case, variant: str, base=None, peft_model=None):
         if variant == "trimtune merged":
             tt.merge(model)
         return model
+    if variant == "floor":
+        freeze_to_floor(model)
     return model  # "full" and "base": the plain model
+
+
+def freeze_to_floor(model) -> None:
+    """Every weight frozen, but the backward pass still runs down to the embeddings' output:
+    the work any LoRA implementation must do before its own branches cost anything."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.requires_grad_(True))
 
 
 def train_step(model, batch):
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
     model.train()
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
 
     return step
 
@@ -163,7 +175,10 @@ def measure(case: Case, rounds: int, warmup: int) -> dict:
     for variant in ("trimtune", "trimtune merged"):
         models[variant] = variant_model(case, variant, base, peft_model)
     check_same_trainable(case, peft_model, models["trimtune"])
-    train_models = {"full": variant_model(case, "full", base), "peft": peft_model, "trimtune": models["trimtune"]}
+    train_models = {
+        "full": variant_model(case, "full", base), "floor": variant_model(case, "floor", base),
+        "peft": peft_model, "trimtune": models["trimtune"],
+    }
     train = _harness.time_variants({v: train_step(m, batch) for v, m in train_models.items()}, rounds, warmup)
     infer_models = {"base": base, **models}
     infer = _harness.time_variants({v: inference(m, batch) for v, m in infer_models.items()}, rounds, warmup)
@@ -183,24 +198,26 @@ def tables(results: dict[str, dict]) -> str:
     for name, res in results.items():
         t, m = res["train"], res["memory"]
         train_rows.append([
-            name, t["full"].median_ms, t["peft"].median_ms, t["trimtune"].median_ms,
-            _harness.ratio(t["trimtune"], t["peft"]), _harness.ratio(t["peft"], t["full"]),
+            name, t["full"].median_ms, t["floor"].median_ms, t["peft"].median_ms, t["trimtune"].median_ms,
+            _harness.ratio(t["trimtune"], t["peft"]), _harness.ratio(t["trimtune"], t["peft"], cpu=True),
+            _harness.ratio(t["floor"], t["peft"], cpu=True), _harness.ratio(t["peft"], t["full"]),
             m["full"], m["peft"], m["trimtune"], max(x.spread_pct for x in t.values()),
         ])
         i = res["infer"]
         infer_rows.append([
             name, i["base"].median_ms, i["peft"].median_ms, i["trimtune"].median_ms, i["trimtune merged"].median_ms,
-            _harness.ratio(i["trimtune"], i["peft"]), _harness.ratio(i["trimtune merged"], i["base"]),
+            _harness.ratio(i["trimtune"], i["peft"]), _harness.ratio(i["trimtune"], i["peft"], cpu=True),
+            _harness.ratio(i["trimtune merged"], i["base"]), _harness.ratio(i["trimtune merged"], i["base"], cpu=True),
             max(x.spread_pct for x in i.values()),
         ])
     train_table = _harness.markdown_table(
-        ["case", "full FT ms", "peft ms", "trimtune ms", "trimtune/peft", "peft/full",
-         "full FT peak MiB", "peft peak MiB", "trimtune peak MiB", "noise ±%"],
+        ["case", "full FT ms", "floor ms", "peft ms", "trimtune ms", "trimtune/peft", "(CPU)", "floor/peft (CPU)",
+         "peft/full", "full FT peak MiB", "peft peak MiB", "trimtune peak MiB", "noise ±%"],
         train_rows,
     )
     infer_table = _harness.markdown_table(
         ["case", "base ms", "peft unmerged ms", "trimtune unmerged ms", "trimtune merged ms",
-         "unmerged trimtune/peft", "merged trimtune/base", "noise ±%"],
+         "unmerged trimtune/peft", "(CPU)", "merged trimtune/base", "(CPU)", "noise ±%"],
         infer_rows,
     )
     return f"Training step (forward + backward + AdamW):\n\n{train_table}\n\nInference (no grad):\n\n{infer_table}\n"
@@ -213,7 +230,7 @@ def conditions(rounds: int, warmup: int) -> str:
     load = os.getloadavg()
     return (
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores (shared; load average {load[0]:.1f}), torch {torch.__version__} with "
+        f"{os.cpu_count()} cores (shared; load average {load[0]:.1f} at the end), torch {torch.__version__} with "
         f"{_harness.THREADS} threads, transformers {transformers.__version__}, peft {peft.__version__}, fp32; "
         f"median of {rounds} interleaved rounds after {warmup} warm-up; peak memory = {_harness.memory_method()} "
         "growth over the loaded model during 2 training steps, each variant in its own process; "
@@ -239,7 +256,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny configs, 2 rounds; prints, writes nothing")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 11, quick 2)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--threads", type=int, default=_harness.THREADS, help="intra-op threads, same for every variant")
     args = parser.parse_args(argv)
+    _harness.THREADS = args.threads  # the memory children get the same count
     _harness.set_threads()
     rounds = args.rounds or (2 if args.quick else 11)
     warmup = 1 if args.quick else 2
