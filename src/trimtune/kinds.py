@@ -67,6 +67,15 @@ class LayerKind:
     def forward(self, x, weight, bias):
         raise NotImplementedError
 
+    def forward_units(self, x, weight, bias, keep: torch.Tensor):
+        """The forward computing only output units ``keep``; the others come out as 0."""
+        part_weight = self.from_canonical(self.to_canonical(weight).index_select(0, keep))
+        part = self.forward(x, part_weight, None if bias is None else bias.index_select(0, keep))
+        dim = self.output_channel_dim % part.dim()
+        shape = list(part.shape)
+        shape[dim] = self.weight_shape(weight)[0]
+        return part.new_zeros(shape).index_copy_(dim, keep, part)
+
     def to_canonical(self, weight: torch.Tensor) -> torch.Tensor:
         return weight
 
@@ -75,6 +84,9 @@ class LayerKind:
 
     def weight_shape(self, weight: torch.Tensor) -> tuple[int, int]:
         """(out_features, in_features) of the base weight."""
+        quant_state = getattr(weight, "quant_state", None)
+        if quant_state is not None:  # a packed 4-bit weight: its logical shape is in the quantisation state
+            return tuple(quant_state.shape[:2])
         canonical = self.to_canonical(weight)
         return canonical.shape[0], canonical.shape[1]
 

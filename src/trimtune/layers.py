@@ -13,8 +13,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .deltas.base import Delta
+from .deltas.base import STAGES, Delta
 from .kinds import kind_class_for, supported_types
+from .quant import dequantize_base, is_4bit
 
 
 class AdapterHost(nn.Module):
@@ -33,6 +34,12 @@ class AdapterHost(nn.Module):
 
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         raise NotImplementedError
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        """The live tensors of adapter ``name`` keyed as peft's adapter file names them; ``path`` is
+        this module's peft prefix (``base_model.model.<module name>``). Saving writes them, loading
+        copies into them (see ``trimtune.io.adapter_files``)."""
+        raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
 
     def detach(self) -> None:
         """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
@@ -78,7 +85,10 @@ class TunedLayer(AdapterHost):
         # which is also what merge(keep_sparsity=True) folds in (W + δ ⊙ M, then ⊙ M).
         if self.weight_mask is not None:
             weight = weight * self.weight_mask
-        y = self.kind.forward(x, weight, bias)
+        keep = None
+        for delta in self._output_units:  # runtime gates: compute only the open output units
+            keep = delta.output_units(x)
+        y = self.kind.forward(x, weight, bias) if keep is None else self.kind.forward_units(x, weight, bias, keep)
         for delta in self._add_output:
             y = delta.add_output(y, x)
         for delta in self._transform_output:
@@ -88,7 +98,7 @@ class TunedLayer(AdapterHost):
     def _refresh(self) -> None:
         """Cache, per forward stage, the active deltas that are not merged into the weight."""
         live = [self.deltas[n] for n in self.active if n not in self.merged]
-        for stage in ("scale_input", "weight_delta", "add_output", "transform_output"):
+        for stage in STAGES:
             object.__setattr__(self, f"_{stage}", tuple(d for d in live if stage in d.stages()))
 
     # ---- managing deltas ----
@@ -122,6 +132,11 @@ class TunedLayer(AdapterHost):
         delta = self.deltas[name]
         return list(getattr(delta, "trainable_parameters", delta.parameters)())
 
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        delta = self.deltas[name]
+        named = ((delta.peft_key(k), v) for k, v in delta.state_dict(keep_vars=True).items())
+        return {f"{path}.{key}": v for key, v in named if key is not None}
+
     def set_mask(self, mask: torch.Tensor | None) -> None:
         if mask is not None and mask.shape != self.weight.shape:
             raise ValueError(
@@ -139,6 +154,8 @@ class TunedLayer(AdapterHost):
             delta = self.deltas[name]
             if not delta.mergeable:
                 raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
+        if names and is_4bit(self.weight):
+            dequantize_base(self, "merging into")
         mask = self.weight_mask if keep_sparsity else None
         if not keep_sparsity and self.weight_mask is not None:
             # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
@@ -163,6 +180,8 @@ class TunedLayer(AdapterHost):
     def restore_base(self) -> nn.Module:
         """Hand the parameters back to the original module and return it (deltas are dropped)."""
         base = self.base_layer
+        if is_4bit(self.weight):  # the plain base class cannot run a packed weight
+            dequantize_base(self, "unloading")
         base._parameters.update(self._parameters)
         base._buffers.update((k, v) for k, v in self._buffers.items() if k != "weight_mask")
         return base

@@ -5,7 +5,7 @@ the subclass overrides, so the forward has no per-method branches:
 
     x' = x · scale_input                              (IA3 on a down projection)
     W  = (W + Σ weight_delta()) ⊙ M                   (diff pruning: dense, sparse; the mask wins)
-    y  = op(x', W, b + Σ bias_delta())
+    y  = op(x', W, b + Σ bias_delta())                (only the units output_units() names: runtime gates)
     y  = add_output(y, x')                            (LoRA, AdaLoRA: factored, never W + BA)
     y  = transform_output(y)                          (IA3 on keys/values, bottleneck adapters)
 
@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from ..kinds import LayerKind
+
+
+STAGES = ("scale_input", "weight_delta", "output_units", "add_output", "transform_output")
 
 
 class Delta(nn.Module):
@@ -43,11 +46,14 @@ class Delta(nn.Module):
     def transform_output(self, y: torch.Tensor) -> torch.Tensor:
         return y
 
+    def output_units(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Indices of the output units worth computing (None: all); the op skips the others."""
+        return None
+
     @classmethod
     def stages(cls) -> tuple[str, ...]:
         """The forward stages this delta class overrides."""
-        names = ("scale_input", "weight_delta", "add_output", "transform_output")
-        return tuple(n for n in names if getattr(cls, n) is not getattr(Delta, n))
+        return tuple(n for n in STAGES if getattr(cls, n) is not getattr(Delta, n))
 
     # ---- merging ----
     mergeable = True
@@ -72,6 +78,13 @@ class Delta(nn.Module):
             if bias is None:
                 raise ValueError(f"{type(self).__name__} changes a bias but the base layer has none")
             bias.add_(sign * change.to(bias.dtype))
+
+    # ---- adapter files ----
+    def peft_key(self, key: str) -> str | None:
+        """The name peft gives this delta's state-dict entry ``key``, relative to the layer
+        (e.g. LoRA's ``lora_A`` is ``lora_A.weight`` in peft), or None for an entry peft does not
+        store (it is then neither saved nor loaded). Override when peft's names differ."""
+        return key
 
     # ---- structured pruning ----
     @property
