@@ -320,3 +320,21 @@ def test_saving_with_a_merged_adapter_is_refused_clearly(tiny_bert, tmp_path):
     assert not (tmp_path / "a").exists()
     tt.unmerge(tiny_bert)
     tt.save_adapter(tiny_bert, tmp_path / "a")
+
+
+def test_a_delta_can_leave_entries_out_of_peft_files():
+    from trimtune.deltas.lora import LoraDelta
+
+    class WithCounter(LoraDelta):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.register_buffer("steps", torch.zeros(()))
+
+        def peft_key(self, key):
+            return None if key == "steps" else super().peft_key(key)
+
+    layer = tt.TunedLayer(torch.nn.Linear(4, 3))
+    layer.add_delta("default", WithCounter(layer.kind, layer.weight, 2, 1.0))
+    tensors = layer.peft_tensors("default", "base_model.model.fc")
+    assert sorted(tensors) == ["base_model.model.fc.lora_A.weight", "base_model.model.fc.lora_B.weight"]
+    assert tensors["base_model.model.fc.lora_A.weight"] is layer.deltas["default"].lora_A  # live, for loading

@@ -41,7 +41,8 @@ _TASK_TYPES = (  # transformers class-name suffix -> peft task_type (peft picks 
 _SEQ_CLS_HEADS = ("classifier", "score")  # peft's SEQ_CLS model always trains these (name suffix)
 
 
-# config type -> (save(model, path, name), load(model, path, name)) for methods that write their own files
+# config type -> (save(model, path, name), load(model, path, name, check_base=, activate=) -> config)
+# for methods that write their own files
 FILE_HANDLERS: dict[type, tuple[Callable, Callable]] = {}
 
 
@@ -74,7 +75,9 @@ class PeftRegex:
 
 def peft_types() -> dict[str, type]:
     """peft_type -> trimtune config class, over every registered method that declares one."""
-    return {t.peft_type: t for t in (*WEIGHT_METHODS, *MODEL_METHODS) if getattr(t, "peft_type", None)}
+    # Only a class that declares peft_type itself: a subclass (QLoraConfig) saves as its parent's
+    # type but does not take over loading it.
+    return {t.peft_type: t for t in (*WEIGHT_METHODS, *MODEL_METHODS) if vars(t).get("peft_type")}
 
 
 def config_class_for(peft_type) -> type:
