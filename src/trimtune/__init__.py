@@ -37,6 +37,9 @@ from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointMismatchError,
     ClipConfig,
     NonFiniteLossError,
     TrainContext,
@@ -44,6 +47,7 @@ from .train import (
     accuracy,
     clip_gradients,
     evaluate,
+    latest_checkpoint,
     linear_schedule,
     train,
 )

@@ -1,6 +1,7 @@
 """Training utilities: the loop, gradient clipping, callbacks, evaluation, LR schedules."""
 
 from .callbacks import Callback, TrainContext
+from .checkpoint import CheckpointConfig, CheckpointError, CheckpointMismatchError, latest_checkpoint
 from .clip import ClipConfig, clip_gradients
 from .evaluate import accuracy, evaluate
 from .loop import NonFiniteLossError, TrainResult, train
@@ -8,6 +9,9 @@ from .schedule import linear_schedule
 
 __all__ = [
     "Callback",
+    "CheckpointConfig",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "ClipConfig",
     "NonFiniteLossError",
     "TrainContext",
@@ -15,6 +19,7 @@ __all__ = [
     "accuracy",
     "clip_gradients",
     "evaluate",
+    "latest_checkpoint",
     "linear_schedule",
     "train",
 ]
