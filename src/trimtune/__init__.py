@@ -22,15 +22,16 @@ from .deltas.bottleneck import BottleneckConfig
 from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .deltas.qlora import QLoraConfig
 from .diff_pruning import diff_penalty, project_diffs
+from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
+from .quant import QuantConfig, quantize_base
 from .prompts import (
     PrefixTuningConfig,
     PromptTuningConfig,
     PTuningConfig,
     fold,
-    load_prompt_adapter,
-    save_prompt_adapter,
 )
 from .io.sparse import load_sparse, save_sparse
 from .prune import (

@@ -51,5 +51,9 @@ class ModuleCopies(AdapterHost):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         return list(self.copies[name].parameters())
 
+    def peft_tensors(self, name: str, path: str) -> dict:
+        # peft saves a modules_to_save copy under the original module's keys (adapter name stripped).
+        return {f"{path}.{k}": v for k, v in self.copies[name].state_dict(keep_vars=True).items()}
+
     def extra_repr(self) -> str:
         return f"original={type(self.original).__name__}, active={list(self.active)}"

@@ -82,6 +82,9 @@ class LayerKind:
 
     def weight_shape(self, weight: torch.Tensor) -> tuple[int, int]:
         """(out_features, in_features) of the base weight."""
+        quant_state = getattr(weight, "quant_state", None)
+        if quant_state is not None:  # a packed 4-bit weight: its logical shape is in the quantisation state
+            return tuple(quant_state.shape[:2])
         canonical = self.to_canonical(weight)
         return canonical.shape[0], canonical.shape[1]
 

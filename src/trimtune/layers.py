@@ -15,6 +15,7 @@ from torch import nn
 
 from .deltas.base import STAGES, Delta
 from .kinds import kind_class_for, supported_types
+from .quant import dequantize_base, is_4bit
 
 
 class AdapterHost(nn.Module):
@@ -33,6 +34,12 @@ class AdapterHost(nn.Module):
 
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         raise NotImplementedError
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        """The live tensors of adapter ``name`` keyed as peft's adapter file names them; ``path`` is
+        this module's peft prefix (``base_model.model.<module name>``). Saving writes them, loading
+        copies into them (see ``trimtune.io.adapter_files``)."""
+        raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
 
     def detach(self) -> None:
         """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
@@ -125,6 +132,11 @@ class TunedLayer(AdapterHost):
         delta = self.deltas[name]
         return list(getattr(delta, "trainable_parameters", delta.parameters)())
 
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        delta = self.deltas[name]
+        named = ((delta.peft_key(k), v) for k, v in delta.state_dict(keep_vars=True).items())
+        return {f"{path}.{key}": v for key, v in named if key is not None}
+
     def set_mask(self, mask: torch.Tensor | None) -> None:
         if mask is not None and mask.shape != self.weight.shape:
             raise ValueError(
@@ -142,6 +154,8 @@ class TunedLayer(AdapterHost):
             delta = self.deltas[name]
             if not delta.mergeable:
                 raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
+        if names and is_4bit(self.weight):
+            dequantize_base(self, "merging into")
         mask = self.weight_mask if keep_sparsity else None
         if not keep_sparsity and self.weight_mask is not None:
             # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
@@ -166,6 +180,8 @@ class TunedLayer(AdapterHost):
     def restore_base(self) -> nn.Module:
         """Hand the parameters back to the original module and return it (deltas are dropped)."""
         base = self.base_layer
+        if is_4bit(self.weight):  # the plain base class cannot run a packed weight
+            dequantize_base(self, "unloading")
         base._parameters.update(self._parameters)
         base._buffers.update((k, v) for k, v in self._buffers.items() if k != "weight_mask")
         return base

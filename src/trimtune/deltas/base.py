@@ -79,6 +79,13 @@ class Delta(nn.Module):
                 raise ValueError(f"{type(self).__name__} changes a bias but the base layer has none")
             bias.add_(sign * change.to(bias.dtype))
 
+    # ---- adapter files ----
+    def peft_key(self, key: str) -> str | None:
+        """The name peft gives this delta's state-dict entry ``key``, relative to the layer
+        (e.g. LoRA's ``lora_A`` is ``lora_A.weight`` in peft), or None for an entry peft does not
+        store (it is then neither saved nor loaded). Override when peft's names differ."""
+        return key
+
     # ---- structured pruning ----
     @property
     def sliceable(self) -> bool:

@@ -7,16 +7,18 @@ gradient). Factor shapes follow peft's so adapter files convert by renaming keys
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ..config import check_choice, check_fraction, check_positive, check_positive_int
-from ..kinds import EmbeddingKind, LayerKind
+from ..config import ConfigError, check_choice, check_fraction, check_positive, check_positive_int
+from ..kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ..registry import register_weight_method
-from ..targets import TargetSpec
+from ..targets import TargetSpec, by_regex
 from .base import Delta
 
 
@@ -28,8 +30,11 @@ class LoraConfig:
     architecture's default). init: "default" (A Kaiming-uniform, B zero, so the model starts
     unchanged) or "gaussian" (A ~ N(0, 1/r), B zero). bias: "none", "all" (train every bias of the
     model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
-    full, one copy per adapter (e.g. a classification head).
+    full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
+    r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
     """
+
+    peft_type: ClassVar[str] = "LORA"
 
     r: int = 8
     alpha: float = 8.0
@@ -39,6 +44,8 @@ class LoraConfig:
     init: str = "default"
     bias: str = "none"
     modules_to_save: list[str] = field(default_factory=list)
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         check_positive_int("r", self.r)
@@ -47,6 +54,61 @@ class LoraConfig:
         check_choice("init", self.init, ("default", "gaussian"))
         check_choice("bias", self.bias, ("none", "all", "lora_only"))
         self.modules_to_save = list(self.modules_to_save or [])
+        self.rank_pattern, self.alpha_pattern = dict(self.rank_pattern or {}), dict(self.alpha_pattern or {})
+        for pattern, r in self.rank_pattern.items():
+            check_positive_int(f"rank_pattern[{pattern!r}]", r)
+        for pattern, alpha in self.alpha_pattern.items():
+            check_positive(f"alpha_pattern[{pattern!r}]", alpha)
+
+    def for_layer(self, name: str) -> LoraConfig:
+        """This config with r / alpha of the first rank_pattern / alpha_pattern entry matching ``name``."""
+        r = next((v for k, v in self.rank_pattern.items() if by_regex(k)(name, None)), self.r)
+        alpha = next((v for k, v in self.alpha_pattern.items() if by_regex(k)(name, None)), self.alpha)
+        return self if (r, alpha) == (self.r, self.alpha) else dataclasses.replace(self, r=r, alpha=alpha)
+
+    # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
+    def to_peft_dict(self, layers: dict) -> dict:
+        from ..io.peft_format import peft_target_modules
+
+        return {
+            "r": self.r,
+            "lora_alpha": int(self.alpha) if float(self.alpha).is_integer() else self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": peft_target_modules(self.targets, list(layers)),
+            "use_rslora": self.use_rslora,
+            "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
+            "bias": self.bias,
+            "modules_to_save": self.modules_to_save or None,
+            "rank_pattern": self.rank_pattern,
+            "alpha_pattern": self.alpha_pattern,
+            # peft transposes for GPT-2's Conv1D only when told (it warns and sets it itself otherwise)
+            "fan_in_fan_out": any(isinstance(layer.kind, GPT2Conv1DKind) for layer in layers.values()),
+        }
+
+    @classmethod
+    def from_peft_dict(cls, d: dict) -> LoraConfig:
+        from ..io.peft_format import check_fields, targets_from_peft
+
+        init = d.get("init_lora_weights", True)
+        if init not in (True, False, "gaussian"):
+            # PiSSA, OLoRA, LoftQ, ... rewrite the base weights: this adapter needs that rewritten base.
+            raise ConfigError(f"init_lora_weights={init!r} changes the base model; trimtune loads True, False or 'gaussian'")
+        # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
+        layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
+        fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
+        check_fields(d, fields | layout_only, cls.peft_type)
+        return cls(
+            r=d.get("r", 8),
+            alpha=d.get("lora_alpha", 8),
+            dropout=d.get("lora_dropout", 0.0),
+            targets=targets_from_peft(d.get("target_modules")),
+            use_rslora=bool(d.get("use_rslora", False)),
+            init="gaussian" if init == "gaussian" else "default",
+            bias=d.get("bias", "none"),
+            modules_to_save=list(d.get("modules_to_save") or []),
+            rank_pattern=d.get("rank_pattern") or {},
+            alpha_pattern=d.get("alpha_pattern") or {},
+        )
 
     @property
     def scale(self) -> float:
@@ -86,6 +148,11 @@ class LoraDelta(Delta):
         h = self.kind.project_in(x, self.lora_A)
         return self.kind.add_project_out(y, h, self.lora_B, self.scale)
 
+    def peft_key(self, key):
+        if isinstance(self.kind, EmbeddingKind):  # peft: bare parameters lora_embedding_A / _B
+            return key.replace("lora_", "lora_embedding_")
+        return f"{key}.weight"  # peft: lora_A / lora_B are nn.Linear (or conv) modules
+
     def delta_weight(self):
         return self.kind.factors_to_weight(self.lora_A, self.lora_B) * self.scale
 
@@ -105,4 +172,5 @@ class LoraDelta(Delta):
 
 @register_weight_method(LoraConfig)
 def make_lora(layer, config: LoraConfig) -> LoraDelta:
+    config = config.for_layer(layer.module_name)
     return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)

@@ -51,6 +51,7 @@ def shrink(
     round_to: int = 1,
     protected=None,
     gqa_mode: str = "kv",
+    measure: bool = True,
     measure_latency: bool = False,
 ) -> ShrinkReport:
     """Physically remove structures in place and report what changed.
@@ -58,7 +59,8 @@ def shrink(
     ratio: fraction of each group's units to remove (a group is never emptied; the kept count is a
     multiple of ``round_to``). protected: a target spec (names, regex, predicate) of layers never
     touched. example_inputs: a tuple of tensors (or a dict of keyword tensors for HF models), needed
-    to trace plain models, and used to count MACs and time the model."""
+    to trace plain models, and used to count MACs and time the model. measure=False skips the
+    before/after figures (params only), e.g. when timing the shrink itself."""
     groups = find_groups(model, example_inputs, structures, gqa_mode)
     is_protected = to_predicate(protected, model) if protected is not None else (lambda name, module: False)
     pruned = {}
@@ -73,12 +75,12 @@ def shrink(
             "no structure is entirely masked: shrink removes whole rows/channels/heads only; unstructured or "
             "N:M masks save nothing here (prune with a structured granularity first)"
         )
-    before = _measure(model, example_inputs, measure_latency)
+    before = _measure(model, example_inputs, measure, measure_latency)
     shapes_before = _shapes(model)
     history = apply_removals(model, removals_for(groups, pruned))
     record(model, history)  # before after_shrink edits the config: the first shrink keeps the original
     widths = hf.after_shrink(model) if hf.supports(model) else None
-    after = _measure(model, example_inputs, measure_latency)
+    after = _measure(model, example_inputs, measure, measure_latency)
     return ShrinkReport(
         layers=_changes(history, shapes_before, _shapes(model)),
         history=history,
@@ -88,9 +90,11 @@ def shrink(
     )
 
 
-def _measure(model, example_inputs, with_latency) -> dict:
-    figures = {"params": count_parameters(model), "bytes": file_bytes(model), "macs": None, "latency_ms": None}
-    if example_inputs is not None:
+def _measure(model, example_inputs, full, with_latency) -> dict:
+    figures = {"params": count_parameters(model), "bytes": None, "macs": None, "latency_ms": None}
+    if full:
+        figures["bytes"] = file_bytes(model)
+    if full and example_inputs is not None:
         figures["macs"] = count_macs(model, example_inputs)
         if with_latency:
             figures["latency_ms"] = latency_ms(model, example_inputs)

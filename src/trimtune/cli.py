@@ -1,0 +1,73 @@
+"""The ``trimtune`` command. Exit codes: 0 success, 1 failure, 2 usage error (argparse's convention).
+
+Each subcommand is a pair (``add_<name>(subparsers)`` building its parser, a handler ``(args) -> int``)
+listed in ``SUBCOMMANDS``; adding a subcommand is adding one such pair and one line there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _offline() -> None:
+    """trimtune never needs the model hub: everything it loads is a local directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def add_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="a short tour: LoRA fine-tuning of all-MiniLM-L6-v2 on the shipped demo texts, and more",
+        description="Runs each demo step in order and prints its figures (a few minutes on 2 CPU cores).",
+    )
+    p.add_argument("--out", default="trimtune-demo", help="directory for the saved adapter and figures (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a reduced run (seconds, for tests); its figures mean little")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or details, only results")
+    p.set_defaults(handler=run_demo_command)
+
+
+def run_demo_command(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, quiet=args.quiet)
+    return EXIT_OK
+
+
+SUBCOMMANDS = [add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trimtune",
+        description="Prune (trim) and parameter-efficiently fine-tune (tune) PyTorch / Hugging Face models.",
+        epilog="Exit codes: 0 success, 1 failure, 2 usage error. Run `trimtune COMMAND --help` for details.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits with 2 and a message on usage errors
+    _offline()
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("trimtune: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as err:  # one clear line for the user; --debug shows where it came from
+        if args.debug:
+            raise
+        print(f"trimtune {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The demo's steps, in order. To add a step: write a module with ``STEP = Step(...)`` and add it here."""
+
+from . import lora_text
+
+STEPS = [
+    lora_text.STEP,
+]

@@ -1,0 +1,171 @@
+"""The PEFT adapter format: trimtune configs <-> ``adapter_config.json``, tensors <-> peft's keys.
+
+The convention a method follows to get PEFT-compatible files (nothing here names a method):
+
+- its config class has ``peft_type`` (peft's name, e.g. ``"LORA"``), ``to_peft_dict(layers)``
+  (peft's config fields; ``layers`` maps module name -> the TunedLayer carrying the adapter) and
+  a classmethod ``from_peft_dict(d)`` that refuses fields it cannot honour (``check_fields``);
+  registering the config with ``register_weight_method``/``register_model_method`` is enough
+  for the loader to find it by ``peft_type``;
+- each adapter host gives its live tensors under peft's keys (``AdapterHost.peft_tensors``);
+  a Delta only says how peft names its entries relative to the layer (``Delta.peft_key``).
+
+Biases trained with ``bias="lora_only"/"all"`` and the model-level fields (``task_type``,
+``base_model_name_or_path``) are handled here for every method. A family whose files do not fit
+this tensor mapping (prompts store an encoder's *output*) registers its own directory writer and
+reader with ``register_peft_files``; ``save_adapter``/``load_adapter`` then hand over to them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..layers import AdapterHost, TunedLayer
+from ..registry import MODEL_METHODS, WEIGHT_METHODS
+
+PREFIX = "base_model.model."  # where peft's PeftModel keeps the wrapped model
+# Bookkeeping fields of every peft config: they do not change what the adapter computes.
+BOOKKEEPING = {"peft_type", "task_type", "peft_version", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping"}
+_TASK_TYPES = (  # transformers class-name suffix -> peft task_type (peft picks its model class by it)
+    ("ForSequenceClassification", "SEQ_CLS"),
+    ("ForTokenClassification", "TOKEN_CLS"),
+    ("ForQuestionAnswering", "QUESTION_ANS"),
+    ("ForCausalLM", "CAUSAL_LM"),
+    ("LMHeadModel", "CAUSAL_LM"),
+)
+_SEQ_CLS_HEADS = ("classifier", "score")  # peft's SEQ_CLS model always trains these (name suffix)
+
+
+# config type -> (save(model, path, name), load(model, path, name, check_base=, activate=) -> config)
+# for methods that write their own files
+FILE_HANDLERS: dict[type, tuple[Callable, Callable]] = {}
+
+
+def register_peft_files(config_types: Iterable[type], save: Callable, load: Callable) -> None:
+    for config_type in config_types:
+        FILE_HANDLERS[config_type] = (save, load)
+
+
+class FormatError(ValueError):
+    """An adapter directory is missing, unreadable, or does not describe an adapter trimtune can load."""
+
+
+class PeftRegex:
+    """peft's string ``target_modules``: ``re.fullmatch`` on the whole module name. Kept as an object
+    (not folded into a trimtune regex) so saving the config again writes the same string."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self._compiled = re.compile(pattern)
+
+    def __call__(self, name: str, module: nn.Module) -> bool:
+        return self._compiled.fullmatch(name) is not None
+
+    def __repr__(self) -> str:
+        return f"PeftRegex({self.pattern!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PeftRegex) and other.pattern == self.pattern
+
+
+def peft_types() -> dict[str, type]:
+    """peft_type -> trimtune config class, over every registered method that declares one."""
+    # Only a class that declares peft_type itself: a subclass (QLoraConfig) saves as its parent's
+    # type but does not take over loading it.
+    return {t.peft_type: t for t in (*WEIGHT_METHODS, *MODEL_METHODS) if vars(t).get("peft_type")}
+
+
+def config_class_for(peft_type) -> type:
+    known = peft_types()
+    if peft_type not in known:
+        raise FormatError(f"adapter_config.json has peft_type {peft_type!r}; trimtune can load: {', '.join(sorted(known))}")
+    return known[peft_type]
+
+
+def peft_target_modules(spec, names: Sequence[str]) -> str | list[str]:
+    """peft's ``target_modules`` for a trimtune targets spec; ``names`` are the layers it selected.
+
+    A regex keeps its meaning (trimtune matches it on a dotted-name suffix, peft with fullmatch on
+    the whole name); a list of names means the same in both; anything else (None, "all-linear",
+    a type, a predicate) is written as the exact list of selected layers.
+    """
+    if isinstance(spec, PeftRegex):
+        return spec.pattern
+    if isinstance(spec, str) and spec != "all-linear":
+        return rf"(?:.*\.)?(?:{spec})"
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and all(isinstance(n, str) for n in spec):
+        return list(spec)
+    return sorted(names)
+
+
+def targets_from_peft(value):
+    if value is None:
+        return None  # peft's default per architecture; trimtune's defaults are the same choices
+    if isinstance(value, str):
+        return PeftRegex(value)
+    return list(value)
+
+
+def check_fields(d: dict, handled: set[str], peft_type: str) -> None:
+    """Refuse a peft config that sets a field (to anything but its off value) we do not implement."""
+    for key, value in d.items():
+        if key in handled or key in BOOKKEEPING or value in (None, False, [], {}, ""):
+            continue
+        raise ConfigError(
+            f"adapter_config.json sets {key}={value!r}, which trimtune's {peft_type} does not support; "
+            f"supported fields: {', '.join(sorted(handled))}"
+        )
+
+
+def task_type_of(model: nn.Module, adapter: str) -> str | None:
+    class_name = type(model).__name__
+    task = next((task for suffix, task in _TASK_TYPES if class_name.endswith(suffix)), None)
+    if task == "SEQ_CLS":
+        heads = [m for n, m in model.named_modules() if n.endswith(_SEQ_CLS_HEADS)]
+        if not all(isinstance(m, AdapterHost) and adapter in m.adapter_names() for m in heads):
+            return None  # peft's SEQ_CLS model would demand head tensors for a head this adapter did not train
+    return task
+
+
+def to_peft_config(model: nn.Module, config, name: str, layers: dict[str, nn.Module]) -> dict:
+    """peft's adapter_config.json for adapter ``name``; a method's ``to_peft_dict`` may override any field."""
+    if not hasattr(config, "to_peft_dict") or not getattr(config, "peft_type", None):
+        raise FormatError(f"{type(config).__name__} has no PEFT file format (no peft_type / to_peft_dict)")
+    return {
+        "peft_type": config.peft_type,
+        "task_type": task_type_of(model, name),
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        "inference_mode": True,
+        **config.to_peft_dict(layers),
+    }
+
+
+def config_type_of(d: dict) -> type:
+    if not isinstance(d, dict):
+        raise FormatError(f"adapter_config.json must hold a JSON object, got {type(d).__name__}")
+    if "peft_type" not in d:
+        raise FormatError("adapter_config.json has no peft_type field")
+    return config_class_for(d["peft_type"])
+
+
+def bias_tensors(model: nn.Module, config, name: str, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Base biases trained with the adapter, under peft's keys (a wrapped layer's bias sits under
+    peft's ``base_layer``): those of the adapter's layers (``lora_only``) or every bias (``all``)."""
+    mode = getattr(config, "bias", "none")
+    if mode == "lora_only":
+        return {f"{PREFIX}{n}.base_layer.bias": layer.bias for n, layer in layers.items() if layer.bias is not None}
+    if mode != "all":
+        return {}
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, TunedLayer)}
+    found = {}
+    for key, param in model.named_parameters():
+        if not key.endswith("bias") or ".deltas." in key or ".copies." in key:
+            continue
+        owner = key.rpartition(".")[0]
+        found[f"{PREFIX}{owner}.base_layer.bias" if owner in wrapped else PREFIX + key] = param
+    return found
