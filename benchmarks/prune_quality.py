@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,89 +27,34 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 
+from trimtune.demo.prune_digits import CNN_LAYERS, accuracy, digits_split, lenet, train_steps  # noqa: E402
 from trimtune.prune import (  # noqa: E402
-    Magnitude, PruneConfig, PruneSchedule, Pruner, Wanda, collect_input_norms, keep_pruned, prune, sparsity,
+    Magnitude, PruneConfig, PruneSchedule, Pruner, Wanda, collect_input_norms, prune, sparsity,
 )
 
 
 # ---------------------------------------------------------------- CNN on digits
-def digits_data(seed: int = 0):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target)
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=digits.target)
-    return (x[idx_train], y[idx_train]), (x[idx_test], y[idx_test])
-
-
-def lenet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
-
-
-CNN_LAYERS = ["0", "2", "6", "8"]
-
-
-def train_steps(model, data, steps, lr=1e-3, seed=0, on_step=None):
-    x, y = data
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    keep_pruned(optimizer, model)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(steps):
-        if on_step is not None:
-            on_step(step)
-        batch = torch.randint(0, len(y), (64,), generator=generator)
-        loss = F.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def accuracy(model, data) -> float:
-    model.eval()
-    x, y = data
-    return float((model(x).argmax(1) == y).float().mean())
-
-
-def _unfreeze(model):
-    for p in model.parameters():  # pruning wraps layers; masked fine-tuning trains the base weights
-        p.requires_grad_(True)
-    return model
-
-
 def cnn_part(finetune_steps: int = 300, dense_steps: int = 1500) -> dict:
     torch.manual_seed(0)
-    train, test = digits_data()
+    train, test = digits_split()
     dense = train_steps(lenet(), train, dense_steps)
     results = {"dense": accuracy(dense, test), "rows": []}
     config = PruneConfig(scope="global", targets=CNN_LAYERS, protect=[])
     for target in (0.5, 0.8, 0.9):
         row = {"sparsity": target}
-        model = copy.deepcopy(dense)
-        prune(model, config, sparsity=target)
+        model = prune(copy.deepcopy(dense), config, sparsity=target)
         row["one-shot, no FT"] = accuracy(model, test)
-        row["one-shot + FT"] = accuracy(train_steps(_unfreeze(model), train, finetune_steps), test)
+        row["one-shot + FT"] = accuracy(train_steps(model.requires_grad_(True), train, finetune_steps), test)
         for style in ("iterative", "cubic"):
-            model = _unfreeze(copy.deepcopy(dense))
+            model = copy.deepcopy(dense)
             schedule = PruneSchedule(target, style, begin=0, end=int(finetune_steps * 0.6), rounds=3, every=10)
-            pruner = Pruner(model, config, schedule)
-            train_steps(model, train, finetune_steps, on_step=lambda s, p=pruner, m=model: (p.step(s), _unfreeze(m)))
+            train_steps(model, train, finetune_steps, pruner=Pruner(model, config, schedule))
             assert abs(sparsity(model) - target) < 1e-3
             row[f"{style} + FT"] = accuracy(model, test)
         results["rows"].append(row)
-    model = copy.deepcopy(dense)
-    prune(model, PruneConfig(amount=0.5, granularity="out", targets=["0", "2", "6"]))
+    model = prune(copy.deepcopy(dense), PruneConfig(amount=0.5, granularity="out", targets=["0", "2", "6"]))
     channels = {"no FT": accuracy(model, test)}
-    channels["FT"] = accuracy(train_steps(_unfreeze(model), train, finetune_steps), test)
+    channels["FT"] = accuracy(train_steps(model.requires_grad_(True), train, finetune_steps), test)
     results["channels_50"] = channels
     return results
 
@@ -164,7 +108,7 @@ def _lora_recover(model, train_batches, test_batches, epochs: int, seed: int = 0
     return correct / sum(len(labels) for _, labels in test_batches)
 
 
-def minilm_part(epochs: int = 4, calibration: int = 64) -> dict:
+def minilm_part(epochs: int = 3, calibration: int = 64) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from trimtune.data.demo_texts import DEMO_LABELS, demo_split
