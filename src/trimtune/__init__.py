@@ -52,6 +52,7 @@ from .train import (
     CheckpointError,
     CheckpointMismatchError,
     ClipConfig,
+    MetricsLogger,
     NonFiniteLossError,
     TrainContext,
     TrainResult,

@@ -4,6 +4,7 @@ from .callbacks import Callback, TrainContext
 from .checkpoint import CheckpointConfig, CheckpointError, CheckpointMismatchError, latest_checkpoint
 from .clip import ClipConfig, clip_gradients
 from .evaluate import accuracy, evaluate
+from .metrics_log import MetricsLogger
 from .loop import NonFiniteLossError, TrainResult, train
 from .schedule import linear_schedule
 
@@ -13,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ClipConfig",
+    "MetricsLogger",
     "NonFiniteLossError",
     "TrainContext",
     "TrainResult",

@@ -193,7 +193,8 @@ def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
     """Clip, step, let the hooks see the gradients, then advance the schedule and clear them."""
     precision.unscale(ctx.optimizer)
     if clip is not None:
-        result.grad_norms.append(clip_gradients(ctx.model, clip))
+        ctx.grad_norm = clip_gradients(ctx.model, clip)
+        result.grad_norms.append(ctx.grad_norm)
     stepped = precision.step(ctx.optimizer)
     ctx.step += 1
     hooks.call("after_optimizer_step", ctx)
