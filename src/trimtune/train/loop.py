@@ -107,15 +107,7 @@ def train(
         hooks.call("on_train_start", ctx)
         for ctx.epoch, group in _step_groups(train_data, epochs, max_steps, grad_accum):
             loss = _accumulate(ctx, group, loss_fn, precision, hooks, device, result)
-            precision.unscale(optimizer)
-            if clip is not None:
-                result.grad_norms.append(clip_gradients(model, clip))
-            precision.step(optimizer)
-            ctx.step += 1
-            hooks.call("after_optimizer_step", ctx)
-            if scheduler is not None:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(ctx, clip, precision, hooks, result)
             result.losses.append(loss)
             result.steps = ctx.step
             hooks.call("on_step_end", ctx, ctx.step, loss)
@@ -162,6 +154,19 @@ def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
             precision.backward(loss / len(group))
         total += value
     return total / len(group)
+
+
+def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
+    """Clip, step, let the hooks see the gradients, then advance the schedule and clear them."""
+    precision.unscale(ctx.optimizer)
+    if clip is not None:
+        result.grad_norms.append(clip_gradients(ctx.model, clip))
+    stepped = precision.step(ctx.optimizer)
+    ctx.step += 1
+    hooks.call("after_optimizer_step", ctx)
+    if ctx.scheduler is not None and stepped:
+        ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
 
 
 def _evaluate(ctx, eval_data, metric, loss_fn, hooks, result, bar) -> None:
