@@ -35,9 +35,9 @@ THREADS = 2
 PRELOAD = ["torch", "transformers", "peft"]
 
 
-def set_threads(n: int = THREADS) -> None:
-    """Same intra-op thread count for every variant (and in every child)."""
-    torch.set_num_threads(n)
+def set_threads(n: int | None = None) -> None:
+    """Same intra-op thread count for every variant (and in every child); ``None``: ``THREADS``."""
+    torch.set_num_threads(n or THREADS)
 
 
 # ---- timing ----
@@ -46,6 +46,7 @@ class Timing:
     median_ms: float
     min_ms: float
     samples_ms: list[float]
+    cpu_median_ms: float  # process CPU time (all threads): less sensitive to other processes' load
 
     @property
     def spread_pct(self) -> float:
@@ -61,18 +62,24 @@ def time_variants(variants: dict[str, Callable[[], object]], rounds: int = 7, wa
         for name in names:
             variants[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for i in range(rounds):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:  # rotate so no variant always runs first
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             variants[name]()
             samples[name].append(1e3 * (time.perf_counter() - start))
-    return {n: Timing(statistics.median(s), min(s), s) for n, s in samples.items()}
+            cpu[name].append(1e3 * (time.process_time() - start_cpu))
+    return {n: Timing(statistics.median(s), min(s), s, statistics.median(cpu[n])) for n, s in samples.items()}
 
 
-def ratio(numerator: Timing | float, denominator: Timing | float) -> float:
+def ratio(numerator: Timing | float, denominator: Timing | float, cpu: bool = False) -> float:
+    """Ratio of median wall times (``cpu=True``: of median process CPU times)."""
+
     def value(t):
-        return t.median_ms if isinstance(t, Timing) else t
+        if not isinstance(t, Timing):
+            return t
+        return t.cpu_median_ms if cpu else t.median_ms
 
     return value(numerator) / value(denominator)
 
@@ -97,8 +104,8 @@ def memory_method() -> str:
     return "VmHWM" if _reset_high_water_mark() else "ru_maxrss"
 
 
-def _measure_child(build: Callable, args: tuple, calls: int) -> float:
-    set_threads()
+def _measure_child(build: Callable, args: tuple, calls: int, threads: int) -> float:
+    set_threads(threads)
     run = build(*args)  # model + inputs are loaded: they are the baseline, not the variant's cost
     gc.collect()
     if _reset_high_water_mark():
@@ -131,7 +138,7 @@ def peak_memory_mb(build: Callable, *args, calls: int = 2) -> float:
     where optimizer states and gradient buffers are allocated.
     """
     with _context().Pool(1) as pool:
-        return pool.apply(_measure_child, (build, args, calls))
+        return pool.apply(_measure_child, (build, args, calls, THREADS))
 
 
 # ---- output ----

@@ -53,3 +53,27 @@ def assert_parity(ours, peft, base, atol: float = 1e-5) -> None:
     effect = (ours - base).abs().max().item()
     assert error <= atol, f"trimtune and peft differ by {error:.3g}"
     assert error * 100 < effect, f"adapter effect {effect:.3g} too small to make parity error {error:.3g} meaningful"
+
+
+def to_bnb_linear4bit(model, config=None, skip=("lm_head",)):
+    """The peft + bitsandbytes baseline: every nn.Linear (but the head) becomes a bnb ``Linear4bit``
+    holding the same packed weight trimtune's ``quantize_base`` makes (same rounding)."""
+    import bitsandbytes as bnb
+
+    from trimtune.quant import COMPUTE_DTYPES, QuantConfig, quantize_weight
+
+    config = config or QuantConfig()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and name not in skip:
+                new = bnb.nn.Linear4bit(
+                    child.in_features, child.out_features, bias=child.bias is not None,
+                    compute_dtype=COMPUTE_DTYPES[config.compute_dtype],
+                    compress_statistics=config.double_quant, quant_type=config.quant_type,
+                )
+                new.weight = quantize_weight(child.weight, config)
+                new.weight.module = new
+                if child.bias is not None:
+                    new.bias = child.bias
+                setattr(parent, name, new)
+    return model

@@ -25,6 +25,17 @@ def test_time_variants_medians_order_and_ratio():
     assert len(timings["fast"].samples_ms) == 5
     assert timings["fast"].median_ms < timings["slow"].median_ms
     assert _harness.ratio(timings["slow"], timings["fast"]) > 1  # a ratio band would be flaky on a loaded machine
+    assert timings["slow"].cpu_median_ms < timings["slow"].median_ms  # sleeping is not CPU work
+
+
+def test_cpu_time_counts_work():
+    def spin():
+        end = time.process_time() + 0.01
+        while time.process_time() < end:
+            pass
+
+    timings = _harness.time_variants({"spin": spin}, rounds=3, warmup=0)
+    assert timings["spin"].cpu_median_ms >= 9.5
 
 
 def test_peak_memory_of_a_child_counts_only_the_measured_calls():

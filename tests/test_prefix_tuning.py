@@ -104,3 +104,14 @@ def test_bad_input_is_refused_clearly(token_ids):
 
     with pytest.raises(TypeError, match="Plain"):
         tt.apply(Plain(), tt.PrefixTuningConfig(num_virtual_tokens=2))
+
+
+def test_gradient_checkpointing_is_refused_for_prefixes_but_works_for_prompts(tiny_llama, token_ids):
+    tiny_llama.gradient_checkpointing_enable()
+    tiny_llama.train()
+    prefix = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        prefix(input_ids=token_ids, labels=token_ids)
+    prompt = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=2))
+    prompt(input_ids=token_ids, labels=token_ids).loss.backward()
+    assert delta_of(prompt).embedding.weight.grad.abs().sum() > 0

@@ -55,7 +55,7 @@ def test_minilm_classification_both_directions(method, minilm, minilm_batch, tmp
     config.modules_to_save = ["classifier"]
     ours = with_adapter(minilm, config)
     _randomise_head(ours)
-    tt.save_prompt_adapter(ours, tmp_path / "ours")
+    tt.save_adapter(ours, tmp_path / "ours")
     saved = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     assert saved["task_type"] == "SEQ_CLS" and saved["peft_type"] == config.peft_type
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(minilm), tmp_path / "ours").eval()
@@ -71,7 +71,8 @@ def test_minilm_classification_both_directions(method, minilm, minilm_batch, tmp
         for param in made_by_peft.base_model.classifier.modules_to_save["default"].parameters():
             param.normal_()
     made_by_peft.save_pretrained(tmp_path / "peft")
-    loaded = tt.load_prompt_adapter(copy.deepcopy(minilm), tmp_path / "peft")
+    loaded = copy.deepcopy(minilm)
+    tt.load_adapter(loaded, tmp_path / "peft")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**minilm_batch).logits, made_by_peft(**minilm_batch).logits, atol=1e-5, rtol=0)
 
@@ -82,7 +83,7 @@ def test_decoders_both_directions_logits_and_greedy_tokens(fixture, method, requ
     base = request.getfixturevalue(fixture)
     mask = padded(token_ids)
     ours = with_adapter(base, METHODS[method][0])
-    tt.save_prompt_adapter(ours, tmp_path / "ours")
+    tt.save_adapter(ours, tmp_path / "ours")
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
     with torch.no_grad():
         torch.testing.assert_close(
@@ -93,7 +94,8 @@ def test_decoders_both_directions_logits_and_greedy_tokens(fixture, method, requ
 
     made_by_peft = peft.get_peft_model(copy.deepcopy(base), peft_config(method, "CAUSAL_LM")).eval()
     made_by_peft.save_pretrained(tmp_path / "peft")
-    loaded = tt.load_prompt_adapter(copy.deepcopy(base), tmp_path / "peft", name="from_peft")
+    loaded = copy.deepcopy(base)
+    assert isinstance(tt.load_adapter(loaded, tmp_path / "peft", name="from_peft"), type(METHODS[method][0]))
     with torch.no_grad():
         torch.testing.assert_close(
             loaded(input_ids=token_ids, attention_mask=mask).logits,
@@ -104,29 +106,43 @@ def test_decoders_both_directions_logits_and_greedy_tokens(fixture, method, requ
 
 def test_bad_files_are_refused_clearly(tiny_llama, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        tt.load_prompt_adapter(tiny_llama, tmp_path / "missing")
+        tt.load_adapter(tiny_llama, tmp_path / "missing")
     ours = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=4))
-    tt.save_prompt_adapter(ours, tmp_path / "a")
+    tt.save_adapter(ours, tmp_path / "a")
     config_file = tmp_path / "a" / "adapter_config.json"
     fields = json.loads(config_file.read_text())
 
     config_file.write_text(json.dumps({**fields, "num_virtual_tokens": 5}))
     with pytest.raises(ValueError, match=r"prompt_embeddings.*\(4, 32\).*\(5, 32\)"):
-        tt.load_prompt_adapter(copy.deepcopy(tiny_llama), tmp_path / "a")
+        tt.load_adapter(copy.deepcopy(tiny_llama), tmp_path / "a")
     config_file.write_text(json.dumps({**fields, "peft_type": "WHATEVER"}))
     with pytest.raises(ValueError, match="WHATEVER"):
-        tt.load_prompt_adapter(copy.deepcopy(tiny_llama), tmp_path / "a")
+        tt.load_adapter(copy.deepcopy(tiny_llama), tmp_path / "a")
     config_file.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        tt.load_prompt_adapter(copy.deepcopy(tiny_llama), tmp_path / "a")
+        tt.load_adapter(copy.deepcopy(tiny_llama), tmp_path / "a")
 
 
 def test_a_failed_load_leaves_no_adapter_behind(tiny_llama, tmp_path):
     ours = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=4))
-    tt.save_prompt_adapter(ours, tmp_path / "a")
+    tt.save_adapter(ours, tmp_path / "a")
     fields = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**fields, "num_virtual_tokens": 2}))
     target = copy.deepcopy(tiny_llama)
     with pytest.raises(ValueError):
-        tt.load_prompt_adapter(target, tmp_path / "a")
+        tt.load_adapter(target, tmp_path / "a")
     assert tt.api.state_of(target).adapters == {} and not target.trimtune_prompts.adapter_names()
+
+
+def test_loading_onto_another_base_is_refused_unless_told(tiny_llama, tmp_path):
+    ours = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2))
+    tt.save_adapter(ours, tmp_path / "a")
+    other = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.normal_()
+    with pytest.raises(tt.BaseMismatchError):
+        tt.load_adapter(other, tmp_path / "a")
+    assert tt.api.state_of(other).adapters == {}
+    tt.load_adapter(other, tmp_path / "a", check_base=False, activate=True)
+    assert tt.active_adapters(other) == ["default"]

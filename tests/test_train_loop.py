@@ -271,6 +271,23 @@ def test_autocast_runs_the_forward_in_low_precision_on_cpu(autocast, dtype):
     assert result.losses[-1] < result.losses[0]
 
 
+@pytest.mark.parametrize("init_scale, stepped", [(3e38, False), (1.0, True)])
+def test_an_overflowing_fp16_step_is_reported_as_skipped(init_scale, stepped):
+    from trimtune.train.precision import MixedPrecision
+
+    model = nn.Linear(4, 1)
+    before = model.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    precision = MixedPrecision("fp16", torch.device("cpu"))
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    x, y = regression_data(1)[0]
+    with precision.autocast():
+        loss = F.mse_loss(model(x).float(), y) + 10.0
+    precision.backward(loss)
+    assert precision.step(optimizer) is stepped
+    assert torch.equal(model.weight, before) is not stepped
+
+
 def test_clipping_records_the_norm_before_clipping():
     model = nn.Linear(4, 1)
     result = quiet_train(model, regression_data(), max_steps=3, loss_fn=F.mse_loss, clip=tt.ClipConfig("norm", 1e-3))

@@ -22,28 +22,44 @@ from .deltas.bottleneck import BottleneckConfig
 from .deltas.diff import DiffConfig
 from .deltas.ia3 import IA3Config
 from .deltas.lora import LoraConfig
+from .deltas.qlora import QLoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
 from .layers import TunedLayer
+from .quant import QuantConfig, quantize_base
 from .prompts import (
     PrefixTuningConfig,
     PromptTuningConfig,
     PTuningConfig,
     fold,
-    load_prompt_adapter,
-    save_prompt_adapter,
+)
+from .io.sparse import load_sparse, save_sparse
+from .prune import (
+    GateConfig,
+    PruneConfig,
+    PruneSchedule,
+    Pruner,
+    PruningCallback,
+    keep_pruned,
+    make_permanent,
+    sparsity_report,
 )
 from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointMismatchError,
     ClipConfig,
+    MetricsLogger,
     NonFiniteLossError,
     TrainContext,
     TrainResult,
     accuracy,
     clip_gradients,
     evaluate,
+    latest_checkpoint,
     linear_schedule,
     train,
 )

@@ -15,6 +15,7 @@ from torch import nn
 
 from .copies import ModuleCopies
 from .layers import AdapterHost, TunedLayer
+from .quant import logical_numel
 from .registry import MODEL_METHODS, WEIGHT_METHODS, known_configs
 from .targets import select
 
@@ -245,7 +246,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = total = 0
     for param in model.parameters():
-        count = param.numel()
+        count = logical_numel(param)  # a 4-bit weight counts its parameters, not its bytes
         total += count
         if param.requires_grad:
             trainable += count

@@ -12,9 +12,13 @@ A kind is looked up along the base class's MRO, so subclasses (bitsandbytes' ``L
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .dropped_low_rank import dropped_low_rank
 
 _KINDS: dict[type, type[LayerKind]] = {}
 
@@ -29,11 +33,9 @@ def register_kind(*module_types: type):
 
 
 def _gpt2_conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for plain torch models
-        return None
-    return Conv1D
+    # A Conv1D instance implies transformers is loaded; never import it (seconds) for a plain CNN.
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    return getattr(pytorch_utils, "Conv1D", None)
 
 
 def kind_class_for(module: nn.Module) -> type[LayerKind] | None:
@@ -82,6 +84,9 @@ class LayerKind:
 
     def weight_shape(self, weight: torch.Tensor) -> tuple[int, int]:
         """(out_features, in_features) of the base weight."""
+        quant_state = getattr(weight, "quant_state", None)
+        if quant_state is not None:  # a packed 4-bit weight: its logical shape is in the quantisation state
+            return tuple(quant_state.shape[:2])
         canonical = self.to_canonical(weight)
         return canonical.shape[0], canonical.shape[1]
 
@@ -104,9 +109,24 @@ class LayerKind:
         """The dense product ``B @ A`` in the base weight's native layout."""
         return self.from_canonical(b @ a)
 
+    def add_low_rank(self, y, x, a, b, scale: float, dropout: float = 0.0):
+        """``y + scale · B(A(dropout(x)))``: the whole low-rank branch; ``dropout`` > 0 only in training."""
+        if dropout > 0 and x.is_floating_point():
+            x = F.dropout(x, dropout, training=True)
+        return self.add_project_out(y, self.project_in(x, a), b, scale)
+
+
+def _linear_add_low_rank(kind: LayerKind, y, x, a, b, scale: float, dropout: float = 0.0):
+    """Linear layouts with dropout use one autograd Function that saves x, not dropout(x) (see its file)."""
+    if dropout > 0 and y.dtype == x.dtype == a.dtype == b.dtype:
+        return dropped_low_rank(y, x, a, b, scale, dropout)
+    return LayerKind.add_low_rank(kind, y, x, a, b, scale, dropout)
+
 
 @register_kind(nn.Linear)
 class LinearKind(LayerKind):
+    add_low_rank = _linear_add_low_rank
+
     def forward(self, x, weight, bias):
         quant_state = getattr(weight, "quant_state", None)
         if quant_state is not None:  # a bitsandbytes 4-bit weight: the base stays packed
@@ -120,6 +140,7 @@ class GPT2Conv1DKind(LayerKind):
     """transformers' Conv1D: a Linear whose weight is stored (in, out)."""
 
     out_dim, in_dim = 1, 0
+    add_low_rank = _linear_add_low_rank
 
     def forward(self, x, weight, bias):
         out_shape = x.shape[:-1] + (weight.shape[1],)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .deltas.base import STAGES, Delta
 from .kinds import kind_class_for, supported_types
+from .quant import dequantize_base, is_4bit
 
 
 class AdapterHost(nn.Module):
@@ -133,7 +134,8 @@ class TunedLayer(AdapterHost):
 
     def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
         delta = self.deltas[name]
-        return {f"{path}.{delta.peft_key(k)}": v for k, v in delta.state_dict(keep_vars=True).items()}
+        named = ((delta.peft_key(k), v) for k, v in delta.file_state().items())
+        return {f"{path}.{key}": v for key, v in named if key is not None}
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         if mask is not None and mask.shape != self.weight.shape:
@@ -152,6 +154,8 @@ class TunedLayer(AdapterHost):
             delta = self.deltas[name]
             if not delta.mergeable:
                 raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
+        if names and is_4bit(self.weight):
+            dequantize_base(self, "merging into")
         mask = self.weight_mask if keep_sparsity else None
         if not keep_sparsity and self.weight_mask is not None:
             # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
@@ -176,6 +180,8 @@ class TunedLayer(AdapterHost):
     def restore_base(self) -> nn.Module:
         """Hand the parameters back to the original module and return it (deltas are dropped)."""
         base = self.base_layer
+        if is_4bit(self.weight):  # the plain base class cannot run a packed weight
+            dequantize_base(self, "unloading")
         base._parameters.update(self._parameters)
         base._buffers.update((k, v) for k, v in self._buffers.items() if k != "weight_mask")
         return base

@@ -96,12 +96,15 @@ class LoraConfig:
         # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
         layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
         fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
+        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern"}
         check_fields(d, fields | layout_only, cls.peft_type)
         return cls(
             r=d.get("r", 8),
             alpha=d.get("lora_alpha", 8),
             dropout=d.get("lora_dropout", 0.0),
-            targets=targets_from_peft(d.get("target_modules")),
+            targets=targets_from_peft(
+                d.get("target_modules"), d.get("exclude_modules"), d.get("layers_to_transform"), d.get("layers_pattern")
+            ),
             use_rslora=bool(d.get("use_rslora", False)),
             init="gaussian" if init == "gaussian" else "default",
             bias=d.get("bias", "none"),
@@ -124,7 +127,7 @@ class LoraDelta(Delta):
         self.scale = scale
         self.lora_A = nn.Parameter(torch.empty(a_shape, device=weight.device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.empty(b_shape, device=weight.device, dtype=dtype))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.dropout = dropout
         self.reset_parameters(init)
 
     @torch.no_grad()
@@ -140,13 +143,12 @@ class LoraDelta(Delta):
         nn.init.zeros_(self.lora_B)
 
     def add_output(self, y, x):
-        if self.dropout is not None and x.is_floating_point():
-            x = self.dropout(x)
-        if x.is_floating_point() and x.dtype != self.lora_A.dtype:
-            h = self.kind.project_in(x.to(self.lora_A.dtype), self.lora_A)
+        dropout = self.dropout if self.training else 0.0
+        if x.is_floating_point() and x.dtype != self.lora_A.dtype:  # e.g. fp32 factors on a bf16 base
+            x = nn.functional.dropout(x.to(self.lora_A.dtype), dropout, self.training)
+            h = self.kind.project_in(x, self.lora_A)
             return self.kind.add_project_out(y, h.to(y.dtype), self.lora_B.to(y.dtype), self.scale)
-        h = self.kind.project_in(x, self.lora_A)
-        return self.kind.add_project_out(y, h, self.lora_B, self.scale)
+        return self.kind.add_low_rank(y, x, self.lora_A, self.lora_B, self.scale, dropout)
 
     def peft_key(self, key):
         if isinstance(self.kind, EmbeddingKind):  # peft: bare parameters lora_embedding_A / _B
@@ -167,7 +169,7 @@ class LoraDelta(Delta):
                 raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
 
     def extra_repr(self):
-        return f"r={self.r}, scale={self.scale:g}"
+        return f"r={self.r}, scale={self.scale:g}, dropout={self.dropout:g}"
 
 
 @register_weight_method(LoraConfig)

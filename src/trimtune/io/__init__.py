@@ -1,7 +1,7 @@
 """Files: atomic writes, base fingerprints, and PEFT-compatible adapter directories."""
 
 from .adapter_files import load_adapter, save_adapter
-from .fingerprint import BaseMismatchError, fingerprint
+from .fingerprint import BaseMismatchError, check_fingerprint, fingerprint
 from .peft_format import FormatError
 
-__all__ = ["BaseMismatchError", "FormatError", "fingerprint", "load_adapter", "save_adapter"]
+__all__ = ["BaseMismatchError", "FormatError", "check_fingerprint", "fingerprint", "load_adapter", "save_adapter"]

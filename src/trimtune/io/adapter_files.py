@@ -55,8 +55,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     peft_config = _read_config(path)
     config_type = config_type_of(peft_config)
     if config_type in FILE_HANDLERS:
-        FILE_HANDLERS[config_type][1](model, path, name)
-        return adapter_config(model, name)
+        return FILE_HANDLERS[config_type][1](model, path, name, check_base=check_base, activate=activate)
     config = _fit_modules_to_save(model, config_type.from_peft_dict(peft_config))
     tensors, metadata = _read_tensors(path / WEIGHTS_FILE)
     if check_base and FINGERPRINT_KEY in metadata:

@@ -70,6 +70,12 @@ class PromptHost(AdapterHost):
         prefix = [d for d in live if d.side == "cache"]
         batch = _batch_size(call)
         cache = call.get("past_key_values")
+        if prefix and model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+            # transformers' checkpointed layers drop past_key_values while training: the prefixes would vanish
+            raise ValueError(
+                "prefix tuning cannot train with gradient checkpointing (checkpointed layers ignore the cache that "
+                "carries the prefixes); call model.gradient_checkpointing_disable() or use prompt tuning / P-tuning"
+            )
         if cache is None or cache.get_seq_length() == 0:  # first step of a sequence
             if prefix:
                 call["past_key_values"] = _fill_cache(model, cache, prefix, batch)

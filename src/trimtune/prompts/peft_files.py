@@ -1,27 +1,29 @@
-"""PEFT-format files for the input deltas: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""PEFT-format files for the input deltas, plugged into ``io``'s ``save_adapter`` / ``load_adapter``.
 
 peft stores a prompt method as one tensor, ``prompt_embeddings``: the virtual tokens (prompt tuning,
 P-tuning) or the flattened key/value prefixes (prefix tuning), always in *folded* form (an encoder's
-output, not the encoder), plus head copies (``modules_to_save``) under ``base_model.<module path>.*``.
-So a loaded adapter is a plain table; P-tuning and projected prefixes behave identically, just
-without their (training-only) encoder. Each config class gives its own fields (``to_peft_dict`` /
-``from_peft_dict``); the model-dependent fields (sizes, task type) are filled in here.
+output, not the encoder), and head copies (``modules_to_save``) under ``base_model.<module path>.*``
+(no ``.model.``: peft keeps a prompt-tuned model directly as ``base_model``). That does not fit io's
+per-host tensor mapping (live tensors to copy into), so this family registers its own directory
+writer/reader with ``register_peft_files``. A loaded adapter is a plain table; P-tuning and projected
+prefixes then behave identically, just without their training-only encoder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..api import adapter_config, apply, delete_adapter, hosts
+from ..api import active_adapters, adapter_config, apply, delete_adapter, hosts, set_adapter, state_of
 from ..copies import ModuleCopies
-from ..io.peft_format import register_peft_files
+from ..io.adapter_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, _read_config, _read_tensors
+from ..io.atomic import atomic_directory, write_json, write_safetensors
+from ..io.fingerprint import check_fingerprint, fingerprint
+from ..io.peft_format import FormatError, register_peft_files
 from .apply import fold
 from .host import prompt_host
 from .model_info import kv_shape, num_layers_and_heads, token_dim
@@ -29,10 +31,9 @@ from .p_tuning import PTuningConfig
 from .prefix import PrefixTuningConfig
 from .prompt_tuning import PromptTuningConfig
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_TYPES = {c.peft_type: c for c in (PromptTuningConfig, PTuningConfig, PrefixTuningConfig)}
-TASK_TYPES = (
+CONFIG_TYPES = (PromptTuningConfig, PTuningConfig, PrefixTuningConfig)
+HEAD_PREFIX = "base_model."
+TASK_TYPES = (  # which PeftModel subclass peft builds: it must be one that injects prompts
     ("ForSequenceClassification", "SEQ_CLS"),
     ("ForTokenClassification", "TOKEN_CLS"),
     ("ForQuestionAnswering", "QUESTION_ANS"),
@@ -42,7 +43,6 @@ TASK_TYPES = (
 
 
 def task_type(model: nn.Module) -> str:
-    """The peft task type (which PeftModel subclass peft builds) from the model's class name."""
     cls = type(model).__name__
     return next((task for suffix, task in TASK_TYPES if cls.endswith(suffix)), "FEATURE_EXTRACTION")
 
@@ -68,84 +68,69 @@ def peft_config_dict(model: nn.Module, config) -> dict:
     }
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _head_copies(model: nn.Module, name: str) -> dict[str, nn.Module]:
     return {path: host.copies[name] for path, host in hosts(model) if isinstance(host, ModuleCopies) and name in host.copies}
 
 
-def save_prompt_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
-    """Save input-side adapter ``name`` so that ``peft.PeftModel.from_pretrained`` loads it."""
+def save_prompt_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
+    """Write input-side adapter ``name`` so that ``peft.PeftModel.from_pretrained`` loads it."""
     config = adapter_config(model, name)
-    if type(config) not in CONFIG_TYPES.values():
+    if not isinstance(config, CONFIG_TYPES):
         raise TypeError(f"adapter {name!r} is a {type(config).__name__}, not a prompt method")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        tensors = {"prompt_embeddings": prompt_host(model).deltas[name].compute().detach()}
-    for path, copy in _head_copies(model, name).items():
-        tensors.update({f"base_model.{path}.{key}": value for key, value in copy.state_dict().items()})
+        tensors = {"prompt_embeddings": prompt_host(model).deltas[name].compute()}
+    for module_path, copy in _head_copies(model, name).items():
+        tensors.update({f"{HEAD_PREFIX}{module_path}.{key}": value for key, value in copy.state_dict().items()})
     tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-    text = json.dumps(peft_config_dict(model, config), indent=2, sort_keys=True)
-    _write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _write_atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
-    return directory
+    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
+    with atomic_directory(path) as tmp:
+        write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
+        write_json(tmp / CONFIG_FILE, peft_config_dict(model, config))
+    return Path(path)
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    for file in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / file).is_file():
-            raise FileNotFoundError(f"{directory} has no {file}; is it an adapter directory?")
-    try:
-        fields = json.loads((directory / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {err}") from err
-    peft_type = fields.get("peft_type")
-    if peft_type not in CONFIG_TYPES:
-        raise ValueError(f"{directory / CONFIG_FILE}: peft_type {peft_type!r} is not a prompt method; known: {sorted(CONFIG_TYPES)}")
-    if fields.get("num_transformer_submodules", 1) not in (None, 1):
-        raise ValueError("encoder-decoder prompt adapters (num_transformer_submodules=2) are not supported")
-    return fields, load_file(str(directory / WEIGHTS_FILE))
-
-
-def load_prompt_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> nn.Module:
-    """Load a prompt-tuning / P-tuning / prefix-tuning adapter written by peft or by ``save_prompt_adapter``."""
-    directory = Path(directory)
-    fields, tensors = _read(directory)
-    heads = {key.removeprefix("base_model.") for key in tensors if key != "prompt_embeddings"}
+def load_prompt_adapter(
+    model: nn.Module, path: str | os.PathLike, name: str = "default", check_base: bool = True, activate: bool = True
+):
+    """Load a prompt-tuning / P-tuning / prefix-tuning adapter written by peft or by trimtune; returns its config."""
+    if name in state_of(model).adapters:
+        raise ValueError(f"the model already has an adapter named {name!r}; load under another name or delete_adapter first")
+    path = Path(path)
+    fields = _read_config(path)
+    config_type = next((c for c in CONFIG_TYPES if c.peft_type == fields.get("peft_type")), None)
+    if config_type is None:
+        raise FormatError(f"{path / CONFIG_FILE}: peft_type {fields.get('peft_type')!r} is not a prompt method")
+    if fields.get("num_transformer_submodules") not in (None, 1):
+        raise FormatError("encoder-decoder prompt adapters (num_transformer_submodules=2) are not supported")
+    tensors, metadata = _read_tensors(path / WEIGHTS_FILE)
+    if check_base and FINGERPRINT_KEY in metadata:
+        check_fingerprint(json.loads(metadata[FINGERPRINT_KEY]), model, f"the adapter in {path}")
+    heads = [key.removeprefix(HEAD_PREFIX) for key in tensors if key != "prompt_embeddings"]
     kept = [m for m in fields.get("modules_to_save") or () if any(k.startswith(m + ".") or f".{m}." in k for k in heads)]
-    config = CONFIG_TYPES[fields["peft_type"]].from_peft_dict(fields, list(dict.fromkeys(kept)))
-    apply(model, config, name)
+    config = config_type.from_peft_dict(fields, list(dict.fromkeys(kept)))
+    previous = active_adapters(model)
+    apply(model, config, name, activate=activate)
     try:
         fold(model, [name])
-        table = prompt_host(model).deltas[name].embedding.weight
-        _copy("prompt_embeddings", table, tensors["prompt_embeddings"])
-        for path, copy in _head_copies(model, name).items():
+        _copy("prompt_embeddings", prompt_host(model).deltas[name].embedding.weight, tensors)
+        for module_path, copy in _head_copies(model, name).items():
             for key, value in copy.state_dict().items():
-                _copy(f"base_model.{path}.{key}", value, tensors.get(f"base_model.{path}.{key}"))
+                _copy(f"{HEAD_PREFIX}{module_path}.{key}", value, tensors)
     except Exception:
         delete_adapter(model, name)
+        if previous:
+            set_adapter(model, previous)
         raise
-    return model
+    return config
 
 
 @torch.no_grad()
-def _copy(key: str, target: torch.Tensor, source: torch.Tensor | None) -> None:
-    if source is None:
-        raise ValueError(f"the adapter file has no tensor {key!r}")
-    if source.shape != target.shape:
-        raise ValueError(f"tensor {key!r} has shape {tuple(source.shape)} in the file but {tuple(target.shape)} in the model")
-    target.copy_(source)
+def _copy(key: str, target: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
+    if key not in tensors:
+        raise FormatError(f"the adapter file has no tensor {key!r} (it has {sorted(tensors)[:5]})")
+    if tensors[key].shape != target.shape:
+        raise FormatError(f"tensor {key} has shape {tuple(tensors[key].shape)} in the file but the model needs {tuple(target.shape)}")
+    target.copy_(tensors[key])
 
 
-register_peft_files(CONFIG_TYPES.values(), save_prompt_adapter, load_prompt_adapter)  # tt.save_adapter/load_adapter use these
+register_peft_files(CONFIG_TYPES, save_prompt_adapter, load_prompt_adapter)

@@ -39,9 +39,13 @@ class MixedPrecision:
         if self.scaler:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer) -> None:
-        if self.scaler:
-            self.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
-            self.scaler.update()
-        else:
+    def step(self, optimizer) -> bool:
+        """optimizer.step(); False when the scaler skipped it because the fp16 gradients overflowed
+        (it then lowers the scale), so the caller can hold the LR schedule back too."""
+        if self.scaler is None:
             optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale

@@ -1,0 +1,109 @@
+"""The fused LoRA-with-dropout branch computes exactly the plain formula, in value and gradient."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+import trimtune as tt
+from trimtune.dropped_low_rank import DroppedLowRank, dropped_low_rank, keep_mask
+
+
+def _inputs(dtype=torch.float64, n=(2, 5), d_in=6, d_out=4, r=3):
+    torch.manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, dtype=dtype, requires_grad=True)  # noqa: E731
+    return make(*n, d_out), make(*n, d_in), make(r, d_in), make(d_out, r)
+
+
+def _plain(y, x, a, b, scale, keep, p):
+    """The textbook branch, composed from autograd ops: y + scale · ((x ⊙ keep / (1-p)) Aᵀ) Bᵀ."""
+    dropped = x * keep / (1 - p)
+    return y + scale * (dropped @ a.t()) @ b.t()
+
+
+def test_gradcheck_with_a_fixed_mask():
+    y, x, a, b = _inputs()
+
+    def branch(y, x, a, b):
+        torch.manual_seed(7)  # the same mask on every call gradcheck makes
+        return dropped_low_rank(y, x, a, b, 1.5, 0.3)
+
+    assert torch.autograd.gradcheck(branch, (y, x, a, b))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_value_and_gradients_equal_the_plain_formula(p):
+    y, x, a, b = _inputs(torch.float32, n=(3, 7), d_in=16, d_out=12, r=4)
+    torch.manual_seed(3)
+    fused = dropped_low_rank(y, x, a, b, 2.0, p)
+    torch.manual_seed(3)
+    keep = keep_mask((21, 16), p).view(3, 7, 16)
+    assert 0 < keep.sum() < keep.numel()  # the mask really drops something
+    plain = _plain(y, x, a, b, 2.0, keep, p)
+    torch.testing.assert_close(fused, plain)
+    upstream = torch.randn_like(plain)
+    grads_fused = torch.autograd.grad(fused, (y, x, a, b), upstream)
+    grads_plain = torch.autograd.grad(plain, (y, x, a, b), upstream)
+    for got, want in zip(grads_fused, grads_plain):
+        torch.testing.assert_close(got, want)
+
+
+def test_only_the_needed_gradients_are_computed():
+    y, x, a, b = _inputs()
+    x = x.detach()  # e.g. the output of a frozen embedding
+    out = dropped_low_rank(y, x, a, b, 1.0, 0.2)
+    grad_y, grad_a = torch.autograd.grad(out.sum(), (y, a))
+    torch.testing.assert_close(grad_y, torch.ones_like(y))
+    assert grad_a.shape == a.shape and x.grad is None
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of distinct storages autograd keeps for backward while ``fn`` builds its graph."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_sibling_branches_save_less_than_composed_dropout():
+    """q and v read the same x: the fused branches share it; composed dropout keeps two dropped copies + float masks."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 128, requires_grad=True)
+    ys = [torch.randn(512, 128, requires_grad=True) for _ in range(2)]
+    factors = [(torch.randn(4, 128, requires_grad=True), torch.randn(128, 4, requires_grad=True)) for _ in range(2)]
+    drop = torch.nn.Dropout(0.1)
+
+    def fused():
+        return [dropped_low_rank(y, x, a, b, 2.0, 0.1) for y, (a, b) in zip(ys, factors)]
+
+    def composed():  # peft's LoRA forward
+        return [y + (drop(x) @ a.t()) @ b.t() * 2.0 for y, (a, b) in zip(ys, factors)]
+
+    x_bytes = x.numel() * 4
+    assert _saved_bytes(fused) < 2 * x_bytes  # x once + two 1-byte masks + small factors
+    assert _saved_bytes(composed) > 3 * x_bytes
+
+
+def test_lora_model_uses_the_fused_branch_only_in_training(tiny_bert, token_ids):
+    tt.apply(tiny_bert, tt.LoraConfig(r=4, dropout=0.3))
+    layer = dict(tt.api.layers(tiny_bert))["bert.encoder.layer.0.attention.self.query"]
+    with torch.no_grad():
+        layer.deltas["default"].lora_B.normal_()
+    calls = []
+    original = DroppedLowRank.apply
+    with mock.patch.object(DroppedLowRank, "apply", lambda *args: calls.append(1) or original(*args)):
+        tiny_bert.eval()
+        first, second = tiny_bert(token_ids).logits, tiny_bert(token_ids).logits
+        assert not calls
+        torch.testing.assert_close(first, second)  # no dropout in eval
+        tiny_bert.train()
+        tiny_bert(token_ids).logits.sum().backward()
+    assert len(calls) == 4  # query and value of two layers
+    assert layer.deltas["default"].lora_A.grad.abs().sum() > 0

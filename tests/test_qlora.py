@@ -1,0 +1,94 @@
+"""QLoRA / 4-bit bases: packing, forward by hand and against peft + bitsandbytes, training, merge, errors."""
+
+import copy
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trimtune as tt
+from trimtune.quant import QuantConfig, dequantize_weight, is_4bit
+
+from _peft_parity import copy_from_peft, logits, peft_model, to_bnb_linear4bit
+
+
+def _weight_bytes(model):
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.endswith("proj.weight"))
+
+
+@pytest.mark.parametrize(("quant_type", "double_quant"), [("nf4", True), ("fp4", False)])
+def test_quantize_base_packs_linear_weights(tiny_llama, token_ids, quant_type, double_quant):
+    fp32_bytes = _weight_bytes(tiny_llama)
+    fp32_params = tt.trainable_parameters(tiny_llama)[1]
+    names = tt.quantize_base(tiny_llama, config=QuantConfig(quant_type=quant_type, double_quant=double_quant))
+    assert len(names) == 14 and "lm_head" not in names  # 7 linear layers x 2 decoder layers
+    q_proj = tiny_llama.model.layers[0].self_attn.q_proj
+    assert is_4bit(q_proj.weight) and q_proj.weight.dtype == torch.uint8
+    assert q_proj.weight.quant_state.quant_type == quant_type and q_proj.weight.quant_state.nested == double_quant
+    assert _weight_bytes(tiny_llama) == fp32_bytes / 8  # 4 bits instead of 32
+    assert tt.trainable_parameters(tiny_llama)[1] == fp32_params  # counted as parameters, not bytes
+    assert "model.layers.0.self_attn.q_proj.weight" in tiny_llama.state_dict()  # original key kept
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(q_proj(x), F.linear(x, dequantize_weight(q_proj.weight)), atol=1e-5, rtol=1e-5)
+
+
+def test_qlora_matches_peft_on_bitsandbytes_linear4bit(tiny_llama, token_ids):
+    from peft import LoraConfig as PeftLoraConfig
+
+    peft = peft_model(to_bnb_linear4bit(copy.deepcopy(tiny_llama)), PeftLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    ours = tt.apply(copy.deepcopy(tiny_llama), tt.QLoraConfig(r=4, alpha=8))
+    copy_from_peft(peft, ours)
+    peft_out, ours_out = logits(peft, token_ids), logits(ours, token_ids)
+    torch.testing.assert_close(ours_out, peft_out, atol=1e-5, rtol=1e-5)
+    assert (ours_out - logits(tiny_llama, token_ids)).abs().max() > 1e-3
+    assert tt.trainable_parameters(ours) == tuple(peft.get_nb_trainable_parameters())
+
+
+def test_qlora_trains_lora_only(tiny_llama, token_ids):
+    tt.apply(tiny_llama, tt.QLoraConfig(r=4, alpha=8, init="gaussian"))
+    tiny_llama.train()
+    params = [p for p in tiny_llama.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in params)
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss = tiny_llama(input_ids=token_ids, labels=token_ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+    assert {n for n, p in tiny_llama.named_parameters() if p.grad is not None} == {
+        n for n, p in tiny_llama.named_parameters() if ".deltas.default.lora_" in n
+    }
+
+
+def test_merge_dequantises_with_warning(tiny_llama, token_ids):
+    tt.apply(tiny_llama, tt.QLoraConfig(r=4, targets=["q_proj"]))
+    with torch.no_grad():
+        for layer in tiny_llama.model.layers:
+            layer.self_attn.q_proj.deltas["default"].lora_B.normal_()
+    adapted = logits(tiny_llama, token_ids)
+    with pytest.warns(UserWarning, match="dequantises it.*quantize_base"):
+        tt.merge(tiny_llama)
+    q_proj = tiny_llama.model.layers[0].self_attn.q_proj
+    assert not is_4bit(q_proj.weight) and q_proj.weight.dtype == torch.float32
+    assert is_4bit(tiny_llama.model.layers[0].self_attn.k_proj.weight)  # untouched layers stay packed
+    torch.testing.assert_close(logits(tiny_llama, token_ids), adapted, atol=1e-5, rtol=1e-5)
+    tt.unmerge(tiny_llama)
+    tt.quantize_base(tiny_llama)  # the way back to 4 bits
+    assert is_4bit(q_proj.weight)
+
+
+def test_bad_input(monkeypatch, tiny_llama):
+    with pytest.raises(tt.ConfigError, match="quant_type"):
+        tt.QLoraConfig(quant_type="int4")
+    with pytest.raises(tt.ConfigError, match="compute_dtype"):
+        QuantConfig(compute_dtype="float64")
+    with pytest.raises(ValueError, match="only nn.Linear"):
+        tt.quantize_base(tiny_llama, targets=["embed_tokens"])
+    assert not isinstance(tiny_llama.model.embed_tokens, tt.TunedLayer)  # refused before wrapping anything
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        tt.apply(tiny_llama, tt.QLoraConfig())
