@@ -44,7 +44,7 @@ def test_other_seed_other_size_other_architecture_fail_with_the_reason(tiny_llam
         check_fingerprint(saved, _llama(seed=1))
     with pytest.raises(tt.BaseMismatchError, match="other parameter names or shapes"):
         check_fingerprint(saved, _llama(hidden=48))
-    with pytest.raises(tt.BaseMismatchError, match="architecture 'LlamaForCausalLM' but the model is 'GPT2LMHeadModel'"):
+    with pytest.raises(tt.BaseMismatchError, match="architecture 'LlamaForCausalLM', but the model's is 'GPT2LMHeadModel'"):
         check_fingerprint(saved, tiny_gpt2)
 
 
@@ -80,3 +80,21 @@ def test_load_adapter_onto_the_wrong_base_and_the_override(tiny_llama, tmp_path,
     layer = dict(tt.api.layers(other))["model.layers.0.self_attn.q_proj"]
     source = dict(tt.api.layers(tiny_llama))["model.layers.0.self_attn.q_proj"]
     torch.testing.assert_close(layer.deltas["default"].lora_B, source.deltas["default"].lora_B, atol=0, rtol=0)
+
+
+def test_an_adapter_trained_on_a_pruned_base_needs_the_same_masks(tiny_llama, tmp_path):
+    fresh = copy.deepcopy(tiny_llama)
+    tt.apply(tiny_llama, tt.LoraConfig(r=2))
+    layer = dict(tt.api.layers(tiny_llama))["model.layers.0.self_attn.q_proj"]
+    mask = (torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    layer.set_mask(mask)
+    tt.save_adapter(tiny_llama, tmp_path)
+    with pytest.raises(tt.BaseMismatchError, match="made for a pruned base, but this model has no pruning masks"):
+        tt.load_adapter(fresh, tmp_path)
+    fresh_layer = tt.api.wrap(fresh, "model.layers.0.self_attn.q_proj")
+    fresh_layer.set_mask(1 - mask)
+    with pytest.raises(tt.BaseMismatchError, match="pruned with other masks than this model"):
+        tt.load_adapter(fresh, tmp_path)
+    fresh_layer.set_mask(mask)
+    tt.load_adapter(fresh, tmp_path)
+    assert fingerprint(fresh) == fingerprint(tiny_llama)

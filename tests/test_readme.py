@@ -27,7 +27,8 @@ def test_two_single_line_setup_commands_and_ci_runs_the_test_one():
     assert "set -euo pipefail" in ci_lines
 
 
-def test_python_example_runs(minilm_path):
+def test_python_example_runs(minilm_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example saves its adapter to ./out/
     (example,) = code_blocks("python")
     assert len(example.strip().splitlines()) <= 12
     torch.manual_seed(0)
@@ -35,3 +36,4 @@ def test_python_example_runs(minilm_path):
     exec(compile(example, "README.md", "exec"), namespace)
     assert type(namespace["plain"]).__name__ == "BertForSequenceClassification"
     assert not any("lora" in name for name, _ in namespace["plain"].named_parameters())
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -76,3 +76,13 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
             start += size
         delta.to_sparse(kept)
     return {"kept": k, "total": total, "density": k / total}
+
+
+class DiffPenalty:
+    """A ``train`` callback adding ``weight · diff_penalty(model)`` to every micro-batch's loss."""
+
+    def __init__(self, weight: float, adapter: str | None = None):
+        self.weight, self.adapter = weight, adapter
+
+    def loss_term(self, ctx) -> torch.Tensor:
+        return self.weight * diff_penalty(ctx.model, self.adapter)

@@ -12,6 +12,8 @@ A kind is looked up along the base class's MRO, so subclasses (bitsandbytes' ``L
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,11 +33,9 @@ def register_kind(*module_types: type):
 
 
 def _gpt2_conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for plain torch models
-        return None
-    return Conv1D
+    # A Conv1D instance implies transformers is loaded; never import it (seconds) for a plain CNN.
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    return getattr(pytorch_utils, "Conv1D", None)
 
 
 def kind_class_for(module: nn.Module) -> type[LayerKind] | None:

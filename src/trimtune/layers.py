@@ -134,7 +134,7 @@ class TunedLayer(AdapterHost):
 
     def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
         delta = self.deltas[name]
-        named = ((delta.peft_key(k), v) for k, v in delta.state_dict(keep_vars=True).items())
+        named = ((delta.peft_key(k), v) for k, v in delta.file_state().items())
         return {f"{path}.{key}": v for key, v in named if key is not None}
 
     def set_mask(self, mask: torch.Tensor | None) -> None:

@@ -11,6 +11,7 @@ lives in ``adalora_budget.py`` and runs automatically inside ``trimtune.train``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -33,6 +34,8 @@ class AdaLoraConfig:
     the orthogonality penalty added to the training loss. alpha: scale numerator (scale = alpha /
     init_r). rank_pattern: per-layer kept triplets (set by training; read from peft files).
     """
+
+    peft_type: ClassVar[str] = "ADALORA"
 
     init_r: int = 12
     target_r: int = 8
@@ -79,6 +82,52 @@ class AdaLoraConfig:
     def scale(self) -> float:
         return float(self.alpha)
 
+    # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
+    def to_peft_dict(self, layers: dict) -> dict:
+        from ..io.peft_format import peft_target_modules
+
+        c = self
+        # peft refuses a file without a usable schedule; an untrained adapter gets the shortest valid one.
+        total_step = c.total_step or c.tinit + c.tfinal + 1
+        return {
+            "init_r": c.init_r, "target_r": c.target_r,
+            "lora_alpha": int(c.alpha) if float(c.alpha).is_integer() else c.alpha,
+            "lora_dropout": c.dropout,
+            "target_modules": peft_target_modules(c.targets, list(layers)),
+            "tinit": c.tinit, "tfinal": c.tfinal, "deltaT": c.deltaT, "beta1": c.beta1, "beta2": c.beta2,
+            "orth_reg_weight": c.orth_reg_weight, "total_step": total_step,
+            # peft's keys name the λ tensor of each layer; the tensors in the file keep only these ranks.
+            "rank_pattern": None if c.rank_pattern is None else {f"{k}.lora_E": v for k, v in c.rank_pattern.items()},
+            "modules_to_save": c.modules_to_save or None,
+            "fan_in_fan_out": any(isinstance(layer.kind, GPT2Conv1DKind) for layer in layers.values()),
+            "init_lora_weights": True,
+        }
+
+    @classmethod
+    def from_peft_dict(cls, d: dict) -> AdaLoraConfig:
+        from ..io.peft_format import check_fields, targets_from_peft
+
+        fields = {"init_r", "target_r", "lora_alpha", "lora_dropout", "target_modules", "tinit", "tfinal", "deltaT",
+                  "beta1", "beta2", "orth_reg_weight", "total_step", "rank_pattern", "modules_to_save"}
+        # r is LoraConfig's field that AdaLoRA ignores; the rest only describe peft's own layout.
+        ignored = {"r", "fan_in_fan_out", "init_lora_weights", "bias", "alpha_pattern", "megatron_core", "runtime_config", "qalora_group_size"}
+        check_fields(d, fields | ignored, cls.peft_type)
+        pattern = d.get("rank_pattern")
+        return cls(
+            init_r=d.get("init_r", 12), target_r=d.get("target_r", 8), alpha=d.get("lora_alpha", 8),
+            dropout=d.get("lora_dropout", 0.0), targets=targets_from_peft(d.get("target_modules")),
+            tinit=d.get("tinit", 0), tfinal=d.get("tfinal", 0), deltaT=d.get("deltaT", 1),
+            beta1=d.get("beta1", 0.85), beta2=d.get("beta2", 0.85), orth_reg_weight=d.get("orth_reg_weight", 0.5),
+            total_step=d.get("total_step"),
+            rank_pattern=None if pattern is None else {_layer_of(k): [bool(b) for b in v] for k, v in pattern.items()},
+            modules_to_save=list(d.get("modules_to_save") or []),
+        )
+
+
+def _layer_of(rank_pattern_key: str) -> str:
+    """peft's rank_pattern key (``<layer>.lora_E``, maybe with the adapter name) -> the layer's name."""
+    return rank_pattern_key.split(".lora_E")[0]
+
 
 class AdaLoraDelta(Delta):
     def __init__(self, kind: LayerKind, weight: torch.Tensor, r: int, ranknum: int, scale: float, dropout: float = 0.0):
@@ -100,6 +149,8 @@ class AdaLoraDelta(Delta):
         return {"lora_A": self.lora_A, "lora_E": self.lora_E, "lora_B": self.lora_B}
 
     def add_output(self, y, x):
+        if self.lora_E.shape[0] == 0:  # every triplet of this layer was pruned away
+            return y
         if self.dropout is not None:
             x = self.dropout(x)
         a = self.lora_A * self.lora_E
@@ -111,6 +162,14 @@ class AdaLoraDelta(Delta):
 
     def rank(self) -> int:
         return int(self.lora_E.shape[0] if self.rank_mask is None else self.rank_mask.sum())
+
+    def file_state(self):
+        """peft's file keeps only the unmasked triplets (rows of Q and λ, columns of P)."""
+        state = self.state_dict(keep_vars=True)
+        if self.rank_mask is None or bool(self.rank_mask.all()):
+            return state
+        keep = self.rank_mask.nonzero().view(-1).to(self.lora_E.device)
+        return {**state, "lora_A": self.lora_A[keep], "lora_E": self.lora_E[keep], "lora_B": self.lora_B[:, keep]}
 
     @torch.no_grad()
     def apply_rank_mask(self, keep: torch.Tensor) -> None:

@@ -48,7 +48,6 @@ class RankAllocator:
     def __init__(self, model: nn.Module, config: AdaLoraConfig, name: str):
         self.config = config
         self.name = name
-        self.total_step = config.total_step
         self.updates = 0
         self.training_forwards = 0
         deltas = [d for _, d in adalora_deltas(model, name)]
@@ -60,11 +59,11 @@ class RankAllocator:
 
     # ---- trimtune.train callback hooks ----
     def on_train_start(self, ctx) -> None:
-        if self.total_step is None:
+        if self.config.total_step is None:
             if ctx.total_steps is None:
                 raise ConfigError("AdaLoRA needs total_step: set it in AdaLoraConfig (the data has no length to count steps from)")
-            self.total_step = ctx.total_steps
-        self.config.check_schedule(self.total_step)
+            self.config.total_step = ctx.total_steps  # kept in the config: the adapter file records it
+        self.config.check_schedule(self.config.total_step)
 
     def after_optimizer_step(self, ctx) -> None:
         self.update_and_allocate(ctx.model, ctx.step)
@@ -78,20 +77,20 @@ class RankAllocator:
         c = self.config
         if step <= c.tinit:
             return self.init_budget, False
-        if step > self.total_step - c.tfinal:
+        if step > self.config.total_step - c.tfinal:
             return self.target_budget, True
-        remaining = 1 - (step - c.tinit) / (self.total_step - c.tfinal - c.tinit)
+        remaining = 1 - (step - c.tinit) / (self.config.total_step - c.tfinal - c.tinit)
         budget = int((self.init_budget - self.target_budget) * remaining**3 + self.target_budget)
         return budget, step % c.deltaT == 0
 
     @torch.no_grad()
     def update_and_allocate(self, model: nn.Module, step: int) -> int:
         """One training step's update (call with gradients present). Returns the current budget."""
-        if self.total_step is None:
+        if self.config.total_step is None:
             raise ConfigError("AdaLoRA needs total_step: set it in AdaLoraConfig, or train with trimtune.train which counts the steps")
         self.updates += 1
         named = adalora_deltas(model, self.name)
-        end = self.total_step - self.config.tfinal
+        end = self.config.total_step - self.config.tfinal
         if step < end:
             for _, delta in named:
                 self._update_sensitivity(delta)

@@ -80,6 +80,11 @@ class Delta(nn.Module):
             bias.add_(sign * change.to(bias.dtype))
 
     # ---- adapter files ----
+    def file_state(self) -> dict[str, torch.Tensor]:
+        """The tensors an adapter file holds for this delta: its live state by default (loading
+        copies into them); a delta whose file form is smaller (AdaLoRA drops masked ranks) overrides."""
+        return self.state_dict(keep_vars=True)
+
     def peft_key(self, key: str) -> str | None:
         """The name peft gives this delta's state-dict entry ``key``, relative to the layer
         (e.g. LoRA's ``lora_A`` is ``lora_A.weight`` in peft), or None for an entry peft does not

@@ -40,6 +40,7 @@ class DiffConfig:
     diff-pruning reference code (β = 1, stretch (-1.5, 1.5)); Louizos et al. use β = 2/3, (-0.1, 1.1).
     targets: default every linear layer except the output head; ``embeddings`` adds nn.Embedding
     layers. modules_to_save: modules trained in full and stored densely with the diff (a task head).
+    A diff loaded from a file is already sparse and has no gates: its config says penalty="none".
     """
 
     density: float = 0.005
@@ -52,6 +53,7 @@ class DiffConfig:
     targets: TargetSpec = "all-linear"
     embeddings: bool = False
     modules_to_save: list[str] = field(default_factory=list)
+    artifact_sha256: str | None = None  # set by load_diff: the file it came from (refuses a second load)
 
     def __post_init__(self):
         density_ok = isinstance(self.density, (int, float)) and not isinstance(self.density, bool)
@@ -198,8 +200,9 @@ class DiffDelta(Delta):
         trainable = next(iter(self.parameters())).requires_grad
         kept = {}
         for name in self.shapes:
-            index = keep[name].to(torch.int64)
-            kept[name] = values[name] if values is not None else self.dense(name).reshape(-1)[index]
+            device = self.diff[name].device
+            index = keep[name].to(device=device, dtype=torch.int64)
+            kept[name] = values[name].to(device) if values is not None else self.dense(name).reshape(-1)[index]
             self.register_buffer(f"index_{name}", index)
         self.diff = nn.ParameterDict()
         self.log_alpha = nn.ParameterDict()

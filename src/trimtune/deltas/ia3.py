@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, check_choice
-from ..kinds import EmbeddingKind, LayerKind
+from ..kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ..registry import register_weight_method
 from ..targets import TargetSpec, to_predicate
 from .base import Delta
@@ -59,6 +59,8 @@ class IA3Config:
     and the FFN output projections; the defaults keep that for file compatibility.
     """
 
+    peft_type: ClassVar[str] = "IA3"
+
     targets: TargetSpec = None
     feedforward: TargetSpec = None
     init: str = "ones"
@@ -73,6 +75,29 @@ class IA3Config:
             outside = sorted(set(self.feedforward) - set(self.targets))
             if outside:
                 raise ConfigError(f"feedforward must be a subset of targets; {outside} are not in targets {list(self.targets)}")
+
+    # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
+    def to_peft_dict(self, layers: dict) -> dict:
+        # Exact layer names for both lists: peft matches feed-forward names with a bare endswith and
+        # demands them to be a subset of target_modules, so specs could change meaning across.
+        return {
+            "target_modules": sorted(layers),
+            "feedforward_modules": sorted(n for n, layer in layers.items() if self.is_feedforward(layer)),
+            "init_ia3_weights": True,
+            "modules_to_save": self.modules_to_save or None,
+            "fan_in_fan_out": any(isinstance(layer.kind, GPT2Conv1DKind) for layer in layers.values()),
+        }
+
+    @classmethod
+    def from_peft_dict(cls, d: dict) -> IA3Config:
+        from ..io.peft_format import check_fields, targets_from_peft
+
+        check_fields(d, {"target_modules", "feedforward_modules", "init_ia3_weights", "modules_to_save", "fan_in_fan_out"}, cls.peft_type)
+        return cls(
+            targets=targets_from_peft(d.get("target_modules")),
+            feedforward=targets_from_peft(d.get("feedforward_modules")),
+            modules_to_save=list(d.get("modules_to_save") or []),
+        )
 
     def is_feedforward(self, layer) -> bool:
         # Like peft, None means the default feed-forward names; they are distinct across the

@@ -1,7 +1,8 @@
 """The demo's steps, in order. To add a step: write a module with ``STEP = Step(...)`` and add it here."""
 
-from . import lora_text
+from . import lora_text, prune_digits
 
 STEPS = [
     lora_text.STEP,
+    prune_digits.STEP,
 ]

@@ -7,6 +7,8 @@ bf16 keeps ~3 significant digits) while two different bases (other seed, other c
 at once. Adapter tensors (``.deltas.``, per-adapter ``.copies.``, any host's adapter parameters)
 are excluded, and so are vectors (biases, norms: ``bias="all"`` trains them) — only matrices are
 sampled. A merged adapter has changed the base weights, so the fingerprint refuses to read them.
+Pruning masks are part of the base an adapter was trained on (prune, then recover with LoRA): their
+hash is recorded too, so the adapter is refused on the same weights pruned otherwise or not at all.
 """
 
 from __future__ import annotations
@@ -62,7 +64,20 @@ def fingerprint(model: nn.Module) -> dict:
         "num_parameters": sum(math.prod(_logical_shape(p)) for _, p in params),
         "shapes_sha256": hashlib.sha256(listing.encode()).hexdigest(),
         "samples": _samples(params),
+        "masks_sha256": _masks_hash(model),
     }
+
+
+def _masks_hash(model: nn.Module) -> str | None:
+    """sha256 over every wrapped layer's name and mask pattern; None when nothing is masked."""
+    masked = [(name, layer.weight_mask) for name, layer in layers(model) if layer.weight_mask is not None]
+    if not masked:
+        return None
+    digest = hashlib.sha256()
+    for name, mask in masked:
+        digest.update(f"{name}:{list(mask.shape)}".encode())
+        digest.update(mask.detach().ne(0).cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _samples(params: list[tuple[str, torch.Tensor]]) -> list[list]:
@@ -87,7 +102,7 @@ def check_fingerprint(saved: dict, model: nn.Module, what: str = "this artifact"
     for field in ("architecture", "model_type"):
         if saved.get(field) != current[field]:
             raise BaseMismatchError(
-                f"{what} was made for a {field} {saved.get(field)!r} but the model is {current[field]!r}. {override}"
+                f"{what} was made for {field} {saved.get(field)!r}, but the model's is {current[field]!r}. {override}"
             )
     if saved.get("shapes_sha256") != current["shapes_sha256"]:
         raise BaseMismatchError(
@@ -95,6 +110,14 @@ def check_fingerprint(saved: dict, model: nn.Module, what: str = "this artifact"
             f"parameters then, {current['num_parameters']} in the model: another size, or a pruned/shrunk base?). "
             f"{override}"
         )
+    if "masks_sha256" in saved and saved["masks_sha256"] != current["masks_sha256"]:
+        if saved["masks_sha256"] is None:
+            reason = "an unpruned base, but this model has pruning masks"
+        elif current["masks_sha256"] is None:
+            reason = "a pruned base, but this model has no pruning masks"
+        else:
+            reason = "a base pruned with other masks than this model's"
+        raise BaseMismatchError(f"{what} was made for {reason}: apply the same pruning before loading. {override}")
     values = dict(((n, i), v) for n, i, v in current["samples"])
     for name, index, value in saved.get("samples", []):
         now = values.get((name, index))
