@@ -174,6 +174,18 @@ def test_from_masks_removes_exactly_the_masked_rows(tiny_bert):
     assert {3, 10, 11}.isdisjoint(kept) and len(kept) == 61
 
 
+def test_shrink_restates_the_pruning_record_in_new_positions(tiny_bert):
+    from trimtune.prune.masks import pruned_structures, record_pruned
+
+    layer = tt.api.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
+    mask = torch.ones_like(layer.weight)
+    mask[[3, 10]] = 0
+    layer.set_mask(mask)
+    record_pruned(layer, "out", [3, 10, 20])  # 20 recorded but not masked: it survives, at a new position
+    shrink(tiny_bert, from_masks=True)
+    assert pruned_structures(layer) == {"out": [18]}
+
+
 def test_unstructured_masks_cannot_be_shrunk(tiny_bert):
     layer = tt.api.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
     layer.set_mask((torch.rand_like(layer.weight) > 0.5).float())

@@ -39,6 +39,19 @@ def record_pruned(layer: TunedLayer, key: str, indices) -> None:
     record[key] = sorted(set(record.get(key, [])) | {int(i) for i in indices})
 
 
+def reindex_pruned(layer: TunedLayer, dim: str, keep) -> None:
+    """After a shrink keeps units ``keep`` of ``dim``, restate the record in the new positions.
+    Units that were removed leave the record; head records are dropped (rows moved under them)."""
+    record = layer.__dict__.get(_RECORD)
+    if not record:
+        return
+    position = {int(old): new for new, old in enumerate(keep.tolist())}
+    if dim in record:
+        record[dim] = sorted(position[i] for i in record[dim] if i in position)
+    if dim == "out":
+        record.pop("heads", None)
+
+
 def masked_layers(model: nn.Module):
     for name, module in model.named_modules():
         if isinstance(module, TunedLayer) and module.weight_mask is not None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..kinds import kind_class_for
 from ..layers import TunedLayer
+from ..prune.masks import reindex_pruned
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
@@ -49,6 +50,7 @@ def _slice_linear_like(owner: nn.Module, shell: nn.Module, dim: str, keep: torch
         _slice_param(owner, "weight_mask", axis, keep)
         for delta in owner.deltas.values():
             delta.slice_(dim, keep)
+        reindex_pruned(owner, dim, keep)
     _set_size_attributes(shell, dim, len(keep))
 
 
