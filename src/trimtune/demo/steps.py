@@ -1,7 +1,8 @@
 """The demo's steps, in order. To add a step: write a module with ``STEP = Step(...)`` and add it here."""
 
-from . import lora_text
+from . import diff_text, lora_text
 
 STEPS = [
     lora_text.STEP,
+    diff_text.STEP,
 ]
