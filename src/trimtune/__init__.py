@@ -33,6 +33,17 @@ from .prompts import (
     PTuningConfig,
     fold,
 )
+from .io.sparse import load_sparse, save_sparse
+from .prune import (
+    GateConfig,
+    PruneConfig,
+    PruneSchedule,
+    Pruner,
+    PruningCallback,
+    keep_pruned,
+    make_permanent,
+    sparsity_report,
+)
 from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (

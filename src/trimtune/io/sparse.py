@@ -4,24 +4,23 @@ For every masked layer the file holds ``<key>.__bitmask`` (the mask packed 8 ent
 and ``<key>.__values`` (the weight's surviving entries, in order); every other tensor of the state
 dict is stored as is. The JSON metadata holds shapes, dtypes and the pruned-structure records, so
 ``load_sparse`` can rebuild masks and records on a freshly built model. No pickle anywhere; the
-write is atomic (temp file + ``os.replace``).
+write is atomic (``io.atomic``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..api import wrap
 from ..layers import TunedLayer
+from .atomic import write_safetensors
 from ..prune.masks import pruned_structures
 
 FORMAT = "trimtune.sparse/1"
@@ -34,18 +33,6 @@ def _pack(mask: torch.Tensor) -> torch.Tensor:
 def _unpack(bits: torch.Tensor, shape) -> torch.Tensor:
     count = int(np.prod(shape))
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=count).astype(bool)).view(*shape)
-
-
-def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def save_sparse(model: nn.Module, path: str | os.PathLike) -> dict[str, int]:
@@ -71,7 +58,7 @@ def save_sparse(model: nn.Module, path: str | os.PathLike) -> dict[str, int]:
         if isinstance(layer, TunedLayer) and (layer.weight_mask is not None or pruned_structures(layer)):
             weight = layer.weight
             layers[name] = {"shape": list(weight.shape), "masked": layer.weight_mask is not None, "pruned": pruned_structures(layer)}
-    _atomic_save(tensors, {"format": FORMAT, "layers": json.dumps(layers)}, path)
+    write_safetensors(path, tensors, {"format": FORMAT, "layers": json.dumps(layers)})
     return {"sparse_bytes": path.stat().st_size, "dense_bytes": dense_bytes}
 
 
