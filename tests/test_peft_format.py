@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import trimtune as tt
-from trimtune.io.peft_format import PeftRegex
+from trimtune.io.peft_format import PeftTargets
 
 
 def randomise_trainable(model: torch.nn.Module, seed: int = 7) -> None:
@@ -103,13 +103,16 @@ def test_minilm_saved_by_peft_loads_in_trimtune(minilm_path, token_ids, tmp_path
         dict(target_modules=["q_proj", "v_proj"], use_rslora=True, bias="lora_only"),
         dict(target_modules=r".*\.layers\.0\.self_attn\.(q|k)_proj", rank_pattern={"k_proj": 2}, alpha_pattern={"q_proj": 3}),
         dict(target_modules="all-linear", bias="all"),
+        dict(target_modules=["q_proj", "v_proj", "up_proj"], layers_to_transform=[1], exclude_modules=["v_proj"]),
+        dict(target_modules=["k_proj", "down_proj"], layers_to_transform=0, layers_pattern="layers"),
     ],
-    ids=["rslora-lora_only", "regex-patterns", "all-linear-bias_all"],
+    ids=["rslora-lora_only", "regex-patterns", "all-linear-bias_all", "layers-exclude", "layer-int-pattern"],
 )
 def test_llama_saved_by_peft_loads_in_trimtune(tiny_llama, token_ids, tmp_path, options):
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, **options)
     expected, peft_model = _peft_saved(copy.deepcopy(tiny_llama), config, tmp_path, token_ids)
     tt.load_adapter(tiny_llama, tmp_path)
+    assert list(tt.api.layers(tiny_llama))  # something was loaded, and exactly where peft put it:
     assert sorted(n for n, _ in tt.api.layers(tiny_llama)) == sorted(
         n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)
     )
@@ -170,7 +173,7 @@ def test_peft_regex_target_survives_a_round_trip(tiny_llama, tmp_path):
     pattern = r".*\.layers\.1\.self_attn\.v_proj"
     peft.get_peft_model(copy.deepcopy(tiny_llama), peft.LoraConfig(r=2, target_modules=pattern)).save_pretrained(tmp_path / "p")
     config = tt.load_adapter(tiny_llama, tmp_path / "p")
-    assert config.targets == PeftRegex(pattern)
+    assert config.targets == PeftTargets(pattern)
     assert [n for n, _ in tt.api.layers(tiny_llama)] == ["model.layers.1.self_attn.v_proj"]
     tt.save_adapter(tiny_llama, tmp_path / "t")
     assert json.loads((tmp_path / "t" / "adapter_config.json").read_text())["target_modules"] == pattern
@@ -236,8 +239,8 @@ def test_bad_json_and_unknown_peft_type(tiny_bert, saved_bert_adapter):
     "field, value, message",
     [
         ("use_dora", True, "use_dora=True"),
-        ("layers_to_transform", [0], "layers_to_transform"),
-        ("exclude_modules", ["key"], "exclude_modules"),
+        ("layer_replication", [[0, 2]], "layer_replication"),
+        ("lora_bias", True, "lora_bias=True"),
         ("init_lora_weights", "pissa", "changes the base model"),
         ("r", 0, "r must be an integer >= 1"),
     ],
@@ -338,3 +341,16 @@ def test_a_delta_can_leave_entries_out_of_peft_files():
     tensors = layer.peft_tensors("default", "base_model.model.fc")
     assert sorted(tensors) == ["base_model.model.fc.lora_A.weight", "base_model.model.fc.lora_B.weight"]
     assert tensors["base_model.model.fc.lora_A.weight"] is layer.deltas["default"].lora_A  # live, for loading
+
+
+def test_layer_selection_is_saved_back_as_the_exact_layers(tiny_llama, tmp_path):
+    options = dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], exclude_modules=["v_proj"])
+    base = copy.deepcopy(tiny_llama)
+    peft.get_peft_model(copy.deepcopy(tiny_llama), peft.LoraConfig(r=2, **options)).save_pretrained(tmp_path / "p")
+    tt.load_adapter(tiny_llama, tmp_path / "p")
+    tt.save_adapter(tiny_llama, tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "adapter_config.json").read_text())["target_modules"] == ["model.layers.1.self_attn.q_proj"]
+    peft_model = peft.PeftModel.from_pretrained(base, tmp_path / "t")
+    assert [n for n, m in peft_model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)] == [
+        "base_model.model.model.layers.1.self_attn.q_proj"
+    ]

@@ -96,12 +96,15 @@ class LoraConfig:
         # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
         layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
         fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
+        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern"}
         check_fields(d, fields | layout_only, cls.peft_type)
         return cls(
             r=d.get("r", 8),
             alpha=d.get("lora_alpha", 8),
             dropout=d.get("lora_dropout", 0.0),
-            targets=targets_from_peft(d.get("target_modules")),
+            targets=targets_from_peft(
+                d.get("target_modules"), d.get("exclude_modules"), d.get("layers_to_transform"), d.get("layers_pattern")
+            ),
             use_rslora=bool(d.get("use_rslora", False)),
             init="gaussian" if init == "gaussian" else "default",
             bias=d.get("bias", "none"),

@@ -55,22 +55,52 @@ class FormatError(ValueError):
     """An adapter directory is missing, unreadable, or does not describe an adapter trimtune can load."""
 
 
-class PeftRegex:
-    """peft's string ``target_modules``: ``re.fullmatch`` on the whole module name. Kept as an object
-    (not folded into a trimtune regex) so saving the config again writes the same string."""
+class PeftTargets:
+    """peft's target selection, reproduced: ``target_modules`` (a string is ``re.fullmatch`` on the
+    whole module name, a list a dotted-suffix match), ``exclude_modules`` (same two forms) and, for a
+    list, ``layers_to_transform`` with ``layers_pattern`` (the layer index in the name). Kept as an
+    object so saving the config again writes the same ``target_modules``."""
 
-    def __init__(self, pattern: str):
-        self.pattern = pattern
-        self._compiled = re.compile(pattern)
+    def __init__(self, target_modules, exclude_modules=None, layers_to_transform=None, layers_pattern=None):
+        self.target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
+        self.exclude_modules = exclude_modules
+        self.layers_to_transform = layers_to_transform
+        self.layers_pattern = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+
+    @property
+    def plain(self) -> bool:
+        """True when target_modules alone decides (it can then be written back as it was)."""
+        return not self.exclude_modules and self.layers_to_transform in (None, [])
 
     def __call__(self, name: str, module: nn.Module) -> bool:
-        return self._compiled.fullmatch(name) is not None
+        if self.exclude_modules and _peft_match(self.exclude_modules, name):
+            return False
+        if not _peft_match(self.target_modules, name):
+            return False
+        if isinstance(self.target_modules, str) or self.layers_to_transform in (None, []):
+            return True  # peft applies layer indices to list targets only
+        index = self._layer_index(name)
+        wanted = self.layers_to_transform
+        return index is not None and (index == wanted if isinstance(wanted, int) else index in wanted)
+
+    def _layer_index(self, name: str) -> int | None:
+        # peft takes the FIRST number after the layers' container (not an expert index further in).
+        patterns = [rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\." for p in self.layers_pattern] or [r".*?\.[^.]*\.(?P<idx>\d+)\."]
+        match = next((m for m in (re.match(p, name) for p in patterns) if m), None)
+        return int(match.group("idx")) if match else None
 
     def __repr__(self) -> str:
-        return f"PeftRegex({self.pattern!r})"
+        extras = {k: v for k, v in vars(self).items() if k != "target_modules" and v}
+        return f"PeftTargets({self.target_modules!r}{''.join(f', {k}={v!r}' for k, v in extras.items())})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, PeftRegex) and other.pattern == self.pattern
+        return isinstance(other, PeftTargets) and vars(other) == vars(self)
+
+
+def _peft_match(spec, name: str) -> bool:
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == key or name.endswith("." + key) for key in spec)
 
 
 def peft_types() -> dict[str, type]:
@@ -94,8 +124,8 @@ def peft_target_modules(spec, names: Sequence[str]) -> str | list[str]:
     the whole name); a list of names means the same in both; anything else (None, "all-linear",
     a type, a predicate) is written as the exact list of selected layers.
     """
-    if isinstance(spec, PeftRegex):
-        return spec.pattern
+    if isinstance(spec, PeftTargets):
+        return spec.target_modules if spec.plain else sorted(names)
     if isinstance(spec, str) and spec != "all-linear":
         return rf"(?:.*\.)?(?:{spec})"
     if isinstance(spec, Sequence) and not isinstance(spec, str) and all(isinstance(n, str) for n in spec):
@@ -103,12 +133,12 @@ def peft_target_modules(spec, names: Sequence[str]) -> str | list[str]:
     return sorted(names)
 
 
-def targets_from_peft(value):
+def targets_from_peft(value, exclude_modules=None, layers_to_transform=None, layers_pattern=None):
+    """A trimtune targets spec meaning what peft's fields mean (``value``: peft's target_modules)."""
     if value is None:
         return None  # peft's default per architecture; trimtune's defaults are the same choices
-    if isinstance(value, str):
-        return PeftRegex(value)
-    return list(value)
+    targets = PeftTargets(value, exclude_modules, layers_to_transform, layers_pattern)
+    return list(value) if targets.plain and not isinstance(value, str) else targets
 
 
 def check_fields(d: dict, handled: set[str], peft_type: str) -> None:
