@@ -289,3 +289,18 @@ def test_an_unsliceable_delta_is_refused_before_anything_changes(tiny_bert):
         shrink(tiny_bert, 0.5)
     after = tiny_bert.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_minilm_heads_and_ffn_with_lora_equal_mask_form(minilm_path):
+    """The real all-MiniLM-L6-v2: 25 % of heads and FFN units out, a LoRA adapter carried along."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(minilm_path).eval()
+    _lora_random(model, targets="query|value|dense")
+    inputs = {"input_ids": torch.randint(1000, 5000, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    original = copy.deepcopy(model)
+    report = shrink(model, 0.25, example_inputs=inputs)
+    expected = _mask_form(original, report.history)(**inputs).last_hidden_state
+    torch.testing.assert_close(model(**inputs).last_hidden_state, expected, atol=1e-5, rtol=1e-4)
+    assert {w["heads"] for w in report.widths["layers"]} == {9} and {w["ffn"] for w in report.widths["layers"]} == {1152}
+    assert report.macs_after < 0.8 * report.macs_before

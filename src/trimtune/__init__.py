@@ -48,13 +48,18 @@ from .shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from .targets import TargetError, by_glob, by_names, by_regex, by_type
 from .train import (
     Callback,
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointMismatchError,
     ClipConfig,
+    MetricsLogger,
     NonFiniteLossError,
     TrainContext,
     TrainResult,
     accuracy,
     clip_gradients,
     evaluate,
+    latest_checkpoint,
     linear_schedule,
     train,
 )

@@ -10,6 +10,12 @@ import argparse
 import os
 import sys
 
+from .commands.evaluate import add_eval
+from .commands.export import add_export, add_merge
+from .commands.report import add_report
+from .commands.runs import add_runs
+from .commands.shrink import add_shrink
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -17,6 +23,19 @@ def _offline() -> None:
     """trimtune never needs the model hub: everything it loads is a local directory."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _silence_libraries() -> None:
+    """--quiet: transformers' load reports, progress bars and warnings too, not only ours."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def add_demo(subparsers) -> None:
@@ -38,7 +57,7 @@ def run_demo_command(args) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS = [add_demo]
+SUBCOMMANDS = [add_demo, add_runs, add_shrink, add_merge, add_eval, add_report, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits with 2 and a message on usage errors
     _offline()
+    if getattr(args, "quiet", False):
+        _silence_libraries()
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -66,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"trimtune {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE if _is_usage_error(err) else EXIT_FAILURE
+
+
+def _is_usage_error(err: Exception) -> bool:
+    """A recipe or --set that does not validate is a usage error, like a bad command-line flag."""
+    from .recipes.load import RecipeError
+
+    return isinstance(err, RecipeError)
 
 
 if __name__ == "__main__":

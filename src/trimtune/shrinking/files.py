@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..io.atomic import atomic_directory
 from .apply import replay
 
 HISTORY_FILE = "shrink_history.json"
@@ -44,9 +43,7 @@ def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
     state = getattr(model, STATE_ATTR, None)
     if state is None:
         raise ValueError("this model was not shrunk by trimtune (no shrink history); save it the usual way")
-    path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None))
-    try:
+    with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp, safe_serialization=True)
         else:
@@ -57,22 +54,7 @@ def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
                     tensors[name] = tensor.contiguous()
             save_file(tensors, tmp / WEIGHTS_FILE)
         (tmp / HISTORY_FILE).write_text(json.dumps({"format": FORMAT, **state}))
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Swap the finished directory in with renames, so a crash never leaves a half-written model."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    return Path(path)
 
 
 def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:

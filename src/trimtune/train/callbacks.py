@@ -41,6 +41,7 @@ class TrainContext:
     epoch: int = 0
     total_steps: int | None = None
     stop: bool = False  # a hook sets this to end training after the current step
+    grad_norm: float | None = None  # the last step's gradient norm before clipping (only when clipping)
 
 
 class Callback:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,7 +22,10 @@ from ..api import state_of
 from ..config import ConfigError, check_positive, check_positive_int
 from .batches import LossFn, run_batch, to_device
 from .callbacks import CallbackList, TrainContext
+from .checkpoint import Checkpointer, as_checkpoint_config, latest_checkpoint
 from .clip import as_clip_config, clip_gradients
+from .data_position import DataPosition
+from .distributed import unwrap_model
 from .evaluate import Metric, evaluate, model_device
 from .precision import MixedPrecision
 
@@ -71,6 +76,9 @@ def train(
     loss_fn: LossFn | None = None,
     grad_accum: int = 1,
     autocast=None,
+    checkpoint=None,
+    resume: bool | str | os.PathLike = False,
+    run_config: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` (an iterable of batches, re-iterated each epoch).
 
@@ -82,8 +90,17 @@ def train(
     norm). With ``eval_data``, ``evaluate(model, eval_data, metric)`` runs every ``eval_every``
     steps and after the last step. ``autocast``: None, "bf16" or "fp16". ``device``: move the
     model there (default: stay where it is); batches follow the model.
+
+    ``checkpoint``: a ``CheckpointConfig`` (or a directory: save at the end only). ``resume``: True
+    continues from the latest checkpoint in that directory, a path from that checkpoint; model
+    trainables, optimizer, scheduler, RNG and data position are restored, so the run ends as if
+    never interrupted. ``run_config``: any JSON-able description of the run (a recipe); a
+    checkpoint is refused by a run whose config, base model or adapters differ.
     """
     _check_args(epochs, max_steps, lr, optimizer, eval_data, eval_every, grad_accum)
+    checkpoint = as_checkpoint_config(checkpoint)
+    if resume and checkpoint is None:
+        raise ConfigError("resume needs checkpoint=CheckpointConfig(dir, ...) (the directory the run saves to)")
     if device is not None:
         model.to(device)
     device = model_device(model)
@@ -94,18 +111,25 @@ def train(
     clip = as_clip_config(clip)
     precision = MixedPrecision(autocast, device)
     # Callbacks a tuning method needs every step (AdaLoRA's rank update) run without being asked for.
-    hooks = CallbackList([*state_of(model).callbacks.values(), *callbacks])
+    hooks = CallbackList([*state_of(unwrap_model(model)).callbacks.values(), *callbacks])
     ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps)
     result = TrainResult()
+    position = DataPosition()
+    checkpointer = Checkpointer(checkpoint, model, total_steps, run_config) if checkpoint else None
+    if resume:
+        checkpointer.restore(_resume_path(resume, checkpoint.dir), ctx, position, result, precision.scaler)
 
     was_training = model.training
     model.train()
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=ctx.step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     try:
         optimizer.zero_grad(set_to_none=True)
         hooks.call("on_train_start", ctx)
-        for ctx.epoch, group in _step_groups(train_data, epochs, max_steps, grad_accum):
+        groups = _step_groups(train_data, epochs, grad_accum, position)
+        if max_steps is not None and ctx.step >= max_steps:  # resumed from the final checkpoint
+            groups = iter(())
+        for ctx.epoch, group in groups:
             loss = _accumulate(ctx, group, loss_fn, precision, hooks, device, result)
             _optimizer_step(ctx, clip, precision, hooks, result)
             result.losses.append(loss)
@@ -115,10 +139,19 @@ def train(
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if eval_data is not None and eval_every and ctx.step % eval_every == 0:
                 _evaluate(ctx, eval_data, metric, loss_fn, hooks, result, bar)
+            if checkpointer is not None and checkpointer.due(ctx.step):
+                checkpointer.save(ctx, position, result, precision.scaler)
             if ctx.stop or ctx.step == max_steps:
                 break
         if eval_data is not None and (not result.eval_history or result.eval_history[-1][0] != ctx.step):
             _evaluate(ctx, eval_data, metric, loss_fn, hooks, result, bar)
+        if checkpointer is not None and checkpointer.last_saved != ctx.step:
+            checkpointer.save(ctx, position, result, precision.scaler)
+    except NonFiniteLossError as error:
+        if checkpointer is not None:
+            last = latest_checkpoint(checkpoint.dir)
+            error.add_note(f"The last good checkpoint is {last}." if last else "No checkpoint had been written yet.")
+        raise
     finally:
         bar.close()
         model.train(was_training)
@@ -160,7 +193,8 @@ def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
     """Clip, step, let the hooks see the gradients, then advance the schedule and clear them."""
     precision.unscale(ctx.optimizer)
     if clip is not None:
-        result.grad_norms.append(clip_gradients(ctx.model, clip))
+        ctx.grad_norm = clip_gradients(ctx.model, clip)
+        result.grad_norms.append(ctx.grad_norm)
     stepped = precision.step(ctx.optimizer)
     ctx.step += 1
     hooks.call("after_optimizer_step", ctx)
@@ -177,13 +211,16 @@ def _evaluate(ctx, eval_data, metric, loss_fn, hooks, result, bar) -> None:
         bar.write(f"step {ctx.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
-def _step_groups(train_data, epochs, max_steps, grad_accum) -> Iterator[tuple[int, list]]:
-    """(epoch, the grad_accum batches of one step); an epoch's last group may be shorter."""
-    for epoch in range(epochs) if epochs is not None else itertools.count():
-        batches = iter(train_data)
-        empty = True
+def _step_groups(train_data, epochs, grad_accum, position: DataPosition) -> Iterator[tuple[int, list]]:
+    """(epoch, the grad_accum batches of one step); an epoch's last group may be shorter.
+    Starts where ``position`` is (a resumed run) and keeps it up to date."""
+    start = position.epoch
+    for epoch in range(start, epochs) if epochs is not None else itertools.count(start):
+        batches, skipped = position.open_epoch(train_data, epoch)
+        empty = skipped == 0
         while group := list(itertools.islice(batches, grad_accum)):
             empty = False
+            position.batches += len(group)
             yield epoch, group
         if empty:
             raise ValueError(f"train_data yielded no batches in epoch {epoch + 1}; pass a re-iterable such as a DataLoader or a list")
@@ -211,3 +248,12 @@ def _check_args(epochs, max_steps, lr, optimizer, eval_data, eval_every, grad_ac
             raise ConfigError("pass either lr or an optimizer (set the learning rate on your optimizer), not both")
     if eval_every is not None and eval_data is None:
         raise ConfigError("eval_every needs eval_data")
+
+
+def _resume_path(resume, directory):
+    if resume is True:
+        path = latest_checkpoint(directory)
+        if path is None:
+            raise FileNotFoundError(f"resume=True but {directory} holds no complete checkpoint (step-* directory); start without resume")
+        return path
+    return Path(resume)

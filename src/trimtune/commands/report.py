@@ -1,0 +1,25 @@
+"""``trimtune report RUN_DIR``: Markdown / HTML with PNG plots, and JSON (see ``trimtune/report.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_quiet, show
+
+
+def add_report(subparsers) -> None:
+    p = subparsers.add_parser("report", help="write a Markdown/HTML report with plots of a run directory",
+                              description="Plots what RUN_DIR holds (loss curve, sparsity per layer, shrink before/after, "
+                              "AdaLoRA ranks) into RUN_DIR/report/ with report.md or .html and report.json.")
+    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune, diff or shrink")
+    p.add_argument("--format", choices=("md", "html", "both"), default="md", help="report document (default: %(default)s)")
+    add_quiet(p)
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..report import build_report
+
+    formats = ("md", "html") if args.format == "both" else (args.format,)
+    show("report", build_report(args.run_dir, formats))
+    return 0

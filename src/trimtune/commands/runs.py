@@ -1,0 +1,37 @@
+"""``trimtune tune | prune | diff RECIPE``: one recipe run each (see ``recipes/run.py``); they
+differ only in which recipe section they insist on, so a command always does what its name says."""
+
+from __future__ import annotations
+
+from ..recipes.load import RecipeError, load_recipe
+from .common import add_recipe_arguments, logger, show
+
+RUNS = {
+    "tune": ("fine-tune with any method (LoRA, AdaLoRA, QLoRA, IA3, bottleneck, prompt, P-, prefix tuning, diff)",
+             lambda r: r.method is not None, "a `method:` section (e.g. method: {type: lora, r: 8})"),
+    "prune": ("mask pruning with any importance, granularity and schedule (optionally with a tuning method)",
+              lambda r: r.prune is not None, "a `prune:` section (e.g. prune: {sparsity: 0.5})"),
+    "diff": ("diff pruning: train a sparse task diff over the frozen base and save it",
+             lambda r: r.method is not None and r.method.type == "diff", "method.type: diff"),
+}
+
+
+def add_runs(subparsers) -> None:
+    for name, (summary, _, _) in RUNS.items():
+        p = subparsers.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}, as RECIPE describes. "
+                                  "Writes the resolved recipe, metrics, summary and artifacts into the run directory.")
+        add_recipe_arguments(p)
+        p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..recipes.run import prepare_run_dir, run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    _, fits, needs = RUNS[args.command]
+    if not fits(recipe):
+        raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
+    out = prepare_run_dir(args.out or recipe.output, args.overwrite)
+    summary = run_recipe(recipe, out, quiet=args.quiet, log=logger(args))
+    show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})
+    return 0

@@ -1,0 +1,160 @@
+"""From a validated recipe to the objects a run needs: records, the model and its tokenizer,
+data loaders, and the pruning callback. Each piece is a call into the library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import DEMO_LABELS, load_demo_texts, text_loader
+from ..data.files import read_records, split_records
+from ..data.lm import lm_loader
+from .schema import DataSection, ModelSection, PruneSection, Recipe
+
+IMAGE_BATCH = "digits"
+
+
+@dataclass
+class Records:
+    """Train/eval examples before tokenisation; ``labels`` are the class names (classification)."""
+
+    train: list = field(default_factory=list)
+    eval: list = field(default_factory=list)
+    labels: list[str] | None = None
+
+
+def read_data(recipe: Recipe) -> Records:
+    """Read and split the data first, so a bad file fails before a model is loaded."""
+    section, task = recipe.data, recipe.model.task
+    if section.train == IMAGE_BATCH:
+        return Records(labels=[str(d) for d in range(10)])
+    classify = task == "classification"
+    columns = (section.text_column, section.label_column) if classify else (section.text_column,)
+    train = _records(section, section.train, columns, classify)
+    if section.eval is not None:
+        held_out = _records(section, section.eval, columns, classify)
+    else:
+        train, held_out = split_records(train, section.eval_fraction, section.seed, stratify="label" if classify else None)
+    if section.limit:
+        train, held_out = train[: section.limit], held_out[: section.limit]
+    if not train:
+        raise ValueError(f"no training records are left from {section.train} after the eval split")
+    labels = (section.labels or sorted({r["label"] for r in train})) if classify else None
+    return Records(train, held_out, labels)
+
+
+def _records(section: DataSection, source: str, columns: tuple[str, ...], classify: bool) -> list[dict]:
+    if source == "demo":
+        raw, columns = load_demo_texts(), ("text", "label")
+    else:
+        raw = read_records(source, section.format, columns)
+    text, label = columns[0], columns[1] if classify else None
+    return [{"text": str(r[text]), **({"label": str(r[label])} if classify else {})} for r in raw]
+
+
+def model_dir(section: ModelSection) -> Path:
+    from ..models import minilm_path
+
+    if section.path == "minilm":
+        return minilm_path()
+    path = Path(section.path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model path {path} does not exist; model.path must be a local Hugging Face model directory "
+            "(with config.json), 'minilm' or 'lenet'"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model directory {path} has no config.json, so it is not a Hugging Face model directory")
+    return path
+
+
+def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
+    """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time."""
+    if section.path == "lenet":
+        from ..models import LeNet
+
+        return LeNet(), None
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = model_dir(section)
+    tokenizer = AutoTokenizer.from_pretrained(section.tokenizer or path)
+    if section.task == "causal-lm":
+        return AutoModelForCausalLM.from_pretrained(path), tokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+    )
+    if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return model, tokenizer
+
+
+@dataclass
+class Loaders:
+    train: object
+    eval: object | None
+    metric: object = None  # accuracy for classification
+    loss_fn: object = None  # images: cross entropy on (x, y) pairs
+
+
+def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
+    from ..train import accuracy
+
+    section, seed = recipe.data, recipe.data.seed
+    if section.train == IMAGE_BATCH:
+        return _digit_loaders(section)
+    if recipe.model.task == "causal-lm":
+        make = lambda rows, shuffle: lm_loader([r["text"] for r in rows], tokenizer, section.batch_size, section.max_length, shuffle, seed)
+        metric = None
+    else:
+        make = lambda rows, shuffle: text_loader(rows, tokenizer, tuple(records.labels), section.batch_size, section.max_length, shuffle, seed)
+        metric = accuracy
+    return Loaders(make(records.train, True), make(records.eval, False) if records.eval else None, metric)
+
+
+def _digit_loaders(section: DataSection) -> Loaders:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ..data.digits import load_digits_split
+    from ..train import accuracy
+
+    x_train, y_train, x_test, y_test = load_digits_split(section.eval_fraction or 0.25, section.seed)
+    if section.limit:
+        x_train, y_train, x_test, y_test = x_train[: section.limit], y_train[: section.limit], x_test[: section.limit], y_test[: section.limit]
+    generator = torch.Generator().manual_seed(section.seed)
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=section.batch_size, shuffle=True, generator=generator)
+    held_out = DataLoader(TensorDataset(x_test, y_test), batch_size=256)
+    return Loaders(train, held_out, accuracy, nn.functional.cross_entropy)
+
+
+def example_inputs(loaders: Loaders):
+    """One batch's inputs, as ``shrink`` wants them (a tuple of tensors, or keyword tensors)."""
+    batch = next(iter(loaders.train))
+    if isinstance(batch, dict):
+        return {k: v for k, v in batch.items() if k != "labels"}
+    return (batch[0],)
+
+
+def prune_config(section: PruneSection, model: nn.Module, loaders: Loaders):
+    """The library's PruneConfig; data-aware importances calibrate here on a few train batches."""
+    from itertools import islice
+
+    from .. import prune as P
+    from ..train.batches import run_batch
+
+    calibration = lambda: islice(iter(loaders.train), section.calibration_batches)
+    if section.importance == "wanda":
+        inputs = lambda: ((b if isinstance(b, dict) else b[0]) for b in calibration())
+        strip = lambda b: {k: v for k, v in b.items() if k != "labels"} if isinstance(b, dict) else b
+        importance = P.Wanda(P.collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
+    elif section.importance == "taylor":
+        loss = lambda m, b: run_batch(m, b, loaders.loss_fn).loss
+        importance = P.Taylor(P.collect_taylor(model, calibration(), loss, section.targets))
+    else:
+        importance = {"magnitude": P.Magnitude, "random": lambda: P.Random(section.seed), "movement": P.Movement}[section.importance]()
+    return P.PruneConfig(
+        amount=section.sparsity, importance=importance, granularity=section.granularity, scope=section.scope,
+        targets=section.targets, protect=section.protect,
+    )

@@ -1,0 +1,180 @@
+"""A recipe run: read data, load the model, apply the method, prune, train, evaluate, and save
+what the run produced into its directory. ``load_run`` rebuilds the trained model from that
+directory (for eval, merge, export and shrink).
+
+A run directory holds ``trimtune_run.json`` (the marker), ``recipe.yaml`` (resolved), ``summary.json`` (labels, figures),
+``metrics.json`` (losses, evaluations) and, as the run made them: ``adapter/`` (PEFT format),
+``diff/`` (sparse diff), ``pruned.safetensors`` (masked weights, compressed), ``model.safetensors``
+(all weights, when the base itself was trained), ``sparsity.json``, ``adalora_ranks.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..io.atomic import write_json, write_safetensors
+from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
+from .load import RESOLVED_NAME, load_recipe, save_recipe
+from .schema import Recipe
+
+MARKER = "trimtune_run.json"  # written first: only a directory holding it may be overwritten
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """An empty directory for the run; an existing non-empty one only with ``overwrite``, and only
+    if it is a run directory (so a mistyped path never deletes a user's files)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"run directory {path} already exists; pass --overwrite to replace it, or choose another --out")
+        if not (path / MARKER).is_file():
+            raise FileExistsError(f"{path} exists and is not a trimtune run directory (no {MARKER}); refusing to overwrite it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / MARKER, {"format": "trimtune.run/1"})
+    return path
+
+
+def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print) -> dict:
+    import trimtune as tt
+    from ..train.loop import _total_steps
+
+    save_recipe(recipe, out)
+    records = read_data(recipe)
+    torch.manual_seed(recipe.train.seed)
+    model, tokenizer = load_model(recipe.model, records.labels)
+    loaders = make_loaders(recipe, records, tokenizer)
+    before = evaluate_run(model, loaders)
+    log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
+    method = recipe.method.build() if recipe.method else None
+    if method is not None:
+        tt.apply(model, method)
+        trainable, total = tt.trainable_parameters(model)
+        log(f"{recipe.method.type}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f} %)")
+    t = recipe.train
+    steps = _total_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
+    callbacks = _callbacks(recipe, model, loaders, steps)
+    result = None
+    if steps:
+        result = tt.train(
+            model, loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr, grad_accum=t.grad_accum,
+            scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm, eval_data=loaders.eval if t.eval_every else None,
+            eval_every=t.eval_every, metric=loaders.metric, loss_fn=loaders.loss_fn, callbacks=callbacks, progress=not quiet,
+        )
+        log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
+    elif recipe.prune:
+        from ..prune import prune
+
+        prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
+    summary = {"labels": records.labels, "before": before, "steps": steps}
+    if isinstance(method, tt.DiffConfig):
+        summary["diff"] = tt.project_diffs(model)
+        log(f"diff projected to {summary['diff']['kept']:,} of {summary['diff']['total']:,} entries")
+    summary["after"] = evaluate_run(model, loaders)
+    log(f"after: {_fmt(summary['after'])}")
+    summary.update(_save_artifacts(model, recipe, method, out))
+    write_json(out / "metrics.json", _metrics(result))
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _callbacks(recipe: Recipe, model: nn.Module, loaders: Loaders, steps: int) -> list:
+    import trimtune as tt
+    from ..diff_pruning import DiffPenalty
+    from ..prune import PruneSchedule, PruningCallback
+
+    callbacks = []
+    if recipe.prune and steps:
+        p = recipe.prune
+        schedule = PruneSchedule.for_timing(p.timing, p.sparsity, steps, p.schedule, rounds=p.rounds)
+        callbacks.append(PruningCallback(prune_config(p, model, loaders), schedule))
+    if recipe.method and recipe.method.type == "diff" and recipe.train.diff_penalty:
+        callbacks.append(DiffPenalty(recipe.train.diff_penalty))
+    return callbacks
+
+
+def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
+    """Metrics on the eval loader (None when the run has no eval data)."""
+    from ..train import evaluate
+
+    return evaluate(model, loaders.eval, loaders.metric, loss_fn=loaders.loss_fn) if loaders.eval is not None else None
+
+
+def _fmt(metrics: dict | None) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) if metrics else "no eval data"
+
+
+def _metrics(result) -> dict:
+    if result is None:
+        return {"losses": [], "eval_history": [], "grad_norms": []}
+    history = [{"step": step, **values} for step, values in result.eval_history]
+    return {"losses": result.losses, "eval_history": history, "grad_norms": result.grad_norms, "wall_time": result.wall_time}
+
+
+def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
+    import trimtune as tt
+    from ..io.diff_artifact import save_diff
+
+    saved = {}
+    if recipe.prune:
+        saved["sparse_file"] = tt.save_sparse(model, out / "pruned.safetensors")
+        write_json(out / "sparsity.json", tt.sparsity_report(model).to_dict())
+    elif method is None:  # the base itself was trained: keep all of it
+        write_safetensors(out / "model.safetensors", {k: v.detach().contiguous() for k, v in model.state_dict().items()}, {})
+    if isinstance(method, tt.DiffConfig):
+        save_diff(model, out / "diff")
+    elif method is not None:
+        tt.save_adapter(model, out / "adapter")
+    if isinstance(method, tt.AdaLoraConfig):
+        write_json(out / "adalora_ranks.json", tt.adalora_ranks(model))
+    return saved
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    model: nn.Module
+    tokenizer: object
+    labels: list[str] | None
+
+    def loaders(self) -> Loaders:
+        """The recipe's data as the run saw it (its labels, in its order)."""
+        records = read_data(self.recipe)
+        return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer)
+
+
+def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
+    """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
+    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
+    import trimtune as tt
+    from ..io.diff_artifact import load_diff
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    if not (run_dir / MARKER).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a trimtune run directory (no {MARKER}); give the --out of a tune, prune or diff run")
+    if not (run_dir / "summary.json").is_file():
+        raise FileNotFoundError(f"the run in {run_dir} did not finish (no summary.json); run it again with --overwrite")
+    recipe = load_recipe(run_dir / RESOLVED_NAME, overrides)
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    torch.manual_seed(recipe.train.seed)
+    model, tokenizer = load_model(recipe.model, summary["labels"])
+    if (run_dir / "model.safetensors").is_file():
+        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    if (run_dir / "pruned.safetensors").is_file():
+        tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
+    method = recipe.method.build() if recipe.method else None
+    if isinstance(method, tt.QLoraConfig):  # the adapter was trained (and fingerprinted) on the 4-bit base
+        tt.quantize_base(model, method.quantize, method.quant)
+    if (run_dir / "adapter").is_dir():
+        tt.load_adapter(model, run_dir / "adapter")
+    if (run_dir / "diff").is_dir():
+        load_diff(model, run_dir / "diff")
+    return Run(recipe, model.eval(), tokenizer, summary["labels"])

@@ -1,0 +1,150 @@
+"""The recipe: one YAML file describing a whole run, validated with pydantic at load.
+
+Unknown keys are rejected everywhere. The ``method`` section names a method (``type``) and passes
+its other keys to that method's config dataclass, whose own ``__post_init__`` validates them: the
+recipe adds no second copy of any method's rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Literal
+
+from ..config import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def methods() -> dict[str, type]:
+    """Recipe name -> config dataclass (imported lazily: listing them must not import torch twice)."""
+    import trimtune as tt
+
+    return {
+        "lora": tt.LoraConfig, "adalora": tt.AdaLoraConfig, "qlora": tt.QLoraConfig, "ia3": tt.IA3Config,
+        "bottleneck": tt.BottleneckConfig, "prompt": tt.PromptTuningConfig, "p-tuning": tt.PTuningConfig,
+        "prefix": tt.PrefixTuningConfig, "diff": tt.DiffConfig,
+    }
+
+
+def did_you_mean(word: str, allowed) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(Section):
+    """path: a local Hugging Face model directory, "minilm" (all-MiniLM-L6-v2, installed with
+    trimtune) or "lenet" (a small CNN for the digits images). tokenizer: default the model's."""
+
+    path: str
+    task: Literal["classification", "causal-lm", "image-classification"] = "classification"
+    tokenizer: str | None = None
+
+
+class DataSection(Section):
+    """train: a CSV/JSONL file, a directory of text files, a ``datasets`` file or directory,
+    "demo" (the shipped reviews) or "digits" (sklearn's images). eval: a separate file; without
+    one, ``eval_fraction`` of train is held out (seeded, stratified by label)."""
+
+    train: str
+    eval: str | None = None
+    format: Literal["auto", "csv", "jsonl", "text-dir", "hf"] = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    max_length: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    limit: int | None = Field(None, ge=1, description="use only the first LIMIT train (and eval) records")
+
+
+class MethodSection(BaseModel):
+    """type: one of the method names; every other key is a field of that method's config."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @model_validator(mode="after")
+    def _build_config(self):
+        self.build()
+        return self
+
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
+
+    def build(self):
+        table = methods()
+        if self.type not in table:
+            raise ValueError(f"method.type must be one of {sorted(table)}, got {self.type!r}{did_you_mean(self.type, table)}")
+        cls = table[self.type]
+        fields = [f.name for f in dataclasses.fields(cls) if f.init]
+        for key in self.options():
+            if key not in fields:
+                raise ValueError(f"unknown key method.{key} for {self.type}{did_you_mean(key, fields)}; allowed: {fields}")
+        try:
+            return cls(**self.options())  # the dataclass's own validation names field, value and what is allowed
+        except ConfigError as err:
+            raise ValueError(f"method.{err}") from None
+
+
+class PruneSection(Section):
+    """sparsity: the fraction of units to prune at the end. schedule: how it is reached; timing:
+    before training (at init), during it, or after a dense phase. With no training steps the model
+    is pruned once. Wanda and Taylor importances calibrate on ``calibration_batches`` train batches."""
+
+    sparsity: float = Field(0.5, ge=0.0, le=1.0)
+    importance: Literal["magnitude", "random", "taylor", "wanda", "movement"] = "magnitude"
+    granularity: str = "element"
+    scope: Literal["layer", "global"] = "layer"
+    schedule: Literal["one-shot", "iterative", "cubic"] = "one-shot"
+    timing: Literal["before", "during", "after"] = "before"
+    rounds: int = Field(3, ge=1)
+    targets: str | list[str] | None = None
+    protect: str | list[str] | None = None
+    calibration_batches: int = Field(4, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _library_checks(self):
+        from ..prune import PruneConfig, PruneSchedule
+
+        try:  # the library's own rules (granularity names, N:M with global scope, timing vs style)
+            PruneConfig(amount=self.sparsity, granularity=self.granularity, scope=self.scope)
+            PruneSchedule.for_timing(self.timing, self.sparsity, 1, self.schedule)
+        except ConfigError as err:
+            raise ValueError(f"prune.{err}") from None
+        return self
+
+
+class TrainSection(Section):
+    """epochs/max_steps: 0 epochs means no training (evaluate, prune or shrink only)."""
+
+    epochs: int = Field(1, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    clip_norm: float | None = Field(None, gt=0.0)
+    eval_every: int | None = Field(None, ge=1)
+    seed: int = 0
+    diff_penalty: float = Field(0.0, ge=0.0, description="weight of the diff's sparsity loss (method: diff)")
+
+
+class Recipe(Section):
+    model: ModelSection
+    data: DataSection
+    method: MethodSection | None = None
+    prune: PruneSection | None = None
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: str = "runs/run"
+
+    @model_validator(mode="after")
+    def _task_fits_data(self):
+        images = self.model.task == "image-classification"
+        if images != (self.data.train == "digits"):
+            raise ValueError("model.task 'image-classification' goes with data.train 'digits' (and only it)")
+        return self
