@@ -42,6 +42,11 @@ def probe_features(encoder, loader) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {k: (torch.cat(v).numpy(), y) for k, v in feats.items()}
 
 
+class PrintEval:
+    def on_eval(self, ctx, step, metrics):
+        print(f"# epoch {ctx.epoch + 1} step {step}: test accuracy {metrics['accuracy']:.4f}", flush=True)
+
+
 def run(seed: int, epochs: int) -> dict:
     torch.manual_seed(seed)
     train, test = demo_split(seed=seed)
@@ -49,11 +54,15 @@ def run(seed: int, epochs: int) -> dict:
     train_eval = text_loader(train, tokenizer, DEMO_LABELS, 64)
     test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
     tr, te = probe_features(model.base_model, train_eval), probe_features(model.base_model, test_loader)
-    probes = {name: linear_probe_accuracy(tr[name], te[name]) for name in tr}
+    probes = {}
+    for name in tr:
+        probes[name] = linear_probe_accuracy(tr[name], te[name])
+        print(f"# seed {seed} probe {name}: {probes[name]:.4f}", flush=True)
     tt.apply(model, tt.LoraConfig(r=FULL["r"], alpha=FULL["alpha"], targets="query|value", modules_to_save=["classifier"]))
     loader = text_loader(train, tokenizer, DEMO_LABELS, FULL["batch_size"], shuffle=True, seed=seed)
     result = tt.train(model, loader, epochs=epochs, lr=FULL["lr"], scheduler=tt.linear_schedule(),
-                      eval_data=test_loader, eval_every=len(loader), metric=tt.accuracy, progress=False)
+                      eval_data=test_loader, eval_every=len(loader), metric=tt.accuracy, progress=False,
+                      callbacks=[PrintEval()])
     curve = [round(m["accuracy"], 4) for _, m in result.eval_history]
     return {"seed": seed, "probes": probes, "lora_curve": curve, "train_seconds": result.wall_time}
 

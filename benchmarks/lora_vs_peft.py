@@ -256,13 +256,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny configs, 2 rounds; prints, writes nothing")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 11, quick 2)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--case", default="", help="only the cases whose name contains this text")
     parser.add_argument("--threads", type=int, default=_harness.THREADS, help="intra-op threads, same for every variant")
     args = parser.parse_args(argv)
     _harness.THREADS = args.threads  # the memory children get the same count
     _harness.set_threads()
     rounds = args.rounds or (2 if args.quick else 11)
     warmup = 1 if args.quick else 2
-    cases = QUICK_CASES if args.quick else FULL_CASES
+    cases = [c for c in (QUICK_CASES if args.quick else FULL_CASES) if args.case in c.name]
     results = {}
     for case in cases:
         results[case.name] = measure(case, rounds, warmup)

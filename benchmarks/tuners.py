@@ -126,6 +126,7 @@ def _entries() -> list[Entry]:
                   _peft(_peft_adalora)),
             Entry("Bottleneck (Houlsby, /16)", model, _ours(tt.BottleneckConfig)),
         ]
+        entries += _prompt_entries(model)
     entries += [
         Entry("QLoRA NF4 r=8", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora),
         Entry("LoRA r=8 + ckpt", "llama", _ours(lambda: tt.LoraConfig(r=8, alpha=16)),
@@ -133,6 +134,25 @@ def _entries() -> list[Entry]:
         Entry("QLoRA NF4 r=8 + ckpt", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora, checkpointing=True),
     ]
     return entries
+
+
+def _prompt_entries(model: str) -> list[Entry]:
+    """Input-side methods (20 virtual tokens), peft's counterpart for the model's task."""
+    import peft
+
+    task = "SEQ_CLS" if model == "minilm" else "CAUSAL_LM"
+    return [
+        Entry("Prompt tuning 20", model, _ours(lambda: tt.PromptTuningConfig(num_virtual_tokens=20)),
+              _peft(lambda: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=20))),
+        Entry("P-tuning MLP 20", model, _ours(lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128)),
+              _peft(lambda: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=20, encoder_hidden_size=128))),
+        Entry("Prefix tuning 20", model, _ours(lambda: tt.PrefixTuningConfig(num_virtual_tokens=20)),
+              _peft(lambda: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=20))),
+        Entry("Prefix tuning 20 + MLP", model,
+              _ours(lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128)),
+              _peft(lambda: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=20, prefix_projection=True,
+                                                    encoder_hidden_size=128))),
+    ]
 
 
 ENTRIES: list[Entry] = []  # filled on first use (importing peft here would slow every import)
@@ -261,6 +281,12 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 1e-3),
     "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 1e-3),
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 1e-2),
+    "P-tuning MLP 20": (lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128,
+                                                 modules_to_save=["classifier"]), 3e-3),
+    "Prefix tuning 20": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 1e-2),
+    "Prefix tuning 20 + MLP": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128,
+                                                              modules_to_save=["classifier"]), 3e-3),
 }
 
 

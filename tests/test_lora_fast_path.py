@@ -107,3 +107,17 @@ def test_lora_model_uses_the_fused_branch_only_in_training(tiny_bert, token_ids)
         tiny_bert(token_ids).logits.sum().backward()
     assert len(calls) == 4  # query and value of two layers
     assert layer.deltas["default"].lora_A.grad.abs().sum() > 0
+
+
+def test_training_under_bf16_autocast_takes_the_composed_path_and_trains(tiny_bert, token_ids):
+    tt.apply(tiny_bert, tt.LoraConfig(r=4, dropout=0.3))
+    tiny_bert.train()
+    calls = []
+    original = DroppedLowRank.apply
+    with mock.patch.object(DroppedLowRank, "apply", lambda *args: calls.append(1) or original(*args)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = tiny_bert(token_ids).logits.float().sum()
+        loss.backward()
+    assert not calls
+    grads = [p.grad for p in tiny_bert.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

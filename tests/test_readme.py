@@ -36,4 +36,5 @@ def test_python_example_runs(minilm_path, tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), namespace)
     assert type(namespace["plain"]).__name__ == "BertForSequenceClassification"
     assert not any("lora" in name for name, _ in namespace["plain"].named_parameters())
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
