@@ -25,6 +25,7 @@ from .deltas.lora import LoraConfig
 from .deltas.qlora import QLoraConfig
 from .diff_pruning import diff_penalty, project_diffs
 from .io import BaseMismatchError, FormatError, load_adapter, save_adapter
+from .io.diff_artifact import load_diff, save_diff
 from .layers import TunedLayer
 from .quant import QuantConfig, quantize_base
 from .prompts import (

@@ -86,3 +86,17 @@ class DiffPenalty:
 
     def loss_term(self, ctx) -> torch.Tensor:
         return self.weight * diff_penalty(ctx.model, self.adapter)
+
+
+def diff_optimizer(model: nn.Module, lr: float, gate_lr: float = 0.1, weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, the hard-concrete gate logits with their own larger
+    step (Guo et al. train log α at 0.1): their gradients are tiny, Adam rescales them."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: apply a DiffConfig (trimtune.apply) first")
+    is_gate = [".log_alpha." in n or ".group_log_alpha." in n for n, _ in params]
+    gates = [p for (_, p), gate in zip(params, is_gate) if gate]
+    groups = [{"params": [p for (_, p), gate in zip(params, is_gate) if not gate], "lr": lr}]
+    if gates:
+        groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)

@@ -1,0 +1,53 @@
+"""Step: diff pruning of all-MiniLM-L6-v2 on the demo reviews; the task saved as a 0.5 % sparse diff."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import DEMO_LABELS, demo_split, text_loader
+from ..models import minilm_path
+from .context import DemoContext, Step
+from .lora_text import load_model
+
+# The settings of benchmarks/diff_pruning.py (docs/benchmarks.md); quick mode is for tests.
+FULL = dict(sparsity_epochs=3, kept_epochs=3, lr=1e-4, lr_kept=1e-3, penalty=1e-7, batch_size=16, targets="all-linear")
+QUICK = dict(sparsity_epochs=1, kept_epochs=1, lr=1e-4, lr_kept=1e-3, penalty=1e-7, batch_size=16, targets="query|value",
+             n_train=16, n_test=16)
+DENSITY = 0.005
+
+
+def run(ctx: DemoContext) -> None:
+    import trimtune as tt
+    from trimtune.diff_pruning import DiffPenalty, diff_optimizer
+    from trimtune.io.diff_artifact import artifact_bytes, save_diff
+
+    settings = QUICK if ctx.quick else FULL
+    torch.manual_seed(ctx.seed)
+    train, test = demo_split(seed=ctx.seed)
+    if ctx.quick:
+        train, test = train[: settings["n_train"]], test[: settings["n_test"]]
+    tokenizer, model = load_model()
+    train_loader = text_loader(train, tokenizer, DEMO_LABELS, settings["batch_size"], shuffle=True, seed=ctx.seed)
+    test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
+
+    tt.apply(model, tt.DiffConfig(density=DENSITY, penalty="l0", targets=settings["targets"], modules_to_save=["classifier"]))
+    ctx.detail(f"  sparsity phase: dense diff over the {settings['targets']} layers, hard-concrete gates, {settings['sparsity_epochs']} epoch(s)")
+    first = tt.train(model, train_loader, epochs=settings["sparsity_epochs"], optimizer=diff_optimizer(model, settings["lr"]),
+                     callbacks=[DiffPenalty(settings["penalty"])], progress=not ctx.quiet)
+    kept = tt.project_diffs(model)
+    ctx.detail(f"  projected to {kept['kept']:,} of {kept['total']:,} entries; fine-tuning those only")
+    second = tt.train(model, train_loader, epochs=settings["kept_epochs"], optimizer=diff_optimizer(model, settings["lr_kept"]),
+                      progress=not ctx.quiet)
+    accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
+    saved = save_diff(model, ctx.out_dir / "diff_artifact")
+    size, dense = artifact_bytes(saved), (minilm_path() / "model.safetensors").stat().st_size
+
+    ctx.report(f"  diff pruning at {kept['density']:.2%} of the {settings['targets']} weights (+ trained head): accuracy {accuracy:.1%}")
+    ctx.report(f"  diff artifact: {size:,} bytes = {100 * size / dense:.2f} % of the dense model file ({dense:,} bytes), in {saved}")
+    ctx.results["diff_text"] = dict(
+        kept=kept["kept"], total=kept["total"], accuracy=accuracy, artifact_bytes=size, dense_bytes=dense,
+        train_seconds=first.wall_time + second.wall_time, artifact_dir=str(saved),
+    )
+
+
+STEP = Step("diff_text", "Diff pruning of all-MiniLM-L6-v2: the task as a 0.5 % sparse diff", run)
