@@ -116,6 +116,21 @@ def _apply_weight_method(model, config, name, make_delta) -> None:
         raise
 
 
+@contextlib.contextmanager
+def applied(model: nn.Module, config, name: str = "default", activate: bool = True):
+    """Apply ``config`` as adapter ``name`` for the block to fill (from a file, say). If the block
+    fails, the adapter is removed and the previously active adapters come back: nothing half-loaded."""
+    previous = active_adapters(model)
+    apply(model, config, name, activate=activate)
+    try:
+        yield
+    except BaseException:
+        delete_adapter(model, name)
+        if previous:
+            set_adapter(model, previous)
+        raise
+
+
 def set_adapter(model: nn.Module, names: str | Iterable[str]) -> None:
     """Make ``names`` the active adapters (several deltas on one layer add up); only they train."""
     names = [names] if isinstance(names, str) else list(names)

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..api import active_adapters, adapter_config, apply, delete_adapter, hosts, layers, set_adapter, state_of
+from ..api import adapter_config, applied, delete_adapter, hosts, layers, state_of
 from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import check_fingerprint, fingerprint
 from .peft_format import FILE_HANDLERS, PREFIX, FormatError, bias_tensors, config_type_of, to_peft_config
@@ -60,15 +60,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     tensors, metadata = _read_tensors(path / WEIGHTS_FILE)
     if check_base and FINGERPRINT_KEY in metadata:
         check_fingerprint(json.loads(metadata[FINGERPRINT_KEY]), model, f"the adapter in {path}")
-    previous = active_adapters(model)
-    apply(model, config, name, activate=activate)
-    try:
+    with applied(model, config, name, activate=activate):
         _copy_into(adapter_tensors(model, config, name), tensors, path / WEIGHTS_FILE)
-    except Exception:
-        delete_adapter(model, name)
-        if previous:
-            set_adapter(model, previous)
-        raise
     return config
 
 

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from ..api import active_adapters, apply, delete_adapter, hosts, set_adapter, state_of
+from ..api import applied, delete_adapter, hosts, state_of
 from ..copies import ModuleCopies
 from ..deltas.diff import DiffConfig, DiffDelta
 from ..diff_pruning import diff_deltas
@@ -137,19 +137,12 @@ def load_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
         density=record["density"], penalty="none", targets=list(dict.fromkeys(e["layer"] for e in record["diffs"])),
         modules_to_save=record["modules_to_save"], artifact_sha256=digest,
     )
-    previous = active_adapters(model)
-    apply(model, config, name, activate=activate)
-    try:
+    with applied(model, config, name, activate=activate):
         for layer_name, delta in diff_deltas(model, name):
             keep = {t: index for t, (index, _) in sparse[layer_name].items()}
             delta.to_sparse(keep, {t: values for t, (_, values) in sparse[layer_name].items()})
         for module_name, copy in _head_copies(model, name).items():
             copy.load_state_dict(heads[module_name])
-    except Exception:
-        delete_adapter(model, name)
-        if previous:
-            set_adapter(model, previous)
-        raise
     return config
 
 

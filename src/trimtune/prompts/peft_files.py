@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..api import active_adapters, adapter_config, apply, delete_adapter, hosts, set_adapter, state_of
+from ..api import adapter_config, applied, apply, delete_adapter, hosts, state_of
 from ..copies import ModuleCopies
 from ..io.adapter_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, _read_config, _read_tensors
 from ..io.atomic import atomic_directory, write_json, write_safetensors
@@ -108,19 +108,12 @@ def load_prompt_adapter(
     heads = [key.removeprefix(HEAD_PREFIX) for key in tensors if key != "prompt_embeddings"]
     kept = [m for m in fields.get("modules_to_save") or () if any(k.startswith(m + ".") or f".{m}." in k for k in heads)]
     config = config_type.from_peft_dict(fields, list(dict.fromkeys(kept)))
-    previous = active_adapters(model)
-    apply(model, config, name, activate=activate)
-    try:
+    with applied(model, config, name, activate=activate):
         fold(model, [name])
         _copy("prompt_embeddings", prompt_host(model).deltas[name].embedding.weight, tensors)
         for module_path, copy in _head_copies(model, name).items():
             for key, value in copy.state_dict().items():
                 _copy(f"{HEAD_PREFIX}{module_path}.{key}", value, tensors)
-    except Exception:
-        delete_adapter(model, name)
-        if previous:
-            set_adapter(model, previous)
-        raise
     return config
 
 
