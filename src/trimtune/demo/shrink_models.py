@@ -17,6 +17,7 @@ from ..data import DEMO_LABELS, demo_split, text_loader
 from ..data.digits import load_digits_split
 from ..models import LeNet
 from .context import DemoContext, Step
+from .lora_text import FULL as LORA_SETTINGS
 from .lora_text import load_model
 
 FULL = dict(digits_epochs=15, recover_epochs=5, minilm_ratio=0.25, lora_epochs=12, n_train=None)
@@ -68,7 +69,7 @@ def _shrink_minilm(ctx: DemoContext, settings: dict) -> dict:
     test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
     tt.apply(model, tt.LoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]))
     start = time.perf_counter()
-    tt.train(model, train_loader, epochs=settings["lora_epochs"], lr=1e-3, scheduler=tt.linear_schedule(), progress=not ctx.quiet)
+    tt.train(model, train_loader, epochs=settings["lora_epochs"], lr=LORA_SETTINGS["lr"], scheduler=tt.linear_schedule(), progress=not ctx.quiet)
     accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
     full_size = ctx.results.get("lora_text", {}).get("accuracy_after")
     versus = f" (full-size model with LoRA: {full_size:.1%})" if full_size is not None else ""
