@@ -38,6 +38,17 @@ def _silence_libraries() -> None:
     disable_progress_bars()
 
 
+def _show_log_lines() -> None:
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("trimtune")
+    if not logger.handlers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def add_demo(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     _offline()
     if getattr(args, "quiet", False):
         _silence_libraries()
+    else:  # training log lines (trimtune.train's MetricsLogger) as plain lines
+        _show_log_lines()
     try:
         return args.handler(args)
     except KeyboardInterrupt:
