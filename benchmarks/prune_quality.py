@@ -52,6 +52,7 @@ def cnn_part(finetune_steps: int = 300, dense_steps: int = 1500) -> dict:
             assert abs(sparsity(model) - target) < 1e-3
             row[f"{style} + FT"] = accuracy(model, test)
         results["rows"].append(row)
+        print(f"  cnn {row}", file=sys.stderr, flush=True)
     model = prune(copy.deepcopy(dense), PruneConfig(amount=0.5, granularity="out", targets=["0", "2", "6"]))
     channels = {"no FT": accuracy(model, test)}
     channels["FT"] = accuracy(train_steps(model.requires_grad_(True), train, finetune_steps), test)
@@ -145,6 +146,7 @@ def minilm_part(epochs: int = 3, calibration: int = 64) -> dict:
                 "cosine mean": float(cosine.mean()), "cosine min": float(cosine.min()),
                 "accuracy after LoRA": _lora_recover(model, train_batches, test_batches, epochs),
             })
+            print(f"  minilm {results['rows'][-1]}", file=sys.stderr, flush=True)
     return results
 
 

@@ -164,3 +164,28 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004"]
     tensors, state = read_checkpoint(tmp_path / "step-00000004")
     assert state["step"] == 4 and all(torch.isfinite(t).all() for t in tensors.values())
+
+
+@pytest.mark.parametrize("autocast, grad_accum", [("fp16", 1), (None, 2)])
+def test_resume_with_grad_scaler_and_accumulation(tmp_path, autocast, grad_accum):
+    from torch import nn
+
+    def run(directory, **kwargs):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.2), nn.Linear(16, 2))
+        tt.apply(model, tt.LoraConfig(r=2, targets=["0", "2"], init="gaussian"))
+        data = [(torch.randn(4, 8), torch.randint(0, 2, (4,))) for _ in range(8)]
+        tt.train(model, data, epochs=1, lr=1e-2, autocast=autocast, grad_accum=grad_accum, progress=False,
+                 loss_fn=nn.functional.cross_entropy, checkpoint=tt.CheckpointConfig(directory, every=2), **kwargs)
+        return _trainables(model)
+
+    expected = run(tmp_path / "reference")
+    _, state = read_checkpoint(tt.latest_checkpoint(tmp_path / "reference"))
+    assert state["step"] == 8 // grad_accum and state["position"]["batches"] == 8
+    if autocast == "fp16":
+        assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    with pytest.raises(Interrupt):
+        run(tmp_path / "run", callbacks=[InterruptAt(3)])
+    got = run(tmp_path / "run", resume=True)
+    for name, value in got.items():
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0, msg=name)

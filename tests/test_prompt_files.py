@@ -146,3 +146,18 @@ def test_loading_onto_another_base_is_refused_unless_told(tiny_llama, tmp_path):
     assert tt.api.state_of(other).adapters == {}
     tt.load_adapter(other, tmp_path / "a", check_base=False, activate=True)
     assert tt.active_adapters(other) == ["default"]
+
+
+def test_trimtune_round_trip_of_one_named_adapter_among_several(tiny_gpt2, token_ids, tmp_path):
+    model = with_adapter(tiny_gpt2, tt.PTuningConfig(num_virtual_tokens=2), name="a")
+    tt.apply(model, tt.PrefixTuningConfig(num_virtual_tokens=3, projection=True), name="b")
+    tt.apply(model, tt.LoraConfig(r=2), name="c")
+    tt.set_adapter(model, "b")
+    tt.save_adapter(model, tmp_path / "b", name="b")
+    with torch.no_grad():
+        expected = model(token_ids).logits
+    fresh = copy.deepcopy(tiny_gpt2)
+    tt.load_adapter(fresh, tmp_path / "b", name="b")
+    assert tt.trainable_parameters(fresh)[0] == 3 * 2 * 2 * 32  # the folded table only
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(token_ids).logits, expected, atol=1e-6, rtol=0)

@@ -151,3 +151,18 @@ def test_two_prompt_adapters_concatenate(tiny_gpt2, token_ids):
         assert model(token_ids).logits.shape[1] == 2 + 3 + 9
         out = generate(model, token_ids, padded(token_ids))
     assert out.shape == (2, 14)
+
+
+def test_sample_vocab_init_takes_rows_of_the_vocabulary(tiny_bert):
+    ours = with_adapter(tiny_bert, tt.PromptTuningConfig(num_virtual_tokens=6, init="SAMPLE_VOCAB"))
+    words = tiny_bert.get_input_embeddings().weight
+    rows = delta_of(ours).embedding.weight
+    assert all(torch.isclose(words, row).all(dim=1).any() for row in rows)
+
+
+def test_encoder_decoder_models_are_refused():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=50, d_kv=8))
+    with pytest.raises(TypeError, match="T5ForConditionalGeneration is encoder-decoder"):
+        tt.apply(model, tt.PrefixTuningConfig(num_virtual_tokens=2))

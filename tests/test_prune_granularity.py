@@ -7,7 +7,7 @@ from torch import nn
 from trimtune import ConfigError, TargetError
 from trimtune.api import wrap
 from trimtune.prune import (
-    NM, Blocks, Movement, PruneConfig, Taylor, Wanda, collect_input_norms, collect_taylor, prune,
+    NM, Blocks, Element, Movement, PruneConfig, Taylor, Wanda, collect_input_norms, collect_taylor, prune,
     pruned_structures, sparsity,
 )
 
@@ -188,3 +188,19 @@ def test_movement_prunes_weights_moving_to_zero():
     movement.update(net)
     prune(net, PruneConfig(amount=0.5, importance=movement, targets=["0"]))
     assert torch.all(layer.weight_mask[:, :4] == 1) and torch.all(layer.weight_mask[:, 4:] == 0)
+
+
+def test_element_per_output_prunes_the_same_fraction_of_every_row():
+    net = _mlp()
+    with torch.no_grad():
+        net[0].weight[:4] *= 100  # layer-wise comparison would spare these rows entirely
+    prune(net, PruneConfig(amount=0.5, granularity=Element(per_output=True), targets=["0"]))
+    mask, w = net[0].weight_mask, net[0].weight.detach().abs()
+    assert torch.all(mask.sum(1) == 4)
+    kept_min = torch.where(mask == 1, w, torch.inf).min(1).values
+    dropped_max = torch.where(mask == 0, w, -torch.inf).max(1).values
+    assert torch.all(dropped_max <= kept_min)  # within each row, the smallest half went
+    prune(net, PruneConfig(amount=0.5, granularity=Element(per_output=True), targets=["0"]))
+    assert torch.all(net[0].weight_mask.sum(1) == 2)  # compounding on what remains, per row
+    with pytest.raises(ConfigError, match="scope='layer'"):
+        PruneConfig(granularity=Element(per_output=True), scope="global")

@@ -21,7 +21,7 @@ from .granularity import NM, Columns, Element, Granularity, Rows, Units
 from .heads import Heads
 from .importance import Magnitude
 
-GRANULARITIES = {"element": Element, "out": Rows, "rows": Rows, "in": Columns, "columns": Columns, "heads": Heads}
+GRANULARITIES = {"element": Element, "element-per-output": lambda: Element(per_output=True), "out": Rows, "rows": Rows, "in": Columns, "columns": Columns, "heads": Heads}
 
 
 def _granularity(value) -> Granularity:
@@ -76,6 +76,8 @@ class PruneConfig:
         check_choice("scope", self.scope, ("layer", "global"))
         if not callable(self.importance):
             raise ConfigError(f"importance must be a callable (name, layer) -> scores, got {self.importance!r}")
+        if isinstance(self.granularity, Element) and self.granularity.per_output and self.scope == "global":
+            raise ConfigError("Element(per_output=True) compares within each output unit; use scope='layer'")
         if isinstance(self.granularity, NM) and self.scope == "global":
             raise ConfigError("N:M sparsity is fixed per group of M; use scope='layer' with N:M granularity")
         for pattern, amount in self.overrides.items():

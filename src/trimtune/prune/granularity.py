@@ -28,9 +28,12 @@ class Units:
     zero: Callable[[torch.Tensor], None]  # zero these unit indices on the masks
     keep_largest: bool = False  # structured: torch keeps the top n-k rather than dropping the bottom k
     layers: list[str] = field(default_factory=list)
+    rows: int = 0  # > 0: units form this many equal rows, each losing the same fraction (Wanda's groups)
 
     def select(self, k: int) -> torch.Tensor:
         """Indices of the ``k`` surviving units to prune."""
+        if self.rows:
+            return self._select_per_row(k)
         alive_idx = self.alive.nonzero().flatten()
         scores = self.scores[alive_idx]
         if k == 0:
@@ -41,6 +44,18 @@ class Units:
             drop[keep] = False
             return alive_idx[drop]
         return alive_idx[torch.topk(scores, k, largest=False).indices]
+
+
+    def _select_per_row(self, k: int) -> torch.Tensor:
+        """Each row prunes ``k / alive`` of its own surviving units, lowest scores first."""
+        scores = self.scores.float().view(self.rows, -1).masked_fill(~self.alive.view(self.rows, -1), -float("inf"))
+        alive_per_row = self.alive.view(self.rows, -1).sum(1)
+        dead = scores.shape[1] - alive_per_row
+        quota = dead + torch.round(alive_per_row * (k / max(int(alive_per_row.sum()), 1))).long()
+        rank = torch.empty_like(scores, dtype=torch.long)
+        rank.scatter_(1, scores.argsort(dim=1, stable=True), torch.arange(scores.shape[1]).expand_as(scores).contiguous())
+        chosen = (rank < quota.unsqueeze(1)).flatten() & self.alive
+        return chosen.nonzero().flatten()
 
 
 def reduce(scores: torch.Tensor, p: float, dims) -> torch.Tensor:
@@ -64,9 +79,17 @@ class Granularity:
 
 
 class Element(Granularity):
-    """Unstructured: every weight entry is a unit (native layout, as torch flattens it)."""
+    """Unstructured: every weight entry is a unit (native layout, as torch flattens it).
+
+    ``per_output=True`` compares entries only within each output unit (every output unit loses
+    the same fraction; the comparison group Wanda uses); layer scope only."""
+
+    def __init__(self, per_output: bool = False):
+        self.per_output = per_output
 
     def layer_units(self, name, layer, scores, norm):
+        if self.per_output:
+            return self._per_output_units(name, layer, scores)
         mask = layer.weight_mask
         alive = torch.ones(layer.weight.numel(), dtype=torch.bool) if mask is None else (mask.flatten() == 1).cpu()
 
@@ -77,8 +100,20 @@ class Element(Granularity):
 
         return Units(name, scores.flatten().cpu(), alive, zero, layers=[name])
 
+    def _per_output_units(self, name, layer, scores):
+        """Units in canonical (out, in·k) order, one row per output unit."""
+        canon_scores = _canonical_scores(layer, scores).flatten(1)
+        alive = (canonical_mask(layer).flatten(1) == 1).flatten().cpu()
+
+        def zero(idx):
+            canon = canonical_mask(layer).clone()
+            canon.view(-1)[idx.to(canon.device)] = 0
+            set_canonical_mask(layer, canon)
+
+        return Units(name, canon_scores.flatten().cpu(), alive, zero, layers=[name], rows=canon_scores.shape[0])
+
     def __repr__(self):
-        return "Element()"
+        return f"Element(per_output={self.per_output})"
 
 
 class _Axis(Granularity):

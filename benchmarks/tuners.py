@@ -1,0 +1,321 @@
+"""Tuning methods side by side with peft: trainable parameters, train step time, peak memory,
+inference overhead, 4-bit weight footprint; and a quality check on the demo reviews.
+
+The benchmark is a table of method entries (``ENTRIES``): each names a model, how trimtune applies
+the method and how peft does (None where peft has no such method). Add a row by appending an
+``Entry``. Step = forward + loss + backward + AdamW step + zero_grad on a fixed batch; times are
+medians of interleaved rounds (``_harness.time_variants``), peak memory is the RSS high-water mark
+of the training steps in a fresh child process per variant (``_harness.peak_memory_mb``).
+
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py            # speed/memory table
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py --quality  # demo accuracy per method
+    ... --small / --quick                                                   # smaller / tiny shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # the peft + bnb baseline builder
+
+import trimtune as tt
+from _harness import markdown_table, memory_method, peak_memory_mb, ratio, set_threads, time_variants
+
+SHAPES = {  # (batch, seq)
+    "minilm": (16, 128),
+    "llama": (4, 256),
+}
+QUICK_SHAPES = {"minilm": (2, 16), "llama": (2, 16)}
+# For a crowded machine: the issue's shapes cost ~1 min per train step there (see docs/benchmarks.md).
+SMALL_SHAPES = {"minilm": (8, 64), "llama": (2, 128)}
+
+
+# ---- models ----
+def build_model(name: str, quick: bool = False):
+    torch.manual_seed(0)
+    if name == "minilm":
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(tt_minilm()), num_labels=4)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2) if quick else dict(
+        hidden_size=512, intermediate_size=1376, num_hidden_layers=8)
+    config = LlamaConfig(num_attention_heads=8, num_key_value_heads=4, vocab_size=8000,
+                         max_position_embeddings=512, **size)
+    return LlamaForCausalLM(config)
+
+
+def tt_minilm():
+    from trimtune.models import minilm_path
+
+    return minilm_path()
+
+
+def batch_for(model_name: str, shapes) -> dict:
+    batch, seq = shapes[model_name]
+    torch.manual_seed(1)
+    ids = torch.randint(3, 8000 if model_name == "llama" else 30000, (batch, seq))
+    labels = torch.randint(0, 4, (batch,)) if model_name == "minilm" else ids
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+# ---- the method table ----
+def _peft(config_factory):
+    def apply(model):
+        from peft import get_peft_model
+
+        return get_peft_model(model, config_factory())
+
+    return apply
+
+
+def _peft_qlora(model):
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+
+    from _peft_parity import to_bnb_linear4bit
+
+    return get_peft_model(to_bnb_linear4bit(model), PeftLora(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+
+
+def _ours(config_factory):
+    def apply(model):
+        return tt.apply(model, config_factory())
+
+    return apply
+
+
+def _peft_adalora():
+    from peft import AdaLoraConfig
+
+    return AdaLoraConfig(init_r=12, target_r=8, lora_alpha=16, total_step=1000)
+
+
+@dataclass
+class Entry:
+    method: str
+    model: str
+    ours: Callable
+    peft: Callable | None = None
+    checkpointing: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _entries() -> list[Entry]:
+    from peft import IA3Config as PeftIA3
+    from peft import LoraConfig as PeftLora
+
+    entries = []
+    for model in ("minilm", "llama"):
+        targets = ["query", "value"] if model == "minilm" else ["q_proj", "v_proj"]
+        entries += [
+            Entry("LoRA r=8", model, _ours(lambda: tt.LoraConfig(r=8, alpha=16)),
+                  _peft(lambda t=targets: PeftLora(r=8, lora_alpha=16, target_modules=t))),
+            Entry("IA3", model, _ours(tt.IA3Config), _peft(PeftIA3)),
+            Entry("AdaLoRA 12->8", model, _ours(lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, total_step=1000)),
+                  _peft(_peft_adalora)),
+            Entry("Bottleneck (Houlsby, /16)", model, _ours(tt.BottleneckConfig)),
+        ]
+    entries += [
+        Entry("QLoRA NF4 r=8", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora),
+        Entry("LoRA r=8 + ckpt", "llama", _ours(lambda: tt.LoraConfig(r=8, alpha=16)),
+              _peft(lambda: PeftLora(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])), checkpointing=True),
+        Entry("QLoRA NF4 r=8 + ckpt", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora, checkpointing=True),
+    ]
+    return entries
+
+
+ENTRIES: list[Entry] = []  # filled on first use (importing peft here would slow every import)
+
+
+def entries() -> list[Entry]:
+    if not ENTRIES:
+        ENTRIES.extend(_entries())
+    return ENTRIES
+
+
+# ---- what is measured ----
+def shapes_for(size: str) -> dict:
+    return {"quick": QUICK_SHAPES, "small": SMALL_SHAPES, "full": SHAPES}[size]
+
+
+def prepared(index: int, side: str, size: str):
+    """(model, batch) for entry ``index`` with the method applied by ``side`` ("ours"/"peft"/"base")."""
+    entry = entries()[index]
+    model = build_model(entry.model, quick=size == "quick")
+    if side != "base":
+        model = (entry.ours if side == "ours" else entry.peft)(model)
+    if entry.checkpointing:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, batch_for(entry.model, shapes_for(size))
+
+
+def train_step_fn(model, batch) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def forward_fn(model, batch) -> Callable[[], None]:
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
+    def forward():
+        with torch.no_grad():
+            model(**inputs)
+
+    return forward
+
+
+def build_train_step(index: int, side: str, size: str):  # module level: runs in a memory child
+    return train_step_fn(*prepared(index, side, size))
+
+
+def weight_mb(model) -> float:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def measure(index: int, size: str, rounds: int) -> dict:
+    entry = entries()[index]
+    sides = ["ours"] + (["peft"] if entry.peft else [])
+    row = {"method": entry.method, "model": entry.model}
+    models = {side: prepared(index, side, size) for side in sides + ["base"]}
+    for side in sides:
+        row[f"trainable_{side}"] = tt.trainable_parameters(models[side][0])[0] if side == "ours" else \
+            models[side][0].get_nb_trainable_parameters()[0]
+        row[f"weights_mb_{side}"] = weight_mb(models[side][0])
+    row["weights_mb_base"] = weight_mb(models["base"][0])
+    steps = {side: train_step_fn(*models[side]) for side in sides}
+    step_times = time_variants(steps, rounds=rounds, warmup=1)
+    forwards = {side: forward_fn(*models[side]) for side in sides + ["base"]}
+    forward_times = time_variants(forwards, rounds=rounds, warmup=1)
+    for side in sides:
+        row[f"step_ms_{side}"] = step_times[side].median_ms
+        row[f"spread_pct_{side}"] = step_times[side].spread_pct
+        row[f"infer_overhead_{side}"] = ratio(forward_times[side], forward_times["base"]) - 1
+    del models, steps, forwards
+    for side in sides:
+        row[f"peak_mb_{side}"] = peak_memory_mb(build_train_step, index, side, size, calls=2)
+    return row
+
+
+def speed_table(rows: list[dict]) -> str:
+    headers = ["method", "model", "trainable (ours / peft)", "step ms ours", "step ms peft", "ours / peft",
+               "peak MB ours", "peak MB peft", "infer overhead ours", "infer overhead peft"]
+    table = []
+    for r in rows:
+        has_peft = "step_ms_peft" in r
+        table.append([
+            r["method"], r["model"],
+            f"{r['trainable_ours']:,} / {r['trainable_peft']:,}" if has_peft else f"{r['trainable_ours']:,} / -",
+            r["step_ms_ours"], r["step_ms_peft"] if has_peft else "-",
+            f"{r['step_ms_ours'] / r['step_ms_peft']:.2f}" if has_peft else "-",
+            r["peak_mb_ours"], r["peak_mb_peft"] if has_peft else "-",
+            f"{100 * r['infer_overhead_ours']:+.0f} %", f"{100 * r['infer_overhead_peft']:+.0f} %" if has_peft else "-",
+        ])
+    return markdown_table(headers, table)
+
+
+def qlora_summary(rows: list[dict]) -> str:
+    by = {r["method"]: r for r in rows if r["model"] == "llama"}
+    lora, qlora = by["LoRA r=8"], by["QLoRA NF4 r=8"]
+    lora_ck, qlora_ck = by["LoRA r=8 + ckpt"], by["QLoRA NF4 r=8 + ckpt"]
+    lines = [
+        f"- weight footprint / fp32 model: ours {qlora['weights_mb_ours'] / qlora['weights_mb_base']:.3f}, "
+        f"peft+bnb {qlora['weights_mb_peft'] / qlora['weights_mb_base']:.3f} (target <= 0.35)",
+        f"- QLoRA step / fp32 LoRA step: ours {qlora['step_ms_ours'] / lora['step_ms_ours']:.2f}, "
+        f"peft+bnb {qlora['step_ms_peft'] / lora['step_ms_peft']:.2f} (target <= 1.0)",
+        f"- QLoRA + checkpointing peak / fp32 LoRA peak: ours {qlora_ck['peak_mb_ours'] / lora['peak_mb_ours']:.2f}, "
+        f"peft+bnb {qlora_ck['peak_mb_peft'] / lora['peak_mb_peft']:.2f}; ours / peft+bnb "
+        f"{qlora_ck['peak_mb_ours'] / qlora_ck['peak_mb_peft']:.2f} (target <= 1)",
+        f"- LoRA + checkpointing peak / LoRA peak: ours {lora_ck['peak_mb_ours'] / lora['peak_mb_ours']:.2f}",
+    ]
+    return "\n".join(lines)
+
+
+# ---- quality on the demo reviews ----
+QUALITY = {  # method -> (config factory, learning rate); every one trains a copy of the classifier head
+    "LoRA r=8": (lambda: tt.LoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "IA3": (lambda: tt.IA3Config(modules_to_save=["classifier"]), 1e-2),
+    "AdaLoRA 12->8": (lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, tinit=20, tfinal=40,
+                                               targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 1e-3),
+    "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 1e-3),
+    "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+}
+
+
+def quality(epochs: int, seed: int, quick: bool) -> list[list[object]]:
+    from trimtune.data import DEMO_LABELS, demo_split, text_loader
+    from trimtune.demo.lora_text import load_model
+
+    train, test = demo_split(seed=seed)
+    if quick:
+        train, test = train[:32], test[:32]
+    rows = []
+    for method, (make_config, lr) in QUALITY.items():
+        torch.manual_seed(seed)
+        tokenizer, model = load_model()
+        tt.apply(model, make_config())
+        loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
+        test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
+        result = tt.train(model, loader, epochs=epochs, lr=lr, scheduler=tt.linear_schedule(), progress=False)
+        accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
+        rows.append([method, tt.trainable_parameters(model)[0], lr, accuracy, result.wall_time])
+        print(f"{method}: accuracy {accuracy:.3f} ({result.wall_time:.0f} s)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and data (a smoke run)")
+    parser.add_argument("--small", action="store_true", help=f"smaller batches {SMALL_SHAPES} (a crowded machine)")
+    parser.add_argument("--quality", action="store_true", help="demo accuracy per method instead of speed")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--only", nargs="*", help="entry methods to run (default all)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    set_threads()
+    if args.quality:
+        rows = quality(1 if args.quick else args.epochs, 0, args.quick)
+        print(markdown_table(["method", "trainable", "lr", "test accuracy", "train s"], rows))
+    else:
+        rows = []
+        size = "quick" if args.quick else "small" if args.small else "full"
+        for i, entry in enumerate(entries()):
+            if args.only and entry.method not in args.only:
+                continue
+            rows.append(measure(i, size, args.rounds))
+            print(json.dumps(rows[-1]), flush=True)
+        print(f"peak memory: {memory_method()} per variant in a child process; (batch, seq) {shapes_for(size)}")
+        print(speed_table(rows))
+        if not args.only:
+            print(qlora_summary(rows))
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+
+
+if __name__ == "__main__":
+    main()
