@@ -7,6 +7,7 @@ listed in ``SUBCOMMANDS``; adding a subcommand is adding one such pair and one l
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -36,6 +37,28 @@ def _silence_libraries() -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     disable_progress_bars()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (tqdm and test captures replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _log_lines(quiet: bool) -> None:
+    """Training log lines (trimtune.train's MetricsLogger) as plain lines on stderr, unless --quiet."""
+    logger = logging.getLogger("trimtune")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def add_demo(subparsers) -> None:
@@ -76,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits with 2 and a message on usage errors
     _offline()
+    _log_lines(quiet=getattr(args, "quiet", False))
     if getattr(args, "quiet", False):
         _silence_libraries()
     try:

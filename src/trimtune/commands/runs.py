@@ -3,6 +3,8 @@ differ only in which recipe section they insist on, so a command always does wha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..recipes.load import RecipeError, load_recipe
 from .common import add_recipe_arguments, logger, show
 
@@ -21,17 +23,31 @@ def add_runs(subparsers) -> None:
         p = subparsers.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}, as RECIPE describes. "
                                   "Writes the resolved recipe, metrics, summary and artifacts into the run directory.")
         add_recipe_arguments(p)
+        p.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its latest checkpoint (same recipe and --set)")
         p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from ..recipes.run import prepare_run_dir, run_recipe
+    from ..recipes.run import check_run_dir, prepare_run_dir, run_recipe
+    from ..train.distributed import init_distributed
 
     recipe = load_recipe(args.recipe, args.overrides)
     _, fits, needs = RUNS[args.command]
     if not fits(recipe):
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
-    out = prepare_run_dir(args.out or recipe.output, args.overwrite)
-    summary = run_recipe(recipe, out, quiet=args.quiet, log=logger(args))
-    show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})
+    out = args.out or recipe.output
+    if init_distributed().rank == 0:  # one process prepares the directory; the others wait for it
+        out = check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite)
+    _barrier()
+    summary = run_recipe(recipe, Path(out), quiet=args.quiet, log=logger(args), resume=args.resume)
+    if init_distributed().rank == 0:
+        show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})
     return 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -27,6 +27,14 @@ from .schema import Recipe
 MARKER = "trimtune_run.json"  # written first: only a directory holding it may be overwritten
 
 
+def check_run_dir(path: str | Path) -> Path:
+    """An existing run directory to resume (refused if it is not one)."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
+    return path
+
+
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
     """An empty directory for the run; an existing non-empty one only with ``overwrite``, and only
     if it is a run directory (so a mistyped path never deletes a user's files)."""
@@ -42,15 +50,22 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
-def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print) -> dict:
+def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print, resume: bool = False) -> dict:
+    """Carry out ``recipe`` into ``out``. Under torchrun / accelerate every process runs this; the
+    data is split across them (``data.batch_size`` stays the global batch), rank 0 writes."""
     import trimtune as tt
+    from ..train.distributed import distributed_model, init_distributed, unwrap_model
     from ..train.loop import _total_steps
 
-    save_recipe(recipe, out)
+    info = init_distributed()
+    if info.rank != 0:
+        log = lambda message: None
+    else:
+        save_recipe(recipe, out)
     records = read_data(recipe)
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = load_model(recipe.model, records.labels)
-    loaders = make_loaders(recipe, records, tokenizer)
+    loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
     method = recipe.method.build() if recipe.method else None
@@ -63,11 +78,16 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     callbacks = _callbacks(recipe, model, loaders, steps)
     result = None
     if steps:
+        logger = tt.MetricsLogger(out / "metrics.csv", out / "tensorboard" if t.tensorboard else None, every=t.log_every)
+        checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None)
         result = tt.train(
-            model, loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr, grad_accum=t.grad_accum,
-            scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm, eval_data=loaders.eval if t.eval_every else None,
-            eval_every=t.eval_every, metric=loaders.metric, loss_fn=loaders.loss_fn, callbacks=callbacks, progress=not quiet,
+            distributed_model(model, info), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
+            grad_accum=t.grad_accum, scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm,
+            eval_data=loaders.eval if t.eval_every else None, eval_every=t.eval_every, metric=loaders.metric,
+            loss_fn=loaders.loss_fn, callbacks=[*callbacks, logger], progress=not quiet and info.rank == 0,
+            checkpoint=checkpoint, resume=resume, run_config=_run_config(recipe),
         )
+        model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
         from ..prune import prune
@@ -79,10 +99,31 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         log(f"diff projected to {summary['diff']['kept']:,} of {summary['diff']['total']:,} entries")
     summary["after"] = evaluate_run(model, loaders)
     log(f"after: {_fmt(summary['after'])}")
+    if info.rank != 0:
+        return summary
     summary.update(_save_artifacts(model, recipe, method, out))
     write_json(out / "metrics.json", _metrics(result))
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _run_config(recipe: Recipe) -> dict:
+    """What a checkpoint must agree with to be resumed: the recipe minus where and how often to
+    write (those may change between an interrupted run and its resumption)."""
+    return recipe.model_dump(mode="json", exclude={"output": True, "train": {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard"}})
+
+
+def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
+    """Each process takes its part of every global batch (a seeded DistributedSampler; also for one
+    process, so 1 and N processes see the same global batches and end with the same weights)."""
+    from ..train.distributed import distributed_loader
+
+    batch = recipe.data.batch_size
+    if batch % world_size:
+        raise ValueError(f"data.batch_size ({batch}) is the global batch and must divide by the {world_size} processes")
+    train = loaders.train
+    loaders.train = distributed_loader(train.dataset, batch // world_size, shuffle=True, seed=recipe.data.seed, collate_fn=train.collate_fn)
+    return loaders
 
 
 def _callbacks(recipe: Recipe, model: nn.Module, loaders: Loaders, steps: int) -> list:

@@ -132,6 +132,10 @@ class TrainSection(Section):
     eval_every: int | None = Field(None, ge=1)
     seed: int = 0
     diff_penalty: float = Field(0.0, ge=0.0, description="weight of the diff's sparsity loss (method: diff)")
+    checkpoint_every: int | None = Field(None, ge=1, description="save a resumable checkpoint every N steps (always at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1, description="log line and metrics.csv row every N steps")
+    tensorboard: bool = False
 
 
 class Recipe(Section):
