@@ -174,6 +174,22 @@ def test_from_masks_removes_exactly_the_masked_rows(tiny_bert):
     assert {3, 10, 11}.isdisjoint(kept) and len(kept) == 61
 
 
+def test_from_masks_when_every_layer_is_row_pruned():
+    """Consumers' own row masks do not hide a producer's dead rows (their columns stay unmasked)."""
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    for name in ("branch_a", "fc"):
+        layer = tt.api.wrap(model, name)
+        mask = torch.ones_like(layer.weight)
+        mask[:2] = 0  # rows 0 and 1
+        layer.set_mask(mask)
+    report = shrink(model, from_masks=True, example_inputs=(x,))
+    kept = {c.module: c.kept for c in report.layers}
+    assert kept["branch_a"]["out"] == [2, 3, 4, 5] and model.fc.weight.shape[0] == 14
+    assert model.fuse.weight.shape[1] == 8  # reads 4 + 4 channels of the concatenation
+
+
 def test_shrink_restates_the_pruning_record_in_new_positions(tiny_bert):
     from trimtune.prune.masks import pruned_structures, record_pruned
 

@@ -57,16 +57,19 @@ def choose_pruned(scores: torch.Tensor, ratio: float, round_to: int = 1) -> torc
 
 
 def pruned_from_masks(model: nn.Module, group: Group) -> torch.Tensor:
-    """Units whose slice is entirely zero in every member that carries a mask."""
-    verdicts = []
+    """Units whose slice is entirely zero in every masked member of one side: the producers' rows
+    decide when any producer carries a mask (a unit nobody writes is dead, whatever its readers'
+    masks say); otherwise the consumers' columns (a unit nobody reads)."""
+    verdicts: dict[str, list[torch.Tensor]] = {"out": [], "in": []}
     for member in group.members:
         module = model.get_submodule(member.module)
-        if not isinstance(module, TunedLayer) or module.weight_mask is None:
+        if member.dim not in verdicts or not isinstance(module, TunedLayer) or module.weight_mask is None:
             continue
         slices = _member_slices(
             model, group, member, lambda m: kind_class_for(m.base_layer)(m.base_layer).to_canonical(m.weight_mask)
         )
-        verdicts.append((slices == 0).all(dim=1))
-    if not verdicts:
+        verdicts[member.dim].append((slices == 0).all(dim=1))
+    side = verdicts["out"] or verdicts["in"]
+    if not side:
         return torch.zeros(0, dtype=torch.long)
-    return torch.stack(verdicts).all(0).nonzero().flatten()
+    return torch.stack(side).all(0).nonzero().flatten()
