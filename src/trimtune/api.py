@@ -103,17 +103,28 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
 def _apply_weight_method(model, config, name, make_delta) -> None:
     # A method with other per-architecture defaults than LoRA's (IA3, adapters) names them on its config.
     targets = select(model, config.targets, getattr(config, "default_targets", None))
-    try:
+    with all_or_nothing(model, name):
         for target in targets:
             layer = wrap(model, target)
             layer.add_delta(name, make_delta(layer, config))
-        for module_name in getattr(config, "modules_to_save", ()):
-            _copies_at(model, module_name).add_copy(name)
+        add_head_copies(model, name, getattr(config, "modules_to_save", ()))
+
+
+@contextlib.contextmanager
+def all_or_nothing(model: nn.Module, name: str):
+    """Adding adapter ``name`` inside the block: if it fails, every host drops what it got."""
+    try:
+        yield
     except Exception:
-        for _, host in hosts(model):  # leave no half-applied adapter behind
+        for _, host in hosts(model):
             if name in host.adapter_names():
                 host.delete_adapter(name)
         raise
+
+
+def add_head_copies(model: nn.Module, name: str, modules_to_save) -> None:
+    for module_name in modules_to_save:
+        _copies_at(model, module_name).add_copy(name)
 
 
 @contextlib.contextmanager

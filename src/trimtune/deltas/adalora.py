@@ -20,7 +20,7 @@ from ..config import ConfigError, check_fraction, check_positive, check_positive
 from ..kinds import GPT2Conv1DKind, LayerKind, LinearKind
 from ..registry import register_model_method
 from ..targets import TargetSpec
-from .base import Delta
+from .base import Delta, sliced
 
 
 @dataclass
@@ -179,9 +179,9 @@ class AdaLoraDelta(Delta):
     def slice_(self, dim, keep):
         with torch.no_grad():
             if dim == "out":
-                self.lora_B = nn.Parameter(self.lora_B.index_select(0, keep).contiguous(), self.lora_B.requires_grad)
+                self.lora_B = sliced(self.lora_B, 0, keep)
             elif dim == "in":
-                self.lora_A = nn.Parameter(self.lora_A.index_select(1, keep).contiguous(), self.lora_A.requires_grad)
+                self.lora_A = sliced(self.lora_A, 1, keep)
             else:
                 raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
         self.sensitivity = {}  # the statistics were for the old shapes

@@ -25,6 +25,12 @@ from ..kinds import LayerKind
 STAGES = ("scale_input", "weight_delta", "output_units", "add_output", "transform_output")
 
 
+def sliced(param: nn.Parameter, dim: int, keep: torch.Tensor) -> nn.Parameter:
+    """A new parameter holding only indices ``keep`` of ``dim`` (structured pruning of a delta)."""
+    with torch.no_grad():
+        return nn.Parameter(param.index_select(dim, keep.to(param.device)).contiguous(), param.requires_grad)
+
+
 class Delta(nn.Module):
     def __init__(self, kind: LayerKind):
         super().__init__()

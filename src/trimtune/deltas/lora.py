@@ -19,7 +19,7 @@ from ..config import ConfigError, check_choice, check_fraction, check_positive, 
 from ..kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ..registry import register_weight_method
 from ..targets import TargetSpec, by_regex
-from .base import Delta
+from .base import Delta, sliced
 
 
 @dataclass
@@ -162,9 +162,9 @@ class LoraDelta(Delta):
         # A reads the input units, B writes the output units (canonical layout).
         with torch.no_grad():
             if dim == "out":
-                self.lora_B = nn.Parameter(self.lora_B.index_select(0, keep).contiguous(), self.lora_B.requires_grad)
+                self.lora_B = sliced(self.lora_B, 0, keep)
             elif dim == "in":
-                self.lora_A = nn.Parameter(self.lora_A.index_select(1, keep).contiguous(), self.lora_A.requires_grad)
+                self.lora_A = sliced(self.lora_A, 1, keep)
             else:
                 raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
 

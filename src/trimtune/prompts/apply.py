@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..api import _copies_at, hosts
+from ..api import add_head_copies, all_or_nothing
 from ..config import ConfigError, check_positive_int
 from .base import InputDelta
 from .host import prompt_host
@@ -20,15 +20,9 @@ def check_prompt_fields(config) -> None:
 
 def add_input_delta(model: nn.Module, name: str, delta: InputDelta, modules_to_save: Sequence[str]) -> None:
     device = model.get_input_embeddings().weight.device
-    try:
+    with all_or_nothing(model, name):
         prompt_host(model).add(name, delta.to(device).train(model.training))
-        for module_name in modules_to_save:
-            _copies_at(model, module_name).add_copy(name)
-    except Exception:
-        for _, host in hosts(model):  # leave no half-applied adapter behind
-            if name in host.adapter_names():
-                host.delete_adapter(name)
-        raise
+        add_head_copies(model, name, modules_to_save)
 
 
 def fold(model: nn.Module, names: Sequence[str] | None = None) -> None:
