@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
-from ..data import DEMO_LABELS, demo_split, text_loader
 from ..models import minilm_path
 from .context import DemoContext, Step
-from .lora_text import load_model
+from .lora_text import text_task
 
 # The settings of benchmarks/diff_pruning.py (docs/benchmarks.md); quick mode is for tests.
 FULL = dict(sparsity_epochs=3, kept_epochs=3, lr=1e-4, lr_kept=1e-3, penalty=1e-7, batch_size=16, targets="all-linear")
@@ -22,13 +19,7 @@ def run(ctx: DemoContext) -> None:
     from trimtune.io.diff_artifact import artifact_bytes, save_diff
 
     settings = QUICK if ctx.quick else FULL
-    torch.manual_seed(ctx.seed)
-    train, test = demo_split(seed=ctx.seed)
-    if ctx.quick:
-        train, test = train[: settings["n_train"]], test[: settings["n_test"]]
-    tokenizer, model = load_model()
-    train_loader = text_loader(train, tokenizer, DEMO_LABELS, settings["batch_size"], shuffle=True, seed=ctx.seed)
-    test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
+    _, _, _, model, train_loader, test_loader = text_task(ctx, settings)
 
     tt.apply(model, tt.DiffConfig(density=DENSITY, penalty="l0", targets=settings["targets"], modules_to_save=["classifier"]))
     ctx.detail(f"  sparsity phase: dense diff over the {settings['targets']} layers, hard-concrete gates, {settings['sparsity_epochs']} epoch(s)")

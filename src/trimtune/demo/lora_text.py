@@ -28,17 +28,23 @@ def load_model():
     return tokenizer, model.eval()
 
 
-def run(ctx: DemoContext) -> None:
-    import trimtune as tt
-
-    settings = QUICK if ctx.quick else FULL
+def text_task(ctx: DemoContext, settings: dict):
+    """The demo reviews (cut down in quick mode) and a fresh MiniLM classifier: what every text step starts from.
+    Returns (train, test, tokenizer, model, train_loader, test_loader)."""
     torch.manual_seed(ctx.seed)
     train, test = demo_split(seed=ctx.seed)
     if ctx.quick:
         train, test = train[: settings["n_train"]], test[: settings["n_test"]]
     tokenizer, model = load_model()
     train_loader = text_loader(train, tokenizer, DEMO_LABELS, settings["batch_size"], shuffle=True, seed=ctx.seed)
-    test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
+    return train, test, tokenizer, model, train_loader, text_loader(test, tokenizer, DEMO_LABELS, 64)
+
+
+def run(ctx: DemoContext) -> None:
+    import trimtune as tt
+
+    settings = QUICK if ctx.quick else FULL
+    train, test, tokenizer, model, train_loader, test_loader = text_task(ctx, settings)
     ctx.detail(f"  data: {len(train)} train / {len(test)} test reviews, {len(DEMO_LABELS)} classes {DEMO_LABELS}")
 
     probe_train = mean_pooled_embeddings(model.base_model, text_loader(train, tokenizer, DEMO_LABELS, 64))
