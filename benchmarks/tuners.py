@@ -293,8 +293,9 @@ def speed_table(rows: list[dict]) -> str:
 
 def step_table(rows: list[dict]) -> str:
     """``--step-only`` rows: wall and process-CPU medians of the train step, ours vs peft."""
-    table = [[r["method"], r["model"], r["step_ms_ours"], r["step_ms_peft"], f"{r['step_ms_ours'] / r['step_ms_peft']:.3f}",
-              r["step_cpu_ms_ours"], r["step_cpu_ms_peft"], f"{r['step_cpu_ms_ours'] / r['step_cpu_ms_peft']:.3f}"]
+    table = [[r["method"], r["model"], *(f"{r[k]:,.0f}" for k in ("step_ms_ours", "step_ms_peft")),
+              f"{r['step_ms_ours'] / r['step_ms_peft']:.3f}", *(f"{r[k]:,.0f}" for k in ("step_cpu_ms_ours", "step_cpu_ms_peft")),
+              f"{r['step_cpu_ms_ours'] / r['step_cpu_ms_peft']:.3f}"]
              for r in rows if "step_ms_peft" in r]
     return markdown_table(["method", "model", "wall ms ours", "wall ms peft", "ours / peft", "CPU ms ours", "CPU ms peft",
                            "ours / peft (CPU)"], table)
