@@ -179,3 +179,49 @@ def test_training_under_bf16_autocast_takes_the_composed_path_and_trains(tiny_be
     assert not calls
     grads = [p.grad for p in tiny_bert.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def _composed_branch(y, x, a, b, scale, p):
+    """The reference: the same masks (the same random draws, in the same order) through autograd ops."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if p > 0:
+        keep, keep_prob = keep_mask(x2.shape, p, x.device)
+        x2 = x2 * keep / keep_prob
+    return (y.reshape(-1, y.shape[-1]) + scale * (x2 @ a.t()) @ b.t()).view(y.shape)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_gpt2"])  # nn.Linear and GPT-2's Conv1D
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_model_gradients_equal_the_composed_branch(request, model_name, p, token_ids):
+    """Several adapters active (two unmerged, one merged): every LoRA gradient equals plain autograd's."""
+    model = request.getfixturevalue(model_name)
+    tt.apply(model, tt.LoraConfig(r=4, dropout=p), "one")
+    tt.apply(model, tt.LoraConfig(r=2, alpha=3, dropout=p), "two")
+    tt.apply(model, tt.LoraConfig(r=3, dropout=p), "merged")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    tt.set_adapter(model, ["one", "two", "merged"])
+    tt.merge(model, ["merged"])
+    model.train()
+
+    def gradients():
+        torch.manual_seed(0)
+        model.zero_grad(set_to_none=True)
+        model(token_ids).logits.square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    original = DroppedLowRank.apply
+    with mock.patch.object(DroppedLowRank, "apply", lambda *args: calls.append(1) or original(*args)):
+        fused = gradients()
+    targeted = {"tiny_bert": 4, "tiny_gpt2": 2}[model_name]  # query+value / c_attn, in two blocks
+    assert len(calls) == 2 * targeted  # the two unmerged adapters
+    with mock.patch("trimtune.kinds.dropped_low_rank", _composed_branch):
+        composed = gradients()
+    lora = [n for n in composed if ".lora_" in n]
+    assert len(lora) == 2 * 2 * targeted and all(composed[n].abs().sum() > 0 for n in lora)
+    assert fused.keys() == composed.keys()
+    for name in composed:
+        torch.testing.assert_close(fused[name], composed[name], msg=name)
