@@ -104,15 +104,20 @@ def memory_method() -> str:
     return "VmHWM" if _reset_high_water_mark() else "ru_maxrss"
 
 
-def _measure_child(build: Callable, args: tuple, calls: int, threads: int) -> float:
+def _measure_child(build: Callable, args: tuple, calls: int, threads: int, with_model: bool = False):
     set_threads(threads)
+    before_build = _status_kib("VmRSS")
     run = build(*args)  # model + inputs are loaded: they are the baseline, not the variant's cost
     gc.collect()
     if _reset_high_water_mark():
         baseline = _status_kib("VmRSS")
         for _ in range(calls):
             run()
-        return (_status_kib("VmHWM") - baseline) / 1024
+        peak = _status_kib("VmHWM")
+        growth = (peak - baseline) / 1024
+        return (growth, (peak - before_build) / 1024) if with_model else growth
+    if with_model:
+        raise OSError("the peak including the model needs a resettable VmHWM (/proc/self/clear_refs)")
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(calls):
         run()
@@ -130,15 +135,19 @@ def _context():
     return _CONTEXT
 
 
-def peak_memory_mb(build: Callable, *args, calls: int = 2) -> float:
+def peak_memory_mb(build: Callable, *args, calls: int = 2, with_model: bool = False) -> float | tuple[float, float]:
     """Peak RSS growth (MiB) of ``calls`` calls of ``build(*args)()`` in a fresh child process.
 
     ``build`` must be a module-level function (it is sent to the child by reference) that loads
     everything and returns the zero-argument callable to measure. Include the first call: that is
-    where optimizer states and gradient buffers are allocated.
+    where optimizer states and gradient buffers are allocated. ``with_model=True`` returns (that
+    growth, the peak during the calls measured from *before* ``build``: model weights + training
+    state + activations, as when comparing a 4-bit base with an fp32 one); the build's own transient
+    peak is excluded from both.
+    Import what ``build`` imports lazily beforehand (``PRELOAD``) or its code counts as the model.
     """
     with _context().Pool(1) as pool:
-        return pool.apply(_measure_child, (build, args, calls, THREADS))
+        return pool.apply(_measure_child, (build, args, calls, THREADS, with_model))
 
 
 # ---- output ----

@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # the peft + bnb baseline builder
 
+import _harness
 import trimtune as tt
 from _harness import markdown_table, memory_method, peak_memory_mb, ratio, set_threads, time_variants
 
@@ -234,15 +235,30 @@ def measure(index: int, size: str, rounds: int) -> dict:
         row[f"infer_overhead_{side}"] = ratio(forward_times[side], forward_times["base"]) - 1
     del models, steps, forwards
     for side in sides:
-        row[f"peak_mb_{side}"] = peak_memory_mb(build_train_step, index, side, size, calls=2)
+        row[f"peak_mb_{side}"], row[f"peak_total_mb_{side}"] = peak_memory_mb(
+            build_train_step, index, side, size, calls=2, with_model=True)
     return row
+
+
+def measure_or_report(index: int, size: str, rounds: int) -> dict:
+    """``measure``, or a row saying why the entry could not be measured (one broken method must not
+    lose the rest of a long run)."""
+    entry = entries()[index]
+    try:
+        return measure(index, size, rounds)
+    except Exception as err:  # noqa: BLE001 - recorded in the table, not hidden
+        return {"method": entry.method, "model": entry.model, "error": f"{type(err).__name__}: {err}"}
 
 
 def speed_table(rows: list[dict]) -> str:
     headers = ["method", "model", "trainable (ours / peft)", "step ms ours", "step ms peft", "ours / peft",
-               "peak MB ours", "peak MB peft", "infer overhead ours", "infer overhead peft"]
+               "peak MB ours", "peak MB peft", "incl. model MB ours", "incl. model MB peft",
+               "infer overhead ours", "infer overhead peft"]
     table = []
     for r in rows:
+        if "error" in r:
+            table.append([r["method"], r["model"], f"not measured: {r['error'][:120]}"] + [""] * (len(headers) - 3))
+            continue
         has_peft = "step_ms_peft" in r
         table.append([
             r["method"], r["model"],
@@ -250,24 +266,33 @@ def speed_table(rows: list[dict]) -> str:
             r["step_ms_ours"], r["step_ms_peft"] if has_peft else "-",
             f"{r['step_ms_ours'] / r['step_ms_peft']:.2f}" if has_peft else "-",
             r["peak_mb_ours"], r["peak_mb_peft"] if has_peft else "-",
+            r["peak_total_mb_ours"], r["peak_total_mb_peft"] if has_peft else "-",
             f"{100 * r['infer_overhead_ours']:+.0f} %", f"{100 * r['infer_overhead_peft']:+.0f} %" if has_peft else "-",
         ])
     return markdown_table(headers, table)
 
 
 def qlora_summary(rows: list[dict]) -> str:
-    by = {r["method"]: r for r in rows if r["model"] == "llama"}
-    lora, qlora = by["LoRA r=8"], by["QLoRA NF4 r=8"]
-    lora_ck, qlora_ck = by["LoRA r=8 + ckpt"], by["QLoRA NF4 r=8 + ckpt"]
+    """The QLoRA targets. Peaks here include the model (weights + training), since a 4-bit base is
+    what QLoRA saves; QLoRA and fp32 LoRA come from separate entries, i.e. separate interleavings."""
+    by = {r["method"]: r for r in rows if r["model"] == "llama" and "error" not in r}
+    names = ("LoRA r=8", "QLoRA NF4 r=8", "LoRA r=8 + ckpt", "QLoRA NF4 r=8 + ckpt")
+    if not all(n in by for n in names):
+        return "QLoRA summary: needs the Llama rows " + ", ".join(names)
+    lora, qlora, lora_ck, qlora_ck = (by[n] for n in names)
+    total = "peak_total_mb"
     lines = [
         f"- weight footprint / fp32 model: ours {qlora['weights_mb_ours'] / qlora['weights_mb_base']:.3f}, "
         f"peft+bnb {qlora['weights_mb_peft'] / qlora['weights_mb_base']:.3f} (target <= 0.35)",
         f"- QLoRA step / fp32 LoRA step: ours {qlora['step_ms_ours'] / lora['step_ms_ours']:.2f}, "
         f"peft+bnb {qlora['step_ms_peft'] / lora['step_ms_peft']:.2f} (target <= 1.0)",
-        f"- QLoRA + checkpointing peak / fp32 LoRA peak: ours {qlora_ck['peak_mb_ours'] / lora['peak_mb_ours']:.2f}, "
-        f"peft+bnb {qlora_ck['peak_mb_peft'] / lora['peak_mb_peft']:.2f}; ours / peft+bnb "
-        f"{qlora_ck['peak_mb_ours'] / qlora_ck['peak_mb_peft']:.2f} (target <= 1)",
-        f"- LoRA + checkpointing peak / LoRA peak: ours {lora_ck['peak_mb_ours'] / lora['peak_mb_ours']:.2f}",
+        f"- QLoRA + checkpointing peak incl. model / fp32 LoRA's: ours {qlora_ck[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
+        f"peft+bnb {qlora_ck[f'{total}_peft'] / lora[f'{total}_peft']:.2f}; ours / peft+bnb "
+        f"{qlora_ck[f'{total}_ours'] / qlora_ck[f'{total}_peft']:.2f} (target <= 1)",
+        f"- QLoRA peak incl. model / fp32 LoRA's, no checkpointing: ours {qlora[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
+        f"peft+bnb {qlora[f'{total}_peft'] / lora[f'{total}_peft']:.2f}",
+        f"- LoRA + checkpointing peak incl. model / LoRA's: ours {lora_ck[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
+        f"peft {lora_ck[f'{total}_peft'] / lora[f'{total}_peft']:.2f}",
     ]
     return "\n".join(lines)
 
@@ -311,6 +336,17 @@ def quality(epochs: int, seed: int, quick: bool) -> list[list[object]]:
     return rows
 
 
+def selected(only: list[str] | None, skip: list[str]) -> list[int]:
+    """Indices of the entries to run: those named in ``only`` (in that order, so a long run can
+    start with what matters most) or all, minus ``skip``; names are method or method@model."""
+    names = [{e.method, f"{e.method}@{e.model}"} for e in entries()]
+    order = [i for name in only for i, n in enumerate(names) if name in n] if only else range(len(names))
+    picked = list(dict.fromkeys(i for i in order if not names[i] & set(skip)))
+    if only and not picked:
+        raise SystemExit(f"--only matched no entry; entries are {sorted(set().union(*names))}")
+    return picked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes and data (a smoke run)")
@@ -319,24 +355,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all)")
+    parser.add_argument("--skip", nargs="*", default=[], help="entries not to run, by method or method@model")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     set_threads()
+    # in the memory children, library code must be loaded before the model-inclusive baseline is taken
+    _harness.PRELOAD += ["bitsandbytes", "trimtune", "transformers.models.llama.modeling_llama",
+                         "transformers.models.bert.modeling_bert"]
     if args.quality:
         rows = quality(1 if args.quick else args.epochs, 0, args.quick)
         print(markdown_table(["method", "trainable", "lr", "test accuracy", "train s"], rows))
     else:
         rows = []
         size = "quick" if args.quick else "small" if args.small else "full"
-        for i, entry in enumerate(entries()):
-            if args.only and not {entry.method, f"{entry.method}@{entry.model}"} & set(args.only):
-                continue
-            rows.append(measure(i, size, args.rounds))
+        for i in selected(args.only, args.skip):
+            rows.append(measure_or_report(i, size, args.rounds))
             print(json.dumps(rows[-1]), flush=True)
         print(f"peak memory: {memory_method()} per variant in a child process; (batch, seq) {shapes_for(size)}")
         print(speed_table(rows))
-        if not args.only:
-            print(qlora_summary(rows))
+        print(qlora_summary(rows))
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump(rows, f, indent=1)

@@ -43,6 +43,18 @@ def test_peak_memory_of_a_child_counts_only_the_measured_calls():
     assert 60 <= peak <= 90, peak  # 64 MiB tensor; the loaded baseline is excluded
 
 
+def _model_then_allocate(model_mib: int, mib: int):
+    model = torch.ones(model_mib * 1024 * 1024 // 4)  # kept alive by the closure, like a model
+    run = _allocate(mib)
+    return lambda: run() + float(model[0])
+
+
+def test_peak_with_model_adds_what_build_keeps():
+    growth, with_model = _harness.peak_memory_mb(_model_then_allocate, 96, 32, with_model=True)
+    assert 28 <= growth <= 58, growth  # the 32 MiB call alone
+    assert 120 <= with_model <= 150, with_model  # + the 96 MiB the build keeps
+
+
 def test_markdown_table_formats_rows():
     table = _harness.markdown_table(["a", "b"], [["x", 0.91234], ["y", 2]])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| x | 0.912 |", "| y | 2 |"]

@@ -4,6 +4,7 @@ recipe refused, CSV metrics, and 2 processes (torchrun, gloo) ending where 1 pro
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -79,13 +80,27 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path, recipe, capsys):
     assert "is not a trimtune run directory" in capsys.readouterr().err
 
 
-def test_two_processes_end_like_one(tmp_path, recipe):
+# The two launchers the README and docs name; each starts 2 CPU processes that join one gloo group.
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # --multi_gpu picks accelerate's torch.distributed launcher, which also runs without GPUs (gloo);
+    # --cpu would need mpirun for more than one process and silently runs one. The other flags are
+    # ones accelerate warns about when left to defaults.
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_end_like_one(tmp_path, recipe, launcher):
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli.main(["tune", str(recipe), "--out", str(one), "--quiet"]) == 0
-    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "trimtune", "tune", str(recipe), "--out", str(two), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(tmp_path / "hf")}  # no user accelerate config file can change the launch
+    command = LAUNCHERS[launcher] + ["-m", "trimtune", "tune", str(recipe), "--out", str(two), "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("result: ") == 1  # rank 0 speaks
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2  # not 1 process by mistake
+    assert json.loads((one / "summary.json").read_text())["processes"] == 1
     assert_same(adapter(two), adapter(one), atol=1e-5)

@@ -115,3 +115,33 @@ def test_gradient_checkpointing_is_refused_for_prefixes_but_works_for_prompts(ti
     prompt = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=2))
     prompt(input_ids=token_ids, labels=token_ids).loss.backward()
     assert delta_of(prompt).embedding.weight.grad.abs().sum() > 0
+
+
+class CacheNamedCache(nn.Module):
+    """A causal LM whose forward calls its attention cache ``cache``, as transformers >= 5.24 does."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None, use_cache=None):
+        return self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+        )
+
+
+def test_prefixes_reach_a_model_that_names_its_cache_cache(tiny_llama, token_ids):
+    """The hook writes the prefixes under the model's own argument name, whichever transformers release it has."""
+    config = tt.PrefixTuningConfig(num_virtual_tokens=3)
+    direct = with_adapter(tiny_llama, config)
+    renamed = with_adapter(CacheNamedCache(tiny_llama), config)
+    delta_of(renamed).load_state_dict(delta_of(direct).state_dict())
+    mask = padded(token_ids)
+    with torch.no_grad():
+        expected = direct(input_ids=token_ids, attention_mask=mask).logits
+        torch.testing.assert_close(renamed(input_ids=token_ids, attention_mask=mask).logits, expected, atol=1e-6, rtol=0)
+        assert not torch.allclose(expected, tiny_llama(input_ids=token_ids, attention_mask=mask).logits, atol=1e-3)

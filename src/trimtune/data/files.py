@@ -54,6 +54,11 @@ def _read_text_dir(path: Path) -> list[dict]:
     return records + [{"text": f.read_text(encoding="utf-8")} for f in sorted(path.glob("*.txt"))]
 
 
+# datasets' builder for a local file (its "jsonl" is called "json"), with the builder's options
+_HF_BUILDERS = {".parquet": ("parquet", {}), ".arrow": ("arrow", {}), ".jsonl": ("json", {}), ".json": ("json", {}),
+                ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".txt": ("text", {})}
+
+
 def _read_hf(path: Path) -> list[dict]:
     try:
         import datasets
@@ -61,7 +66,14 @@ def _read_hf(path: Path) -> list[dict]:
         raise ImportError(f"reading {path} needs the `datasets` package: pip install datasets") from err
     if path.is_dir():
         return list(datasets.load_from_disk(str(path)))
-    return list(datasets.load_dataset(path.suffix.lstrip("."), data_files=str(path), split="train"))
+    if path.suffix.lower() not in _HF_BUILDERS:
+        raise ValueError(f"the datasets reader takes a save_to_disk directory or a file ending in one of "
+                         f"{sorted(_HF_BUILDERS)}; {path} is neither")
+    builder, options = _HF_BUILDERS[path.suffix.lower()]
+    try:
+        return list(datasets.load_dataset(builder, data_files=str(path), split="train", **options))
+    except Exception as err:  # datasets' own messages do not name the file (e.g. an empty one)
+        raise ValueError(f"datasets could not read {path} as {builder}: {err}") from err
 
 
 def split_records(records: list[dict], eval_fraction: float, seed: int = 0, stratify: str | None = None) -> tuple[list[dict], list[dict]]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.digits import load_digits_split
 from ..io.sparse import save_sparse
 from ..prune import PruneConfig, PruneSchedule, Pruner, keep_pruned, prune, sparsity, sparsity_report
 from .context import DemoContext, Step
@@ -23,14 +23,8 @@ CNN_LAYERS = ["0", "2", "6", "8"]
 
 def digits_split(seed: int = 0):
     """((x_train, y_train), (x_test, y_test)): 8x8 digit images in [0, 1], stratified 70/30."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target)
-    train, test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=digits.target)
-    return (x[train], y[train]), (x[test], y[test])
+    x_train, y_train, x_test, y_test = load_digits_split(test_fraction=0.3, seed=seed)
+    return (x_train, y_train), (x_test, y_test)
 
 
 def lenet() -> nn.Module:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..layers import AdapterHost
 from .base import InputDelta
+from .model_info import cache_argument
 
 HOST_ATTR = "trimtune_prompts"
 
@@ -37,6 +38,7 @@ class PromptHost(AdapterHost):
         self.deltas = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
         object.__setattr__(self, "_signature", inspect.signature(model.forward))
+        object.__setattr__(self, "_cache_argument", cache_argument(model) or "past_key_values")
         object.__setattr__(self, "_handle", model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
 
     # ---- AdapterHost ----
@@ -69,16 +71,16 @@ class PromptHost(AdapterHost):
         front = [d for d in live if d.side == "embeddings"]
         prefix = [d for d in live if d.side == "cache"]
         batch = _batch_size(call)
-        cache = call.get("past_key_values")
+        cache = call.get(self._cache_argument)
         if prefix and model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
-            # transformers' checkpointed layers drop past_key_values while training: the prefixes would vanish
+            # transformers' checkpointed layers drop the cache while training: the prefixes would vanish
             raise ValueError(
                 "prefix tuning cannot train with gradient checkpointing (checkpointed layers ignore the cache that "
                 "carries the prefixes); call model.gradient_checkpointing_disable() or use prompt tuning / P-tuning"
             )
         if cache is None or cache.get_seq_length() == 0:  # first step of a sequence
             if prefix:
-                call["past_key_values"] = _fill_cache(model, cache, prefix, batch)
+                call[self._cache_argument] = _fill_cache(model, cache, prefix, batch)
             if front:
                 _prepend_embeddings(model, call, front, batch)
         n_virtual = sum(d.num_virtual_tokens for d in live)

@@ -37,12 +37,30 @@ def token_dim(model: nn.Module, method: str) -> int:
     return input_embedding(model, method).weight.shape[1]
 
 
+# transformers 5.24 renamed the attention-cache argument from ``past_key_values`` to ``cache``.
+CACHE_ARGUMENTS = ("past_key_values", "cache")
+
+
+def cache_argument(model: nn.Module) -> str | None:
+    """The name under which ``model`` takes its attention cache, or None if no submodule takes one.
+
+    The model's own forward may pass it on through ``**kwargs`` (BertForSequenceClassification does), so
+    the inner modules are asked too."""
+    for modules in ([model], list(model.modules())):  # the model's own name wins over its inner modules
+        for name in CACHE_ARGUMENTS:
+            if any(_accepts(m, name) for m in modules):
+                return name
+    return None
+
+
 def kv_shape(model: nn.Module, method: str) -> tuple[int, int, int]:
     """(layers, key/value heads, head_dim) of the attention cache (GQA: fewer kv heads than query heads)."""
     config = _text_config(model, method)
     input_embedding(model, method)  # the dtype and batch come from it
-    if not any(_accepts(m, "past_key_values") for m in model.modules()):
-        raise TypeError(f"{method} needs an attention cache (past_key_values); {type(model).__name__} has none")
+    if cache_argument(model) is None:
+        raise TypeError(
+            f"{method} needs an attention cache ({' or '.join(CACHE_ARGUMENTS)}); {type(model).__name__} has none"
+        )
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -93,7 +93,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         from ..prune import prune
 
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
-    summary = {"labels": records.labels, "before": before, "steps": steps}
+    summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
     if isinstance(method, tt.DiffConfig):
         summary["diff"] = tt.project_diffs(model)
         log(f"diff projected to {summary['diff']['kept']:,} of {summary['diff']['total']:,} entries")
