@@ -315,24 +315,34 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
 }
 
 
-def quality(epochs: int, seed: int, quick: bool) -> list[list[object]]:
+def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None) -> list[list[object]]:
+    """The demo's recipe (MiniLM + mean-pooling head, AdamW, one warm-up epoch then linear decay) for
+    every method, one run per split seed; ``lr`` overrides the table's learning rate (sweeps)."""
     from trimtune.data import DEMO_LABELS, demo_split, text_loader
     from trimtune.demo.lora_text import load_model
 
-    train, test = demo_split(seed=seed)
-    if quick:
-        train, test = train[:32], test[:32]
     rows = []
-    for method, (make_config, lr) in QUALITY.items():
-        torch.manual_seed(seed)
-        tokenizer, model = load_model()
-        tt.apply(model, make_config())
-        loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
-        test_loader = text_loader(test, tokenizer, DEMO_LABELS, 64)
-        result = tt.train(model, loader, epochs=epochs, lr=lr, scheduler=tt.linear_schedule(), progress=False)
-        accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
-        rows.append([method, tt.trainable_parameters(model)[0], lr, accuracy, result.wall_time])
-        print(f"{method}: accuracy {accuracy:.3f} ({result.wall_time:.0f} s)", flush=True)
+    for method, (make_config, default_lr) in QUALITY.items():
+        if only and method not in only:
+            continue
+        rate, accuracies, seconds = lr or default_lr, [], 0.0
+        for seed in seeds:
+            train, test = demo_split(seed=seed)
+            if quick:
+                train, test = train[:32], test[:32]
+            torch.manual_seed(seed)
+            tokenizer, model = load_model()
+            tt.apply(model, make_config())
+            loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
+            warmup = len(loader) if epochs > 1 else 0
+            result = tt.train(model, loader, epochs=epochs, lr=rate, scheduler=tt.linear_schedule(warmup), progress=False)
+            accuracies.append(tt.evaluate(model, text_loader(test, tokenizer, DEMO_LABELS, 64), tt.accuracy)["accuracy"])
+            seconds += result.wall_time
+            print(f"{method} lr {rate:g} seed {seed}: accuracy {accuracies[-1]:.3f} ({result.wall_time:.0f} s)", flush=True)
+        mean = sum(accuracies) / len(accuracies)
+        spread = f"{100 * mean:.1f} (min {100 * min(accuracies):.1f}, max {100 * max(accuracies):.1f})"
+        rows.append([method, tt.trainable_parameters(model)[0], rate, spread, " / ".join(f"{100 * a:.1f}" for a in accuracies),
+                     seconds / len(seeds)])
     return rows
 
 
@@ -354,7 +364,9 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="demo accuracy per method instead of speed")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--quality: demo split seeds")
+    parser.add_argument("--lr", type=float, help="--quality: one learning rate for the methods run (a sweep)")
+    parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all); --quality: method names")
     parser.add_argument("--skip", nargs="*", default=[], help="entries not to run, by method or method@model")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
@@ -363,8 +375,8 @@ def main() -> None:
     _harness.PRELOAD += ["bitsandbytes", "trimtune", "transformers.models.llama.modeling_llama",
                          "transformers.models.bert.modeling_bert"]
     if args.quality:
-        rows = quality(1 if args.quick else args.epochs, 0, args.quick)
-        print(markdown_table(["method", "trainable", "lr", "test accuracy", "train s"], rows))
+        rows = quality(1 if args.quick else args.epochs, args.seeds, args.quick, args.only, args.lr)
+        print(markdown_table(["method", "trainable", "lr", "test accuracy % mean (min, max)", "per seed", "train s / run"], rows))
     else:
         rows = []
         size = "quick" if args.quick else "small" if args.small else "full"

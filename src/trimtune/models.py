@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 
@@ -34,3 +35,61 @@ class LeNet(nn.Module):
         x = self.pool(self.relu(self.conv1(x)))
         x = self.pool(self.relu(self.conv2(x)))
         return self.fc2(self.relu(self.fc1(x.flatten(1))))
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Average of the token states over real tokens (padding excluded): a sentence embedding.
+
+    Prompt methods lengthen the attention mask by their virtual tokens; prefix tuning's prefixes are
+    in the attention cache, not in ``hidden``, so only the mask's last ``hidden.shape[1]`` columns apply.
+    """
+    if attention_mask is None:
+        return hidden.mean(1)
+    mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class MeanPoolClassifier(nn.Module):
+    """Sentence-embedding encoder + masked mean pooling + a linear ``classifier``.
+
+    all-MiniLM-L6-v2 was trained (by sentence-transformers) to embed a sentence as the mean of its
+    token states; its [CLS] pooler never was. ``BertForSequenceClassification`` classifies from that
+    pooler, which made LoRA on the demo land below a probe on the mean embedding. This head reads
+    the representation the encoder was trained to produce. Train ``classifier`` in full
+    (``modules_to_save=["classifier"]``) while a tuning method adapts ``encoder``. The forward takes
+    and returns what a HF sequence classifier does (``labels`` -> ``.loss``), so ``train`` /
+    ``evaluate`` and the prompt methods' hook (``inputs_embeds``, extended ``attention_mask``) work.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, past_key_values=None, labels=None, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if past_key_values is not None:  # prefix tuning's cache; not passed otherwise (BERT warns it is deprecated)
+            kwargs["past_key_values"] = past_key_values
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
+        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
+    """all-MiniLM-L6-v2 with a fresh mean-pooling classification head (initialised from torch's RNG)."""
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)  # the [CLS] pooler is unused
+    return MeanPoolClassifier(encoder, num_labels, dropout).eval()

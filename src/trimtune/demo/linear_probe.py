@@ -15,6 +15,8 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..models import mean_pool
+
 
 @torch.no_grad()
 def mean_pooled_embeddings(encoder: torch.nn.Module, loader) -> tuple[np.ndarray, np.ndarray]:
@@ -23,9 +25,7 @@ def mean_pooled_embeddings(encoder: torch.nn.Module, loader) -> tuple[np.ndarray
     features, labels = [], []
     for batch in loader:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        hidden = encoder(**inputs).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        features.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+        features.append(mean_pool(encoder(**inputs).last_hidden_state, batch["attention_mask"]))
         labels.append(batch["labels"])
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 

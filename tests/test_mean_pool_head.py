@@ -1,0 +1,84 @@
+"""MeanPoolClassifier: masked mean pooling + linear head over an encoder, with LoRA and prompt tuning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import trimtune as tt
+from trimtune.models import MeanPoolClassifier, mean_pool
+
+
+def build() -> MeanPoolClassifier:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=100, max_position_embeddings=64)
+    return MeanPoolClassifier(BertModel(config, add_pooling_layer=False), num_labels=3).eval()
+
+
+@pytest.fixture
+def pooled():
+    return build()
+
+
+def padded_pair():
+    """Two texts of lengths 7 and 4, the second right-padded with token 0."""
+    ids = torch.tensor([[5, 17, 23, 9, 41, 8, 30], [12, 7, 66, 3, 0, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 0, 0, 0]])
+    return ids, mask
+
+
+def test_mean_pool_averages_real_tokens_only():
+    hidden = torch.arange(24.0).view(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pooled = mean_pool(hidden, mask)
+    assert torch.equal(pooled[0], (hidden[0, 0] + hidden[0, 1]) / 2)
+    assert torch.equal(pooled[1], hidden[1].mean(0))
+    # a mask longer than the states (prefix tuning's virtual tokens live in the cache): its last columns apply
+    assert torch.equal(mean_pool(hidden, torch.cat([torch.ones(2, 5, dtype=torch.long), mask], 1)), pooled)
+    assert torch.equal(mean_pool(hidden, None), hidden.mean(1))
+
+
+def test_logits_and_loss_equal_a_hand_computation(pooled):
+    ids, mask = padded_pair()
+    labels = torch.tensor([2, 0])
+    out = pooled(input_ids=ids, attention_mask=mask, labels=labels)
+    hidden = pooled.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).float()
+    expected = pooled.classifier((hidden * m).sum(1) / m.sum(1))
+    torch.testing.assert_close(out.logits, expected)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, labels))
+
+
+def test_padding_does_not_change_a_text_s_logits(pooled):
+    ids, mask = padded_pair()
+    batched = pooled(input_ids=ids, attention_mask=mask).logits
+    alone = pooled(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_adapter_saves_and_loads_with_the_head(pooled, tmp_path):
+    ids, mask = padded_pair()
+    tt.apply(pooled, tt.LoraConfig(r=4, alpha=8, targets="query|value", modules_to_save=["classifier"]))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([2, 0])}
+    tt.train(pooled, [batch], epochs=3, lr=1e-2, progress=False)
+    pooled.eval()
+    trained = pooled(input_ids=ids, attention_mask=mask).logits
+    tt.save_adapter(pooled, tmp_path / "adapter")
+
+    fresh = build()  # the same base (its untrained head included: the fingerprint covers it)
+    assert not torch.allclose(fresh(input_ids=ids, attention_mask=mask).logits, trained, atol=1e-3)
+    tt.load_adapter(fresh, tmp_path / "adapter")
+    torch.testing.assert_close(fresh(input_ids=ids, attention_mask=mask).logits, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_tuning_pools_over_the_virtual_tokens_and_ignores_padding(pooled):
+    ids, mask = padded_pair()
+    tt.apply(pooled, tt.PromptTuningConfig(num_virtual_tokens=3, modules_to_save=["classifier"]))
+    batched = pooled(input_ids=ids, attention_mask=mask).logits
+    alone = pooled(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
+    with tt.disable_adapters(pooled):
+        assert not torch.allclose(pooled(input_ids=ids, attention_mask=mask).logits, batched, atol=1e-4)
