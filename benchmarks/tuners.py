@@ -10,6 +10,8 @@ of the training steps in a fresh child process per variant (``_harness.peak_memo
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py            # speed/memory table
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py --quality  # demo accuracy per method
     ... --small / --quick                                                   # smaller / tiny shapes
+    ... --only "IA3@llama" "Prompt tuning 20"  --skip ...                   # some entries, in this order
+    ... --step-only --threads 1 --small                                     # step wall + CPU medians only
 """
 
 from __future__ import annotations
@@ -142,15 +144,18 @@ def _prompt_entries(model: str) -> list[Entry]:
     import peft
 
     task = "SEQ_CLS" if model == "minilm" else "CAUSAL_LM"
+    head = ["classifier"] if model == "minilm" else []  # peft's SEQ_CLS task trains the classifier too
     return [
-        Entry("Prompt tuning 20", model, _ours(lambda: tt.PromptTuningConfig(num_virtual_tokens=20)),
+        Entry("Prompt tuning 20", model, _ours(lambda: tt.PromptTuningConfig(num_virtual_tokens=20, modules_to_save=head)),
               _peft(lambda: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=20))),
-        Entry("P-tuning MLP 20", model, _ours(lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128)),
+        Entry("P-tuning MLP 20", model,
+              _ours(lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128, modules_to_save=head)),
               _peft(lambda: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=20, encoder_hidden_size=128))),
-        Entry("Prefix tuning 20", model, _ours(lambda: tt.PrefixTuningConfig(num_virtual_tokens=20)),
+        Entry("Prefix tuning 20", model, _ours(lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, modules_to_save=head)),
               _peft(lambda: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=20))),
         Entry("Prefix tuning 20 + MLP", model,
-              _ours(lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128)),
+              _ours(lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128,
+                                                  modules_to_save=head)),
               _peft(lambda: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=20, prefix_projection=True,
                                                     encoder_hidden_size=128))),
     ]
@@ -215,11 +220,18 @@ def weight_mb(model) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def measure(index: int, size: str, rounds: int) -> dict:
+def measure(index: int, size: str, rounds: int, step_only: bool = False) -> dict:
     entry = entries()[index]
-    sides = ["ours"] + (["peft"] if entry.peft else [])
     row = {"method": entry.method, "model": entry.model}
-    models = {side: prepared(index, side, size) for side in sides + ["base"]}
+    models = {side: prepared(index, side, size) for side in ["ours", "base"]}
+    if entry.peft:
+        try:  # a broken baseline (e.g. peft's prompt methods on a newer transformers) must not hide ours
+            models["peft"] = prepared(index, "peft", size)
+            train_step_fn(*models["peft"])()
+        except Exception as err:  # noqa: BLE001 - recorded in the row
+            models.pop("peft", None)
+            row["peft_error"] = f"{type(err).__name__}: {err}"
+    sides = [side for side in ("ours", "peft") if side in models]
     for side in sides:
         row[f"trainable_{side}"] = tt.trainable_parameters(models[side][0])[0] if side == "ours" else \
             models[side][0].get_nb_trainable_parameters()[0]
@@ -227,11 +239,15 @@ def measure(index: int, size: str, rounds: int) -> dict:
     row["weights_mb_base"] = weight_mb(models["base"][0])
     steps = {side: train_step_fn(*models[side]) for side in sides}
     step_times = time_variants(steps, rounds=rounds, warmup=1)
+    for side in sides:
+        row[f"step_ms_{side}"] = step_times[side].median_ms
+        row[f"step_cpu_ms_{side}"] = step_times[side].cpu_median_ms  # steadier than wall on a crowded machine
+        row[f"spread_pct_{side}"] = step_times[side].spread_pct
+    if step_only:
+        return row
     forwards = {side: forward_fn(*models[side]) for side in sides + ["base"]}
     forward_times = time_variants(forwards, rounds=rounds, warmup=1)
     for side in sides:
-        row[f"step_ms_{side}"] = step_times[side].median_ms
-        row[f"spread_pct_{side}"] = step_times[side].spread_pct
         row[f"infer_overhead_{side}"] = ratio(forward_times[side], forward_times["base"]) - 1
     del models, steps, forwards
     for side in sides:
@@ -240,61 +256,81 @@ def measure(index: int, size: str, rounds: int) -> dict:
     return row
 
 
-def measure_or_report(index: int, size: str, rounds: int) -> dict:
+def measure_or_report(index: int, size: str, rounds: int, step_only: bool = False) -> dict:
     """``measure``, or a row saying why the entry could not be measured (one broken method must not
     lose the rest of a long run)."""
     entry = entries()[index]
     try:
-        return measure(index, size, rounds)
+        return measure(index, size, rounds, step_only)
     except Exception as err:  # noqa: BLE001 - recorded in the table, not hidden
         return {"method": entry.method, "model": entry.model, "error": f"{type(err).__name__}: {err}"}
 
 
 def speed_table(rows: list[dict]) -> str:
-    headers = ["method", "model", "trainable (ours / peft)", "step ms ours", "step ms peft", "ours / peft",
+    headers = ["method", "model", "trainable (ours / peft)", "step ms ours", "step ms peft", "ours / peft", "(CPU)",
                "peak MB ours", "peak MB peft", "incl. model MB ours", "incl. model MB peft",
-               "infer overhead ours", "infer overhead peft"]
+               "infer overhead ours", "infer overhead peft", "step noise ±% ours / peft"]
     table = []
     for r in rows:
         if "error" in r:
             table.append([r["method"], r["model"], f"not measured: {r['error'][:120]}"] + [""] * (len(headers) - 3))
             continue
         has_peft = "step_ms_peft" in r
+        no_peft = f"peft failed: {r['peft_error'][:80]}" if "peft_error" in r else "-"
         table.append([
             r["method"], r["model"],
             f"{r['trainable_ours']:,} / {r['trainable_peft']:,}" if has_peft else f"{r['trainable_ours']:,} / -",
-            r["step_ms_ours"], r["step_ms_peft"] if has_peft else "-",
+            f"{r['step_ms_ours']:,.0f}", f"{r['step_ms_peft']:,.0f}" if has_peft else no_peft,
             f"{r['step_ms_ours'] / r['step_ms_peft']:.2f}" if has_peft else "-",
-            r["peak_mb_ours"], r["peak_mb_peft"] if has_peft else "-",
-            r["peak_total_mb_ours"], r["peak_total_mb_peft"] if has_peft else "-",
+            f"{r['step_cpu_ms_ours'] / r['step_cpu_ms_peft']:.2f}" if has_peft and "step_cpu_ms_ours" in r else "-",
+            f"{r['peak_mb_ours']:.0f}", f"{r['peak_mb_peft']:.0f}" if has_peft else "-",
+            f"{r['peak_total_mb_ours']:.0f}", f"{r['peak_total_mb_peft']:.0f}" if has_peft else "-",
             f"{100 * r['infer_overhead_ours']:+.0f} %", f"{100 * r['infer_overhead_peft']:+.0f} %" if has_peft else "-",
+            f"{r['spread_pct_ours']:.0f} / {r['spread_pct_peft']:.0f}" if has_peft else f"{r['spread_pct_ours']:.0f} / -",
         ])
     return markdown_table(headers, table)
 
 
+def step_table(rows: list[dict]) -> str:
+    """``--step-only`` rows: wall and process-CPU medians of the train step, ours vs peft."""
+    table = [[r["method"], r["model"], *(f"{r[k]:,.0f}" for k in ("step_ms_ours", "step_ms_peft")),
+              f"{r['step_ms_ours'] / r['step_ms_peft']:.3f}", *(f"{r[k]:,.0f}" for k in ("step_cpu_ms_ours", "step_cpu_ms_peft")),
+              f"{r['step_cpu_ms_ours'] / r['step_cpu_ms_peft']:.3f}"]
+             for r in rows if "step_ms_peft" in r]
+    return markdown_table(["method", "model", "wall ms ours", "wall ms peft", "ours / peft", "CPU ms ours", "CPU ms peft",
+                           "ours / peft (CPU)"], table)
+
+
 def qlora_summary(rows: list[dict]) -> str:
-    """The QLoRA targets. Peaks here include the model (weights + training), since a 4-bit base is
-    what QLoRA saves; QLoRA and fp32 LoRA come from separate entries, i.e. separate interleavings."""
+    """The QLoRA targets, each from the rows it needs (a line is left out when one is missing).
+    Peaks here include the model (weights + training), since a 4-bit base is what QLoRA saves;
+    QLoRA and fp32 LoRA come from separate entries, i.e. separate interleavings."""
     by = {r["method"]: r for r in rows if r["model"] == "llama" and "error" not in r}
-    names = ("LoRA r=8", "QLoRA NF4 r=8", "LoRA r=8 + ckpt", "QLoRA NF4 r=8 + ckpt")
-    if not all(n in by for n in names):
-        return "QLoRA summary: needs the Llama rows " + ", ".join(names)
-    lora, qlora, lora_ck, qlora_ck = (by[n] for n in names)
+    lora, qlora, lora_ck, qlora_ck = (by.get(n) for n in ("LoRA r=8", "QLoRA NF4 r=8", "LoRA r=8 + ckpt", "QLoRA NF4 r=8 + ckpt"))
     total = "peak_total_mb"
-    lines = [
-        f"- weight footprint / fp32 model: ours {qlora['weights_mb_ours'] / qlora['weights_mb_base']:.3f}, "
-        f"peft+bnb {qlora['weights_mb_peft'] / qlora['weights_mb_base']:.3f} (target <= 0.35)",
-        f"- QLoRA step / fp32 LoRA step: ours {qlora['step_ms_ours'] / lora['step_ms_ours']:.2f}, "
-        f"peft+bnb {qlora['step_ms_peft'] / lora['step_ms_peft']:.2f} (target <= 1.0)",
-        f"- QLoRA + checkpointing peak incl. model / fp32 LoRA's: ours {qlora_ck[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
-        f"peft+bnb {qlora_ck[f'{total}_peft'] / lora[f'{total}_peft']:.2f}; ours / peft+bnb "
-        f"{qlora_ck[f'{total}_ours'] / qlora_ck[f'{total}_peft']:.2f} (target <= 1)",
-        f"- QLoRA peak incl. model / fp32 LoRA's, no checkpointing: ours {qlora[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
-        f"peft+bnb {qlora[f'{total}_peft'] / lora[f'{total}_peft']:.2f}",
-        f"- LoRA + checkpointing peak incl. model / LoRA's: ours {lora_ck[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
-        f"peft {lora_ck[f'{total}_peft'] / lora[f'{total}_peft']:.2f}",
-    ]
-    return "\n".join(lines)
+    lines = []
+    if qlora_ck or qlora:
+        q = qlora_ck or qlora
+        lines.append(f"- weight footprint / fp32 model: ours {q['weights_mb_ours'] / q['weights_mb_base']:.3f}, "
+                     f"peft+bnb {q['weights_mb_peft'] / q['weights_mb_base']:.3f} (target <= 0.35)")
+    if qlora and lora:
+        lines.append(f"- QLoRA step / fp32 LoRA step: ours {qlora['step_ms_ours'] / lora['step_ms_ours']:.2f}, "
+                     f"peft+bnb {qlora['step_ms_peft'] / lora['step_ms_peft']:.2f} (target <= 1.0)")
+    if qlora_ck:
+        lines.append(f"- QLoRA + checkpointing peak incl. model, ours / peft+bnb: "
+                     f"{qlora_ck[f'{total}_ours'] / qlora_ck[f'{total}_peft']:.2f} (target <= 1)")
+    if qlora_ck and lora:
+        lines.append(f"- QLoRA + checkpointing peak incl. model / fp32 LoRA's (no checkpointing): ours "
+                     f"{qlora_ck[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, peft+bnb "
+                     f"{qlora_ck[f'{total}_peft'] / lora[f'{total}_peft']:.2f} (peft+bnb about 0.75 per the issue)")
+    if qlora_ck and lora_ck:
+        lines.append(f"- QLoRA + checkpointing peak incl. model / fp32 LoRA + checkpointing's: ours "
+                     f"{qlora_ck[f'{total}_ours'] / lora_ck[f'{total}_ours']:.2f}, peft+bnb "
+                     f"{qlora_ck[f'{total}_peft'] / lora_ck[f'{total}_peft']:.2f}")
+    if lora_ck and lora:
+        lines.append(f"- LoRA + checkpointing peak incl. model / LoRA's: ours {lora_ck[f'{total}_ours'] / lora[f'{total}_ours']:.2f}, "
+                     f"peft {lora_ck[f'{total}_peft'] / lora[f'{total}_peft']:.2f}")
+    return "\n".join(lines) or "QLoRA summary: no QLoRA rows measured"
 
 
 # ---- quality on the demo reviews ----
@@ -369,7 +405,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all); --quality: method names")
     parser.add_argument("--skip", nargs="*", default=[], help="entries not to run, by method or method@model")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--threads", type=int, default=_harness.THREADS, help="torch threads per variant")
+    parser.add_argument("--step-only", action="store_true",
+                        help="train step times only (no inference, no memory): a quick cross-check")
     args = parser.parse_args()
+    _harness.THREADS = args.threads  # the memory children read it too
     set_threads()
     # in the memory children, library code must be loaded before the model-inclusive baseline is taken
     _harness.PRELOAD += ["bitsandbytes", "trimtune", "transformers.models.llama.modeling_llama",
@@ -381,11 +421,12 @@ def main() -> None:
         rows = []
         size = "quick" if args.quick else "small" if args.small else "full"
         for i in selected(args.only, args.skip):
-            rows.append(measure_or_report(i, size, args.rounds))
+            rows.append(measure_or_report(i, size, args.rounds, args.step_only))
             print(json.dumps(rows[-1]), flush=True)
         print(f"peak memory: {memory_method()} per variant in a child process; (batch, seq) {shapes_for(size)}")
-        print(speed_table(rows))
-        print(qlora_summary(rows))
+        print(step_table(rows) if args.step_only else speed_table(rows))
+        if not args.step_only:
+            print(qlora_summary(rows))
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump(rows, f, indent=1)

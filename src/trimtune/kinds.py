@@ -117,9 +117,11 @@ class LayerKind:
 
 
 def _linear_add_low_rank(kind: LayerKind, y, x, a, b, scale: float, dropout: float = 0.0):
-    """Linear layouts with dropout use one autograd Function that saves x, not dropout(x) (see its file)."""
+    """Linear layouts use one autograd Function when training (dropout or gradients): it saves x,
+    not dropout(x), and computes the skinny gradients in their fast layouts (see its file)."""
+    training = dropout > 0 or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or x.requires_grad))
     # same dtypes only: under autocast the base output is already in the low dtype, so the composed path runs
-    if dropout > 0 and y.dtype == x.dtype == a.dtype == b.dtype:
+    if training and y.dtype == x.dtype == a.dtype == b.dtype:
         return dropped_low_rank(y, x, a, b, scale, dropout)
     return LayerKind.add_low_rank(kind, y, x, a, b, scale, dropout)
 
