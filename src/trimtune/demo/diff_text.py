@@ -13,6 +13,13 @@ QUICK = dict(sparsity_epochs=1, kept_epochs=1, lr=1e-4, lr_kept=1e-3, penalty=1e
 DENSITY = 0.005
 
 
+def schedule(epochs: int, loader):
+    """Per phase, as in the benchmark: one warm-up epoch (when there is more than one), then linear decay."""
+    import trimtune as tt
+
+    return tt.linear_schedule(len(loader) if epochs > 1 else 0)
+
+
 def run(ctx: DemoContext) -> None:
     import trimtune as tt
     from trimtune.diff_pruning import DiffPenalty, diff_optimizer
@@ -24,11 +31,12 @@ def run(ctx: DemoContext) -> None:
     tt.apply(model, tt.DiffConfig(density=DENSITY, penalty="l0", targets=settings["targets"], modules_to_save=["classifier"]))
     ctx.detail(f"  sparsity phase: dense diff over the {settings['targets']} layers, hard-concrete gates, {settings['sparsity_epochs']} epoch(s)")
     first = tt.train(model, train_loader, epochs=settings["sparsity_epochs"], optimizer=diff_optimizer(model, settings["lr"]),
-                     callbacks=[DiffPenalty(settings["penalty"])], progress=not ctx.quiet)
+                     scheduler=schedule(settings["sparsity_epochs"], train_loader), callbacks=[DiffPenalty(settings["penalty"])],
+                     progress=not ctx.quiet)
     kept = tt.project_diffs(model)
     ctx.detail(f"  projected to {kept['kept']:,} of {kept['total']:,} entries; fine-tuning those only")
     second = tt.train(model, train_loader, epochs=settings["kept_epochs"], optimizer=diff_optimizer(model, settings["lr_kept"]),
-                      progress=not ctx.quiet)
+                      scheduler=schedule(settings["kept_epochs"], train_loader), progress=not ctx.quiet)
     accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
     saved = save_diff(model, ctx.out_dir / "diff_artifact")
     size, dense = artifact_bytes(saved), (minilm_path() / "model.safetensors").stat().st_size
