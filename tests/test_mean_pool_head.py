@@ -82,3 +82,16 @@ def test_prompt_tuning_pools_over_the_virtual_tokens_and_ignores_padding(pooled)
     torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
     with tt.disable_adapters(pooled):
         assert not torch.allclose(pooled(input_ids=ids, attention_mask=mask).logits, batched, atol=1e-4)
+
+
+def test_prefix_tuning_reaches_the_encoder_through_the_head(pooled):
+    """The head passes the cache on under the encoder's own argument name, so the prefixes take effect."""
+    ids, mask = padded_pair()
+    with torch.no_grad():
+        before = pooled(input_ids=ids, attention_mask=mask).logits
+    tt.apply(pooled, tt.PrefixTuningConfig(num_virtual_tokens=3))
+    with torch.no_grad():
+        after = pooled(input_ids=ids, attention_mask=mask).logits
+        alone = pooled(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
+    assert not torch.allclose(after, before, atol=1e-4)
+    torch.testing.assert_close(after[1:], alone, atol=1e-5, rtol=0)  # padding still ignored

@@ -75,11 +75,11 @@ class MeanPoolClassifier(nn.Module):
         return self.encoder.get_input_embeddings()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, past_key_values=None, labels=None, **kwargs):
+                inputs_embeds=None, labels=None, **kwargs):
+        """``kwargs`` go to the encoder: prefix tuning's cache arrives there under the encoder's own name
+        (``past_key_values``, or ``cache`` from transformers 5.24), and only when there is one."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        if past_key_values is not None:  # prefix tuning's cache; not passed otherwise (BERT warns it is deprecated)
-            kwargs["past_key_values"] = past_key_values
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
         logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
