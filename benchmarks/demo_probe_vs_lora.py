@@ -22,7 +22,7 @@ import torch
 import trimtune as tt
 from trimtune.data import DEMO_LABELS, demo_split, text_loader
 from trimtune.demo.linear_probe import linear_probe_accuracy
-from trimtune.demo.lora_text import FULL, load_model
+from trimtune.demo.lora_text import FULL, load_model, text_schedule
 from trimtune.models import mean_pool
 
 
@@ -62,7 +62,7 @@ def run(seed: int, epochs: int, lr: float) -> dict:
         print(f"# seed {seed} probe {name}: {probes[name]:.4f}", flush=True)
     tt.apply(model, tt.LoraConfig(r=FULL["r"], alpha=FULL["alpha"], targets="query|value", modules_to_save=["classifier"]))
     loader = text_loader(train, tokenizer, DEMO_LABELS, FULL["batch_size"], shuffle=True, seed=seed)
-    result = tt.train(model, loader, epochs=epochs, lr=lr, scheduler=tt.linear_schedule(FULL["warmup_epochs"] * len(loader)),
+    result = tt.train(model, loader, epochs=epochs, lr=lr, scheduler=text_schedule(epochs, loader),
                       eval_data=test_loader, eval_every=2 * len(loader), metric=tt.accuracy, progress=False,
                       callbacks=[PrintEval()])
     curve = [round(m["accuracy"], 4) for _, m in result.eval_history]

@@ -29,6 +29,7 @@ from torch import nn
 import trimtune as tt
 from trimtune.diff_pruning import DiffPenalty, diff_optimizer
 from trimtune.io.diff_artifact import artifact_bytes, save_diff
+from trimtune.demo.lora_text import text_schedule
 from trimtune.models import minilm_path
 from trimtune.train import train
 from trimtune.train.evaluate import accuracy, evaluate
@@ -70,8 +71,7 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 def fit(model, task: Task, lr: float, epochs: int, callbacks=()) -> float:
     start = time.perf_counter()
-    warmup = len(task.train_data) if epochs > 1 else 0
-    train(model, task.train_data, epochs=epochs, optimizer=diff_optimizer(model, lr), scheduler=tt.linear_schedule(warmup),
+    train(model, task.train_data, epochs=epochs, optimizer=diff_optimizer(model, lr), scheduler=text_schedule(epochs, task.train_data),
           callbacks=callbacks, loss_fn=task.loss_fn, progress=False)
     return time.perf_counter() - start
 

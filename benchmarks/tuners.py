@@ -17,7 +17,6 @@ of the training steps in a fresh child process per variant (``_harness.peak_memo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -355,7 +354,7 @@ def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None) -> l
     """The demo's recipe (MiniLM + mean-pooling head, AdamW, one warm-up epoch then linear decay) for
     every method, one run per split seed; ``lr`` overrides the table's learning rate (sweeps)."""
     from trimtune.data import DEMO_LABELS, demo_split, text_loader
-    from trimtune.demo.lora_text import load_model
+    from trimtune.demo.lora_text import load_model, text_schedule
 
     rows = []
     for method, (make_config, default_lr) in QUALITY.items():
@@ -370,8 +369,7 @@ def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None) -> l
             tokenizer, model = load_model()
             tt.apply(model, make_config())
             loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
-            warmup = len(loader) if epochs > 1 else 0
-            result = tt.train(model, loader, epochs=epochs, lr=rate, scheduler=tt.linear_schedule(warmup), progress=False)
+            result = tt.train(model, loader, epochs=epochs, lr=rate, scheduler=text_schedule(epochs, loader), progress=False)
             accuracies.append(tt.evaluate(model, text_loader(test, tokenizer, DEMO_LABELS, 64), tt.accuracy)["accuracy"])
             seconds += result.wall_time
             print(f"{method} lr {rate:g} seed {seed}: accuracy {accuracies[-1]:.3f} ({result.wall_time:.0f} s)", flush=True)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from ..models import minilm_path
 from .context import DemoContext, Step
-from .lora_text import text_task
+from .lora_text import text_schedule, text_task
 
 # The settings of benchmarks/diff_pruning.py (docs/benchmarks.md); quick mode is for tests.
 FULL = dict(sparsity_epochs=3, kept_epochs=3, lr=1e-4, lr_kept=1e-3, penalty=1e-7, batch_size=16, targets="all-linear")
 QUICK = dict(sparsity_epochs=1, kept_epochs=1, lr=1e-4, lr_kept=1e-3, penalty=1e-7, batch_size=16, targets="query|value",
              n_train=16, n_test=16)
 DENSITY = 0.005
-
-
-def schedule(epochs: int, loader):
-    """Per phase, as in the benchmark: one warm-up epoch (when there is more than one), then linear decay."""
-    import trimtune as tt
-
-    return tt.linear_schedule(len(loader) if epochs > 1 else 0)
 
 
 def run(ctx: DemoContext) -> None:
@@ -31,12 +24,12 @@ def run(ctx: DemoContext) -> None:
     tt.apply(model, tt.DiffConfig(density=DENSITY, penalty="l0", targets=settings["targets"], modules_to_save=["classifier"]))
     ctx.detail(f"  sparsity phase: dense diff over the {settings['targets']} layers, hard-concrete gates, {settings['sparsity_epochs']} epoch(s)")
     first = tt.train(model, train_loader, epochs=settings["sparsity_epochs"], optimizer=diff_optimizer(model, settings["lr"]),
-                     scheduler=schedule(settings["sparsity_epochs"], train_loader), callbacks=[DiffPenalty(settings["penalty"])],
+                     scheduler=text_schedule(settings["sparsity_epochs"], train_loader), callbacks=[DiffPenalty(settings["penalty"])],
                      progress=not ctx.quiet)
     kept = tt.project_diffs(model)
     ctx.detail(f"  projected to {kept['kept']:,} of {kept['total']:,} entries; fine-tuning those only")
     second = tt.train(model, train_loader, epochs=settings["kept_epochs"], optimizer=diff_optimizer(model, settings["lr_kept"]),
-                      scheduler=schedule(settings["kept_epochs"], train_loader), progress=not ctx.quiet)
+                      scheduler=text_schedule(settings["kept_epochs"], train_loader), progress=not ctx.quiet)
     accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
     saved = save_diff(model, ctx.out_dir / "diff_artifact")
     size, dense = artifact_bytes(saved), (minilm_path() / "model.safetensors").stat().st_size
