@@ -339,7 +339,7 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     "AdaLoRA 12->8": (lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, tinit=20, tfinal=40,
                                                targets="query|value", modules_to_save=["classifier"]), 1e-3),
     "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 1e-3),
-    "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 1e-3),
+    "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 2e-3),
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
     "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 1e-2),
     "P-tuning MLP 20": (lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128,
