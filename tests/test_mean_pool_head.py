@@ -39,6 +39,8 @@ def test_mean_pool_averages_real_tokens_only():
     # a mask longer than the states (prefix tuning's virtual tokens live in the cache): its last columns apply
     assert torch.equal(mean_pool(hidden, torch.cat([torch.ones(2, 5, dtype=torch.long), mask], 1)), pooled)
     assert torch.equal(mean_pool(hidden, None), hidden.mean(1))
+    # leading virtual-token states (prompt tuning) are skipped; the mask then covers them too
+    assert torch.equal(mean_pool(torch.cat([hidden, hidden], 1), torch.cat([mask, mask], 1), skip=3), pooled)
 
 
 def test_logits_and_loss_equal_a_hand_computation(pooled):
@@ -74,7 +76,25 @@ def test_lora_adapter_saves_and_loads_with_the_head(pooled, tmp_path):
     torch.testing.assert_close(fresh(input_ids=ids, attention_mask=mask).logits, trained, atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_tuning_pools_over_the_virtual_tokens_and_ignores_padding(pooled):
+@pytest.mark.parametrize("config", [tt.PromptTuningConfig(num_virtual_tokens=3),
+                                    tt.PTuningConfig(num_virtual_tokens=3, encoder_hidden_size=16)],
+                         ids=["prompt", "p-tuning"])
+def test_prompt_methods_pool_over_the_real_tokens_only(pooled, config):
+    """The virtual tokens condition the text's states but are not averaged in: the head reads the text."""
+    ids, mask = padded_pair()
+    tt.apply(pooled, config)
+    with torch.no_grad():
+        logits = pooled(input_ids=ids, attention_mask=mask).logits
+        prompts = pooled.trimtune_prompts.deltas["default"].output()
+        embeds = torch.cat([prompts.expand(2, -1, -1), pooled.encoder.get_input_embeddings()(ids)], 1)
+        full_mask = torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], 1)
+        hidden = pooled.encoder(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state[:, 3:]
+        m = mask.unsqueeze(-1).float()
+        expected = pooled.classifier((hidden * m).sum(1) / m.sum(1))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_tuning_ignores_padding(pooled):
     ids, mask = padded_pair()
     tt.apply(pooled, tt.PromptTuningConfig(num_virtual_tokens=3, modules_to_save=["classifier"]))
     batched = pooled(input_ids=ids, attention_mask=mask).logits

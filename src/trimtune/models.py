@@ -37,12 +37,14 @@ class LeNet(nn.Module):
         return self.fc2(self.relu(self.fc1(x.flatten(1))))
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, skip: int = 0) -> torch.Tensor:
     """Average of the token states over real tokens (padding excluded): a sentence embedding.
 
-    Prompt methods lengthen the attention mask by their virtual tokens; prefix tuning's prefixes are
+    ``skip``: leading states that are not text (prompt tuning's / P-tuning's virtual tokens) and are left
+    out. Prompt methods lengthen the attention mask by their virtual tokens; prefix tuning's prefixes are
     in the attention cache, not in ``hidden``, so only the mask's last ``hidden.shape[1]`` columns apply.
     """
+    hidden = hidden[:, skip:]
     if attention_mask is None:
         return hidden.mean(1)
     mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
@@ -59,6 +61,9 @@ class MeanPoolClassifier(nn.Module):
     (``modules_to_save=["classifier"]``) while a tuning method adapts ``encoder``. The forward takes
     and returns what a HF sequence classifier does (``labels`` -> ``.loss``), so ``train`` /
     ``evaluate`` and the prompt methods' hook (``inputs_embeds``, extended ``attention_mask``) work.
+    The hook also passes ``num_virtual_tokens``: the pooling leaves the virtual tokens' states out, so the
+    head reads the sentence embedding of the text (conditioned on the prompt), as the encoder was trained
+    to produce it, rather than an average in which 20 prompt states can outnumber a short review's tokens.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
@@ -75,14 +80,15 @@ class MeanPoolClassifier(nn.Module):
         return self.encoder.get_input_embeddings()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs):
+                inputs_embeds=None, labels=None, num_virtual_tokens=0, **kwargs):
         """``kwargs`` go to the encoder: prefix tuning's cache arrives there under the encoder's own name
-        (``past_key_values``, or ``cache`` from transformers 5.24), and only when there is one."""
+        (``past_key_values``, or ``cache`` from transformers 5.24), and only when there is one.
+        ``num_virtual_tokens``: leading input positions that are virtual tokens (set by the prompt hook)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
-        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
+        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask, skip=num_virtual_tokens)))
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
