@@ -115,3 +115,14 @@ def test_prefix_tuning_reaches_the_encoder_through_the_head(pooled):
         alone = pooled(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
     assert not torch.allclose(after, before, atol=1e-4)
     torch.testing.assert_close(after[1:], alone, atol=1e-5, rtol=0)  # padding still ignored
+
+
+def test_prefix_tuning_leaves_the_text_at_positions_from_zero(pooled):
+    """BERT would number the text after the cache (positions 3..9); the head keeps 0..6, as without prefixes."""
+    ids, mask = padded_pair()
+    seen = []
+    pooled.encoder.embeddings.position_embeddings.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    tt.apply(pooled, tt.PrefixTuningConfig(num_virtual_tokens=3))
+    with torch.no_grad():
+        pooled(input_ids=ids, attention_mask=mask)
+    assert torch.equal(seen[-1], torch.arange(7).expand(2, -1))

@@ -86,11 +86,24 @@ class MeanPoolClassifier(nn.Module):
         ``num_virtual_tokens``: leading input positions that are virtual tokens (set by the prompt hook)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        if position_ids is None:  # the text starts at 0 even after a cache of prefixes (see text_positions)
+            position_ids = text_positions(input_ids if input_ids is not None else inputs_embeds)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
         logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask, skip=num_virtual_tokens)))
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def text_positions(inputs: torch.Tensor) -> torch.Tensor:
+    """Positions 0..seq-1 for every row of ``inputs`` (ids or embeddings).
+
+    The head classifies a whole text per call, so a cache can only hold prefix tuning's keys/values, which
+    have no position of their own. Left to itself BERT would number the text after the cache, moving
+    every absolute position by the prefix length (20 positions turn MiniLM's sentence embedding of a
+    demo review to cosine 0.88 of the unshifted one) and the prefixes would first have to undo that.
+    Prompt tuning's virtual tokens are in ``inputs`` and are numbered like text, as peft does."""
+    return torch.arange(inputs.shape[1], device=inputs.device).expand(inputs.shape[0], -1)
 
 
 def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
