@@ -80,7 +80,8 @@ def test_lora_adapter_saves_and_loads_with_the_head(pooled, tmp_path):
                                     tt.PTuningConfig(num_virtual_tokens=3, encoder_hidden_size=16)],
                          ids=["prompt", "p-tuning"])
 def test_prompt_methods_pool_over_the_real_tokens_only(pooled, config):
-    """The virtual tokens condition the text's states but are not averaged in: the head reads the text."""
+    """The virtual tokens condition the text's states but are not averaged in, and the text keeps the
+    positions it has without them: the head reads the text."""
     ids, mask = padded_pair()
     tt.apply(pooled, config)
     with torch.no_grad():
@@ -88,7 +89,9 @@ def test_prompt_methods_pool_over_the_real_tokens_only(pooled, config):
         prompts = pooled.trimtune_prompts.deltas["default"].output()
         embeds = torch.cat([prompts.expand(2, -1, -1), pooled.encoder.get_input_embeddings()(ids)], 1)
         full_mask = torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], 1)
-        hidden = pooled.encoder(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state[:, 3:]
+        positions = torch.tensor([0, 1, 2] + list(range(7))).expand(2, -1)  # the text keeps 0..6 behind the prompt
+        hidden = pooled.encoder(inputs_embeds=embeds, attention_mask=full_mask,
+                                position_ids=positions).last_hidden_state[:, 3:]
         m = mask.unsqueeze(-1).float()
         expected = pooled.classifier((hidden * m).sum(1) / m.sum(1))
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)

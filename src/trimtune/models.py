@@ -86,8 +86,8 @@ class MeanPoolClassifier(nn.Module):
         ``num_virtual_tokens``: leading input positions that are virtual tokens (set by the prompt hook)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        if position_ids is None:  # the text starts at 0 even after a cache of prefixes (see text_positions)
-            position_ids = text_positions(input_ids if input_ids is not None else inputs_embeds)
+        if position_ids is None:  # the text starts at 0 behind virtual tokens too (see text_positions)
+            position_ids = text_positions(input_ids if input_ids is not None else inputs_embeds, num_virtual_tokens)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
         logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask, skip=num_virtual_tokens)))
@@ -95,15 +95,19 @@ class MeanPoolClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def text_positions(inputs: torch.Tensor) -> torch.Tensor:
-    """Positions 0..seq-1 for every row of ``inputs`` (ids or embeddings).
+def text_positions(inputs: torch.Tensor, num_virtual_tokens: int = 0) -> torch.Tensor:
+    """Position ids for ``inputs`` (ids or embeddings) whose first ``num_virtual_tokens`` are virtual:
+    the text gets 0..L-1, the virtual tokens 0..n-1.
 
-    The head classifies a whole text per call, so a cache can only hold prefix tuning's keys/values, which
-    have no position of their own. Left to itself BERT would number the text after the cache, moving
-    every absolute position by the prefix length (20 positions turn MiniLM's sentence embedding of a
-    demo review to cosine 0.88 of the unshifted one) and the prefixes would first have to undo that.
-    Prompt tuning's virtual tokens are in ``inputs`` and are numbered like text, as peft does."""
-    return torch.arange(inputs.shape[1], device=inputs.device).expand(inputs.shape[0], -1)
+    Left to itself BERT numbers the text after whatever precedes it: after prompt tuning's virtual tokens,
+    or after prefix tuning's keys/values in the cache (the head classifies a whole text per call, so a
+    cache holds nothing else). That moves every absolute position of the text by the prompt length (20
+    positions turn MiniLM's sentence embedding of a demo review to cosine 0.88 of the unshifted one), and
+    the prompt would first have to learn to undo it. A virtual token is a free vector, so its own position
+    embedding only adds a constant it can absorb."""
+    n, seq = num_virtual_tokens, inputs.shape[1]
+    positions = torch.cat([torch.arange(n), torch.arange(seq - n)]).to(inputs.device)
+    return positions.expand(inputs.shape[0], -1)
 
 
 def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
