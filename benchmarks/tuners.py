@@ -342,12 +342,15 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 1e-3),
     "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 2e-3),
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
-    "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 1e-2),
+    # initialised from the class-label words, as Lester et al. found best
+    "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, init="TEXT", tokenizer=str(tt_minilm()),
+                                                       init_text="food good food bad service good service bad",
+                                                       modules_to_save=["classifier"]), 1e-2),
     "P-tuning MLP 20": (lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128,
                                                  modules_to_save=["classifier"]), 3e-3),
     "Prefix tuning 20": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 3e-2),
     "Prefix tuning 20 + MLP": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128,
-                                                              modules_to_save=["classifier"]), 3e-3),
+                                                              modules_to_save=["classifier"]), 1e-3),
 }
 
 
