@@ -339,7 +339,7 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     # orth_reg_weight 0.1 as in the AdaLoRA paper's GLUE runs (peft's default 0.5 cost 4 points here)
     "AdaLoRA 12->8": (lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, tinit=20, tfinal=40, orth_reg_weight=0.1,
                                                targets="query|value", modules_to_save=["classifier"]), 5e-3),
-    "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 1e-3),
+    "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 2e-3),
     "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 2e-3),
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
     # initialised from the class-label words, as Lester et al. found best
