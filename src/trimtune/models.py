@@ -87,9 +87,18 @@ class MeanPoolClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
-    """all-MiniLM-L6-v2 with a fresh mean-pooling classification head (initialised from torch's RNG)."""
+def mean_pool_classifier(path, num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
+    """The encoder in the Hugging Face directory ``path`` with a fresh mean-pooling classification head
+    (initialised from torch's RNG)."""
     from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)  # the [CLS] pooler is unused
+    try:  # BERT-like encoders: leave out the [CLS] pooler, which this head never reads
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler do not take the argument
+        encoder = AutoModel.from_pretrained(path)
     return MeanPoolClassifier(encoder, num_labels, dropout).eval()
+
+
+def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
+    """all-MiniLM-L6-v2 with a fresh mean-pooling classification head (initialised from torch's RNG)."""
+    return mean_pool_classifier(minilm_path(), num_labels, dropout)
