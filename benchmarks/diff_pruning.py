@@ -102,11 +102,12 @@ def run_lora(task: Task, seed: int, dense_bytes: int) -> Row:
     return Row(task.name, f"LoRA r={task.lora.r}, lr {task.lr_lora:g}", seed, score(model, task), stored, stored, tensor_bytes(trainable), dense_bytes, seconds)
 
 
-def run_diff(task: Task, seed: int, dense_bytes: int, density: float, penalty_weight: float, kept_lrs: list[float]) -> list[Row]:
+def run_diff(task: Task, seed: int, dense_bytes: int, density: float, penalty_weight: float, kept_lrs: list[float], **options) -> list[Row]:
     """One sparsity phase and projection, then one fixed-mask phase per lr in ``kept_lrs`` (each from
-    a copy of the projected model), so a kept-phase lr sweep shares the costly dense phase."""
+    a copy of the projected model), so a kept-phase lr sweep shares the costly dense phase.
+    ``options``: more ``DiffConfig`` fields (group, embeddings)."""
     model = task.build(seed)
-    tt.apply(model, tt.DiffConfig(density=density, targets=task.diff_targets, modules_to_save=[task.head]), "task")
+    tt.apply(model, tt.DiffConfig(density=density, targets=task.diff_targets, modules_to_save=[task.head], **options), "task")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sparsity_epochs = max(1, task.epochs // 2)
     seconds = fit(model, task, task.lr_diff, sparsity_epochs, callbacks=[DiffPenalty(penalty_weight)])
@@ -121,6 +122,7 @@ def run_diff(task: Task, seed: int, dense_bytes: int, density: float, penalty_we
             save_diff(kept, Path(tmp) / "diff", "task")
             size = artifact_bytes(Path(tmp) / "diff")
         method = f"diff {density:.1%}, lr {task.lr_diff:g}/{lr_kept:g}"
+        method += "".join(f", {k}={v}" for k, v in options.items() if v not in ("none", False))
         rows.append(Row(task.name, method, seed, score(kept, task), trainable, stored, size, dense_bytes, seconds + kept_seconds))
     return rows
 
@@ -202,6 +204,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (match OMP_NUM_THREADS)")
     parser.add_argument("--epochs", type=int, help="override the task's epochs (diff: half sparsity phase, half fixed-mask phase)")
     parser.add_argument("--penalty-weight", type=float, help="override the task's λ on the expected L0 (a sum over entries)")
+    parser.add_argument("--group", choices=["none", "matrix", "row"], default="none", help="diff: structured L0 gate per tensor or row")
+    parser.add_argument("--embeddings", action="store_true", help="diff: also over the embeddings (MiniLM)")
     parser.add_argument("--methods", nargs="+", choices=["full", "lora", "diff5", "diff0.5"], default=["full", "lora", "diff5", "diff0.5"])
     for name in ("full", "lora", "diff", "kept"):
         parser.add_argument(f"--lr-{name}", type=float, nargs="+", help=f"override the task's lr_{name}; several values: a sweep")
@@ -219,18 +223,19 @@ def main() -> None:
             for method in args.methods:
                 for lr in lrs["diff" if method.startswith("diff") else method]:
                     setattr(task, "lr_diff" if method.startswith("diff") else f"lr_{method}", lr)
-                    for row in run_method(method, task, seed, dense_bytes, task.penalty_weight if args.penalty_weight is None else args.penalty_weight, lrs["kept"]):
+                    weight = task.penalty_weight if args.penalty_weight is None else args.penalty_weight
+                    for row in run_method(method, task, seed, dense_bytes, weight, lrs["kept"], group=args.group, embeddings=args.embeddings):
                         rows.append(row)
                         print(f"{row.task:22s} {row.method:30s} seed {seed}  acc {row.accuracy:.3f}  {row.seconds:.0f}s", flush=True)
     print_table(rows)
 
 
-def run_method(method: str, task: Task, seed: int, dense_bytes: int, penalty_weight: float, kept_lrs: list[float]) -> list[Row]:
+def run_method(method: str, task: Task, seed: int, dense_bytes: int, penalty_weight: float, kept_lrs: list[float], **options) -> list[Row]:
     if method == "full":
         return [run_full(task, seed, dense_bytes)]
     if method == "lora":
         return [run_lora(task, seed, dense_bytes)]
-    return run_diff(task, seed, dense_bytes, {"diff5": 0.05, "diff0.5": 0.005}[method], penalty_weight, kept_lrs)
+    return run_diff(task, seed, dense_bytes, {"diff5": 0.05, "diff0.5": 0.005}[method], penalty_weight, kept_lrs, **options)
 
 
 def print_table(rows: list[Row]) -> None:
