@@ -9,13 +9,16 @@ classifies from the mean of its token states (``trimtune.models.MeanPoolClassifi
 pooling it was trained for); each seed is its own train/test split of the reviews and its own
 head initialisation. Every method: AdamW, linear decay after a one-epoch warm-up (per phase).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/diff_pruning.py            # both tasks
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/diff_pruning.py --task minilm --seeds 3 --methods full --lr-full 5e-5
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/diff_pruning.py --threads 1 --seeds 3    # both tasks, all methods
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/diff_pruning.py --threads 1 --task minilm --methods diff0.5 --lr-diff 1e-4 1e-3 --lr-kept 3e-3 1e-2
+
+Several values of an ``--lr-*`` flag sweep it; several ``--lr-kept`` share one sparsity phase per ``--lr-diff``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import tempfile
 import time
@@ -50,6 +53,7 @@ class Task:
     lr_diff: float  # sparsity phase (dense δ)
     lr_kept: float  # fixed-mask phase: few entries left, larger steps
     loss_fn: callable = None  # None: the model returns .loss (HF batches with labels)
+    penalty_weight: float = 1e-7  # λ on the expected L0 (a sum over entries: scale it with their number)
 
 
 @dataclass
@@ -98,19 +102,29 @@ def run_lora(task: Task, seed: int, dense_bytes: int) -> Row:
     return Row(task.name, f"LoRA r={task.lora.r}, lr {task.lr_lora:g}", seed, score(model, task), stored, stored, tensor_bytes(trainable), dense_bytes, seconds)
 
 
-def run_diff(task: Task, seed: int, dense_bytes: int, density: float, penalty_weight: float) -> Row:
+def run_diff(task: Task, seed: int, dense_bytes: int, density: float, penalty_weight: float, kept_lrs: list[float], **options) -> list[Row]:
+    """One sparsity phase and projection, then one fixed-mask phase per lr in ``kept_lrs`` (each from
+    a copy of the projected model), so a kept-phase lr sweep shares the costly dense phase.
+    ``options``: more ``DiffConfig`` fields (group, embeddings)."""
     model = task.build(seed)
-    tt.apply(model, tt.DiffConfig(density=density, targets=task.diff_targets, modules_to_save=[task.head]), "task")
+    tt.apply(model, tt.DiffConfig(density=density, targets=task.diff_targets, modules_to_save=[task.head], **options), "task")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sparsity_epochs = max(1, task.epochs // 2)
     seconds = fit(model, task, task.lr_diff, sparsity_epochs, callbacks=[DiffPenalty(penalty_weight)])
     tt.project_diffs(model)
-    seconds += fit(model, task, task.lr_kept, task.epochs - sparsity_epochs)
-    stored = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_diff(model, Path(tmp) / "diff", "task")
-        size = artifact_bytes(Path(tmp) / "diff")
-    return Row(task.name, f"diff {density:.1%}, lr {task.lr_diff:g}/{task.lr_kept:g}", seed, score(model, task), trainable, stored, size, dense_bytes, seconds)
+    rows = []
+    for lr_kept in kept_lrs:
+        kept = copy.deepcopy(model) if len(kept_lrs) > 1 else model
+        torch.manual_seed(seed + 1)  # the same dropout draws whichever lrs run before this one
+        kept_seconds = fit(kept, task, lr_kept, task.epochs - sparsity_epochs)
+        stored = sum(p.numel() for p in kept.parameters() if p.requires_grad)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_diff(kept, Path(tmp) / "diff", "task")
+            size = artifact_bytes(Path(tmp) / "diff")
+        method = f"diff {density:.1%}, lr {task.lr_diff:g}/{lr_kept:g}"
+        method += "".join(f", {k}={v}" for k, v in options.items() if v not in ("none", False))
+        rows.append(Row(task.name, method, seed, score(kept, task), trainable, stored, size, dense_bytes, seconds + kept_seconds))
+    return rows
 
 
 # ---- the two tasks ----
@@ -131,7 +145,9 @@ def minilm_task(seed: int, batch_size: int = 16) -> Task:
         return minilm_classifier(len(DEMO_LABELS))
 
     lora = tt.LoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"])
-    return Task("MiniLM / demo reviews", build, train_data, test_data, "classifier", lora, "all-linear", 6, 5e-5, 2e-3, 1e-4, 1e-3)
+    # lrs swept on seed 0 (docs/benchmarks.md, "Diff pruning"): full FT {2e-5, 5e-5, 1e-4, 2e-4}, diff
+    # sparsity phase {1e-4, 5e-4, 1e-3, 2e-3} x fixed-mask phase {1e-3, 3e-3, 1e-2(, 3e-2)}; LoRA: the demo's.
+    return Task("MiniLM / demo reviews", build, train_data, test_data, "classifier", lora, "all-linear", 12, 1e-4, 1e-3, 1e-3, 1e-2)
 
 
 class DigitsCNN(nn.Module):
@@ -176,36 +192,50 @@ def digits_task(seed: int, batch_size: int = 32) -> Task:
         return model
 
     lora = tt.LoraConfig(r=4, alpha=8, targets=["conv1", "conv2", "fc1"], modules_to_save=["fc2"])
-    return Task("CNN / digits", build, batches(train_idx), batches(test_idx), "fc2", lora, ["conv1", "conv2", "fc1"], 12, 2e-3, 5e-3, 2e-3, 5e-3, nn.functional.cross_entropy)
+    # lrs and λ swept on seed 0 (docs/benchmarks.md): full FT {1e-3 .. 5e-2}, diff {1e-3 .. 2e-2} x {5e-3 .. 1e-1}, λ {1e-7 .. 1e-2}
+    return Task("CNN / digits", build, batches(train_idx), batches(test_idx), "fc2", lora, ["conv1", "conv2", "fc1"], 12, 2e-2, 5e-3, 1e-2, 5e-2,
+                nn.functional.cross_entropy, penalty_weight=1e-3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["minilm", "digits", "both"], default="both")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--penalty-weight", type=float, default=1e-7, help="λ on the expected L0 (sum over entries)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (match OMP_NUM_THREADS)")
+    parser.add_argument("--epochs", type=int, help="override the task's epochs (diff: half sparsity phase, half fixed-mask phase)")
+    parser.add_argument("--penalty-weight", type=float, help="override the task's λ on the expected L0 (a sum over entries)")
+    parser.add_argument("--group", choices=["none", "matrix", "row"], default="none", help="diff: structured L0 gate per tensor or row")
+    parser.add_argument("--embeddings", action="store_true", help="diff: also over the embeddings (MiniLM)")
     parser.add_argument("--methods", nargs="+", choices=["full", "lora", "diff5", "diff0.5"], default=["full", "lora", "diff5", "diff0.5"])
     for name in ("full", "lora", "diff", "kept"):
-        parser.add_argument(f"--lr-{name}", type=float, help=f"override the task's lr_{name} (learning-rate sweeps)")
+        parser.add_argument(f"--lr-{name}", type=float, nargs="+", help=f"override the task's lr_{name}; several values: a sweep")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     tasks = {"minilm": [minilm_task], "digits": [digits_task], "both": [minilm_task, digits_task]}[args.task]
     rows = []
     for make in tasks:
         for seed in range(args.seeds):
             task = make(seed)
-            for name in ("full", "lora", "diff", "kept"):
-                if getattr(args, f"lr_{name}") is not None:
-                    setattr(task, f"lr_{name}", getattr(args, f"lr_{name}"))
+            if args.epochs is not None:
+                task.epochs = args.epochs
+            lrs = {name: getattr(args, f"lr_{name}") or [getattr(task, f"lr_{name}")] for name in ("full", "lora", "diff", "kept")}
             dense_bytes = tensor_bytes(task.build(0).state_dict())
-            runs = {"full": lambda: run_full(task, seed, dense_bytes), "lora": lambda: run_lora(task, seed, dense_bytes),
-                    "diff5": lambda: run_diff(task, seed, dense_bytes, 0.05, args.penalty_weight),
-                    "diff0.5": lambda: run_diff(task, seed, dense_bytes, 0.005, args.penalty_weight)}
             for method in args.methods:
-                row = runs[method]()
-                rows.append(row)
-                print(f"{row.task:22s} {row.method:30s} seed {seed}  acc {row.accuracy:.3f}  {row.seconds:.0f}s", flush=True)
+                for lr in lrs["diff" if method.startswith("diff") else method]:
+                    setattr(task, "lr_diff" if method.startswith("diff") else f"lr_{method}", lr)
+                    weight = task.penalty_weight if args.penalty_weight is None else args.penalty_weight
+                    for row in run_method(method, task, seed, dense_bytes, weight, lrs["kept"], group=args.group, embeddings=args.embeddings):
+                        rows.append(row)
+                        print(f"{row.task:22s} {row.method:30s} seed {seed}  acc {row.accuracy:.3f}  {row.seconds:.0f}s", flush=True)
     print_table(rows)
+
+
+def run_method(method: str, task: Task, seed: int, dense_bytes: int, penalty_weight: float, kept_lrs: list[float], **options) -> list[Row]:
+    if method == "full":
+        return [run_full(task, seed, dense_bytes)]
+    if method == "lora":
+        return [run_lora(task, seed, dense_bytes)]
+    return run_diff(task, seed, dense_bytes, {"diff5": 0.05, "diff0.5": 0.005}[method], penalty_weight, kept_lrs, **options)
 
 
 def print_table(rows: list[Row]) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # the peft + bnb baseline builder
@@ -81,13 +82,20 @@ def _peft(config_factory):
     return apply
 
 
-def _peft_qlora(model):
+def _peft_lora_llama(model):
     from peft import LoraConfig as PeftLora
     from peft import get_peft_model
 
-    from _peft_parity import to_bnb_linear4bit
+    return get_peft_model(model, PeftLora(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
 
-    return get_peft_model(to_bnb_linear4bit(model), PeftLora(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+
+def _peft_qlora(compute_dtype: str = "float32", skip=("lm_head",)):
+    def apply(model):
+        from _peft_parity import to_bnb_linear4bit
+
+        return _peft_lora_llama(to_bnb_linear4bit(model, tt.QuantConfig(compute_dtype=compute_dtype), skip=skip))
+
+    return apply
 
 
 def _ours(config_factory):
@@ -111,6 +119,9 @@ class Entry:
     peft: Callable | None = None
     checkpointing: bool = False
     notes: list[str] = field(default_factory=list)
+    # more variants timed in the same interleaved rounds, e.g. fp32 LoRA for QLoRA: its target is a
+    # ratio to fp32 LoRA's step, which must not come from another entry's run under another load
+    references: dict[str, Callable] = field(default_factory=dict)
 
 
 def _entries() -> list[Entry]:
@@ -129,11 +140,17 @@ def _entries() -> list[Entry]:
             Entry("Bottleneck (Houlsby, /16)", model, _ours(tt.BottleneckConfig)),
         ]
         entries += _prompt_entries(model)
+    fp32_lora = {"lora_ours": _ours(lambda: tt.LoraConfig(r=8, alpha=16)), "lora_peft": _peft_lora_llama}
     entries += [
-        Entry("QLoRA NF4 r=8", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora),
-        Entry("LoRA r=8 + ckpt", "llama", _ours(lambda: tt.LoraConfig(r=8, alpha=16)),
-              _peft(lambda: PeftLora(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])), checkpointing=True),
-        Entry("QLoRA NF4 r=8 + ckpt", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora, checkpointing=True),
+        Entry("QLoRA NF4 r=8", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora(), references=fp32_lora),
+        Entry("QLoRA NF4 r=8 bf16 compute", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16, compute_dtype="bfloat16")),
+              _peft_qlora("bfloat16"), references=fp32_lora),
+        # the output head in 4 bits too (transformers and the QLoRA paper keep it in 16/32 bits): the
+        # footprint when the fp32 embedding and head dominate, as in this small-vocabulary model
+        Entry("QLoRA NF4 r=8, head in 4 bits", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16, quantize=nn.Linear)),
+              _peft_qlora(skip=()), references=fp32_lora),
+        Entry("LoRA r=8 + ckpt", "llama", _ours(lambda: tt.LoraConfig(r=8, alpha=16)), _peft_lora_llama, checkpointing=True),
+        Entry("QLoRA NF4 r=8 + ckpt", "llama", _ours(lambda: tt.QLoraConfig(r=8, alpha=16)), _peft_qlora(), checkpointing=True),
     ]
     return entries
 
@@ -175,11 +192,11 @@ def shapes_for(size: str) -> dict:
 
 
 def prepared(index: int, side: str, size: str):
-    """(model, batch) for entry ``index`` with the method applied by ``side`` ("ours"/"peft"/"base")."""
+    """(model, batch) for entry ``index`` with the method applied by ``side`` ("ours"/"peft"/"base"/a reference)."""
     entry = entries()[index]
     model = build_model(entry.model, quick=size == "quick")
     if side != "base":
-        model = (entry.ours if side == "ours" else entry.peft)(model)
+        model = {"ours": entry.ours, "peft": entry.peft, **entry.references}[side](model)
     if entry.checkpointing:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -236,14 +253,18 @@ def measure(index: int, size: str, rounds: int, step_only: bool = False) -> dict
             models[side][0].get_nb_trainable_parameters()[0]
         row[f"weights_mb_{side}"] = weight_mb(models[side][0])
     row["weights_mb_base"] = weight_mb(models["base"][0])
-    steps = {side: train_step_fn(*models[side]) for side in sides}
+    for name in entry.references:
+        models[name] = prepared(index, name, size)
+    steps = {side: train_step_fn(*models[side]) for side in sides + list(entry.references)}
     step_times = time_variants(steps, rounds=rounds, warmup=1)
-    for side in sides:
+    for side in sides + list(entry.references):
         row[f"step_ms_{side}"] = step_times[side].median_ms
         row[f"step_cpu_ms_{side}"] = step_times[side].cpu_median_ms  # steadier than wall on a crowded machine
         row[f"spread_pct_{side}"] = step_times[side].spread_pct
     if step_only:
         return row
+    for name in entry.references:
+        del models[name]
     forwards = {side: forward_fn(*models[side]) for side in sides + ["base"]}
     forward_times = time_variants(forwards, rounds=rounds, warmup=1)
     for side in sides:
@@ -308,13 +329,16 @@ def qlora_summary(rows: list[dict]) -> str:
     lora, qlora, lora_ck, qlora_ck = (by.get(n) for n in ("LoRA r=8", "QLoRA NF4 r=8", "LoRA r=8 + ckpt", "QLoRA NF4 r=8 + ckpt"))
     total = "peak_total_mb"
     lines = []
-    if qlora_ck or qlora:
-        q = qlora_ck or qlora
-        lines.append(f"- weight footprint / fp32 model: ours {q['weights_mb_ours'] / q['weights_mb_base']:.3f}, "
+    for q in (r for name, r in by.items() if name.startswith("QLoRA") and "ckpt" not in name and "weights_mb_peft" in r):
+        lines.append(f"- {q['method']} weight footprint / fp32 model: ours {q['weights_mb_ours'] / q['weights_mb_base']:.3f}, "
                      f"peft+bnb {q['weights_mb_peft'] / q['weights_mb_base']:.3f} (target <= 0.35)")
-    if qlora and lora:
-        lines.append(f"- QLoRA step / fp32 LoRA step: ours {qlora['step_ms_ours'] / lora['step_ms_ours']:.2f}, "
-                     f"peft+bnb {qlora['step_ms_peft'] / lora['step_ms_peft']:.2f} (target <= 1.0)")
+    if not all(r is None or f"{total}_ours" in r for r in (lora, qlora, lora_ck, qlora_ck)):  # --step-only rows
+        lora = qlora = lora_ck = qlora_ck = None
+    for q in (r for r in rows if "step_ms_lora_ours" in r and "step_ms_peft" in r and "error" not in r):
+        lines.append(f"- {q['method']} step / fp32 LoRA step, same rounds: ours {q['step_ms_ours'] / q['step_ms_lora_ours']:.2f} "
+                     f"(CPU {q['step_cpu_ms_ours'] / q['step_cpu_ms_lora_ours']:.2f}), peft+bnb / peft "
+                     f"{q['step_ms_peft'] / q['step_ms_lora_peft']:.2f} (CPU {q['step_cpu_ms_peft'] / q['step_cpu_ms_lora_peft']:.2f}) "
+                     "(target <= 1.0)")
     if qlora_ck:
         lines.append(f"- QLoRA + checkpointing peak incl. model, ours / peft+bnb: "
                      f"{qlora_ck[f'{total}_ours'] / qlora_ck[f'{total}_peft']:.2f} (target <= 1)")
@@ -427,8 +451,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         print(f"peak memory: {memory_method()} per variant in a child process; (batch, seq) {shapes_for(size)}")
         print(step_table(rows) if args.step_only else speed_table(rows))
-        if not args.step_only:
-            print(qlora_summary(rows))
+        print(qlora_summary(rows))
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump(rows, f, indent=1)

@@ -47,7 +47,8 @@ def llama_dir(tmp_path_factory) -> Path:
 
 def test_minilm_lora_tune_eval_merge(tmp_path):
     run = tmp_path / "lora"
-    result = run_trimtune("tune", EXAMPLES / "lora_minilm.yaml", "--out", run, *QUICK)
+    # the model's own HF head, so the merged model is a plain transformers directory
+    result = run_trimtune("tune", EXAMPLES / "lora_minilm.yaml", "--out", run, *QUICK, "--set", "model.pooling=model")
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert result_line(result.stdout, "result")["after"] == summary["after"]
@@ -92,6 +93,26 @@ def test_eval_export_report_in_process(tmp_path, capsys):
     assert "<img src='loss.png'" in (report / "report.html").read_text()
     assert (report / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((report / "report.json").read_text())["summary"]["labels"]
+
+
+def test_mean_pooling_recipe_trains_and_exports_the_mean_pool_head(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from trimtune.models import MeanPoolClassifier, mean_pool_classifier, minilm_path
+    from trimtune.recipes import load_run
+
+    run = tmp_path / "run"
+    assert main(capsys, "tune", EXAMPLES / "lora_minilm.yaml", "--out", run, *QUICK)[0] == 0  # pooling: mean
+    loaded = load_run(run)
+    labels = json.loads((run / "summary.json").read_text())["labels"]
+    assert isinstance(loaded.model, MeanPoolClassifier) and loaded.model.config.id2label == dict(enumerate(labels))
+    # hf is asked for, but a mean-pool head is no transformers class: one state-dict file instead
+    assert main(capsys, "merge", run, "--out", tmp_path / "merged", "--quiet")[0] == 0
+    plain = mean_pool_classifier(minilm_path(), len(labels))
+    plain.load_state_dict(load_file(tmp_path / "merged" / "model.safetensors"))
+    batch = {k: v for k, v in next(iter(loaded.loaders().eval)).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, loaded.model.eval()(**batch).logits, atol=1e-5, rtol=1e-4)
 
 
 def test_digits_prune_shrink_report(tmp_path, capsys):

@@ -129,3 +129,21 @@ def test_prefix_tuning_leaves_the_text_at_positions_from_zero(pooled):
     with torch.no_grad():
         pooled(input_ids=ids, attention_mask=mask)
     assert torch.equal(seen[-1], torch.arange(7).expand(2, -1))
+
+
+def test_roberta_style_positions_keep_their_own_start():
+    """RoBERTa numbers from padding_idx + 1; behind a prefix the text keeps exactly those positions."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    config = RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           vocab_size=100, max_position_embeddings=64)
+    head = MeanPoolClassifier(RobertaModel(config, add_pooling_layer=False), num_labels=3).eval()
+    ids = torch.tensor([[5, 17, 23, 9]])
+    seen = []
+    head.encoder.embeddings.position_embeddings.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        head(input_ids=ids)
+        tt.apply(head, tt.PrefixTuningConfig(num_virtual_tokens=3))
+        head(input_ids=ids)
+    assert torch.equal(seen[0], seen[1]) and seen[1].tolist() == [[2, 3, 4, 5]]

@@ -49,6 +49,8 @@ def test_examples_cover_every_method_and_pruning():
     (with_(prune={"schedule": "cubic", "timing": "before"}), ["prune.timing='before'", "style must be 'one-shot'"]),
     (with_(model={"path": "lenet", "task": "image-classification"}), ["'image-classification' goes with data.train 'digits'"]),
     ({"data": {"train": "demo"}}, ["missing key model"]),
+    (with_(model={"path": "minilm", "pooling": "cls"}), ["model.pooling", "'model'", "'mean'"]),
+    (with_(model={"path": "minilm", "task": "causal-lm", "pooling": "mean"}), ["model.pooling 'mean' is a text-classification head"]),
 ])
 def test_bad_recipes_name_field_value_and_what_is_allowed(raw, expected):
     with pytest.raises(RecipeError) as err:

@@ -8,6 +8,7 @@ selects the target layers, wraps them once in a ``TunedLayer`` and adds the meth
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -225,11 +226,24 @@ def merge(model: nn.Module, adapters: Iterable[str] | None = None, keep_sparsity
         already = [n for n in todo if n in layer.merged]
         if already:
             raise ValueError(f"adapter {already[0]!r} is already merged (at {layer_name}); unmerge first")
+    dropped = 0.0
     for _, layer in layers(model):
         todo = [n for n in names if n in layer.deltas]
         if todo:
-            layer.merge(todo, keep_sparsity=keep_sparsity)
+            dropped = max(dropped, layer.merge(todo, keep_sparsity=keep_sparsity))
+    _warn_if_outputs_change(dropped)
     return model
+
+
+def _warn_if_outputs_change(dropped: float) -> None:
+    if dropped > 1e-6:
+        warnings.warn(
+            f"merging kept the pruned layers sparse, which drops the part of a low-rank adapter's change "
+            f"on pruned entries (up to {dropped:.0%} of its norm in a layer): the adapter was trained "
+            "unmasked, so the merged model's outputs differ from the trained model's. To keep the outputs "
+            "(and make those layers dense), merge with keep_sparsity=False (CLI: merge/export --dense)",
+            stacklevel=3,
+        )
 
 
 def unmerge(model: nn.Module) -> nn.Module:
@@ -245,11 +259,12 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
     """Return the plain model: original layer classes, trimtune removed. With ``merge_adapters``
     the active adapters are folded in first (and trained head copies kept); otherwise the base
     weights are restored exactly as they were. Input deltas (prompts, prefixes) are removed either way."""
+    dropped = 0.0
     for name, layer in list(layers(model)):
         if merge_adapters:
             pending = [n for n in layer.active if n not in layer.merged]
             if pending:
-                layer.merge(pending)
+                dropped = max(dropped, layer.merge(pending))
         elif layer.merged:
             layer.unmerge()
         if layer.weight_mask is not None:  # a plain layer has no mask: keep the pruning in its weight
@@ -265,6 +280,7 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
         delattr(model.get_submodule(parent_name) if parent_name else model, child)
     if hasattr(model, STATE_ATTR):
         object.__delattr__(model, STATE_ATTR)
+    _warn_if_outputs_change(dropped)
     return model
 
 

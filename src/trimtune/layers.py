@@ -146,7 +146,11 @@ class TunedLayer(AdapterHost):
 
     # ---- merging ----
     @torch.no_grad()
-    def merge(self, names: Iterable[str] | None = None, keep_sparsity: bool = True) -> None:
+    def merge(self, names: Iterable[str] | None = None, keep_sparsity: bool = True) -> float:
+        """Fold the named (default: active) deltas into the weight. Returns the largest share (by norm)
+        of a delta's change that a kept mask drops: a factored delta (LoRA) is added to the output
+        unmasked while training, so merging it into a pruned layer with ``keep_sparsity`` changes
+        the outputs by that part (0.0 when nothing is dropped)."""
         names = tuple(self.active if names is None else names)
         for name in names:
             if name in self.merged:
@@ -161,10 +165,16 @@ class TunedLayer(AdapterHost):
             # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
             self.weight.mul_(self.weight_mask)
             self.weight_mask = None
+        dropped = 0.0
         for name in names:
-            self.deltas[name].merge_into(self.weight, self.bias, mask)
+            delta = self.deltas[name]
+            if mask is not None and "add_output" in delta.stages():
+                change = delta.delta_weight()
+                dropped = max(dropped, float((change * (1 - mask)).norm() / change.norm().clamp_min(1e-30)))
+            delta.merge_into(self.weight, self.bias, mask)
             self.merged += (name,)
         self._refresh()
+        return dropped
 
     @torch.no_grad()
     def unmerge(self, names: Iterable[str] | None = None) -> None:

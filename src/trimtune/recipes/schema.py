@@ -42,6 +42,17 @@ class ModelSection(Section):
     path: str
     task: Literal["classification", "causal-lm", "image-classification"] = "classification"
     tokenizer: str | None = None
+    pooling: Literal["model", "mean"] = Field(
+        "model", description="classification: 'model' uses the model's own Hugging Face classification head "
+        "(BERT: the [CLS] pooler); 'mean' classifies the masked mean of the token states with a fresh linear "
+        "`classifier` (trimtune.models.MeanPoolClassifier), the pooling sentence-embedding models such as "
+        "all-MiniLM-L6-v2 were trained for")
+
+    @model_validator(mode="after")
+    def _pooling_is_for_text_classification(self):
+        if self.pooling == "mean" and self.task != "classification":
+            raise ValueError(f"model.pooling 'mean' is a text-classification head; model.task is {self.task!r}")
+        return self
 
 
 class DataSection(Section):
