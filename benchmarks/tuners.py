@@ -329,7 +329,9 @@ def qlora_summary(rows: list[dict]) -> str:
     lora, qlora, lora_ck, qlora_ck = (by.get(n) for n in ("LoRA r=8", "QLoRA NF4 r=8", "LoRA r=8 + ckpt", "QLoRA NF4 r=8 + ckpt"))
     total = "peak_total_mb"
     lines = []
-    for q in (r for name, r in by.items() if name.startswith("QLoRA") and "ckpt" not in name and "weights_mb_peft" in r):
+    footprints = [r for name, r in by.items() if name.startswith("QLoRA") and "weights_mb_peft" in r
+                  and not (name.endswith(" + ckpt") and name.removesuffix(" + ckpt") in by)]  # same weights as its twin
+    for q in footprints:
         lines.append(f"- {q['method']} weight footprint / fp32 model: ours {q['weights_mb_ours'] / q['weights_mb_base']:.3f}, "
                      f"peft+bnb {q['weights_mb_peft'] / q['weights_mb_base']:.3f} (target <= 0.35)")
     if not all(r is None or f"{total}_ours" in r for r in (lora, qlora, lora_ck, qlora_ck)):  # --step-only rows

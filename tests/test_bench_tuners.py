@@ -49,7 +49,12 @@ def test_speed_table_shows_ratios_failures_and_missing_baselines():
 def test_qlora_summary_uses_what_was_measured():
     assert tuners.qlora_summary([row("LoRA r=8")]) == "QLoRA summary: no QLoRA rows measured"
     summary = tuners.qlora_summary([row("QLoRA NF4 r=8 + ckpt"), row("LoRA r=8", peak_total_mb_ours=140.0, peak_total_mb_peft=160.0)])
-    assert "weight footprint / fp32 model: ours 0.333" in summary
+    assert "QLoRA NF4 r=8 + ckpt weight footprint / fp32 model: ours 0.333" in summary
     assert "ours / peft+bnb: 0.88" in summary  # 70 / 80
     assert "fp32 LoRA's (no checkpointing): ours 0.50, peft+bnb 0.50" in summary
-    assert "QLoRA step" not in summary  # needs the QLoRA row without checkpointing
+    assert "step / fp32 LoRA step" not in summary  # needs a QLoRA row timed with its fp32 LoRA references
+    timed = row("QLoRA NF4 r=8", step_ms_lora_ours=100.0, step_cpu_ms_lora_ours=50.0, step_ms_lora_peft=125.0,
+                step_cpu_ms_lora_peft=40.0, weights_mb_ours=45.0)
+    summary = tuners.qlora_summary([timed, row("QLoRA NF4 r=8 + ckpt")])
+    assert "QLoRA NF4 r=8 weight footprint / fp32 model: ours 0.375" in summary and "+ ckpt weight" not in summary
+    assert "QLoRA NF4 r=8 step / fp32 LoRA step, same rounds: ours 1.10 (CPU 1.00), peft+bnb / peft 0.80 (CPU 1.00)" in summary
