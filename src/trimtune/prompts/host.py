@@ -11,7 +11,9 @@ all see the virtual tokens:
   prefixes;
 - at every step the 2-D attention mask gets ones in front for all virtual tokens (the cache holds them);
 - given ``position_ids`` are shifted by the prefix length (prefix tuning); with prompt embeddings they are
-  dropped so the model numbers positions from the cache length, as peft does.
+  dropped so the model numbers positions from the cache length, as peft does;
+- a model whose forward names a ``num_virtual_tokens`` parameter is told how many virtual tokens lead
+  its hidden states in this call (a pooling head can then leave them out: ``MeanPoolClassifier``).
 
 ``generate()`` keeps its own ``input_ids``, so the virtual tokens are never returned. Several active
 input deltas combine: their tokens are concatenated in activation order.
@@ -39,6 +41,7 @@ class PromptHost(AdapterHost):
         self.active: tuple[str, ...] = ()
         object.__setattr__(self, "_signature", inspect.signature(model.forward))
         object.__setattr__(self, "_cache_argument", cache_argument(model) or "past_key_values")
+        object.__setattr__(self, "_takes_count", "num_virtual_tokens" in self._signature.parameters)
         object.__setattr__(self, "_handle", model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
 
     # ---- AdapterHost ----
@@ -83,6 +86,8 @@ class PromptHost(AdapterHost):
                 call[self._cache_argument] = _fill_cache(model, cache, prefix, batch)
             if front:
                 _prepend_embeddings(model, call, front, batch)
+                if self._takes_count:
+                    call["num_virtual_tokens"] = sum(d.num_virtual_tokens for d in front)
         n_virtual = sum(d.num_virtual_tokens for d in live)
         mask = call.get("attention_mask")
         if mask is not None:
