@@ -8,7 +8,7 @@ medians of interleaved rounds (``_harness.time_variants``), peak memory is the R
 of the training steps in a fresh child process per variant (``_harness.peak_memory_mb``).
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py            # speed/memory table
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py --quality  # demo accuracy per method
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/tuners.py --quality --threads 1  # demo accuracy per method
     ... --small / --quick                                                   # smaller / tiny shapes
     ... --only "IA3@llama" "Prompt tuning 20"  --skip ...                   # some entries, in this order
     ... --step-only --threads 1 --small                                     # step wall + CPU medians only
@@ -368,6 +368,8 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     "Bottleneck Houlsby /16": (lambda: tt.BottleneckConfig(modules_to_save=["classifier"]), 2e-3),
     "Bottleneck Pfeiffer /16": (lambda: tt.BottleneckConfig(placement="pfeiffer", modules_to_save=["classifier"]), 2e-3),
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "QLoRA NF4 r=8 bf16 compute": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", compute_dtype="bfloat16",
+                                                          modules_to_save=["classifier"]), 1e-3),
     # initialised from the class-label words, as Lester et al. found best
     "Prompt tuning 20": (lambda: tt.PromptTuningConfig(num_virtual_tokens=20, init="TEXT", tokenizer=str(tt_minilm()),
                                                        init_text="food good food bad service good service bad",
