@@ -115,6 +115,25 @@ def test_mean_pooling_recipe_trains_and_exports_the_mean_pool_head(tmp_path, cap
         torch.testing.assert_close(plain(**batch).logits, loaded.model.eval()(**batch).logits, atol=1e-5, rtol=1e-4)
 
 
+def test_pruned_lora_with_follow_mask_merges_to_the_trained_sparse_model(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from trimtune.models import mean_pool_classifier, minilm_path
+    from trimtune.recipes import load_run
+
+    run = tmp_path / "run"  # Wanda 2:4, then LoRA with follow_mask: true
+    assert main(capsys, "tune", EXAMPLES / "prune_lora_minilm.yaml", "--out", run, *QUICK)[0] == 0
+    loaded = load_run(run)
+    assert main(capsys, "merge", run, "--out", tmp_path / "merged", "--quiet")[0] == 0  # sparse merge (no --dense)
+    plain = mean_pool_classifier(minilm_path(), len(json.loads((run / "summary.json").read_text())["labels"]))
+    plain.load_state_dict(load_file(tmp_path / "merged" / "model.safetensors"))
+    batch = {k: v for k, v in next(iter(loaded.loaders().eval)).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, loaded.model.eval()(**batch).logits, atol=1e-5, rtol=1e-4)
+    query = plain.encoder.encoder.layer[0].attention.self.query.weight
+    assert bool((query.view(-1, 4) != 0).sum(1).le(2).all())  # still 2:4 after merging LoRA
+
+
 def test_digits_prune_shrink_report(tmp_path, capsys):
     run, small = tmp_path / "pruned", tmp_path / "small"
     result = run_trimtune("prune", EXAMPLES / "prune_digits.yaml", "--out", run, "--set", "train.epochs=2", "--set", "data.limit=400", "--quiet")

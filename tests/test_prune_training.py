@@ -124,3 +124,53 @@ def test_lora_dense_merge_keeps_output_and_fills_in(tiny_bert, token_ids):
     assert torch.allclose(tiny_bert(token_ids).logits, expected, atol=1e-5)
     query = wrap(tiny_bert, "bert.encoder.layer.0.attention.self.query")
     assert query.weight_mask is None and float((query.weight == 0).float().mean()) < 0.01
+
+
+def _pruned_with_lora(model, **lora):
+    prune(model, PruneConfig(amount=0.5, targets=["query", "value"]))
+    trimtune.apply(model, trimtune.LoraConfig(r=4, **lora))
+    for _, layer in trimtune.api.layers(model):
+        nn.init.normal_(layer.deltas["default"].lora_B)
+    return model
+
+
+def test_follow_mask_lora_trains_masked_and_its_sparse_merge_is_exact(tiny_bert, token_ids):
+    factored = _pruned_with_lora(copy.deepcopy(tiny_bert))
+    model = _pruned_with_lora(tiny_bert, follow_mask=True)
+    factored.load_state_dict(model.state_dict())  # the same factors, added unmasked
+    assert factored(token_ids).logits.sub(model(token_ids).logits).abs().max() > 1e-3  # BA on pruned entries counts there (logits ~1e-2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if ".lora_" in n}
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(token_ids).logits, torch.tensor([0, 2]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    expected = model(token_ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is dropped: no warning
+        plain = trimtune.unload(model, merge_adapters=True)
+    torch.testing.assert_close(plain(token_ids).logits, expected, atol=1e-5, rtol=1e-5)
+    query = plain.bert.encoder.layer[0].attention.self.query
+    assert type(query) is nn.Linear and float((query.weight == 0).float().mean()) == 0.5
+
+
+def test_follow_mask_lora_file_round_trip_and_bad_input(tiny_bert, token_ids, tmp_path, tiny_llama):
+    import json
+
+    from trimtune.io.adapter_files import load_adapter, save_adapter
+
+    fresh = copy.deepcopy(tiny_bert)
+    model = _pruned_with_lora(tiny_bert, follow_mask=True)
+    save_adapter(model, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["trimtune_follow_mask"] is True
+    prune(fresh, PruneConfig(amount=0.5, targets=["query", "value"]))
+    load_adapter(fresh, tmp_path / "a")
+    assert type(wrap(fresh, "bert.encoder.layer.0.attention.self.query").deltas["default"]).__name__ == "MaskedLoraDelta"
+    torch.testing.assert_close(fresh(token_ids).logits, model(token_ids).logits, atol=1e-6, rtol=1e-6)
+    with pytest.raises(trimtune.ConfigError, match="follow_mask=True trains the change as .* set dropout=0"):
+        trimtune.LoraConfig(follow_mask=True, dropout=0.1)
+    with pytest.raises(ValueError, match="follow_mask=True adds BA to the weight, but .* 4-bit"):
+        trimtune.apply(tiny_llama, trimtune.QLoraConfig(r=4, follow_mask=True))

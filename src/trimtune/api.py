@@ -241,7 +241,8 @@ def _warn_if_outputs_change(dropped: float) -> None:
             f"merging kept the pruned layers sparse, which drops the part of a low-rank adapter's change "
             f"on pruned entries (up to {dropped:.0%} of its norm in a layer): the adapter was trained "
             "unmasked, so the merged model's outputs differ from the trained model's. To keep the outputs "
-            "(and make those layers dense), merge with keep_sparsity=False (CLI: merge/export --dense)",
+            "(and make those layers dense), merge with keep_sparsity=False (CLI: merge/export --dense); to train "
+            "LoRA masked so that the sparse merge is exact, use LoraConfig(follow_mask=True)",
             stacklevel=3,
         )
 

@@ -4,7 +4,7 @@ A delta overrides only the stages its method needs; the wrapper finds out which 
 the subclass overrides, so the forward has no per-method branches:
 
     x' = x · scale_input                              (IA3 on a down projection)
-    W  = (W + Σ weight_delta()) ⊙ M                   (diff pruning: dense, sparse; the mask wins)
+    W  = (W + Σ weight_delta()) ⊙ M                   (diff pruning, LoRA with follow_mask; the mask wins)
     y  = op(x', W, b + Σ bias_delta())                (only the units output_units() names: runtime gates)
     y  = add_output(y, x')                            (LoRA, AdaLoRA: factored, never W + BA)
     y  = transform_output(y)                          (IA3 on keys/values, bottleneck adapters)

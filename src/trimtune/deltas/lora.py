@@ -3,6 +3,11 @@
 The forward stays factored, ``y += scale · (drop(x) A^T) B^T``, fused into one addmm for linear
 layers, so training never materialises ``W + BA`` (no full-size weight copy, no dense weight
 gradient). Factor shapes follow peft's so adapter files convert by renaming keys only.
+
+``follow_mask=True`` is the exception, for LoRA on a pruned base: the change is trained in weight
+form, ``(W + scale · B A) ⊙ M`` (``MaskedLoraDelta``), so pruned entries stay zero and merging into
+the sparse layer gives exactly the trained model (the factored form adds BA unmasked, and a sparse
+merge then drops part of it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class LoraConfig:
     model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
     full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
     r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
+    follow_mask: on a pruned layer, train the change masked, (W + BA) ⊙ M, so the pruned entries stay
+    zero and a sparse merge equals the trained model; costs a dense out × in product per step and
+    needs dropout 0 (the default False adds BA unmasked: more capacity, but a sparse merge drops part).
     """
 
     peft_type: ClassVar[str] = "LORA"
@@ -46,8 +54,15 @@ class LoraConfig:
     modules_to_save: list[str] = field(default_factory=list)
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    follow_mask: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.follow_mask, bool):
+            raise ConfigError(f"follow_mask must be True or False, got {self.follow_mask!r}")
+        if self.follow_mask and self.dropout > 0:
+            raise ConfigError(
+                f"follow_mask=True trains the change as (W + BA) ⊙ M, where dropout on the adapter's input alone "
+                f"does not exist; set dropout=0 (got {self.dropout})")
         check_positive_int("r", self.r)
         check_positive("alpha", self.alpha)
         check_fraction("dropout", self.dropout)
@@ -83,6 +98,7 @@ class LoraConfig:
             "alpha_pattern": self.alpha_pattern,
             # peft transposes for GPT-2's Conv1D only when told (it warns and sets it itself otherwise)
             "fan_in_fan_out": any(isinstance(layer.kind, GPT2Conv1DKind) for layer in layers.values()),
+            **({"trimtune_follow_mask": True} if self.follow_mask else {}),  # peft ignores it, with a warning
         }
 
     @classmethod
@@ -96,7 +112,7 @@ class LoraConfig:
         # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
         layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
         fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
-        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern"}
+        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern", "trimtune_follow_mask"}
         check_fields(d, fields | layout_only, cls.peft_type)
         return cls(
             r=d.get("r", 8),
@@ -111,6 +127,7 @@ class LoraConfig:
             modules_to_save=list(d.get("modules_to_save") or []),
             rank_pattern=d.get("rank_pattern") or {},
             alpha_pattern=d.get("alpha_pattern") or {},
+            follow_mask=bool(d.get("trimtune_follow_mask", False)),
         )
 
     @property
@@ -172,7 +189,25 @@ class LoraDelta(Delta):
         return f"r={self.r}, scale={self.scale:g}, dropout={self.dropout:g}"
 
 
+class MaskedLoraDelta(LoraDelta):
+    """LoRA in weight form, ``W + scale · B A`` before the layer's mask is applied (``follow_mask``)."""
+
+    add_output = Delta.add_output  # not factored: the change goes through the masked weight instead
+
+    def __init__(self, kind: LayerKind, weight: torch.Tensor, *args, **kwargs):
+        super().__init__(kind, weight, *args, **kwargs)
+        self.base_dtype = weight.dtype  # the sum must stay in the base's dtype (e.g. fp32 factors, bf16 base)
+
+    def weight_delta(self):
+        return self.delta_weight().to(self.base_dtype)
+
+
 @register_weight_method(LoraConfig)
 def make_lora(layer, config: LoraConfig) -> LoraDelta:
     config = config.for_layer(layer.module_name)
-    return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
+    if not config.follow_mask:
+        return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
+    if not layer.weight.is_floating_point():
+        raise ValueError(f"follow_mask=True adds BA to the weight, but {layer.module_name} has a "
+                         f"{layer.weight.dtype} (e.g. 4-bit) base; use follow_mask=False on quantised layers")
+    return MaskedLoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
