@@ -111,7 +111,9 @@ def text_positions(inputs: torch.Tensor, num_virtual_tokens: int = 0, start: int
     the prompt would first have to learn to undo it. A virtual token is a free vector, so its own position
     embedding only adds a constant it can absorb."""
     n, seq = num_virtual_tokens, inputs.shape[1]
-    positions = torch.cat([torch.arange(n), torch.arange(seq - n)]).to(inputs.device) + start
+    positions = torch.arange(seq, device=inputs.device)
+    positions[n:] -= n  # the virtual tokens 0..n-1, then the text again from 0
+    positions += start
     return positions.expand(inputs.shape[0], -1)
 
 
