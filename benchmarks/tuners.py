@@ -373,8 +373,8 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     "QLoRA NF4 r=8": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
     "QLoRA NF4 r=8 bf16 compute": (lambda: tt.QLoraConfig(r=8, alpha=16, targets="query|value", compute_dtype="bfloat16",
                                                           modules_to_save=["classifier"]), 1e-3),
-    # initialised from the class-label words, as Lester et al. found best; 50 tokens: 20 gave 59.2 % on seed 0, 50 65.0,
-    # 100 65.8 at 2.2x the time (docs/benchmarks.md, sweeps)
+    # initialised from the class-label words, as Lester et al. found best; 50 tokens: over seeds 0-2, 20 tokens gave
+    # 61.4 %, 50 64.2, 100 61.9 at 2-3x the time (docs/benchmarks.md, sweeps)
     "Prompt tuning 50": (lambda: tt.PromptTuningConfig(num_virtual_tokens=50, init="TEXT", tokenizer=str(tt_minilm()),
                                                        init_text="food good food bad service good service bad",
                                                        modules_to_save=["classifier"]), 1e-2),
