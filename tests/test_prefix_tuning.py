@@ -149,7 +149,12 @@ def test_prefixes_reach_a_model_that_names_its_cache_cache(tiny_llama, token_ids
 
 # ---- init="TEXT": the prefixes start as the model's own keys and values for a text (Li & Liang 2021) ----
 def text_config(n=5, **kw):
-    return tt.PrefixTuningConfig(num_virtual_tokens=n, init="TEXT", init_text="x", tokenizer=lambda text: {"input_ids": [5, 7, 9]}, **kw)
+    return tt.PrefixTuningConfig(num_virtual_tokens=n, init="TEXT", init_text="x", tokenizer=words, **kw)
+
+
+def words(text, add_special_tokens=True):
+    """A tokenizer object: the prefix's text is read without special tokens (which would be 1 and 2 here)."""
+    return {"input_ids": ([1] if add_special_tokens else []) + [5, 7, 9] + ([2] if add_special_tokens else [])}
 
 
 def keys_and_values_by_hand(model, ids):
@@ -219,4 +224,4 @@ def test_text_init_bad_input_is_refused_clearly(tiny_bert):
     with pytest.raises(tt.ConfigError, match="init_text"):
         tt.PrefixTuningConfig(init="TEXT", tokenizer="somewhere")
     with pytest.raises(tt.ConfigError, match="tokenizes to no tokens"):
-        tt.apply(tiny_bert, tt.PrefixTuningConfig(init="TEXT", init_text="?", tokenizer=lambda text: {"input_ids": []}))
+        tt.apply(tiny_bert, tt.PrefixTuningConfig(init="TEXT", init_text="?", tokenizer=lambda text, **kw: {"input_ids": []}))

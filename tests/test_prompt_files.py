@@ -20,10 +20,10 @@ METHODS = {
     "prefix_mlp": (tt.PrefixTuningConfig(num_virtual_tokens=3, projection=True, encoder_hidden_size=16),
                    (peft.PrefixTuningConfig, dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16))),
     # TEXT init changes only the start: the file is an ordinary prefix file (ids valid in every test vocabulary)
-    "prefix_text": (tt.PrefixTuningConfig(num_virtual_tokens=3, init="TEXT", init_text="x", tokenizer=lambda text: {"input_ids": [5, 7]}),
+    "prefix_text": (tt.PrefixTuningConfig(num_virtual_tokens=3, init="TEXT", init_text="x", tokenizer=lambda text, **kw: {"input_ids": [5, 7]}),
                     (peft.PrefixTuningConfig, dict(num_virtual_tokens=3))),
     "prefix_mlp_text": (tt.PrefixTuningConfig(num_virtual_tokens=3, projection=True, encoder_hidden_size=16, init="TEXT",
-                                              init_text="x", tokenizer=lambda text: {"input_ids": [5, 7]}),
+                                              init_text="x", tokenizer=lambda text, **kw: {"input_ids": [5, 7]}),
                         (peft.PrefixTuningConfig, dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16))),
 }
 

@@ -30,13 +30,14 @@ def check_text_init(config) -> None:
         raise ConfigError("init='TEXT' needs a tokenizer: set tokenizer to a tokenizer directory or a tokenizer object")
 
 
-def text_token_ids(tokenizer, text: str, n: int) -> torch.Tensor:
-    """The ids of ``text``'s tokens, repeated or truncated to ``n`` (``tokenizer``: a path or a tokenizer object)."""
+def text_token_ids(tokenizer, text: str, n: int, special_tokens: bool = True) -> torch.Tensor:
+    """The ids of ``text``'s tokens, repeated or truncated to ``n`` (``tokenizer``: a path or a tokenizer object;
+    ``special_tokens=False`` is passed on as ``add_special_tokens=False``: no [CLS]/[SEP] or BOS)."""
     if isinstance(tokenizer, str):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    ids = list(tokenizer(text)["input_ids"])
+    ids = list((tokenizer(text) if special_tokens else tokenizer(text, add_special_tokens=False))["input_ids"])
     if not ids:
         raise ConfigError(f"init_text {text!r} tokenizes to no tokens")
     return torch.tensor((ids * math.ceil(n / len(ids)))[:n])

@@ -7,8 +7,10 @@ table (more stable training); ``fold`` replaces the MLP by its output after trai
 Layout of a table row, as in peft: ``(layers, key|value, kv_heads, head_dim)`` flattened.
 
 Init ``RANDOM`` (as peft), ``ZERO``, or ``TEXT``: the keys and values the model itself computes for
-``init_text`` (repeated or truncated to n tokens) — Li & Liang's init from the activations of real words,
-which they found to help most with little data. With the MLP, its last layer is solved so that the MLP
+``init_text``'s words (repeated or truncated to n tokens) — Li & Liang's init from the activations of real
+words, which they found to help most with little data. The text is read without special tokens: the
+prefix is context in front of the input, whose own [CLS]/BOS stays the one start marker (with them the
+MiniLM demo lost 2.5 points, seed 0). With the MLP, its last layer is solved so that the MLP
 outputs exactly those keys and values (see ``fit_output``). Only the start differs: files stay peft's.
 """
 
@@ -134,7 +136,8 @@ def apply_prefix_tuning(model: nn.Module, config: PrefixTuningConfig, name: str)
         for param in last.parameters():
             nn.init.zeros_(param)
     if config.init == "TEXT":
-        target = real_word_prefixes(model, text_token_ids(config.tokenizer, config.init_text, config.num_virtual_tokens))
+        ids = text_token_ids(config.tokenizer, config.init_text, config.num_virtual_tokens, special_tokens=False)
+        target = real_word_prefixes(model, ids)
         if config.projection:
             delta.fit_output(target)
         else:
