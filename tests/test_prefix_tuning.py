@@ -1,7 +1,10 @@
+import copy
+
 import peft
 import pytest
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 import trimtune as tt
 from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
@@ -106,12 +109,53 @@ def test_bad_input_is_refused_clearly(token_ids):
         tt.apply(Plain(), tt.PrefixTuningConfig(num_virtual_tokens=2))
 
 
-def test_gradient_checkpointing_is_refused_for_prefixes_but_works_for_prompts(tiny_llama, token_ids):
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2", "tiny_bert"])
+@pytest.mark.parametrize("use_reentrant,ours_kw", [
+    (False, dict()), (True, dict()), (False, dict(projection=True, encoder_hidden_size=16)),
+], ids=["table", "table-reentrant", "projection"])
+def test_checkpointed_training_gives_the_same_gradients(fixture, use_reentrant, ours_kw, request, token_ids):
+    base = request.getfixturevalue(fixture)
+    labels = torch.tensor([0, 1]) if fixture == "tiny_bert" else token_ids
+    plain = with_adapter(base, tt.PrefixTuningConfig(num_virtual_tokens=3, **ours_kw))
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    grads = []
+    for model in (plain, checkpointed):
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks in both runs (the recompute replays the RNG state)
+        model(input_ids=token_ids, attention_mask=padded(token_ids), labels=labels).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(g.abs().sum() > 0 for g in grads[0].values())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+    layers = [m for m in checkpointed.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and not any(layer._can_checkpoint_with_cache for layer in layers)  # switched back after the call
+    assert all(m.gradient_checkpointing for m in checkpointed.modules() if hasattr(m, "gradient_checkpointing"))
+
+
+def test_checkpointed_prefix_training_refuses_an_mlp_under_reentrant_checkpointing(tiny_llama, token_ids):
+    model = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2, projection=True))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    with pytest.raises(ValueError, match="use_reentrant': False"):
+        model(input_ids=token_ids, labels=token_ids)
+    tt.fold(model)  # a plain table trains under reentrant checkpointing
+    model(input_ids=token_ids, labels=token_ids).loss.backward()
+
+
+def test_checkpointed_prefix_training_refuses_a_callers_cache(tiny_llama, token_ids):
+    from transformers import DynamicCache
+
+    model = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2))
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(ValueError, match="twice; pass no past_key_values"):
+        model(input_ids=token_ids, past_key_values=DynamicCache(config=tiny_llama.config))
+
+
+def test_gradient_checkpointing_works_for_prompts(tiny_llama, token_ids):
     tiny_llama.gradient_checkpointing_enable()
     tiny_llama.train()
-    prefix = with_adapter(tiny_llama, tt.PrefixTuningConfig(num_virtual_tokens=2))
-    with pytest.raises(ValueError, match="gradient checkpointing"):
-        prefix(input_ids=token_ids, labels=token_ids)
     prompt = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=2))
     prompt(input_ids=token_ids, labels=token_ids).loss.backward()
     assert delta_of(prompt).embedding.weight.grad.abs().sum() > 0
@@ -225,3 +269,14 @@ def test_text_init_bad_input_is_refused_clearly(tiny_bert):
         tt.PrefixTuningConfig(init="TEXT", tokenizer="somewhere")
     with pytest.raises(tt.ConfigError, match="tokenizes to no tokens"):
         tt.apply(tiny_bert, tt.PrefixTuningConfig(init="TEXT", init_text="?", tokenizer=lambda text, **kw: {"input_ids": []}))
+
+
+def test_a_checkpointed_call_whose_layers_never_read_the_prefixes_is_an_error(tiny_llama):
+    from trimtune.prompts.checkpointed_prefixes import CheckpointedCall, PrefixOnlyCache
+
+    prefix = torch.zeros(1, 2, 3, 8)
+    cache = PrefixOnlyCache(tiny_llama.config, [(prefix, prefix), (prefix, prefix)])
+    cache.update(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), 0)  # layer 0 reads, layer 1 never does
+    assert cache.get_seq_length() == 3  # reading stores nothing
+    with pytest.raises(ValueError, match="only 1 of 2 layers saw their prefixes"):
+        CheckpointedCall([], [], cache).finish(tiny_llama)

@@ -43,6 +43,8 @@ class PromptHost(AdapterHost):
         object.__setattr__(self, "_cache_argument", cache_argument(model) or "past_key_values")
         object.__setattr__(self, "_takes_count", "num_virtual_tokens" in self._signature.parameters)
         object.__setattr__(self, "_handle", model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+        object.__setattr__(self, "_after", model.register_forward_hook(self._after_forward, always_call=True))
+        object.__setattr__(self, "_checkpointed", None)  # the switches of a checkpointed training call
 
     # ---- AdapterHost ----
     def add(self, name: str, delta: InputDelta) -> None:
@@ -64,6 +66,7 @@ class PromptHost(AdapterHost):
     def detach(self) -> None:
         """Stop rewriting the model's calls (unload)."""
         self._handle.remove()
+        self._after.remove()
 
     # ---- the hook ----
     def _before_forward(self, model: nn.Module, args: tuple, kwargs: dict):
@@ -75,14 +78,12 @@ class PromptHost(AdapterHost):
         prefix = [d for d in live if d.side == "cache"]
         batch = _batch_size(call)
         cache = call.get(self._cache_argument)
-        if prefix and model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
-            # transformers' checkpointed layers drop the cache while training: the prefixes would vanish
-            raise ValueError(
-                "prefix tuning cannot train with gradient checkpointing (checkpointed layers ignore the cache that "
-                "carries the prefixes); call model.gradient_checkpointing_disable() or use prompt tuning / P-tuning"
-            )
         if cache is None or cache.get_seq_length() == 0:  # first step of a sequence
-            if prefix:
+            if prefix and model.training:
+                self._start_checkpointed_call(model, prefix, batch, given=cache)
+            if self._checkpointed is not None:
+                call[self._cache_argument] = self._checkpointed.cache
+            elif prefix:
                 call[self._cache_argument] = _fill_cache(model, cache, prefix, batch)
             if front:
                 _prepend_embeddings(model, call, front, batch)
@@ -98,6 +99,25 @@ class PromptHost(AdapterHost):
         if positions is not None:
             call["position_ids"] = None if front else positions + sum(d.num_virtual_tokens for d in prefix)
         return (), call
+
+    def _start_checkpointed_call(self, model: nn.Module, prefix: list[InputDelta], batch: int, given) -> None:
+        from .checkpointed_prefixes import CheckpointedCall
+
+        plain_tables = all(type(d).compute is InputDelta.compute for d in prefix)
+        call = CheckpointedCall.start(model, lambda: _prefix_states(model, prefix, batch), reentrant_safe=plain_tables)
+        if call is not None and given is not None:
+            call.restore()
+            raise ValueError(
+                "prefix tuning trains under gradient checkpointing only without a cache of the caller's: the layers "
+                f"run twice (forward and recompute) and would write into it twice; pass no {self._cache_argument}"
+            )
+        object.__setattr__(self, "_checkpointed", call)
+
+    def _after_forward(self, model: nn.Module, args, output):
+        call = self._checkpointed
+        object.__setattr__(self, "_checkpointed", None)
+        if call is not None:
+            call.finish(model)
 
     def extra_repr(self) -> str:
         return f"active={list(self.active)}"
@@ -144,6 +164,13 @@ def _fill_cache(model: nn.Module, cache, deltas: list[InputDelta], batch: int):
 
     if cache is None:
         cache = DynamicCache(config=model.config)
+    for layer, (keys, values) in enumerate(_prefix_states(model, deltas, batch)):
+        cache.update(keys, values, layer)
+    return cache
+
+
+def _prefix_states(model: nn.Module, deltas: list[InputDelta], batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's (keys, values) prefix, each (batch, kv_heads, n_total, head_dim)."""
     dtype = model.get_input_embeddings().weight.dtype
     per_delta = []
     for delta in deltas:
@@ -151,11 +178,10 @@ def _fill_cache(model: nn.Module, cache, deltas: list[InputDelta], batch: int):
         flat = delta.output().to(dtype)  # (n, layers * 2 * heads * head_dim), peft's layout
         per_delta.append(flat.view(delta.num_virtual_tokens, layers * 2, heads, head_dim).permute(1, 2, 0, 3))
     kv = torch.cat(per_delta, dim=2)  # (layers * 2, heads, n_total, head_dim)
-    for layer in range(kv.shape[0] // 2):
-        keys = kv[2 * layer].unsqueeze(0).expand(batch, -1, -1, -1)
-        values = kv[2 * layer + 1].unsqueeze(0).expand(batch, -1, -1, -1)
-        cache.update(keys, values, layer)
-    return cache
+    return [
+        (kv[2 * layer].unsqueeze(0).expand(batch, -1, -1, -1), kv[2 * layer + 1].unsqueeze(0).expand(batch, -1, -1, -1))
+        for layer in range(kv.shape[0] // 2)
+    ]
 
 
 def prompt_host(model: nn.Module) -> PromptHost:
