@@ -380,7 +380,10 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
                                                        modules_to_save=["classifier"]), 1e-2),
     "P-tuning MLP 20": (lambda: tt.PTuningConfig(num_virtual_tokens=20, encoder_hidden_size=128,
                                                  modules_to_save=["classifier"]), 3e-3),
-    "Prefix tuning 20": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, modules_to_save=["classifier"]), 3e-2),
+    # Li & Liang's init: the prefixes start as the encoder's own keys/values for the label words
+    "Prefix tuning 20": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, init="TEXT", tokenizer=str(tt_minilm()),
+                                                       init_text="food good food bad service good service bad",
+                                                       modules_to_save=["classifier"]), 3e-2),
     "Prefix tuning 20 + MLP": (lambda: tt.PrefixTuningConfig(num_virtual_tokens=20, projection=True, encoder_hidden_size=128,
                                                               modules_to_save=["classifier"]), 1e-3),
 }

@@ -191,6 +191,86 @@ def test_prefixes_reach_a_model_that_names_its_cache_cache(tiny_llama, token_ids
         assert not torch.allclose(expected, tiny_llama(input_ids=token_ids, attention_mask=mask).logits, atol=1e-3)
 
 
+# ---- init="TEXT": the prefixes start as the model's own keys and values for a text (Li & Liang 2021) ----
+def text_config(n=5, **kw):
+    return tt.PrefixTuningConfig(num_virtual_tokens=n, init="TEXT", init_text="x", tokenizer=words, **kw)
+
+
+def words(text, add_special_tokens=True):
+    """A tokenizer object: the prefix's text is read without special tokens (which would be 1 and 2 here)."""
+    return {"input_ids": ([1] if add_special_tokens else []) + [5, 7, 9] + ([2] if add_special_tokens else [])}
+
+
+def keys_and_values_by_hand(model, ids):
+    """Per layer (keys, values) of shape (kv_heads, n, head_dim), from each layer's input hidden states and its own
+    projections (and rotary embedding for Llama), not from the attention cache the library reads."""
+    with torch.no_grad():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states
+        out = []
+        if hasattr(model, "bert"):
+            for layer, h in zip(model.bert.encoder.layer, states):
+                attn = layer.attention.self
+                split = lambda t: t.view(len(ids[0]), attn.num_attention_heads, -1).transpose(0, 1)
+                out.append((split(attn.key(h[0])), split(attn.value(h[0]))))
+        else:
+            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+            positions = torch.arange(ids.shape[1]).unsqueeze(0)
+            cos, sin = model.model.rotary_emb(states[0], positions)
+            for layer, h in zip(model.model.layers, states):
+                x, attn = layer.input_layernorm(h), layer.self_attn
+                split = lambda t: t.view(1, ids.shape[1], -1, attn.head_dim).transpose(1, 2)
+                keys, values = split(attn.k_proj(x)), split(attn.v_proj(x))
+                keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
+                out.append((keys[0], values[0]))
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama"])
+@pytest.mark.parametrize("n,ids", [(5, [5, 7, 9, 5, 7]), (2, [5, 7])], ids=["repeated", "truncated"])
+def test_text_init_holds_the_models_own_keys_and_values(fixture, n, ids, request):
+    base = request.getfixturevalue(fixture)
+    ours = with_adapter(base, text_config(n=n))  # the text's ids are 5, 7, 9
+    layers, heads, head_dim = delta_of(ours).kv_shape
+    table = delta_of(ours).embedding.weight.view(n, layers, 2, heads, head_dim)
+    expected = keys_and_values_by_hand(base, torch.tensor([ids]))
+    assert len(expected) == layers == 2 and expected[0][0].shape == (heads, n, head_dim)
+    for layer, (keys, values) in enumerate(expected):
+        torch.testing.assert_close(table[:, layer, 0].transpose(0, 1), keys, atol=1e-5, rtol=0)
+        torch.testing.assert_close(table[:, layer, 1].transpose(0, 1), values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2", "tiny_llama"])
+def test_text_init_through_the_mlp_outputs_the_same_prefixes(fixture, request):
+    base = request.getfixturevalue(fixture)
+    table = delta_of(with_adapter(base, text_config())).embedding.weight
+    ours = with_adapter(base, text_config(projection=True, encoder_hidden_size=8))
+    torch.testing.assert_close(delta_of(ours).compute(), table, atol=1e-4, rtol=1e-4)
+    assert torch.count_nonzero(delta_of(ours).transform[0].weight) > 0  # the first layer keeps its random init
+    with pytest.raises(tt.ConfigError, match="encoder_hidden_size >= num_virtual_tokens - 1"):
+        with_adapter(base, text_config(n=6, projection=True, encoder_hidden_size=4))
+
+
+def test_text_init_reads_the_base_model_in_eval_mode(tiny_llama, token_ids):
+    """Other adapters (here a prompt) are off while the text is read, dropout too; the model's modes come back."""
+    plain = delta_of(with_adapter(tiny_llama, text_config())).embedding.weight
+    model = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=2), name="prompt")
+    model.model.layers[0].train()
+    tt.apply(model, text_config(), name="prefix")
+    torch.testing.assert_close(delta_of(model, "prefix").embedding.weight, plain)
+    assert not model.training and model.model.layers[0].training
+    assert tt.active_adapters(model) == ["prefix"]
+
+
+def test_text_init_bad_input_is_refused_clearly(tiny_bert):
+    with pytest.raises(tt.ConfigError, match="needs a tokenizer"):
+        tt.PrefixTuningConfig(init="TEXT", init_text="hello")
+    with pytest.raises(tt.ConfigError, match="init_text"):
+        tt.PrefixTuningConfig(init="TEXT", tokenizer="somewhere")
+    with pytest.raises(tt.ConfigError, match="tokenizes to no tokens"):
+        tt.apply(tiny_bert, tt.PrefixTuningConfig(init="TEXT", init_text="?", tokenizer=lambda text, **kw: {"input_ids": []}))
+
+
 def test_a_checkpointed_call_whose_layers_never_read_the_prefixes_is_an_error(tiny_llama):
     from trimtune.prompts.checkpointed_prefixes import CheckpointedCall, PrefixOnlyCache
 

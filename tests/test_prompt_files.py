@@ -19,6 +19,12 @@ METHODS = {
     "prefix": (tt.PrefixTuningConfig(num_virtual_tokens=3), (peft.PrefixTuningConfig, dict(num_virtual_tokens=3))),
     "prefix_mlp": (tt.PrefixTuningConfig(num_virtual_tokens=3, projection=True, encoder_hidden_size=16),
                    (peft.PrefixTuningConfig, dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16))),
+    # TEXT init changes only the start: the file is an ordinary prefix file (ids valid in every test vocabulary)
+    "prefix_text": (tt.PrefixTuningConfig(num_virtual_tokens=3, init="TEXT", init_text="x", tokenizer=lambda text, **kw: {"input_ids": [5, 7]}),
+                    (peft.PrefixTuningConfig, dict(num_virtual_tokens=3))),
+    "prefix_mlp_text": (tt.PrefixTuningConfig(num_virtual_tokens=3, projection=True, encoder_hidden_size=16, init="TEXT",
+                                              init_text="x", tokenizer=lambda text, **kw: {"input_ids": [5, 7]}),
+                        (peft.PrefixTuningConfig, dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16))),
 }
 
 
@@ -78,7 +84,7 @@ def test_minilm_classification_both_directions(method, minilm, minilm_batch, tmp
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-@pytest.mark.parametrize("method", ["prompt", "p_lstm", "prefix", "prefix_mlp"])
+@pytest.mark.parametrize("method", ["prompt", "p_lstm", "prefix", "prefix_mlp", "prefix_text", "prefix_mlp_text"])
 def test_decoders_both_directions_logits_and_greedy_tokens(fixture, method, request, token_ids, tmp_path):
     base = request.getfixturevalue(fixture)
     mask = padded(token_ids)

@@ -7,16 +7,15 @@ needs a tokenizer: a local path or a tokenizer object).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, check_choice
+from ..config import check_choice
 from ..registry import register_model_method
-from .apply import add_input_delta, check_prompt_fields
+from .apply import add_input_delta, check_prompt_fields, check_text_init, text_token_ids
 from .base import InputDelta
 from .model_info import input_embedding
 
@@ -36,13 +35,7 @@ class PromptTuningConfig:
     def __post_init__(self):
         check_prompt_fields(self)
         check_choice("init", self.init, INITS)
-        if self.init == "TEXT":
-            if not self.init_text:
-                raise ConfigError("init='TEXT' needs init_text (the text whose token embeddings start the prompt)")
-            if self.tokenizer is None:
-                raise ConfigError(
-                    "init='TEXT' needs a tokenizer: set tokenizer to a tokenizer directory or a tokenizer object"
-                )
+        check_text_init(self)
 
     def to_peft_dict(self) -> dict:
         by_path = isinstance(self.tokenizer, str)  # peft can only record a tokenizer by its path
@@ -57,25 +50,13 @@ class PromptTuningConfig:
         return cls(num_virtual_tokens=fields["num_virtual_tokens"], modules_to_save=modules_to_save)
 
 
-def _tokenize(tokenizer, text: str) -> list[int]:
-    if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    ids = tokenizer(text)["input_ids"]
-    if not ids:
-        raise ConfigError(f"init_text {text!r} tokenizes to no tokens")
-    return list(ids)
-
-
 def initial_token_ids(config: PromptTuningConfig, vocab_size: int) -> torch.Tensor | None:
     """The vocabulary ids whose embeddings start the prompt (None: random vectors)."""
     n = config.num_virtual_tokens
     if config.init == "SAMPLE_VOCAB":
         return torch.randint(0, vocab_size, (n,))
     if config.init == "TEXT":
-        ids = _tokenize(config.tokenizer, config.init_text)
-        return torch.tensor((ids * math.ceil(n / len(ids)))[:n])
+        return text_token_ids(config.tokenizer, config.init_text, n)
     return None
 
 
