@@ -437,7 +437,7 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="demo accuracy per method instead of speed")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--quality: demo split seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="--quality: demo split seeds")
     parser.add_argument("--lr", type=float, help="--quality: one learning rate for the methods run (a sweep)")
     parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all); --quality: method names")
     parser.add_argument("--skip", nargs="*", default=[], help="entries not to run, by method or method@model")
