@@ -1,0 +1,143 @@
+"""SparseGPT (Frantar & Alistarh, 2023): one-shot pruning that also repairs the kept weights.
+
+Per layer, from calibration inputs X (one row per token): the Hessian of the layer-wise squared error
+``H = 2 XᵀX / n``. Columns (input channels) are visited left to right in blocks; when column j is
+pruned, the optimal-brain-surgeon update spreads its error over the columns not yet visited,
+``W[:, j:] -= (w_j - q_j) / [H_F⁻¹]_jj · [H_F⁻¹]_j,j:`` (F = the columns from j on). The rows
+``[H_F⁻¹]_j,j:/sqrt([H_F⁻¹]_jj)`` for every j at once are the upper Cholesky factor U of H⁻¹, which is
+why the kernel factors once and never inverts a sub-matrix. The mask is chosen by the OBS saliency
+``w² / U_jj²``: unstructured, per column block over the weights as updated so far (adaptive mask
+selection); N:M, per group of M consecutive columns when the loop reaches the group.
+
+Everything works in the canonical layout (out, in); GPT-2's Conv1D stores (in, out) and is
+transposed in and out by the layer kind. Differences from the reference code, on purpose: the
+unstructured mask prunes exactly ``round(sparsity · block size)`` entries per block (the reference's
+``<= threshold`` prunes one more), and ``n`` counts tokens, not sequences (H's scale cancels out).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ConfigError, check_positive_int
+from ..layers import TunedLayer
+from .masks import set_canonical_mask
+
+
+class Hessian:
+    """Running ``2 XᵀX / n`` over every token seen, for a layer with ``columns`` inputs."""
+
+    def __init__(self, columns: int):
+        self.matrix = torch.zeros(columns, columns)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        new = x.shape[0]
+        if not new:
+            return
+        # A running mean keeps H well scaled however many tokens arrive (no overflow, no rescaling at the end).
+        self.matrix.mul_(self.tokens / (self.tokens + new))
+        self.tokens += new
+        x = x * (2.0 / self.tokens) ** 0.5
+        self.matrix.addmm_(x.t(), x)
+
+
+def check_nm(n: int, m: int, columns: int, blocksize: int, where: str) -> None:
+    if not 0 < n < m:
+        raise ConfigError(f"N:M needs 0 < N < M (keep N of every M), got {n}:{m}")
+    if columns % m:
+        raise ConfigError(f"{where}: input width {columns} is not a multiple of M={m} for {n}:{m} sparsity")
+    if blocksize % m:
+        raise ConfigError(f"blocksize {blocksize} must be a multiple of M={m} so no group of M straddles two blocks")
+
+
+def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = percdamp · mean(diag H)."""
+    h = hessian.clone()
+    diag = torch.arange(h.shape[0])
+    h[diag, diag] += percdamp * torch.mean(torch.diag(h))
+    lower, info = torch.linalg.cholesky_ex(h)
+    if info.item():
+        raise ValueError(
+            f"the calibration Hessian is not positive definite even with percdamp={percdamp}; "
+            "raise percdamp (e.g. 0.1) or use more calibration tokens"
+        )
+    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+
+
+def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """True = pruned: the ``round(sparsity · numel)`` lowest ``w² / d²`` of the block."""
+    score = (w.pow(2) / d.pow(2).unsqueeze(0)).flatten()
+    k = round(sparsity * score.numel())
+    pruned = torch.zeros_like(score, dtype=torch.bool)
+    if k:
+        pruned[torch.argsort(score, stable=True)[:k]] = True
+    return pruned.view_as(w)
+
+
+@torch.no_grad()
+def sparsegpt(
+    weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | None = None, n: int = 0, m: int = 0,
+    blocksize: int = 128, percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune a canonical (out, in) ``weight`` given its inputs' Hessian. ``sparsity`` (unstructured) or
+    ``n:m`` (keep n of every m inputs). Returns the updated float32 weight and the keep mask (1 = kept)."""
+    check_positive_int("blocksize", blocksize)
+    if percdamp < 0:
+        raise ConfigError(f"percdamp must be >= 0 (a fraction of the mean Hessian diagonal), got {percdamp!r}")
+    if n or m:
+        check_nm(n, m, weight.shape[1], blocksize, "sparsegpt")
+    elif sparsity is None or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity must be a fraction in [0, 1) or give n:m, got {sparsity!r}")
+    w = weight.detach().float().clone()
+    h = hessian.float().clone()
+    dead = torch.diag(h) == 0  # inputs that were always zero: nothing to learn, prune them first
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    u = _inverse_cholesky(h, percdamp)
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    columns = w.shape[1]
+    for start in range(0, columns, blocksize):
+        end = min(start + blocksize, columns)
+        _prune_block(w, u, pruned, start, end, sparsity, n, m)
+    return w, (~pruned).float()
+
+
+def _prune_block(w, u, pruned, start, end, sparsity, n, m) -> None:
+    """Columns [start, end): prune and update inside the block, then push the block's accumulated
+    error onto the columns after it in one matrix product (the lazy batch update)."""
+    block = w[:, start:end].clone()
+    u_block = u[start:end, start:end]
+    d = torch.diag(u_block)
+    mask = _unstructured_block_mask(block, d, sparsity) if not m else torch.zeros_like(block, dtype=torch.bool)
+    errors = torch.zeros_like(block)
+    for i in range(end - start):
+        if m and i % m == 0:
+            score = block[:, i:i + m].pow(2) / d[i:i + m].pow(2).unsqueeze(0)
+            mask[:, i:i + m].scatter_(1, torch.topk(score, m - n, dim=1, largest=False).indices, True)
+        column = block[:, i]
+        kept = column.masked_fill(mask[:, i], 0.0)
+        error = (column - kept) / d[i]
+        block[:, i:] -= error.unsqueeze(1) * u_block[i, i:].unsqueeze(0)
+        block[:, i] = kept
+        errors[:, i] = error
+    w[:, start:end] = block
+    pruned[:, start:end] = mask
+    w[:, end:] -= errors @ u[start:end, end:]
+
+
+@torch.no_grad()
+def sparsegpt_layer(
+    layer: TunedLayer, hessian: Hessian, sparsity: float | None = None, n: int = 0, m: int = 0,
+    blocksize: int = 128, percdamp: float = 0.01, name: str = "",
+) -> None:
+    """Run SparseGPT on a wrapped layer: writes the repaired weight and the mask (so reports see it)."""
+    if hessian.tokens == 0:
+        raise ValueError(f"{name or layer.describe()}: SparseGPT saw no calibration inputs for this layer")
+    canon = layer.kind.to_canonical(layer.weight.detach())
+    if m:
+        check_nm(n, m, canon.shape[1], blocksize, name or layer.describe())
+    new, keep = sparsegpt(canon, hessian.matrix, sparsity, n, m, blocksize, percdamp)
+    layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))
+    set_canonical_mask(layer, keep)

@@ -1,0 +1,122 @@
+"""SparseGPT against a plain reference written from the paper's algorithm (Frantar & Alistarh 2023,
+Alg. 1 without the Cholesky trick): column by column, the inverse Hessian of the columns not yet
+visited is inverted explicitly in float64 and the OBS update applied to every later column at once."""
+
+import pytest
+import torch
+from torch import nn
+
+from trimtune.api import wrap
+from trimtune.config import ConfigError
+from trimtune.prune import sparsity_report
+from trimtune.prune.sparsegpt import Hessian, sparsegpt, sparsegpt_layer
+
+
+def reference(weight, x, sparsity=None, n=0, m=0, blocksize=128, percdamp=0.01):
+    w = weight.double().clone()
+    h = 2 * x.double().t() @ x.double() / x.shape[0]
+    dead = torch.diag(h) == 0
+    for j in range(h.shape[0]):
+        if dead[j]:
+            h[j, j] = 1
+            w[:, j] = 0
+    h = h + percdamp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    columns = w.shape[1]
+    pruned = torch.zeros(w.shape, dtype=torch.bool)
+    # d[j] = [H_F⁻¹]_00 with F = columns j.. : the OBS denominator for column j once j..end remain
+    inverses = [torch.linalg.inv(h[j:, j:]) for j in range(columns)]
+    d = torch.tensor([inv[0, 0] for inv in inverses], dtype=torch.float64)
+    for j in range(columns):
+        if not m and j % blocksize == 0:  # adaptive mask: chosen at each block start from the current weights
+            end = min(j + blocksize, columns)
+            score = w[:, j:end] ** 2 / d[j:end]
+            k = round(sparsity * score.numel())
+            order = torch.argsort(score.flatten().float(), stable=True)[:k]
+            block = torch.zeros(score.numel(), dtype=torch.bool)
+            block[order] = True
+            pruned[:, j:end] = block.view(score.shape)
+        if m and j % m == 0:
+            for row in range(w.shape[0]):
+                score = [w[row, j + t] ** 2 / d[j + t] for t in range(m)]
+                lowest = sorted(range(m), key=lambda t: score[t])[: m - n]
+                for t in lowest:
+                    pruned[row, j + t] = True
+        for row in range(w.shape[0]):
+            if pruned[row, j]:
+                err = w[row, j] / d[j]
+                w[row, j:] -= err * inverses[j][0, :]
+                w[row, j] = 0.0
+    return w.float(), (~pruned).float()
+
+
+def calibration(columns, tokens=200, dead=(3, 17)):
+    torch.manual_seed(0)
+    x = torch.randn(tokens, columns) * torch.linspace(0.2, 3.0, columns)  # uneven channel scales
+    x[:, list(dead)] = 0
+    return x
+
+
+@pytest.mark.parametrize("sparsity,n,m", [(0.5, 0, 0), (0.7, 0, 0), (None, 2, 4)])
+def test_kernel_matches_reference_with_dead_inputs(sparsity, n, m):
+    x = calibration(48)
+    torch.manual_seed(1)
+    weight = torch.randn(12, 48)
+    hessian = Hessian(48)
+    for chunk in x.split(64):  # accumulated in pieces: the running mean must equal one big XᵀX
+        hessian.add(chunk)
+    new, keep = sparsegpt(weight, hessian.matrix, sparsity, n, m, blocksize=16)
+    ref_w, ref_keep = reference(weight, x, sparsity, n, m, blocksize=16)
+    assert torch.equal(keep, ref_keep)
+    assert (new - ref_w).abs().max() <= 1e-5
+    assert torch.all(new[keep == 0] == 0)
+    assert torch.all(keep[:, [3, 17]] == 0)  # dead inputs are pruned
+    if m:
+        assert torch.all(keep.view(12, -1, 4).sum(-1) == 2)
+    else:
+        assert (keep == 0).float().mean().item() == pytest.approx(sparsity, abs=0.01)
+
+
+def test_reconstruction_beats_plain_masking():
+    torch.manual_seed(2)
+    x = torch.randn(400, 16) @ torch.randn(16, 64) + 0.1 * torch.randn(400, 64)  # correlated channels, as in real activations
+    weight = torch.randn(16, 64)
+    hessian = Hessian(64)
+    hessian.add(x)
+    new, keep = sparsegpt(weight, hessian.matrix, 0.5)
+    repaired = ((x @ weight.t() - x @ new.t()) ** 2).sum()
+    masked_only = ((x @ weight.t() - x @ (weight * keep).t()) ** 2).sum()
+    assert repaired < 0.5 * masked_only  # the OBS update repairs what the mask removes
+
+
+def test_layer_linear_and_conv1d_write_weight_and_mask():
+    from transformers.pytorch_utils import Conv1D
+
+    x = calibration(32, dead=(5,))
+    torch.manual_seed(3)
+    linear = nn.Linear(32, 8)
+    conv = Conv1D(8, 32)  # GPT-2's layout: weight stored (in, out)
+    conv.weight.data = linear.weight.data.t().clone()
+    conv.bias.data = linear.bias.data.clone()
+    model = nn.ModuleDict({"lin": linear, "conv": conv})
+    for name in ("lin", "conv"):
+        layer = wrap(model, name)
+        hessian = Hessian(32)
+        hessian.add(x)
+        sparsegpt_layer(layer, hessian, n=2, m=4, blocksize=8)
+    lin, conv = model["lin"], model["conv"]
+    assert torch.allclose(lin.weight, conv.weight.t(), atol=1e-6)
+    assert torch.equal(lin.weight_mask, conv.weight_mask.t())
+    assert torch.allclose(lin(x), conv(x), atol=1e-5)
+    report = sparsity_report(model)
+    assert [r.name for r in report.layers] == ["lin", "conv"]
+    assert all(r.sparsity == 0.5 for r in report.layers)
+    assert 5 in report.layers[0].zero_in
+
+
+def test_nm_width_not_multiple_of_m_names_layer():
+    layer = wrap(nn.ModuleDict({"proj": nn.Linear(30, 4)}), "proj")
+    hessian = Hessian(30)
+    hessian.add(torch.randn(40, 30))
+    with pytest.raises(ConfigError, match=r"proj: input width 30 is not a multiple of M=4"):
+        sparsegpt_layer(layer, hessian, n=2, m=4, name="proj")
+    assert layer.weight_mask is None
