@@ -106,7 +106,7 @@ class Element(Granularity):
         alive = (canonical_mask(layer).flatten(1) == 1).flatten().cpu()
 
         def zero(idx):
-            canon = canonical_mask(layer).clone()
+            canon = canonical_mask(layer).contiguous().clone()  # Conv1D: canonical is a transposed view
             canon.view(-1)[idx.to(canon.device)] = 0
             set_canonical_mask(layer, canon)
 

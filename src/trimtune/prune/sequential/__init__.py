@@ -1,0 +1,8 @@
+"""Prune large language models one transformer block at a time (SparseGPT, Wanda, magnitude, OWL),
+in memory (``prune_sequential``) or streaming the weights from disk (``prune_directory``)."""
+
+from .config import SequentialConfig
+from .layouts import BLOCK_LAYOUTS, UnknownLayoutError, layout_of
+from .pipeline import prune_sequential
+
+__all__ = ["BLOCK_LAYOUTS", "SequentialConfig", "UnknownLayoutError", "layout_of", "prune_sequential"]

@@ -1,0 +1,82 @@
+"""Prune one transformer block from its recorded calibration calls.
+
+Every Linear (and GPT-2 Conv1D) in the block is wrapped and hooked at once; one pass over the
+calls collects what the method needs (input norms for Wanda, Hessians for SparseGPT, nothing for
+magnitude), then each layer is pruned. The caller reruns the pruned block to make the next inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...api import wrap
+from ...kinds import kind_class_for
+from ...layers import TunedLayer
+from ..api import PruneConfig, prune
+from ..calibration import collect_input_norms
+from ..granularity import NM, Element
+from ..importance import Magnitude, Wanda
+from ..owl import outlier_ratio
+from ..sparsegpt import Hessian, sparsegpt_layer
+from .capture import BlockCalls
+from .config import SequentialConfig
+
+
+def linear_names(block: nn.Module) -> list[str]:
+    """The block's prunable layers (Linear, Conv1D), wrapped or not, in module order."""
+    names = []
+    for name, module in block.named_modules():
+        base = module.base_layer if isinstance(module, TunedLayer) else module
+        if name and not isinstance(base, nn.Embedding) and kind_class_for(base) is not None and ".deltas." not in f".{name}.":
+            names.append(name)
+    return names
+
+
+def _only(name: str):
+    return lambda candidate, module: candidate == name
+
+
+@torch.no_grad()
+def _hessians(block: nn.Module, layers: dict[str, TunedLayer], calls: BlockCalls) -> dict[str, Hessian]:
+    hessians = {n: Hessian(layer.kind.to_canonical(layer.weight).shape[1]) for n, layer in layers.items()}
+    handles = [layer.register_forward_pre_hook(lambda mod, args, n=n: hessians[n].add(args[0])) for n, layer in layers.items()]
+    try:
+        for call in calls:
+            block(**call)
+    finally:
+        for h in handles:
+            h.remove()
+    return hessians
+
+
+def wanda_norms(block: nn.Module, names: list[str], calls: BlockCalls) -> dict[str, torch.Tensor]:
+    return collect_input_norms(block, calls, targets=lambda n, m: n in names)
+
+
+def block_outlier_ratio(block: nn.Module, calls: BlockCalls, m: float) -> float:
+    """OWL's statistic for a dense block: share of its Wanda scores above m × their mean."""
+    names = linear_names(block)
+    norms = wanda_norms(block, names, calls)
+    wanda = Wanda(norms)
+    return outlier_ratio([wanda(n, wrap(block, n)) for n in names], m)
+
+
+def prune_block(block: nn.Module, calls: BlockCalls, config: SequentialConfig, sparsity: float | None, prefix: str = "") -> None:
+    """Prune every layer of ``block`` at ``sparsity`` (ignored for N:M) by ``config.method``."""
+    names = linear_names(block)
+    layers = {n: wrap(block, n) for n in names}
+    n_m = config.nm
+    if config.method == "sparsegpt":
+        hessians = _hessians(block, layers, calls)
+        n, m = n_m or (0, 0)
+        for name, layer in layers.items():
+            sparsegpt_layer(layer, hessians.pop(name), None if n_m else sparsity, n, m, config.blocksize, config.percdamp, f"{prefix}{name}")
+        return
+    if config.method == "wanda":
+        importance, per_output = Wanda(wanda_norms(block, names, calls)), True
+    else:
+        importance, per_output = Magnitude(), False
+    granularity = NM(*n_m) if n_m else Element(per_output=per_output)
+    for name in names:
+        prune(block, PruneConfig(amount=0.0 if n_m else float(sparsity), importance=importance, granularity=granularity, targets=_only(name)))

@@ -1,0 +1,119 @@
+"""The sequential pipeline (as in the SparseGPT and Wanda reference codes): capture block 0's inputs,
+then for each block in order collect its statistics, prune it, and rerun the *pruned* block to make
+the next block's inputs, so later blocks are calibrated on what the pruned model actually computes.
+
+Memory is one block plus the calibration activations, whatever the depth, provided the blocks come
+and go: ``walk`` takes a ``BlockSource`` whose ``load``/``release`` the streaming loader implements
+(in memory both do nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ...kinds import kind_class_for
+from ...layers import TunedLayer
+from ..report import LayerSparsity, SparsityReport, sparsity_report
+from .block import block_outlier_ratio, linear_names, prune_block
+from .capture import BlockCalls, capture, run_block
+from .config import SequentialConfig
+from .layouts import BlockLayout, blocks_of, layout_of
+
+
+class BlockSource:
+    """In memory: every block is already there and stays."""
+
+    def load(self, index: int, block: nn.Module) -> None:
+        pass
+
+    def release(self, index: int, block: nn.Module) -> None:
+        pass
+
+
+def check_samples(samples: torch.Tensor, model: nn.Module) -> None:
+    if not torch.is_tensor(samples) or samples.dim() != 2 or samples.dtype != torch.long:
+        raise ValueError("calibration samples must be a LongTensor of token ids, shape (nsamples, seqlen)")
+    if samples.shape[0] == 0:
+        raise ValueError("nsamples must be >= 1: got no calibration samples")
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and samples.shape[1] > limit:
+        raise ValueError(f"seqlen {samples.shape[1]} is longer than the model's {limit} positions (config max_position_embeddings)")
+
+
+def check_widths(model: nn.Module, layout: BlockLayout, config: SequentialConfig) -> None:
+    """N:M needs every layer's input width to be a multiple of M: check all before pruning any."""
+    if not config.nm:
+        return
+    n, m = config.nm
+    for i, block in enumerate(blocks_of(model, layout)):
+        for name in linear_names(block):
+            module = block.get_submodule(name)
+            base = module.base_layer if isinstance(module, TunedLayer) else module
+            columns = module.weight.shape[kind_class_for(base).in_dim]
+            if columns % m:
+                raise ValueError(f"{layout.block_name(i)}.{name}: input width {columns} is not a multiple of M={m} for {n}:{m} sparsity")
+
+
+def walk(model: nn.Module, samples: torch.Tensor, visit: Callable[[int, nn.Module, BlockCalls], None],
+         source: BlockSource | None = None, progress: str | None = None) -> None:
+    """Capture block 0's inputs, then per block: load, ``visit``, rerun to make the next inputs, release."""
+    source = source or BlockSource()
+    layout = layout_of(model)
+    blocks = blocks_of(model, layout)
+    calls = capture(model, blocks[0], samples)
+    indices = range(len(blocks))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=progress, unit="block")
+    for i in indices:
+        block = blocks[i]
+        source.load(i, block)
+        visit(i, block, calls)
+        if i + 1 < len(blocks):
+            run_block(block, calls)
+        source.release(i, block)
+
+
+def owl_block_sparsities(model, samples, config, source=None, progress=None) -> list[float]:
+    """OWL's dense pass: every block's outlier ratio on unpruned activations, turned into sparsities."""
+    from ..owl import owl_sparsities
+
+    ratios: list[float] = []
+    walk(model, samples, lambda i, block, calls: ratios.append(block_outlier_ratio(block, calls, config.owl_m)),
+         source, f"{progress} (OWL ratios)" if progress else None)
+    return owl_sparsities(ratios, float(config.sparsity), config.owl_lambda)
+
+
+def block_report(block: nn.Module, prefix: str) -> list[LayerSparsity]:
+    rows = sparsity_report(block).layers
+    for row in rows:
+        row.name = f"{prefix}.{row.name}"
+    return rows
+
+
+def prune_sequential(model: nn.Module, samples: torch.Tensor, config: SequentialConfig,
+                     source: BlockSource | None = None, progress: str | None = None,
+                     on_block: Callable[[int, nn.Module], None] | None = None) -> SparsityReport:
+    """Prune ``model``'s blocks in order on calibration ``samples`` (token ids, (nsamples, seqlen)).
+    In memory the layers keep trimtune masks (``make_permanent`` folds them). ``on_block(i, block)``
+    runs after block i is pruned (the streaming writer saves it there). Returns the sparsity report."""
+    layout = layout_of(model)
+    check_samples(samples, model)
+    check_widths(model, layout, config)
+    model.eval()
+    sparsities = owl_block_sparsities(model, samples, config, source, progress) if config.owl else None
+    rows: list[LayerSparsity] = []
+
+    def visit(i, block, calls):
+        sparsity = sparsities[i] if sparsities else (None if config.nm else float(config.sparsity))
+        prune_block(block, calls, config, sparsity, f"{layout.block_name(i)}.")
+        rows.extend(block_report(block, layout.block_name(i)))
+        if on_block is not None:
+            on_block(i, block)
+
+    walk(model, samples, visit, source, progress)
+    return SparsityReport(rows)
