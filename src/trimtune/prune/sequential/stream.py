@@ -1,0 +1,220 @@
+"""Prune a Hugging Face model directory without ever holding the model: one block in memory at a time.
+
+The model is built on the meta device (parameters without storage). Only the modules before block 0
+(the embeddings) are made real, to capture block 0's calibration inputs; then each block's tensors are
+read from the memory-mapped safetensors shards, the block is pruned, written to its own output shard
+and returned to the meta device. Peak memory is one block, the embeddings and the calibration
+activations, whatever the depth.
+
+The output is built in a temporary directory beside the target and renamed into place only when
+complete (``io.atomic.atomic_directory``): a failure (disk full, bad input) leaves no output at all.
+It holds sharded safetensors with ``model.safetensors.index.json``, the input's other files (config,
+tokenizer) and ``sparsity_report.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ...io import atomic
+from ..report import SparsityReport
+from .config import SequentialConfig
+from .layouts import blocks_of, layout_of, model_type_of
+from .pipeline import BlockSource, check_samples, check_widths, prune_sequential
+
+INDEX = "model.safetensors.index.json"
+REPORT = "sparsity_report.json"
+
+
+class Checkpoint:
+    """The tensors of a safetensors model directory: which shard holds each key."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        index = directory / INDEX
+        single = directory / "model.safetensors"
+        if index.is_file():
+            self.shard_of = dict(json.loads(index.read_text())["weight_map"])
+        elif single.is_file():
+            with safe_open(str(single), framework="pt") as f:
+                self.shard_of = {k: "model.safetensors" for k in f.keys()}
+        else:
+            raise FileNotFoundError(f"{directory} has no model.safetensors or {INDEX}; only safetensors checkpoints can be streamed")
+
+    def read(self, keys) -> dict[str, torch.Tensor]:
+        """Copies of ``keys``, each shard memory-mapped only while it is read (so no mapping outlives the call)."""
+        by_shard: dict[str, list[str]] = {}
+        for key in keys:
+            by_shard.setdefault(self.shard_of[key], []).append(key)
+        out = {}
+        for shard, names in by_shard.items():
+            with safe_open(str(self.directory / shard), framework="pt") as f:
+                for name in names:
+                    out[name] = f.get_tensor(name)
+        return out
+
+    def under(self, prefix: str) -> list[str]:
+        return [k for k in self.shard_of if k.startswith(prefix)]
+
+
+def empty_model(directory: Path):
+    """The model class named by config.json, built with every parameter on the meta device (buffers
+    such as rotary frequencies are computed for real: they are not in the checkpoint)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+    import transformers
+
+    config = AutoConfig.from_pretrained(directory)
+    model_type_of(config)  # an unknown layout fails here, before anything is read
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise ValueError(f"{directory}/config.json names no known model class in `architectures` (got {names!r})")
+    with init_empty_weights():
+        model = cls._from_config(config)
+    return model.eval()
+
+
+def _load(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    missing, unexpected = module.load_state_dict(tensors, strict=False, assign=True)
+    if missing or unexpected:
+        raise KeyError(f"{where}: the checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def folded_state(block: nn.Module) -> dict[str, torch.Tensor]:
+    """The block's tensors under their checkpoint names, trimtune masks folded into the weights."""
+    state = {}
+    for name, module in block.named_modules():
+        mask = getattr(module, "weight_mask", None)
+        for key, tensor in module.named_parameters(recurse=False):
+            state[f"{name}.{key}" if name else key] = tensor.detach() * mask if (key == "weight" and mask is not None) else tensor.detach()
+        for key, tensor in module.named_buffers(recurse=False):
+            if key != "weight_mask" and tensor is not None and key not in module._non_persistent_buffers_set:
+                state[f"{name}.{key}" if name else key] = tensor.detach()
+    return state
+
+
+class ShardWriter:
+    """Writes numbered shards into the temporary output directory and the index at the end."""
+
+    def __init__(self, directory: Path, total: int):
+        self.directory, self.total = directory, total
+        self.weight_map: dict[str, str] = {}
+        self.size = 0
+        self.count = 0
+
+    def write(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.count += 1
+        name = f"model-{self.count:05d}-of-{self.total:05d}.safetensors"
+        try:
+            atomic.write_safetensors(self.directory / name, tensors, metadata={"format": "pt"})
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"no space left on the device while writing shard {name}; no output was written") from err
+            raise
+        self.weight_map.update((k, name) for k in tensors)
+        self.size += sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def finish(self) -> None:
+        if self.count != self.total:
+            raise RuntimeError(f"wrote {self.count} shards, planned {self.total}")
+        atomic.write_json(self.directory / INDEX, {"metadata": {"total_size": self.size}, "weight_map": dict(sorted(self.weight_map.items()))})
+
+
+def _group(keys: list[str], checkpoint: Checkpoint, limit: int) -> list[list[str]]:
+    """Non-block tensors in shards of at most ``limit`` bytes (a bigger tensor gets its own)."""
+    groups, current, size = [], [], 0
+    with contextlib.ExitStack() as stack:
+        handles = {s: stack.enter_context(safe_open(str(checkpoint.directory / s), framework="pt")) for s in {checkpoint.shard_of[k] for k in keys}}
+        for key in keys:
+            tensor_slice = handles[checkpoint.shard_of[key]].get_slice(key)
+            numel = 1
+            for d in tensor_slice.get_shape():
+                numel *= d
+            nbytes = numel * _dtype_size(tensor_slice.get_dtype())
+            if current and size + nbytes > limit:
+                groups.append(current)
+                current, size = [], 0
+            current.append(key)
+            size += nbytes
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _dtype_size(name: str) -> int:
+    return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}.get(name, 1)
+
+
+class DiskBlocks(BlockSource):
+    """Loads block i from the checkpoint before it is visited; after, ``on_block`` has saved it and
+    ``release`` puts it back on the meta device, so its memory is freed."""
+
+    def __init__(self, checkpoint: Checkpoint, blocks_path: str):
+        self.checkpoint, self.blocks_path = checkpoint, blocks_path
+
+    def load(self, index, block):
+        prefix = f"{self.blocks_path}.{index}."
+        tensors = self.checkpoint.read(self.checkpoint.under(prefix))
+        _load(block, {k[len(prefix):]: v for k, v in tensors.items()}, f"block {prefix[:-1]}")
+
+    def release(self, index, block):
+        block.to("meta")
+
+
+def _check_out(out: Path, model_dir: Path) -> None:
+    if out.resolve() == model_dir.resolve():
+        raise ValueError(f"--out {out} is the input model directory; write the pruned model elsewhere")
+    if out.exists():
+        raise FileExistsError(f"output directory {out} already exists; choose a new --out (nothing is overwritten)")
+
+
+def prune_directory(model_dir, out, samples: torch.Tensor, config: SequentialConfig, progress: str | None = None,
+                    max_shard_bytes: int = 1 << 28) -> SparsityReport:
+    """Prune the safetensors model in ``model_dir`` block by block from disk into a new directory ``out``."""
+    model_dir, out = Path(model_dir), Path(out)
+    _check_out(out, model_dir)
+    checkpoint = Checkpoint(model_dir)
+    model = empty_model(model_dir)
+    layout = layout_of(model)
+    check_samples(samples, model)
+    check_widths(model, layout, config)
+    blocks = blocks_of(model, layout)
+    block_keys = {k for k in checkpoint.shard_of if k.startswith(f"{layout.blocks}.")}
+    rest = [k for k in checkpoint.shard_of if k not in block_keys]
+    groups = _group(rest, checkpoint, max_shard_bytes)
+    with atomic.atomic_directory(out) as tmp:
+        writer = ShardWriter(tmp, len(groups) + len(blocks))
+        for group in groups:
+            writer.write(checkpoint.read(group))
+        for path in layout.embed:
+            prefix = f"{path}."
+            _load(model.get_submodule(path), {k[len(prefix):]: v for k, v in checkpoint.read(checkpoint.under(prefix)).items()}, path)
+
+        def save(i, block):
+            tensors = {f"{layout.block_name(i)}.{k}": v for k, v in folded_state(block).items()}
+            expected = set(checkpoint.under(f"{layout.block_name(i)}."))
+            if set(tensors) != expected:
+                raise KeyError(f"block {i}: would write {sorted(set(tensors) ^ expected)[:5]} unlike the input checkpoint")
+            writer.write(tensors)
+
+        report = prune_sequential(model, samples, config, DiskBlocks(checkpoint, layout.blocks), progress, on_block=save)
+        writer.finish()
+        _copy_other_files(model_dir, tmp)
+        atomic.write_bytes(tmp / REPORT, (report.to_json() + "\n").encode())
+    return report
+
+
+def _copy_other_files(source: Path, target: Path) -> None:
+    """config.json, generation_config.json, tokenizer files: everything but the weights."""
+    for path in source.iterdir():
+        if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX and path.name != REPORT:
+            shutil.copy2(path, target / path.name)
