@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", type=Path, help="the run's YAML recipe (see examples/)")
+def add_recipe_arguments(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("recipe", type=Path, nargs="?" if optional else None, help="the run's YAML recipe (see examples/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="override a recipe value, e.g. --set train.lr=3e-4 --set method.r=4 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: the recipe's `output`)")

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import add_quiet, logger, show
+from .perplexity import add_perplexity_arguments, run_perplexity
 
 
 def add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a run's model on its eval data (or other data via --set)",
                               description="Rebuilds the model a run saved and evaluates it; writes eval.json into the run directory.")
-    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune or diff")
+    p.add_argument("run_dir", type=Path, nargs="?", help="a directory written by tune, prune or diff")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="override the run's recipe, e.g. --set data.eval=test.csv")
+    add_perplexity_arguments(p)
     add_quiet(p)
     p.set_defaults(handler=run)
 
@@ -21,6 +23,10 @@ def run(args) -> int:
     from ..io.atomic import write_json
     from ..recipes.run import evaluate_run, load_run
 
+    if args.perplexity is not None:
+        return run_perplexity(args)
+    if args.run_dir is None:
+        raise ValueError("give RUN_DIR, or --perplexity FILE with --model DIR")
     loaded = load_run(args.run_dir, args.overrides)
     loaders = loaded.loaders()
     if loaders.eval is None:

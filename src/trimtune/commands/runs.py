@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..recipes.load import RecipeError, load_recipe
 from .common import add_recipe_arguments, logger, show
+from .llm_prune import add_llm_arguments, run_llm
 
 RUNS = {
     "tune": ("fine-tune with any method (LoRA, AdaLoRA, QLoRA, IA3, bottleneck, prompt, P-, prefix tuning, diff)",
@@ -22,7 +23,9 @@ def add_runs(subparsers) -> None:
     for name, (summary, _, _) in RUNS.items():
         p = subparsers.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}, as RECIPE describes. "
                                   "Writes the resolved recipe, metrics, summary and artifacts into the run directory.")
-        add_recipe_arguments(p)
+        add_recipe_arguments(p, optional=name == "prune")
+        if name == "prune":
+            add_llm_arguments(p)
         p.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out from its latest checkpoint (same recipe and --set)")
         p.set_defaults(handler=run)
@@ -32,6 +35,12 @@ def run(args) -> int:
     from ..recipes.run import check_run_dir, prepare_run_dir, run_recipe
     from ..train.distributed import init_distributed
 
+    if args.command == "prune" and getattr(args, "model", None) is not None:
+        if args.recipe is not None:
+            raise RecipeError("give either RECIPE or --model DIR to `trimtune prune`, not both")
+        return run_llm(args)
+    if args.recipe is None:
+        raise RecipeError(f"`trimtune {args.command}` needs a RECIPE (or, for prune, --model DIR)")
     recipe = load_recipe(args.recipe, args.overrides)
     _, fits, needs = RUNS[args.command]
     if not fits(recipe):

@@ -38,9 +38,13 @@ def check_samples(samples: torch.Tensor, model: nn.Module) -> None:
         raise ValueError("calibration samples must be a LongTensor of token ids, shape (nsamples, seqlen)")
     if samples.shape[0] == 0:
         raise ValueError("nsamples must be >= 1: got no calibration samples")
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if limit is not None and samples.shape[1] > limit:
-        raise ValueError(f"seqlen {samples.shape[1]} is longer than the model's {limit} positions (config max_position_embeddings)")
+    check_seqlen(model.config, samples.shape[1])
+
+
+def check_seqlen(config, seqlen: int) -> None:
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is not None and seqlen > limit:
+        raise ValueError(f"seqlen {seqlen} is longer than the model's {limit} positions (config max_position_embeddings)")
 
 
 def check_widths(model: nn.Module, layout: BlockLayout, config: SequentialConfig) -> None:

@@ -1,0 +1,34 @@
+"""``trimtune eval --model DIR --perplexity FILE``: perplexity of a causal LM directory (for example a
+pruned one) on a local text file, with sliding windows (``trimtune.train.perplexity``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import show
+
+
+def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("perplexity of a causal LM directory (instead of RUN_DIR)")
+    g.add_argument("--perplexity", type=Path, metavar="FILE", help="local text file to measure perplexity on")
+    g.add_argument("--model", type=Path, help="Hugging Face causal LM directory (default: RUN_DIR given positionally)")
+    g.add_argument("--seqlen", type=int, help="window length in tokens (default: the model's positions, at most 2048)")
+    g.add_argument("--stride", type=int, help="tokens between window starts (default: seqlen, disjoint windows)")
+
+
+def run_perplexity(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..train.perplexity import perplexity_of_file
+
+    model_dir = args.model or args.run_dir
+    if model_dir is None:
+        raise ValueError("--perplexity needs a model: pass --model DIR (a Hugging Face causal LM directory)")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048
+    seqlen = args.seqlen or min(limit, 2048)
+    metrics = perplexity_of_file(model, AutoTokenizer.from_pretrained(model_dir), args.perplexity, seqlen, args.stride)
+    metrics["seqlen"] = seqlen
+    show("perplexity", metrics)
+    return 0

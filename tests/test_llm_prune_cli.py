@@ -1,0 +1,100 @@
+"""Perplexity (sliding windows) and the `trimtune prune --model` / `trimtune eval --perplexity` verbs,
+on a tiny random Llama that uses all-MiniLM-L6-v2's tokenizer (so a real text file tokenizes)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trimtune.cli import main
+from trimtune.train.perplexity import perplexity
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from trimtune.models import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=tokenizer.vocab_size, max_position_embeddings=64, tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from trimtune.data import load_demo_texts
+
+    path = tmp_path_factory.mktemp("text") / "calib.txt"
+    path.write_text("\n".join(r["text"] for r in load_demo_texts()))
+    return path
+
+
+def test_perplexity_scores_every_token_once(tiny_llama):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (50,))
+    with torch.no_grad():
+        logits = tiny_llama(input_ids=ids[None]).logits[0, :-1]
+    full = math.exp(float(F.cross_entropy(logits, ids[1:])))
+    whole = perplexity(tiny_llama, ids, seqlen=64)
+    assert whole["tokens"] == 49 and whole["perplexity"] == pytest.approx(full, rel=1e-5)
+    disjoint = perplexity(tiny_llama, ids, seqlen=20)
+    assert disjoint["tokens"] == 47 and disjoint["windows"] == 3  # each window's first token has no context
+    sliding = perplexity(tiny_llama, ids, seqlen=20, stride=5)
+    assert sliding["tokens"] == 49 and sliding["windows"] == 7
+    with pytest.raises(ValueError, match="seqlen 200 is longer than the model's 128 positions"):
+        perplexity(tiny_llama, ids, seqlen=200)
+
+
+def test_cli_prune_then_perplexity(llama_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(llama_dir), "--method", "sparsegpt", "--sparsity", "2:4", "--calib", str(text_file),
+                 "--nsamples", "4", "--seqlen", "32", "--blocksize", "16", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    result = json.loads(printed.out.split("result: ")[1])
+    assert result["sparsity"] == 0.5 and result["layers"] == 14
+    assert "model.layers.1.mlp.down_proj" in printed.out  # the table
+    assert "pruning blocks" in printed.err  # the progress bar
+    assert json.loads((out / "sparsity_report.json").read_text())["total"]["sparsity"] == 0.5
+    assert (out / "tokenizer.json").is_file()
+
+    assert main(["eval", "--model", str(out), "--perplexity", str(text_file), "--seqlen", "32"]) == 0
+    pruned = json.loads(capsys.readouterr().out.split("perplexity: ")[1])
+    assert main(["eval", str(llama_dir), "--perplexity", str(text_file), "--seqlen", "32"]) == 0
+    dense = json.loads(capsys.readouterr().out.split("perplexity: ")[1])
+    assert pruned["tokens"] == dense["tokens"] > 100
+    assert pruned["perplexity"] != dense["perplexity"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--seqlen", "100"], "seqlen 100 is longer than the model's 64 positions"),
+    (["--nsamples", "0"], "nsamples must be an integer >= 1"),
+    (["--calib", "EMPTY"], "is empty"),
+    (["--calib", "SHORT"], "has 3 tokens, fewer than seqlen=32"),
+    (["--sparsity", "0.5:4"], "sparsity must be a fraction in [0, 1) or 'N:M'"),
+    (["--sparsity", "3:2"], "0 < N < M"),
+    (["--method", "magnitude", "--owl"], "owl needs calibration activations"),
+])
+def test_cli_bad_input_names_the_problem_and_writes_nothing(llama_dir, text_file, tmp_path, capsys, extra, message):
+    (tmp_path / "EMPTY").write_text("  \n")
+    (tmp_path / "SHORT").write_text("three short words")
+    extra = [str(tmp_path / e) if e in ("EMPTY", "SHORT") else e for e in extra]
+    args = ["prune", "--model", str(llama_dir), "--calib", str(text_file), "--nsamples", "2", "--seqlen", "32", "--out", str(tmp_path / "out")]
+    code = main(args + extra)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_form_still_required_without_model(capsys):
+    assert main(["prune"]) == 2
+    assert "needs a RECIPE (or, for prune, --model DIR)" in capsys.readouterr().err
