@@ -42,6 +42,11 @@ class Hessian:
         x = x * (2.0 / self.tokens) ** 0.5
         self.matrix.addmm_(x.t(), x)
 
+    def take(self) -> torch.Tensor:
+        """Hand the matrix over (the kernel overwrites it) and keep no reference, so it can be freed early."""
+        matrix, self.matrix = self.matrix, None
+        return matrix
+
 
 def check_nm(n: int, m: int, columns: int, blocksize: int, where: str) -> None:
     if not 0 < n < m:
@@ -52,9 +57,8 @@ def check_nm(n: int, m: int, columns: int, blocksize: int, where: str) -> None:
         raise ConfigError(f"blocksize {blocksize} must be a multiple of M={m} so no group of M straddles two blocks")
 
 
-def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = percdamp · mean(diag H)."""
-    h = hessian.clone()
+def _damped_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Lower Cholesky factor of H + λI with λ = percdamp · mean(diag H); dampens ``h`` in place."""
     diag = torch.arange(h.shape[0])
     h[diag, diag] += percdamp * torch.mean(torch.diag(h))
     lower, info = torch.linalg.cholesky_ex(h)
@@ -63,7 +67,7 @@ def _inverse_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
             f"the calibration Hessian is not positive definite even with percdamp={percdamp}; "
             "raise percdamp (e.g. 0.1) or use more calibration tokens"
         )
-    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+    return lower
 
 
 def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -79,10 +83,11 @@ def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float) 
 @torch.no_grad()
 def sparsegpt(
     weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | None = None, n: int = 0, m: int = 0,
-    blocksize: int = 128, percdamp: float = 0.01,
+    blocksize: int = 128, percdamp: float = 0.01, consume: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune a canonical (out, in) ``weight`` given its inputs' Hessian. ``sparsity`` (unstructured) or
-    ``n:m`` (keep n of every m inputs). Returns the updated float32 weight and the keep mask (1 = kept)."""
+    ``n:m`` (keep n of every m inputs). Returns the updated float32 weight and the keep mask (1 = kept).
+    ``consume=True`` lets the kernel overwrite a float32 ``hessian`` instead of copying it (saves memory)."""
     check_positive_int("blocksize", blocksize)
     if percdamp < 0:
         raise ConfigError(f"percdamp must be >= 0 (a fraction of the mean Hessian diagonal), got {percdamp!r}")
@@ -91,11 +96,19 @@ def sparsegpt(
     elif sparsity is None or not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity must be a fraction in [0, 1) or give n:m, got {sparsity!r}")
     w = weight.detach().float().clone()
-    h = hessian.float().clone()
+    h = hessian.float() if consume else hessian.float().clone()
+    del hessian
     dead = torch.diag(h) == 0  # inputs that were always zero: nothing to learn, prune them first
     h[dead, dead] = 1
     w[:, dead] = 0
-    u = _inverse_cholesky(h, percdamp)
+    # U = upper Cholesky factor of (H + λI)⁻¹. Each intermediate is dropped as soon as the next
+    # exists: for a 5632-wide layer one matrix is 127 MB, so at most two are alive at a time.
+    lower = _damped_cholesky(h, percdamp)
+    del h
+    inverse = torch.cholesky_inverse(lower)
+    del lower
+    u = torch.linalg.cholesky(inverse, upper=True)
+    del inverse
     pruned = torch.zeros_like(w, dtype=torch.bool)
     columns = w.shape[1]
     for start in range(0, columns, blocksize):
@@ -138,6 +151,6 @@ def sparsegpt_layer(
     canon = layer.kind.to_canonical(layer.weight.detach())
     if m:
         check_nm(n, m, canon.shape[1], blocksize, name or layer.describe())
-    new, keep = sparsegpt(canon, hessian.matrix, sparsity, n, m, blocksize, percdamp)
+    new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True)
     layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))
     set_canonical_mask(layer, keep)

@@ -26,6 +26,12 @@ from .layouts import BlockLayout, blocks_of, layout_of
 class BlockSource:
     """In memory: every block is already there and stays."""
 
+    def before_capture(self, model: nn.Module) -> None:
+        pass
+
+    def after_capture(self, model: nn.Module) -> None:
+        pass
+
     def load(self, index: int, block: nn.Module) -> None:
         pass
 
@@ -67,7 +73,9 @@ def walk(model: nn.Module, samples: torch.Tensor, visit: Callable[[int, nn.Modul
     source = source or BlockSource()
     layout = layout_of(model)
     blocks = blocks_of(model, layout)
+    source.before_capture(model)
     calls = capture(model, blocks[0], samples)
+    source.after_capture(model)
     indices = range(len(blocks))
     if progress:
         from tqdm.auto import tqdm

@@ -18,10 +18,12 @@ import contextlib
 import errno
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ...io import atomic
@@ -89,13 +91,17 @@ def _load(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> No
         raise KeyError(f"{where}: the checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
+@torch.no_grad()
 def folded_state(block: nn.Module) -> dict[str, torch.Tensor]:
-    """The block's tensors under their checkpoint names, trimtune masks folded into the weights."""
+    """The block's tensors under their checkpoint names, trimtune masks folded into the weights *in
+    place* (W ⊙ M: the forward computes the same, and no second copy of the block is made)."""
     state = {}
     for name, module in block.named_modules():
         mask = getattr(module, "weight_mask", None)
+        if mask is not None:
+            module.weight.mul_(mask)
         for key, tensor in module.named_parameters(recurse=False):
-            state[f"{name}.{key}" if name else key] = tensor.detach() * mask if (key == "weight" and mask is not None) else tensor.detach()
+            state[f"{name}.{key}" if name else key] = tensor.detach()
         for key, tensor in module.named_buffers(recurse=False):
             if key != "weight_mask" and tensor is not None and key not in module._non_persistent_buffers_set:
                 state[f"{name}.{key}" if name else key] = tensor.detach()
@@ -115,7 +121,8 @@ class ShardWriter:
         self.count += 1
         name = f"model-{self.count:05d}-of-{self.total:05d}.safetensors"
         try:
-            atomic.write_safetensors(self.directory / name, tensors, metadata={"format": "pt"})
+            with atomic.atomic_path(self.directory / name) as tmp:  # tensors as they are: no private copies
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise OSError(errno.ENOSPC, f"no space left on the device while writing shard {name}; no output was written") from err
@@ -155,11 +162,22 @@ def _dtype_size(name: str) -> int:
 
 
 class DiskBlocks(BlockSource):
-    """Loads block i from the checkpoint before it is visited; after, ``on_block`` has saved it and
-    ``release`` puts it back on the meta device, so its memory is freed."""
+    """The embeddings are real only while block 0's inputs are captured. Block i is loaded from the
+    checkpoint before it is visited; after, ``on_block`` has saved it and ``release`` puts it back on
+    the meta device, so its memory is freed."""
 
-    def __init__(self, checkpoint: Checkpoint, blocks_path: str):
-        self.checkpoint, self.blocks_path = checkpoint, blocks_path
+    def __init__(self, checkpoint: Checkpoint, layout):
+        self.checkpoint, self.layout, self.blocks_path = checkpoint, layout, layout.blocks
+
+    def before_capture(self, model):
+        for path in self.layout.embed:
+            prefix = f"{path}."
+            tensors = self.checkpoint.read(self.checkpoint.under(prefix))
+            _load(model.get_submodule(path), {k[len(prefix):]: v for k, v in tensors.items()}, path)
+
+    def after_capture(self, model):
+        for path in self.layout.embed:
+            model.get_submodule(path).to("meta")
 
     def load(self, index, block):
         prefix = f"{self.blocks_path}.{index}."
@@ -178,8 +196,9 @@ def _check_out(out: Path, model_dir: Path) -> None:
 
 
 def prune_directory(model_dir, out, samples: torch.Tensor, config: SequentialConfig, progress: str | None = None,
-                    max_shard_bytes: int = 1 << 28) -> SparsityReport:
-    """Prune the safetensors model in ``model_dir`` block by block from disk into a new directory ``out``."""
+                    max_shard_bytes: int = 1 << 28, on_block: Callable[[int], None] | None = None) -> SparsityReport:
+    """Prune the safetensors model in ``model_dir`` block by block from disk into a new directory ``out``.
+    ``on_block(i)`` is called once block i is written (benchmarks time blocks with it)."""
     model_dir, out = Path(model_dir), Path(out)
     _check_out(out, model_dir)
     checkpoint = Checkpoint(model_dir)
@@ -195,18 +214,16 @@ def prune_directory(model_dir, out, samples: torch.Tensor, config: SequentialCon
         writer = ShardWriter(tmp, len(groups) + len(blocks))
         for group in groups:
             writer.write(checkpoint.read(group))
-        for path in layout.embed:
-            prefix = f"{path}."
-            _load(model.get_submodule(path), {k[len(prefix):]: v for k, v in checkpoint.read(checkpoint.under(prefix)).items()}, path)
-
         def save(i, block):
             tensors = {f"{layout.block_name(i)}.{k}": v for k, v in folded_state(block).items()}
             expected = set(checkpoint.under(f"{layout.block_name(i)}."))
             if set(tensors) != expected:
                 raise KeyError(f"block {i}: would write {sorted(set(tensors) ^ expected)[:5]} unlike the input checkpoint")
             writer.write(tensors)
+            if on_block is not None:
+                on_block(i)
 
-        report = prune_sequential(model, samples, config, DiskBlocks(checkpoint, layout.blocks), progress, on_block=save)
+        report = prune_sequential(model, samples, config, DiskBlocks(checkpoint, layout), progress, on_block=save)
         writer.finish()
         _copy_other_files(model_dir, tmp)
         atomic.write_bytes(tmp / REPORT, (report.to_json() + "\n").encode())
