@@ -42,6 +42,11 @@ class Hessian:
         x = x * (2.0 / self.tokens) ** 0.5
         self.matrix.addmm_(x.t(), x)
 
+    def copy(self) -> "Hessian":
+        other = Hessian.__new__(Hessian)
+        other.matrix, other.tokens = self.matrix.clone(), self.tokens
+        return other
+
     def take(self) -> torch.Tensor:
         """Hand the matrix over (the kernel overwrites it) and keep no reference, so it can be freed early."""
         matrix, self.matrix = self.matrix, None

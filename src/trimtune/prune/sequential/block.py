@@ -39,15 +39,36 @@ def _only(name: str):
 
 @torch.no_grad()
 def _hessians(block: nn.Module, layers: dict[str, TunedLayer], calls: BlockCalls) -> dict[str, Hessian]:
-    hessians = {n: Hessian(layer.kind.to_canonical(layer.weight).shape[1]) for n, layer in layers.items()}
-    handles = [layer.register_forward_pre_hook(lambda mod, args, n=n: hessians[n].add(args[0])) for n, layer in layers.items()]
+    """One Hessian per distinct input: q/k/v (and gate/up) receive the same tensor object, so they
+    share one accumulator instead of each paying for the same XᵀX (the grouping is read on the first
+    call, where references to the inputs are held so no address can be reused within the forward)."""
+    owner: dict[str, str] = {}
+    seen: list[tuple[torch.Tensor, str]] = []
+    hessians: dict[str, Hessian] = {}
+
+    def hook_for(name, layer):
+        def hook(module, args):
+            x = args[0]
+            if name not in owner:
+                owner[name] = next((n for t, n in seen if t is x), name)
+                seen.append((x, name))
+                if owner[name] == name:
+                    hessians[name] = Hessian(layer.kind.to_canonical(layer.weight).shape[1])
+            if owner[name] == name:
+                hessians[name].add(x)
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(n, layer)) for n, layer in layers.items()]
     try:
         for call in calls:
             block(**call)
+            seen.clear()
     finally:
         for h in handles:
             h.remove()
-    return hessians
+    # a layer the forward never reached keeps an empty accumulator: sparsegpt_layer names it
+    return {n: hessians[owner[n]] if n in owner else Hessian(layers[n].kind.to_canonical(layers[n].weight).shape[1]) for n in layers}
 
 
 def wanda_norms(block: nn.Module, names: list[str], calls: BlockCalls) -> dict[str, torch.Tensor]:
@@ -71,7 +92,10 @@ def prune_block(block: nn.Module, calls: BlockCalls, config: SequentialConfig, s
         hessians = _hessians(block, layers, calls)
         n, m = n_m or (0, 0)
         for name, layer in layers.items():
-            sparsegpt_layer(layer, hessians.pop(name), None if n_m else sparsity, n, m, config.blocksize, config.percdamp, f"{prefix}{name}")
+            hessian = hessians.pop(name)
+            if any(h is hessian for h in hessians.values()):
+                hessian = hessian.copy()  # a later layer shares it: the kernel consumes its own copy
+            sparsegpt_layer(layer, hessian, None if n_m else sparsity, n, m, config.blocksize, config.percdamp, f"{prefix}{name}")
         return
     if config.method == "wanda":
         importance, per_output = Wanda(wanda_norms(block, names, calls)), True

@@ -77,12 +77,24 @@ def empty_model(directory: Path):
     config = AutoConfig.from_pretrained(directory)
     model_type_of(config)  # an unknown layout fails here, before anything is read
     names = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, names[0], None) if names else None
+    cls = getattr(transformers, names[0], None) if names else _default_class(config)
     if cls is None:
         raise ValueError(f"{directory}/config.json names no known model class in `architectures` (got {names!r})")
     with init_empty_weights():
         model = cls._from_config(config)
     return model.eval()
+
+
+def _default_class(config):
+    """No `architectures` in config.json: the causal LM class for the type, else the bare model."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    for auto in (AutoModelForCausalLM, AutoModel):
+        try:
+            return auto._model_mapping[type(config)]
+        except KeyError:
+            continue
+    return None
 
 
 def _load(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:

@@ -1,0 +1,349 @@
+"""Block-by-block LLM pruning (issue 16): quality on real weights, memory and speed of the streaming run.
+
+1. ``quality``: all-MiniLM-L6-v2 pruned by the sequential pipeline (calibration: 32 windows of 128
+   tokens drawn from the demo texts) with magnitude, Wanda and SparseGPT at 50 % (with and without
+   OWL) and 2:4. Per layer, the reconstruction error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on the demo texts (X: the
+   layer's inputs in the pruned model, real tokens only; W dense, Ŵ pruned), and the cosine between
+   pruned and dense mean-pooled sentence embeddings.
+2. ``memory``: random-weight Llama directories (hidden 2048, FFN 5632, 32 heads / 4 KV heads, vocab
+   32000, fp32) with 4, 8 and 22 layers written under /tmp, each streamed through SparseGPT in its own
+   process; the figure is that process's VmHWM (the whole run: imports, model skeleton, every block).
+   The same runs give seconds per block; Wanda is timed on the 4-layer directory.
+3. ``llmc``: llm-compressor's ``oneshot`` SparseGPTModifier on the 4-layer directory with the same
+   calibration tokens, in its own process from the separate venv /work/venv-llmc (if it exists):
+   time, VmHWM, and the share of mask entries that agree with ours.
+
+    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py [--part quality|memory|llmc|all] [--docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
+
+BEGIN, END = "<!-- llm_prune:begin -->", "<!-- llm_prune:end -->"
+ROOT = Path(__file__).resolve().parent.parent
+WIDE = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000}
+NSAMPLES, SEQLEN = 16, 256
+LLMC_PYTHON = Path("/work/venv-llmc/bin/python")
+
+
+# ---------------------------------------------------------------- quality on MiniLM
+def _demo_stream(tokenizer) -> torch.Tensor:
+    from trimtune.data import load_demo_texts
+
+    text = "\n".join(r["text"] for r in load_demo_texts())
+    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def _windows(ids: torch.Tensor, n: int, seqlen: int) -> torch.Tensor:
+    starts = torch.randint(0, len(ids) - seqlen + 1, (n,), generator=torch.Generator().manual_seed(0))
+    return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+
+
+def _eval_batches(tokenizer):
+    from trimtune.data import load_demo_texts
+
+    texts = [r["text"] for r in load_demo_texts()]
+    return [tokenizer(texts[i:i + 64], padding=True, truncation=True, max_length=64, return_tensors="pt") for i in range(0, len(texts), 64)]
+
+
+@torch.no_grad()
+def _embeddings(model, batches) -> torch.Tensor:
+    out = []
+    for enc in batches:
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        out.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(out)
+
+
+def quality_part() -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    from trimtune.models import minilm_path
+    from trimtune.prune.sequential import SequentialConfig, prune_sequential
+
+    path = str(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dense = AutoModel.from_pretrained(path).eval()
+    samples = _windows(_demo_stream(tokenizer), 32, 128)
+    batches = _eval_batches(tokenizer)
+    reference = _embeddings(dense, batches)
+    variants = [("magnitude", 0.5, False), ("wanda", 0.5, False), ("wanda", 0.5, True), ("sparsegpt", 0.5, False),
+                ("sparsegpt", 0.5, True), ("magnitude", "2:4", False), ("wanda", "2:4", False), ("sparsegpt", "2:4", False)]
+    rows = []
+    for method, sparsity, owl in variants:
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        report = prune_sequential(model, samples, SequentialConfig(method, sparsity, owl=owl))
+        seconds = time.perf_counter() - start
+        cosine = torch.nn.functional.cosine_similarity(_embeddings(model, batches), reference).mean().item()
+        errors = layer_errors(model, dense, batches)
+        rows.append({"method": method, "sparsity": str(sparsity), "owl": owl, "cosine": cosine, "errors": errors,
+                     "mean_error": sum(errors.values()) / len(errors), "achieved": report.sparsity, "seconds": seconds})
+        print(f"  quality {method} {sparsity} owl={owl}: cosine {cosine:.4f}, mean error {rows[-1]['mean_error']:.4f}", file=sys.stderr, flush=True)
+    return {"calibration": "32 windows x 128 tokens of the demo texts", "rows": rows}
+
+
+@torch.no_grad()
+def layer_errors(pruned, dense, batches) -> dict[str, float]:
+    """Per pruned layer: ‖X(W − Ŵ)ᵀ‖² / ‖XWᵀ‖² over the real (unpadded) tokens it sees in the pruned model."""
+    from trimtune.prune.masks import masked_layers
+
+    layers = dict(masked_layers(pruned))
+    num = dict.fromkeys(layers, 0.0)
+    den = dict.fromkeys(layers, 0.0)
+    keep = {}
+
+    def hook_for(name, layer):
+        w = dense.get_submodule(name).weight.detach()
+        w_hat = layer.weight.detach() * layer.weight_mask
+
+        def hook(module, args):
+            x = args[0][keep["mask"]]
+            full = x @ w.t()
+            num[name] += float((full - x @ w_hat.t()).pow(2).sum())
+            den[name] += float(full.pow(2).sum())
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(n, layer)) for n, layer in layers.items()]
+    try:
+        for enc in batches:
+            keep["mask"] = enc["attention_mask"].bool()
+            pruned(**enc)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: num[n] / den[n] for n in layers}
+
+
+# ---------------------------------------------------------------- random Llama directories
+def write_random_llama(path: Path, layers: int, seed: int = 0) -> float:
+    """A fp32 Llama directory with random weights, one shard per block (written without ever
+    holding the model). Returns its size in GB."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=2048, tie_word_embeddings=False, **WIDE)
+    with init_empty_weights():
+        skeleton = LlamaForCausalLM(config)
+    shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
+    groups: dict[str, list[str]] = {}
+    for key in shapes:
+        group = ".".join(key.split(".")[:3]) if key.startswith("model.layers.") else key
+        groups.setdefault(group, []).append(key)
+    path.mkdir(parents=True)
+    config.save_pretrained(path)
+    generator = torch.Generator().manual_seed(seed)
+    weight_map, total = {}, 0
+    for i, (group, keys) in enumerate(groups.items()):
+        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {k: (torch.ones(shapes[k]) if k.endswith("norm.weight") else torch.randn(shapes[k], generator=generator) * 0.02) for k in keys}
+        save_file(tensors, str(path / name), metadata={"format": "pt"})
+        weight_map.update((k, name) for k in keys)
+        total += sum(t.numel() * 4 for t in tensors.values())
+        del tensors
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return total / 1e9
+
+
+def stream_child(model_dir: str, out: str, method: str, sparsity: str) -> None:
+    """Runs in its own process: the streaming prune of one directory; prints JSON with VmHWM and times."""
+    from trimtune.prune.sequential import SequentialConfig
+    from trimtune.prune.sequential.stream import prune_directory
+
+    _harness.set_threads()
+    samples = torch.randint(0, WIDE["vocab_size"], (NSAMPLES, SEQLEN), generator=torch.Generator().manual_seed(0))
+    marks = [time.perf_counter()]
+    report = prune_directory(model_dir, out, samples, SequentialConfig(method, sparsity), on_block=lambda i: marks.append(time.perf_counter()))
+    block_seconds = [b - a for a, b in zip(marks[1:-1], marks[2:])]  # block 0 also pays capture and the non-block shards
+    print(json.dumps({"vmhwm_mb": _harness._status_kib("VmHWM") / 1024, "total_s": time.perf_counter() - marks[0],
+                      "block_s": sorted(block_seconds)[len(block_seconds) // 2], "blocks": len(marks) - 1, "sparsity": report.sparsity}))
+
+
+def _child(*args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(_harness.THREADS)}
+    done = subprocess.run([sys.executable, __file__, "--child", *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"child {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_part(depths=(4, 8, 22)) -> dict:
+    rows = []
+    for layers in depths:
+        source = Path(f"/tmp/llm_prune_bench_{layers}")
+        out = Path(f"/tmp/llm_prune_bench_{layers}_out")
+        for p in (source, out):
+            shutil.rmtree(p, ignore_errors=True)
+        try:
+            size = write_random_llama(source, layers)
+            row = {"layers": layers, "size_gb": size, "sparsegpt": _child(str(source), str(out), "sparsegpt", "0.5")}
+            if layers == depths[0]:
+                shutil.rmtree(out)
+                row["wanda"] = _child(str(source), str(out), "wanda", "0.5")
+            rows.append(row)
+            print(f"  memory {row}", file=sys.stderr, flush=True)
+        finally:
+            for p in (source, out):
+                shutil.rmtree(p, ignore_errors=True)
+    return {"calibration": f"{NSAMPLES} x {SEQLEN} random tokens", "rows": rows}
+
+
+# ---------------------------------------------------------------- llm-compressor
+LLMC_SCRIPT = r"""
+import json, sys, time, torch
+torch.set_num_threads(2)
+from transformers import AutoModelForCausalLM
+from datasets import Dataset
+from llmcompressor import oneshot
+from llmcompressor.modifiers.pruning import SparseGPTModifier
+source, out, n, seqlen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+samples = torch.randint(0, 32000, (n, seqlen), generator=torch.Generator().manual_seed(0))
+ds = Dataset.from_dict({"input_ids": samples.tolist(), "attention_mask": torch.ones_like(samples).tolist()})
+start = time.perf_counter()
+model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+recipe = SparseGPTModifier(sparsity=0.5, block_size=128, dampening_frac=0.01, targets=["Linear"], ignore=["lm_head"])
+oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=n, max_seq_length=seqlen, pipeline="sequential")
+model.save_pretrained(out)
+with open("/proc/self/status") as f:
+    hwm = [int(l.split()[1]) for l in f if l.startswith("VmHWM")][0]
+print(json.dumps({"vmhwm_mb": hwm / 1024, "total_s": time.perf_counter() - start}))
+"""
+
+
+def llmc_part(layers: int = 4) -> dict:
+    if not LLMC_PYTHON.exists():
+        return {"skipped": f"{LLMC_PYTHON} not found"}
+    from safetensors import safe_open
+
+    source, ours, theirs = (Path(f"/tmp/llm_prune_llmc_{s}") for s in ("in", "ours", "theirs"))
+    for p in (source, ours, theirs):
+        shutil.rmtree(p, ignore_errors=True)
+    try:
+        write_random_llama(source, layers)
+        mine = _child(str(source), str(ours), "sparsegpt", "0.5")
+        done = subprocess.run([str(LLMC_PYTHON), "-c", LLMC_SCRIPT, str(source), str(theirs), str(NSAMPLES), str(SEQLEN)],
+                              env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True)
+        if done.returncode:
+            return {"ours": mine, "error": done.stderr.strip().splitlines()[-1][:300]}
+        other = json.loads(done.stdout.strip().splitlines()[-1])
+        agree = total = 0
+        ours_index = json.loads((ours / "model.safetensors.index.json").read_text())["weight_map"]
+        their_files = list(theirs.glob("*.safetensors"))
+        their_map = {}
+        for f in their_files:
+            with safe_open(str(f), "pt") as h:
+                their_map.update((k, f) for k in h.keys())
+        for key, shard in ours_index.items():
+            if ".layers." not in key or not key.endswith("proj.weight"):
+                continue
+            with safe_open(str(ours / shard), "pt") as a, safe_open(str(their_map[key]), "pt") as b:
+                x, y = a.get_tensor(key) != 0, b.get_tensor(key) != 0
+            agree += int((x == y).sum())
+            total += x.numel()
+        return {"layers": layers, "ours": mine, "llmc": other, "mask_agreement": agree / total}
+    finally:
+        for p in (source, ours, theirs):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- docs
+def render(results: dict) -> str:
+    lines = ["## Block-by-block LLM pruning (`benchmarks/llm_prune.py`, issue #16)", ""]
+    q = results.get("quality")
+    if q:
+        lines += [f"Quality on all-MiniLM-L6-v2 (calibration: {q['calibration']}; evaluation: all demo texts). "
+                  "Error = per-layer ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖², mean and worst over the 36 layers; cosine = pruned vs dense "
+                  "mean-pooled embedding, mean over texts.", "",
+                  "| method | sparsity | OWL | embedding cosine | mean layer error | worst layer error | achieved sparsity | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in q["rows"]:
+            lines.append(f"| {r['method']} | {r['sparsity']} | {'yes' if r['owl'] else 'no'} | {r['cosine']:.4f} | {r['mean_error']:.4f} | "
+                         f"{max(r['errors'].values()):.4f} | {100 * r['achieved']:.1f} % | {r['seconds']:.1f} |")
+        by = {(r["method"], r["sparsity"], r["owl"]): r for r in q["rows"]}
+        s, w = by[("sparsegpt", "2:4", False)], by[("wanda", "2:4", False)]
+        ratios = [s["errors"][n] / w["errors"][n] for n in s["errors"]]
+        lines += ["", f"2:4 targets: SparseGPT cosine − Wanda cosine = {s['cosine'] - w['cosine']:+.4f} (target ≥ +0.05); "
+                  f"SparseGPT / Wanda layer error: worst {max(ratios):.3f}, median {sorted(ratios)[len(ratios) // 2]:.3f} "
+                  f"(target ≤ 0.5 on every layer: {'met' if max(ratios) <= 0.5 else 'missed on ' + str(sum(r > 0.5 for r in ratios)) + ' of ' + str(len(ratios)) + ' layers'})."]
+    m = results.get("memory")
+    if m:
+        lines += ["", f"Streaming from disk (random-weight fp32 Llama, hidden 2048, FFN 5632, 32 heads / 4 KV, vocab 32000; "
+                  f"SparseGPT 50 %, calibration {m['calibration']}; each run in its own process, peak = its VmHWM, 2 threads).", "",
+                  "| layers | size on disk | peak memory (VmHWM) | peak / 4-layer peak | peak / model size | s per block (median) | total s |",
+                  "|---|---|---|---|---|---|---|"]
+        base = m["rows"][0]["sparsegpt"]["vmhwm_mb"]
+        for r in m["rows"]:
+            s = r["sparsegpt"]
+            lines.append(f"| {r['layers']} | {r['size_gb']:.2f} GB | {s['vmhwm_mb']:.0f} MB | {s['vmhwm_mb'] / base:.2f} | "
+                         f"{s['vmhwm_mb'] / (r['size_gb'] * 1000):.3f} | {s['block_s']:.1f} | {s['total_s']:.0f} |")
+        wanda = m["rows"][0].get("wanda")
+        if wanda:
+            lines += ["", f"Wanda 50 % on the {m['rows'][0]['layers']}-layer directory: {wanda['block_s']:.1f} s per block, peak {wanda['vmhwm_mb']:.0f} MB."]
+    c = results.get("llmc")
+    if c:
+        if "skipped" in c or "error" in c:
+            lines += ["", f"llm-compressor: {c.get('skipped') or c.get('error')}"]
+        else:
+            lines += ["", f"llm-compressor 0.14 `oneshot` SparseGPTModifier (50 %, block 128, dampening 0.01, sequential pipeline) on the "
+                      f"{c['layers']}-layer directory, same {NSAMPLES} x {SEQLEN} tokens, own process: {c['llmc']['total_s']:.0f} s and "
+                      f"{c['llmc']['vmhwm_mb']:.0f} MB peak (load + prune + save) vs trimtune {c['ours']['total_s']:.0f} s and "
+                      f"{c['ours']['vmhwm_mb']:.0f} MB; masks agree on {100 * c['mask_agreement']:.2f} % of entries."]
+    lines += ["", "Command: `PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py --part all --docs`.", ""]
+    return "\n".join(lines)
+
+
+def write_docs(results: dict) -> None:
+    doc = ROOT / "docs" / "benchmarks.md"
+    old = doc.read_text()
+    section = f"{BEGIN}\n{render(results)}{END}"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(new)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        stream_child(*sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", default="all", choices=("quality", "memory", "llmc", "all"))
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--docs", action="store_true", help="rewrite this benchmark's section of docs/benchmarks.md")
+    parser.add_argument("--depths", default="4,8,22", help="layer counts for the memory part (default: %(default)s)")
+    args = parser.parse_args()
+    _harness.set_threads()
+    results = {}
+    if args.part in ("quality", "all"):
+        results["quality"] = quality_part()
+    if args.part in ("memory", "all"):
+        results["memory"] = memory_part(tuple(int(d) for d in args.depths.split(",")))
+    if args.part in ("llmc", "all"):
+        results["llmc"] = llmc_part()
+    print(json.dumps(results, indent=2, default=str))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    if args.docs:
+        write_docs(results)
+
+
+if __name__ == "__main__":
+    main()
