@@ -74,16 +74,16 @@ def test_streamed_equals_in_memory_and_reloads(arch, config, tiny_llama, tiny_gp
 
 def test_disk_full_leaves_no_output(tiny_llama, tmp_path, monkeypatch):
     source = saved(tiny_llama, tmp_path / "in")
-    real = stream.save_file
+    real = stream.write_shard
     calls = []
 
-    def full(tensors, path, metadata=None):
+    def full(path, items, metadata=None):
         calls.append(path)
         if len(calls) == 3:  # a block shard, after the first ones were written
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(tensors, path, metadata)
+        real(path, items, metadata)
 
-    monkeypatch.setattr(stream, "save_file", full)
+    monkeypatch.setattr(stream, "write_shard", full)
     with pytest.raises(OSError, match="no space left on the device while writing shard model-00003"):
         prune_directory(source, tmp_path / "out", torch.randint(3, 100, (2, 16)), SequentialConfig("wanda", 0.5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

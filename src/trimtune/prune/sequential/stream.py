@@ -14,7 +14,6 @@ tokenizer) and ``sparsity_report.json``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import shutil
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ...io import atomic
+from ...io.safetensors_stream import FileSlice, slices_of
+from ...io.safetensors_stream import write as write_shard
 from ..report import SparsityReport
 from .config import SequentialConfig
 from .layouts import blocks_of, layout_of, model_type_of
@@ -50,6 +50,13 @@ class Checkpoint:
                 self.shard_of = {k: "model.safetensors" for k in f.keys()}
         else:
             raise FileNotFoundError(f"{directory} has no model.safetensors or {INDEX}; only safetensors checkpoints can be streamed")
+
+    def slices(self) -> dict:
+        """Where every tensor's bytes are (from the shard headers; nothing is loaded)."""
+        out = {}
+        for shard in sorted(set(self.shard_of.values())):
+            out.update(slices_of(self.directory / shard))
+        return out
 
     def read(self, keys) -> dict[str, torch.Tensor]:
         """Copies of ``keys``, each shard memory-mapped only while it is read (so no mapping outlives the call)."""
@@ -129,18 +136,19 @@ class ShardWriter:
         self.size = 0
         self.count = 0
 
-    def write(self, tensors: dict[str, torch.Tensor]) -> None:
+    def write(self, items: dict) -> None:
+        """``items``: tensors (a pruned block) or ``FileSlice``s of the input (copied byte for byte)."""
         self.count += 1
         name = f"model-{self.count:05d}-of-{self.total:05d}.safetensors"
         try:
-            with atomic.atomic_path(self.directory / name) as tmp:  # tensors as they are: no private copies
-                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+            with atomic.atomic_path(self.directory / name) as tmp:
+                write_shard(tmp, items, metadata={"format": "pt"})
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise OSError(errno.ENOSPC, f"no space left on the device while writing shard {name}; no output was written") from err
             raise
-        self.weight_map.update((k, name) for k in tensors)
-        self.size += sum(t.numel() * t.element_size() for t in tensors.values())
+        self.weight_map.update((k, name) for k in items)
+        self.size += sum(v.length if isinstance(v, FileSlice) else v.numel() * v.element_size() for v in items.values())
 
     def finish(self) -> None:
         if self.count != self.total:
@@ -148,29 +156,19 @@ class ShardWriter:
         atomic.write_json(self.directory / INDEX, {"metadata": {"total_size": self.size}, "weight_map": dict(sorted(self.weight_map.items()))})
 
 
-def _group(keys: list[str], checkpoint: Checkpoint, limit: int) -> list[list[str]]:
+def _group(keys: list[str], slices: dict, limit: int) -> list[list[str]]:
     """Non-block tensors in shards of at most ``limit`` bytes (a bigger tensor gets its own)."""
     groups, current, size = [], [], 0
-    with contextlib.ExitStack() as stack:
-        handles = {s: stack.enter_context(safe_open(str(checkpoint.directory / s), framework="pt")) for s in {checkpoint.shard_of[k] for k in keys}}
-        for key in keys:
-            tensor_slice = handles[checkpoint.shard_of[key]].get_slice(key)
-            numel = 1
-            for d in tensor_slice.get_shape():
-                numel *= d
-            nbytes = numel * _dtype_size(tensor_slice.get_dtype())
-            if current and size + nbytes > limit:
-                groups.append(current)
-                current, size = [], 0
-            current.append(key)
-            size += nbytes
+    for key in keys:
+        nbytes = slices[key].length
+        if current and size + nbytes > limit:
+            groups.append(current)
+            current, size = [], 0
+        current.append(key)
+        size += nbytes
     if current:
         groups.append(current)
     return groups
-
-
-def _dtype_size(name: str) -> int:
-    return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}.get(name, 1)
 
 
 class DiskBlocks(BlockSource):
@@ -221,11 +219,12 @@ def prune_directory(model_dir, out, samples: torch.Tensor, config: SequentialCon
     blocks = blocks_of(model, layout)
     block_keys = {k for k in checkpoint.shard_of if k.startswith(f"{layout.blocks}.")}
     rest = [k for k in checkpoint.shard_of if k not in block_keys]
-    groups = _group(rest, checkpoint, max_shard_bytes)
+    slices = checkpoint.slices()
+    groups = _group(rest, slices, max_shard_bytes)
     with atomic.atomic_directory(out) as tmp:
         writer = ShardWriter(tmp, len(groups) + len(blocks))
-        for group in groups:
-            writer.write(checkpoint.read(group))
+        for group in groups:  # embeddings, final norm, head: copied byte for byte, never loaded
+            writer.write({k: slices[k] for k in group})
         def save(i, block):
             tensors = {f"{layout.block_name(i)}.{k}": v for k, v in folded_state(block).items()}
             expected = set(checkpoint.under(f"{layout.block_name(i)}."))
