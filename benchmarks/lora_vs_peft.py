@@ -104,7 +104,7 @@ def trimtune_version(case: Case, base, factors_from=None):
     if factors_from is not None:  # the very same factors as peft's, so both train the same thing
         peft_inner = factors_from.base_model.model
         with torch.no_grad():
-            for name, layer in tt.api.layers(base):
+            for name, layer in tt.core.state.layers(base):
                 twin = peft_inner.get_submodule(name)
                 layer.deltas["default"].lora_A.copy_(twin.lora_A["default"].weight)
                 layer.deltas["default"].lora_B.copy_(twin.lora_B["default"].weight)

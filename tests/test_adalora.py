@@ -155,7 +155,7 @@ def test_unsupported_layer_and_no_adalora():
 
 
 def test_trimtune_train_runs_the_rank_update_by_itself(tiny_llama, recwarn):
-    from trimtune.train import train
+    from trimtune.training import train
 
     config = tt.AdaLoraConfig(init_r=4, target_r=2, tinit=1, tfinal=2)  # total_step taken from the loop
     tt.apply(tiny_llama, config)

@@ -5,7 +5,7 @@ import torch
 from peft import IA3Config as PeftIA3Config
 
 import trimtune as tt
-from trimtune.layers import TunedLayer
+from trimtune.core.tuned_layer import TunedLayer
 
 from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
 

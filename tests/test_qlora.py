@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import trimtune as tt
-from trimtune.quant import QuantConfig, dequantize_weight, is_4bit
+from trimtune.core.four_bit import QuantConfig, dequantize_weight, is_4bit
 
 from _peft_parity import copy_from_peft, logits, peft_model, to_bnb_linear4bit
 

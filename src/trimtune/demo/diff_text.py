@@ -16,8 +16,8 @@ DENSITY = 0.005
 
 def run(ctx: DemoContext) -> None:
     import trimtune as tt
-    from trimtune.diff_pruning import DiffPenalty, diff_optimizer
-    from trimtune.io.diff_artifact import artifact_bytes, save_diff
+    from ..methods.diff.penalty import DiffPenalty, diff_optimizer
+    from ..methods.diff.artifact import artifact_bytes, save_diff
 
     settings = QUICK if ctx.quick else FULL
     _, _, _, model, train_loader, test_loader = text_task(ctx, settings)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.digits import load_digits_split
-from ..io.sparse import save_sparse
+from ..prune.files import save_sparse
 from ..prune import PruneConfig, PruneSchedule, Pruner, keep_pruned, prune, sparsity, sparsity_report
 from .context import DemoContext, Step
 

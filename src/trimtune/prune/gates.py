@@ -25,12 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConfigError, check_choice, check_positive, check_positive_int
-from ..kinds import ConvKind
-from ..registry import register_weight_method
-from ..targets import TargetSpec
-from ..deltas.base import Delta
-from .masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.config import ConfigError, check_choice, check_positive, check_positive_int
+from ..core.layer_kinds import ConvKind
+from ..core.targets import TargetSpec
+from ..core.delta import Delta
+from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
 
 GAMMA, ZETA = -0.1, 1.1  # hard-concrete stretch interval
 
@@ -142,7 +141,6 @@ class GateDelta(Delta):
         return closed.repeat_interleave(self.config.group_size).nonzero().flatten()
 
 
-@register_weight_method(GateConfig)
 def make_gate(layer, config: GateConfig) -> GateDelta:
     if isinstance(layer.kind, ConvKind) and config.input_dependent and layer.kind.shell.groups != 1:
         raise ConfigError("input-dependent gates on grouped convolutions are not supported")
@@ -150,7 +148,7 @@ def make_gate(layer, config: GateConfig) -> GateDelta:
 
 
 def _gates(model: nn.Module, name: str):
-    from ..api import layers
+    from ..core.state import layers
 
     found = [(n, layer, layer.deltas[name]) for n, layer in layers(model) if name in layer.deltas]
     if not found:
@@ -167,7 +165,8 @@ def l0_penalty(model: nn.Module, name: str = "gates") -> torch.Tensor:
 def gates_to_masks(model: nn.Module, name: str = "gates") -> nn.Module:
     """Static masks from static gates: closed output units are masked and recorded; open gate
     values are folded into the weight rows and bias; the gate adapter is removed."""
-    from ..api import delete_adapter, state_of
+    from ..core.adapters import delete_adapter
+    from ..core.state import state_of
 
     for _, layer, delta in _gates(model, name):
         if delta.config.input_dependent:

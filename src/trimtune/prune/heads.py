@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..api import wrap
+from ..core.state import wrap
 from .granularity import Granularity, Units, reduce
-from .masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Heads(Granularity):
 
 
 def record_heads(layer) -> list[int]:
-    from .masks import pruned_structures
+    from ..core.masks import pruned_structures
 
     return pruned_structures(layer).get("heads", [])
 

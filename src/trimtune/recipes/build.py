@@ -105,7 +105,7 @@ class Loaders:
 
 
 def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
-    from ..train import accuracy
+    from ..training import accuracy
 
     section, seed = recipe.data, recipe.data.seed
     if section.train == IMAGE_BATCH:
@@ -123,7 +123,7 @@ def _digit_loaders(section: DataSection) -> Loaders:
     from torch.utils.data import DataLoader, TensorDataset
 
     from ..data.digits import load_digits_split
-    from ..train import accuracy
+    from ..training import accuracy
 
     x_train, y_train, x_test, y_test = load_digits_split(section.eval_fraction or 0.25, section.seed)
     if section.limit:
@@ -147,7 +147,7 @@ def prune_config(section: PruneSection, model: nn.Module, loaders: Loaders):
     from itertools import islice
 
     from .. import prune as P
-    from ..train.batches import run_batch
+    from ..training.batches import run_batch
 
     calibration = lambda: islice(iter(loaders.train), section.calibration_batches)
     if section.importance == "wanda":

@@ -11,19 +11,17 @@ import dataclasses
 import difflib
 from typing import Literal
 
-from ..config import ConfigError
+from ..core.config import ConfigError
+from ..core.registry import recipe_methods
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def methods() -> dict[str, type]:
-    """Recipe name -> config dataclass (imported lazily: listing them must not import torch twice)."""
-    import trimtune as tt
+    """Recipe name -> config dataclass, from the method registry. The method packages import torch,
+    so they are imported here, when a recipe names a method, not when the CLI starts."""
+    from .. import methods as _registers_every_method  # noqa: F401
 
-    return {
-        "lora": tt.LoraConfig, "adalora": tt.AdaLoraConfig, "qlora": tt.QLoraConfig, "ia3": tt.IA3Config,
-        "bottleneck": tt.BottleneckConfig, "prompt": tt.PromptTuningConfig, "p-tuning": tt.PTuningConfig,
-        "prefix": tt.PrefixTuningConfig, "diff": tt.DiffConfig,
-    }
+    return recipe_methods()
 
 
 def did_you_mean(word: str, allowed) -> str:

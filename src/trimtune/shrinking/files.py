@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..io.atomic import atomic_directory
+from ..core.io.atomic import atomic_directory
 from .apply import replay
 
 HISTORY_FILE = "shrink_history.json"

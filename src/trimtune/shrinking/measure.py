@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from ..kinds import kind_class_for
-from ..layers import TunedLayer
+from ..core.layer_kinds import kind_class_for
+from ..core.tuned_layer import TunedLayer
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -38,8 +38,8 @@ def _layers_prefix(model: nn.Module, layout: dict) -> tuple[str, nn.ModuleList]:
 
 
 def _width(module: nn.Module, dim: str) -> int:
-    from ..layers import TunedLayer
-    from ..kinds import kind_class_for
+    from ..core.tuned_layer import TunedLayer
+    from ..core.layer_kinds import kind_class_for
 
     shell = module.base_layer if isinstance(module, TunedLayer) else module
     out_features, in_features = kind_class_for(shell)(shell).weight_shape(module.weight)
