@@ -28,7 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 
 from trimtune.demo.prune_digits import CNN_LAYERS, accuracy, digits_split, lenet, train_steps  # noqa: E402
-from trimtune.prune import # noqa: E402     Magnitude, PruneConfig, PruneSchedule, Pruner, Wanda, collect_input_norms, prune, sparsity
+from trimtune.prune import (  # noqa: E402
+    Magnitude,
+    PruneConfig,
+    Pruner,
+    PruneSchedule,
+    Wanda,
+    collect_input_norms,
+    prune,
+    sparsity,
+)
 
 
 # ---------------------------------------------------------------- CNN on digits

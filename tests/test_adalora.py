@@ -4,11 +4,10 @@ import copy
 
 import pytest
 import torch
+from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
 from peft import AdaLoraConfig as PeftAdaLoraConfig
 
 import trimtune as tt
-
-from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
 
 
 def _configs(**kw):

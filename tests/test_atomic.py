@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import trimtune as tt
-from trimtune.core.io import atomic, peft_files as adapter_files
+from trimtune.core.io import atomic
+from trimtune.core.io import peft_files as adapter_files
 
 
 def _no_temp_files(directory):

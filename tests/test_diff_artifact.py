@@ -9,10 +9,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import trimtune as tt
-from trimtune.methods.diff.penalty import diff_deltas
-from trimtune.methods.diff.artifact import CONFIG_FILE, TENSORS_FILE, artifact_bytes, decode_indices, encode_indices, load_diff, save_diff
 from trimtune.core.io.fingerprint import BaseMismatchError
 from trimtune.core.io.peft_format import FormatError
+from trimtune.methods.diff.artifact import (
+    CONFIG_FILE,
+    TENSORS_FILE,
+    artifact_bytes,
+    decode_indices,
+    encode_indices,
+    load_diff,
+    save_diff,
+)
+from trimtune.methods.diff.penalty import diff_deltas
 
 
 def make_bert(seed=0):

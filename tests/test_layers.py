@@ -8,8 +8,8 @@ from torch import nn
 
 import trimtune as tt
 from trimtune.core.state import layers, wrap
-from trimtune.methods.lora.delta import LoraDelta
 from trimtune.core.tuned_layer import TunedLayer
+from trimtune.methods.lora.delta import LoraDelta
 
 
 def _gpt2_conv1d():

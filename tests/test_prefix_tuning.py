@@ -3,11 +3,11 @@ import copy
 import peft
 import pytest
 import torch
+from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import trimtune as tt
-from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 
 CONFIGS = [
     (dict(), dict()),

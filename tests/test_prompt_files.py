@@ -6,9 +6,9 @@ import json
 import peft
 import pytest
 import torch
+from prompt_twins import generate, padded, with_adapter
 
 import trimtune as tt
-from prompt_twins import generate, padded, with_adapter
 
 METHODS = {
     "prompt": (tt.PromptTuningConfig(num_virtual_tokens=4), (peft.PromptTuningConfig, dict(num_virtual_tokens=4))),

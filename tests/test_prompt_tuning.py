@@ -1,10 +1,10 @@
 import peft
 import pytest
 import torch
+from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 from torch import nn
 
 import trimtune as tt
-from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])

@@ -6,7 +6,20 @@ from torch import nn
 
 from trimtune import ConfigError, TargetError
 from trimtune.core.state import wrap
-from trimtune.prune import NM, Blocks, Element, Movement, PruneConfig, Taylor, Wanda, collect_input_norms, collect_taylor, prune, pruned_structures, sparsity
+from trimtune.prune import (
+    NM,
+    Blocks,
+    Element,
+    Movement,
+    PruneConfig,
+    Taylor,
+    Wanda,
+    collect_input_norms,
+    collect_taylor,
+    prune,
+    pruned_structures,
+    sparsity,
+)
 
 
 def _mlp(seed=0):

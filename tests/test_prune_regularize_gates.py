@@ -7,7 +7,16 @@ from torch import nn
 import trimtune
 from trimtune import ConfigError
 from trimtune.core.state import wrap
-from trimtune.prune import GateConfig, gates_to_masks, group_lasso_penalty, l0_penalty, l1_penalty, prune_below, pruned_structures, runtime_skip
+from trimtune.prune import (
+    GateConfig,
+    gates_to_masks,
+    group_lasso_penalty,
+    l0_penalty,
+    l1_penalty,
+    prune_below,
+    pruned_structures,
+    runtime_skip,
+)
 
 
 def _teacher(out_features=8, in_features=10, dead_rows=(), dead_cols=()):

@@ -7,7 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from trimtune.prune import Movement, PruneConfig, PruneSchedule, PruningCallback, prune, pruned_structures, sparsity, sparsity_report
+from trimtune.prune import (
+    Movement,
+    PruneConfig,
+    PruneSchedule,
+    PruningCallback,
+    prune,
+    pruned_structures,
+    sparsity,
+    sparsity_report,
+)
 from trimtune.prune.files import load_sparse, save_sparse
 
 

@@ -26,8 +26,8 @@ from ..methods.qlora import QLoraConfig, quantize_base
 from ..prune import (
     GateConfig,
     PruneConfig,
-    PruneSchedule,
     Pruner,
+    PruneSchedule,
     PruningCallback,
     keep_pruned,
     make_permanent,

@@ -35,6 +35,7 @@ def add_export(subparsers) -> None:
 
 def merged_model(run_dir: Path, keep_sparsity: bool):
     import trimtune as tt
+
     from ..core.registry import method_for_config
     from ..core.state import state_of
     from ..recipes.run import load_run

@@ -21,7 +21,6 @@ from torch import nn
 
 from .layer_kinds import LayerKind
 
-
 STAGES = ("scale_input", "weight_delta", "output_units", "add_output", "transform_output")
 
 

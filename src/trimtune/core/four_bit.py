@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ConfigError, check_choice, check_positive_int
+from .config import ConfigError, check_choice
 
 INSTALL_HINT = 'bitsandbytes is needed for 4-bit bases: pip install bitsandbytes  (or: pip install "trimtune[quant]")'
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

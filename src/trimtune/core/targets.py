@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from .layer_kinds import kind_class_for, supported_types
+from .modules_to_save import ModuleCopies
+from .tuned_layer import TunedLayer
 
 Predicate = Callable[[str, nn.Module], bool]
 TargetSpec = str | Sequence[str] | type | tuple | Predicate | None
@@ -46,7 +48,6 @@ _HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")
 
 class TargetError(ValueError):
     """A target spec matched nothing, or matched a module that cannot be wrapped."""
-
 
 def by_regex(pattern: str) -> Predicate:
     compiled = re.compile(rf"(?:^|\.)(?:{pattern})$")
@@ -108,9 +109,6 @@ def to_predicate(spec: TargetSpec, model: nn.Module, defaults: dict[str, TargetS
 
 def _owned_prefixes(model: nn.Module) -> list[str]:
     """Names of trimtune's own containers (deltas, per-adapter copies): never targets themselves."""
-    from .modules_to_save import ModuleCopies
-    from .tuned_layer import TunedLayer
-
     prefixes = []
     for name, module in model.named_modules():
         if isinstance(module, TunedLayer):
@@ -122,8 +120,6 @@ def _owned_prefixes(model: nn.Module) -> list[str]:
 
 def candidate_modules(model: nn.Module):
     """(name, base module) for every module trimtune could wrap, wrappers seen through."""
-    from .tuned_layer import TunedLayer
-
     owned = _owned_prefixes(model)
     for name, module in model.named_modules():
         if not name or any(f"{name}.".startswith(p) for p in owned):

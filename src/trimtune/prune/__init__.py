@@ -1,16 +1,16 @@
 """Pruning with masks: importance → scope → granularity → schedule → masks on the wrapper layers."""
 
+from ..core.masks import enforce_masks, keep_pruned, make_permanent, pruned_structures, remove_masks, sparsity
+from . import gates
 from .api import PruneConfig, prune, select_layers
 from .calibration import collect_input_norms, collect_taylor
-from . import gates
 from .gates import GateConfig, gates_to_masks, l0_penalty, runtime_skip
 from .granularity import NM, Blocks, Columns, Element, Rows
 from .heads import Heads
 from .importance import Magnitude, Movement, Random, Taylor, Wanda
 from .regularize import Regularizer, group_lasso_penalty, l1_penalty, prune_below
+from .schedule import Pruner, PruneSchedule, PruningCallback
 from .sparsity_report import SparsityReport, sparsity_report
-from .schedule import PruneSchedule, Pruner, PruningCallback
-from ..core.masks import enforce_masks, keep_pruned, make_permanent, pruned_structures, remove_masks, sparsity
 
 __all__ = [
     "NM", "Blocks", "Columns", "Element", "GateConfig", "Heads", "Magnitude", "Movement", "PruneConfig", "PruneSchedule", "Pruner", "PruningCallback", "Random", "Regularizer", "Rows", "SparsityReport",

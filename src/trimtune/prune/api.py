@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.state import wrap
 from ..core.config import ConfigError, check_choice
 from ..core.layer_kinds import kind_class_for
+from ..core.state import wrap
 from ..core.targets import _HEAD_NAMES, TargetError, TargetSpec, select
 from .granularity import NM, Columns, Element, Granularity, Rows, Units
 from .heads import Heads

@@ -18,10 +18,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..core.state import wrap
-from ..core.tuned_layer import TunedLayer
 from ..core.io.atomic import write_safetensors
 from ..core.masks import pruned_structures
+from ..core.state import wrap
+from ..core.tuned_layer import TunedLayer
 
 FORMAT = "trimtune.sparse/1"
 

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.adapters import delete_adapter
 from ..core.config import ConfigError, check_choice, check_positive, check_positive_int
-from ..core.layer_kinds import ConvKind
-from ..core.targets import TargetSpec
 from ..core.delta import Delta
+from ..core.layer_kinds import ConvKind
 from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.state import layers, state_of
+from ..core.targets import TargetSpec
 
 GAMMA, ZETA = -0.1, 1.1  # hard-concrete stretch interval
 
@@ -148,7 +150,6 @@ def make_gate(layer, config: GateConfig) -> GateDelta:
 
 
 def _gates(model: nn.Module, name: str):
-    from ..core.state import layers
 
     found = [(n, layer, layer.deltas[name]) for n, layer in layers(model) if name in layer.deltas]
     if not found:
@@ -165,8 +166,6 @@ def l0_penalty(model: nn.Module, name: str = "gates") -> torch.Tensor:
 def gates_to_masks(model: nn.Module, name: str = "gates") -> nn.Module:
     """Static masks from static gates: closed output units are masked and recorded; open gate
     values are folded into the weight rows and bias; the gate adapter is removed."""
-    from ..core.adapters import delete_adapter
-    from ..core.state import state_of
 
     for _, layer, delta in _gates(model, name):
         if delta.config.input_dependent:

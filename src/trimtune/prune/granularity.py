@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.config import ConfigError, check_positive_int
-from ..core.tuned_layer import TunedLayer
 from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.tuned_layer import TunedLayer
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.masks import canonical_mask, pruned_structures, record_pruned, set_canonical_mask
 from ..core.state import wrap
 from .granularity import Granularity, Units, reduce
-from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
 
 
 @dataclass
@@ -115,7 +115,6 @@ class Heads(Granularity):
 
 
 def record_heads(layer) -> list[int]:
-    from ..core.masks import pruned_structures
 
     return pruned_structures(layer).get("heads", [])
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..core.config import ConfigError, check_choice, check_fraction, check_positive_int
-from .api import PruneConfig, prune
 from ..core.masks import enforce_masks
+from .api import PruneConfig, prune
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..core.tuned_layer import TunedLayer
 from ..core.masks import pruned_structures
+from ..core.tuned_layer import TunedLayer
 
 
 @dataclass

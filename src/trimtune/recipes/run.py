@@ -19,8 +19,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
 from ..core.registry import method_for_config
+from ..prune import PruneSchedule, PruningCallback, prune
+from ..training import evaluate
+from ..training.distributed import distributed_loader, distributed_model, init_distributed, unwrap_model
+from ..training.loop import _total_steps
 from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
 from .load import RESOLVED_NAME, load_recipe, save_recipe
 from .schema import Recipe
@@ -55,9 +60,6 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
 def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print, resume: bool = False) -> dict:
     """Carry out ``recipe`` into ``out``. Under torchrun / accelerate every process runs this; the
     data is split across them (``data.batch_size`` stays the global batch), rank 0 writes."""
-    import trimtune as tt
-    from ..training.distributed import distributed_model, init_distributed, unwrap_model
-    from ..training.loop import _total_steps
 
     info = init_distributed()
     if info.rank != 0:
@@ -92,7 +94,6 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-        from ..prune import prune
 
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
@@ -119,7 +120,6 @@ def _run_config(recipe: Recipe) -> dict:
 def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
     """Each process takes its part of every global batch (a seeded DistributedSampler; also for one
     process, so 1 and N processes see the same global batches and end with the same weights)."""
-    from ..training.distributed import distributed_loader
 
     batch = recipe.data.batch_size
     if batch % world_size:
@@ -130,7 +130,6 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
 
 
 def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
-    from ..prune import PruneSchedule, PruningCallback
 
     callbacks = []
     if recipe.prune and steps:
@@ -145,8 +144,6 @@ def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps
 
 def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
     """Metrics on the eval loader (None when the run has no eval data)."""
-    from ..training import evaluate
-
     return evaluate(model, loaders.eval, loaders.metric, loss_fn=loaders.loss_fn) if loaders.eval is not None else None
 
 
@@ -162,7 +159,6 @@ def _metrics(result) -> dict:
 
 
 def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
-    import trimtune as tt
 
     saved = {}
     if recipe.prune:
@@ -194,7 +190,6 @@ class Run:
 def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
     change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
-    import trimtune as tt
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)

@@ -20,8 +20,8 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..core.modules_to_save import ModuleCopies
 from ..core.layer_kinds import kind_class_for
+from ..core.modules_to_save import ModuleCopies
 from ..core.tuned_layer import TunedLayer
 from .slicing import _NORMS, is_depthwise
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..core.layer_kinds import kind_class_for
-from ..core.tuned_layer import TunedLayer
 from ..core.masks import reindex_pruned
+from ..core.tuned_layer import TunedLayer
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 

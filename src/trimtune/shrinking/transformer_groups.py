@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..core.layer_kinds import kind_class_for
+from ..core.tuned_layer import TunedLayer
 from .graph import Group, IndexMap, Member
 
 _LAYOUTS = {
@@ -38,8 +40,6 @@ def _layers_prefix(model: nn.Module, layout: dict) -> tuple[str, nn.ModuleList]:
 
 
 def _width(module: nn.Module, dim: str) -> int:
-    from ..core.tuned_layer import TunedLayer
-    from ..core.layer_kinds import kind_class_for
 
     shell = module.base_layer if isinstance(module, TunedLayer) else module
     out_features, in_features = kind_class_for(shell)(shell).weight_shape(module.weight)

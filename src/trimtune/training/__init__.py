@@ -2,12 +2,19 @@
 data-parallel helpers, metric logging."""
 
 from .callbacks import Callback, TrainContext
-from .checkpoint import CheckpointConfig, CheckpointError, CheckpointMismatchError, latest_checkpoint, list_checkpoints, read_checkpoint
+from .checkpoint import (
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointMismatchError,
+    latest_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+)
 from .clip import ClipConfig, clip_gradients
 from .distributed import DistributedInfo, distributed_loader, distributed_model, init_distributed, is_main_process
 from .evaluate import accuracy, evaluate
-from .metrics_log import MetricsLogger
 from .loop import NonFiniteLossError, TrainResult, train
+from .metrics_log import MetricsLogger
 from .schedule import linear_schedule
 
 __all__ = [

@@ -31,10 +31,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..core.state import state_of
 from ..core.config import ConfigError, check_positive_int
 from ..core.io.atomic import atomic_directory, write_json, write_safetensors
 from ..core.io.fingerprint import BaseMismatchError, check_fingerprint, fingerprint
+from ..core.state import state_of
 from .distributed import is_main_process, unwrap_model
 from .rng import capture_rng, restore_rng
 from .state_files import decode, encode

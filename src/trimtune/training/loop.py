@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.state import state_of
 from ..core.config import ConfigError, check_positive, check_positive_int
+from ..core.state import state_of
 from .batches import LossFn, run_batch, to_device
 from .callbacks import CallbackList, TrainContext
 from .checkpoint import Checkpointer, as_checkpoint_config, latest_checkpoint

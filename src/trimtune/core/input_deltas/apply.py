@@ -8,10 +8,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..adapters import add_head_copies, all_or_nothing
+from ..adapters import add_head_copies, all_or_nothing, set_adapter
 from ..config import ConfigError, check_positive_int
-from .input_delta import InputDelta
+from ..state import state_of
 from .host import prompt_host
+from .input_delta import InputDelta
 
 
 def check_prompt_fields(config) -> None:
@@ -53,8 +54,6 @@ def add_input_delta(model: nn.Module, name: str, delta: InputDelta, modules_to_s
 def fold(model: nn.Module, names: Sequence[str] | None = None) -> None:
     """Replace the encoders of input deltas (P-tuning's MLP/LSTM, prefix tuning's MLP) by their output:
     same forward, fewer parameters, nothing re-run. What peft saves is this folded form."""
-    from ..adapters import set_adapter
-    from ..state import state_of
 
     host = prompt_host(model)
     for name in host.adapter_names() if names is None else names:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..adapter_host import AdapterHost
+from .checkpointed_prefixes import CheckpointedCall
 from .input_delta import InputDelta
 from .model_info import cache_argument
 
@@ -101,7 +102,6 @@ class PromptHost(AdapterHost):
         return (), call
 
     def _start_checkpointed_call(self, model: nn.Module, prefix: list[InputDelta], batch: int, given) -> None:
-        from .checkpointed_prefixes import CheckpointedCall
 
         plain_tables = all(type(d).compute is InputDelta.compute for d in prefix)
         call = CheckpointedCall.start(model, lambda: _prefix_states(model, prefix, batch), reentrant_safe=plain_tables)

@@ -19,15 +19,16 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_config, applied
-from ..state import hosts, state_of
-from ..modules_to_save import ModuleCopies
-from ..io.peft_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, read_config, read_tensors
 from ..io.atomic import atomic_directory, write_json, write_safetensors
 from ..io.fingerprint import check_fingerprint, fingerprint
+from ..io.peft_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, read_config, read_tensors
 from ..io.peft_format import FormatError, method_of
+from ..modules_to_save import ModuleCopies
+from ..state import hosts, state_of
 from .apply import fold
 from .host import prompt_host
 from .model_info import kv_shape, num_layers_and_heads, token_dim
+
 HEAD_PREFIX = "base_model."
 TASK_TYPES = (  # which PeftModel subclass peft builds: it must be one that injects prompts
     ("ForSequenceClassification", "SEQ_CLS"),

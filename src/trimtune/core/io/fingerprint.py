@@ -14,7 +14,6 @@ hash is recorded too, so the adapter is refused on the same weights pruned other
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 
 import torch

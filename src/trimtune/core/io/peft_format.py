@@ -24,10 +24,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import ConfigError
 from ..adapter_host import AdapterHost
-from ..tuned_layer import TunedLayer
+from ..config import ConfigError
 from ..registry import Method, method_for_peft, peft_types
+from ..tuned_layer import TunedLayer
 
 PREFIX = "base_model.model."  # where peft's PeftModel keeps the wrapped model
 # Bookkeeping fields of every peft config: they do not change what the adapter computes.

@@ -1,8 +1,9 @@
 """AdaLoRA (Zhang et al., 2023): SVD-form low-rank deltas whose ranks a budget schedule prunes."""
 
 from ...core.registry import Method, register
+from .apply import apply_adalora
 from .budget import adalora_ranks, adalora_update
-from .delta import AdaLoraConfig, AdaLoraDelta, apply_adalora
+from .delta import AdaLoraConfig, AdaLoraDelta
 
 
 def _run_files(model, name, config) -> dict:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError
+from ...core.state import layers, state_of
 from .delta import AdaLoraConfig, AdaLoraDelta
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ WARN_AFTER_FORWARDS = 10
 
 
 def adalora_deltas(model: nn.Module, name: str) -> list[tuple[str, AdaLoraDelta]]:
-    from ...core.state import layers
 
     named = ((n, layer.deltas[name]) for n, layer in layers(model) if name in layer.deltas)
     return [(n, delta) for n, delta in named if isinstance(delta, AdaLoraDelta)]
@@ -44,7 +44,6 @@ def orthogonality_penalty(deltas: list[AdaLoraDelta]) -> torch.Tensor:
 
 class RankAllocator:
     """Moves AdaLoRA's rank budget between the layers of adapter ``name`` during training."""
-
     def __init__(self, model: nn.Module, config: AdaLoraConfig, name: str):
         self.config = config
         self.name = name
@@ -140,7 +139,6 @@ class RankAllocator:
 
 
 def allocators(model: nn.Module, name: str | None = None) -> list[RankAllocator]:
-    from ...core.state import state_of
 
     found = [cb for n, cb in state_of(model).callbacks.items() if isinstance(cb, RankAllocator) and name in (None, n)]
     if not found:
@@ -164,7 +162,6 @@ def adalora_ranks(model: nn.Module, name: str | None = None) -> dict[str, int]:
 def _add_penalty_and_check(model, args, output):
     if not model.training:
         return output
-    from ...core.state import state_of
 
     state = state_of(model)
     for name, allocator in state.callbacks.items():

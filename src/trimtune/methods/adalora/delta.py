@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError, check_fraction, check_positive, check_positive_int
+from ...core.delta import Delta, sliced
+from ...core.io.peft_format import check_fields, peft_target_modules, targets_from_peft
 from ...core.layer_kinds import GPT2Conv1DKind, LayerKind, LinearKind
 from ...core.targets import TargetSpec
-from ...core.delta import Delta, sliced
 
 
 @dataclass
@@ -83,7 +84,6 @@ class AdaLoraConfig:
 
     # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
     def to_peft_dict(self, layers: dict) -> dict:
-        from ...core.io.peft_format import peft_target_modules
 
         c = self
         # peft refuses a file without a usable schedule; an untrained adapter gets the shortest valid one.
@@ -104,7 +104,6 @@ class AdaLoraConfig:
 
     @classmethod
     def from_peft_dict(cls, d: dict) -> AdaLoraConfig:
-        from ...core.io.peft_format import check_fields, targets_from_peft
 
         fields = {"init_r", "target_r", "lora_alpha", "lora_dropout", "target_modules", "tinit", "tfinal", "deltaT",
                   "beta1", "beta2", "orth_reg_weight", "total_step", "rank_pattern", "modules_to_save"}
@@ -198,12 +197,3 @@ def make_adalora(layer, config: AdaLoraConfig) -> AdaLoraDelta:
     r = config.init_r if pattern is None else int(sum(pattern))
     delta = AdaLoraDelta(layer.kind, layer.weight, r, config.init_r, config.scale, config.dropout)
     return delta
-
-
-def apply_adalora(model: nn.Module, config: AdaLoraConfig, name: str) -> None:
-    from ...core.adapters import apply_weight_method
-    from ...core.state import state_of
-    from .budget import RankAllocator
-
-    apply_weight_method(model, config, name, make_adalora)
-    state_of(model).callbacks[name] = RankAllocator(model, config, name)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.config import check_choice, check_positive
+from ...core.delta import Delta
 from ...core.layer_kinds import ConvKind, LayerKind
 from ...core.targets import TargetSpec
-from ...core.delta import Delta
 
 _BERT_FFN_OUT = r"layer\.\d+\.output\.dense"  # BERT's FFN output; the bare name also matches attention.output.dense
 PLACEMENTS: dict[str, dict[str, TargetSpec]] = {

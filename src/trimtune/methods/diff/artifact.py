@@ -26,15 +26,15 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from ...core.adapters import applied, delete_adapter
-from ...core.state import hosts, state_of
-from ...core.modules_to_save import ModuleCopies
-from .delta import DiffConfig, DiffDelta
-from .penalty import diff_deltas
-from ...core.layer_kinds import kind_class_for
+from ...core.adapters import applied
 from ...core.io.atomic import atomic_directory, write_bytes, write_json
 from ...core.io.fingerprint import check_fingerprint, fingerprint
 from ...core.io.peft_format import FormatError
+from ...core.layer_kinds import kind_class_for
+from ...core.modules_to_save import ModuleCopies
+from ...core.state import hosts, state_of
+from .delta import DiffConfig
+from .penalty import diff_deltas
 
 FORMAT, VERSION = "trimtune-diff", 1
 CONFIG_FILE = "diff_config.json"

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError, check_choice, check_positive
+from ...core.delta import Delta
 from ...core.layer_kinds import LayerKind, kind_class_for
 from ...core.targets import _HEAD_NAMES, TargetSpec
-from ...core.delta import Delta
 
 
 @dataclass

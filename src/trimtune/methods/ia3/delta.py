@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError, check_choice
+from ...core.delta import Delta
+from ...core.io.peft_format import check_fields, targets_from_peft
 from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.targets import TargetSpec, to_predicate
-from ...core.delta import Delta
 
 # peft's per-architecture choices (TRANSFORMERS_MODELS_TO_IA3_*): targets, and which of them are feed-forward.
 IA3_TARGETS: dict[str, list[str]] = {
@@ -89,7 +90,6 @@ class IA3Config:
 
     @classmethod
     def from_peft_dict(cls, d: dict) -> IA3Config:
-        from ...core.io.peft_format import check_fields, targets_from_peft
 
         check_fields(d, {"target_modules", "feedforward_modules", "init_ia3_weights", "modules_to_save", "fan_in_fan_out"}, cls.peft_type)
         return cls(

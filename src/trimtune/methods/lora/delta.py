@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError, check_choice, check_fraction, check_positive, check_positive_int
-from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
-from ...core.targets import TargetSpec, by_regex
 from ...core.delta import Delta, sliced
+from ...core.io.peft_format import check_fields, peft_target_modules, targets_from_peft
+from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.low_rank import add_low_rank
+from ...core.targets import TargetSpec, by_regex
 
 
 @dataclass
@@ -83,7 +84,6 @@ class LoraConfig:
 
     # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
     def to_peft_dict(self, layers: dict) -> dict:
-        from ...core.io.peft_format import peft_target_modules
 
         return {
             "r": self.r,
@@ -103,7 +103,6 @@ class LoraConfig:
 
     @classmethod
     def from_peft_dict(cls, d: dict) -> LoraConfig:
-        from ...core.io.peft_format import check_fields, targets_from_peft
 
         init = d.get("init_lora_weights", True)
         if init not in (True, False, "gaussian"):
@@ -191,7 +190,6 @@ class LoraDelta(Delta):
 
 class MaskedLoraDelta(LoraDelta):
     """LoRA in weight form, ``W + scale · B A`` before the layer's mask is applied (``follow_mask``)."""
-
     add_output = Delta.add_output  # not factored: the change goes through the masked weight instead
 
     def __init__(self, kind: LayerKind, weight: torch.Tensor, *args, **kwargs):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...core.adapters import disable_adapters
 from ...core.config import ConfigError, check_choice, check_positive_int
 from ...core.input_deltas.apply import add_input_delta, check_prompt_fields, check_text_init, text_token_ids
 from ...core.input_deltas.input_delta import InputDelta
@@ -68,7 +69,6 @@ class PrefixTuningConfig:
 
 class PrefixEncoder(InputDelta):
     """A table of width kv_dim and an MLP to all layers' keys and values (peft's module names)."""
-
     def __init__(self, num_virtual_tokens: int, shape: tuple[int, int, int], hidden: int):
         layers, heads, head_dim = shape
         token_dim = heads * head_dim
@@ -105,7 +105,6 @@ def real_word_prefixes(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     understands; rotary keys carry positions 0..n-1, which is where the prefix sits."""
     from transformers import DynamicCache
 
-    from ...core.adapters import disable_adapters
 
     device = model.get_input_embeddings().weight.device
     ids = ids.to(device).unsqueeze(0)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from ...core.adapters import apply_weight_method
 from ...core.four_bit import QuantConfig
-from .quantize import quantize_base
 from ...core.targets import TargetSpec
 from ..lora.delta import LoraConfig, make_lora
+from .quantize import quantize_base
 
 
 @dataclass
