@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from .architectures import defaults
 from .layer_kinds import kind_class_for, supported_types
 from .modules_to_save import ModuleCopies
 from .tuned_layer import TunedLayer
@@ -30,18 +31,7 @@ Predicate = Callable[[str, nn.Module], bool]
 TargetSpec = str | Sequence[str] | type | tuple | Predicate | None
 
 # Per-architecture defaults, keyed by ``config.model_type`` (the same choices peft makes).
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "opt": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"],
-    "gpt_neox": ["query_key_value"],
-}
+DEFAULT_TARGETS: dict[str, list[str]] = defaults("lora")
 
 _HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")
 

@@ -28,12 +28,11 @@ from torch import nn
 from ..core.adapters import delete_adapter
 from ..core.config import ConfigError, check_choice, check_positive, check_positive_int
 from ..core.delta import Delta
+from ..core.hard_concrete import PAPER, HardConcrete
 from ..core.layer_kinds import ConvKind
 from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
 from ..core.state import layers, state_of
 from ..core.targets import TargetSpec
-
-GAMMA, ZETA = -0.1, 1.1  # hard-concrete stretch interval
 
 
 @dataclass
@@ -49,7 +48,9 @@ class GateConfig:
     input_dependent: bool = False
     hidden: int = 16
     init: float = 0.9
-    beta: float = 2 / 3
+    beta: float = PAPER[0]
+    gamma: float = PAPER[1]
+    zeta: float = PAPER[2]
     threshold: float = 0.0
 
     def __post_init__(self):
@@ -57,6 +58,8 @@ class GateConfig:
         check_positive_int("group_size", self.group_size)
         check_positive_int("hidden", self.hidden)
         check_positive("beta", self.beta)
+        if not self.gamma < 0 or not self.zeta > 1:
+            raise ConfigError(f"gamma must be < 0 and zeta > 1 (the stretch interval around [0, 1]), got {self.gamma}, {self.zeta}")
         if not 0 < self.init < 1:
             raise ConfigError(f"init (initial open probability) must be in (0, 1), got {self.init!r}")
         if not 0 <= self.threshold < 1:
@@ -72,6 +75,7 @@ class GateDelta(Delta):
         if out_features % config.group_size:
             raise ConfigError(f"group_size={config.group_size} does not divide the {out_features} output units")
         self.config = config
+        self.hard_concrete = HardConcrete(config.beta, config.gamma, config.zeta)
         self.groups = out_features // config.group_size
         start = math.log(config.init / (1 - config.init))
         if config.input_dependent:
@@ -92,11 +96,9 @@ class GateDelta(Delta):
         if self.config.kind == "sigmoid":
             z = torch.sigmoid(logits)
         elif self.training:
-            u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
-            s = torch.sigmoid((u.log() - (1 - u).log() + logits) / self.config.beta)
-            z = (s * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+            z = self.hard_concrete.sample(logits)
         else:
-            z = (torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+            z = self.hard_concrete.deterministic(logits)
         return torch.where(z <= self.config.threshold, torch.zeros_like(z), z) if not self.training else z
 
     def expected_open(self) -> torch.Tensor:
@@ -104,7 +106,7 @@ class GateDelta(Delta):
         logits = self.logits()
         if self.config.kind == "sigmoid":
             return torch.sigmoid(logits).sum()
-        return torch.sigmoid(logits - self.config.beta * math.log(-GAMMA / ZETA)).sum()
+        return self.hard_concrete.prob_nonzero(logits).sum()
 
     # ---- forward stages ----
     def scale_input(self, x):

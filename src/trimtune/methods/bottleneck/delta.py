@@ -24,34 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.architectures import defaults
 from ...core.config import check_choice, check_positive
 from ...core.delta import Delta
 from ...core.layer_kinds import ConvKind, LayerKind
 from ...core.targets import TargetSpec
 
-_BERT_FFN_OUT = r"layer\.\d+\.output\.dense"  # BERT's FFN output; the bare name also matches attention.output.dense
-PLACEMENTS: dict[str, dict[str, TargetSpec]] = {
-    "houlsby": {
-        "bert": rf"attention\.output\.dense|{_BERT_FFN_OUT}",
-        "roberta": rf"attention\.output\.dense|{_BERT_FFN_OUT}",
-        "llama": ["o_proj", "down_proj"],
-        "mistral": ["o_proj", "down_proj"],
-        "qwen2": ["o_proj", "down_proj"],
-        "gemma": ["o_proj", "down_proj"],
-        "opt": ["out_proj", "fc2"],
-        "gpt2": ["attn.c_proj", "mlp.c_proj"],
-    },
-    "pfeiffer": {
-        "bert": _BERT_FFN_OUT,
-        "roberta": _BERT_FFN_OUT,
-        "llama": ["down_proj"],
-        "mistral": ["down_proj"],
-        "qwen2": ["down_proj"],
-        "gemma": ["down_proj"],
-        "opt": ["fc2"],
-        "gpt2": ["mlp.c_proj"],
-    },
-}
+# Where each placement puts adapters, per architecture (the table in core/architectures.py).
+PLACEMENTS: dict[str, dict[str, TargetSpec]] = {"houlsby": defaults("houlsby"), "pfeiffer": defaults("pfeiffer")}
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ...core.config import ConfigError, check_choice, check_positive
 from ...core.delta import Delta
+from ...core.hard_concrete import HardConcrete
 from ...core.layer_kinds import LayerKind, kind_class_for
 from ...core.targets import _HEAD_NAMES, TargetSpec
 
@@ -85,26 +86,6 @@ def _with_embeddings(spec: TargetSpec):
         return kind_class_for(module) is not None and not is_conv and name.split(".")[-1] not in _HEAD_NAMES
 
     return linear_or_embedding
-
-
-class HardConcrete:
-    """The stretched, clamped hard-concrete gate of Louizos et al. (2018) with fixed (β, γ, ζ)."""
-
-    def __init__(self, beta: float, gamma: float, zeta: float):
-        self.beta, self.gamma, self.zeta = beta, gamma, zeta
-
-    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
-        u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
-        s = torch.sigmoid((u.log() - (-u).log1p() + log_alpha) / self.beta)
-        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
-
-    def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
-        """The test-time gate: the stretched sigmoid of log α, clamped."""
-        return (torch.sigmoid(log_alpha) * (self.zeta - self.gamma) + self.gamma).clamp(0, 1)
-
-    def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
-        """P(z ≠ 0) = σ(log α − β log(−γ/ζ)); its sum is the expected L0 norm."""
-        return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
 
 
 class DiffDelta(Delta):

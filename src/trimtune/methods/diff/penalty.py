@@ -50,7 +50,11 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
     exactly ``max(1, round(density · N))`` of its N entries remain; the rest are dropped for good.
 
     Ties are broken by position (earlier layer, weight before bias, lower flat index first), so the
-    result is deterministic. Returns ``{"kept", "total", "density"}``."""
+    result is deterministic. The magnitudes are the test-time ``δ = z ⊙ w``: with diff's default
+    hard-concrete constants (γ −1.5, ζ 1.5) a gate at log α ≤ 0 gives z = 0 although P(z ≠ 0) is 0.5
+    at log α = 0, so such entries rank last, tied at zero (see ``core/hard_concrete.py``); when fewer
+    than k entries are open, the rest of the kept entries are zeros picked by position.
+    Returns ``{"kept", "total", "density"}``."""
     names = _adapter_names(model, adapter)
     if len(names) != 1:
         raise ValueError(f"name the diff adapter to project; active diffs: {names}")

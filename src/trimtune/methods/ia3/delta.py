@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ...core.architectures import defaults
 from ...core.config import ConfigError, check_choice
 from ...core.delta import Delta
 from ...core.io.peft_format import check_fields, targets_from_peft
@@ -24,28 +25,8 @@ from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.targets import TargetSpec, to_predicate
 
 # peft's per-architecture choices (TRANSFORMERS_MODELS_TO_IA3_*): targets, and which of them are feed-forward.
-IA3_TARGETS: dict[str, list[str]] = {
-    "bert": ["key", "value", "output.dense"],
-    "roberta": ["key", "value", "output.dense"],
-    "llama": ["k_proj", "v_proj", "down_proj"],
-    "mistral": ["k_proj", "v_proj", "down_proj"],
-    "qwen2": ["q_proj", "v_proj", "down_proj"],
-    "gemma": ["q_proj", "v_proj", "down_proj"],
-    "opt": ["q_proj", "k_proj", "fc2"],
-    "gpt2": ["c_attn", "mlp.c_proj"],
-    "gpt_neox": ["query_key_value", "dense_4h_to_h"],
-}
-IA3_FEEDFORWARD: dict[str, list[str]] = {
-    "bert": ["output.dense"],
-    "roberta": ["output.dense"],
-    "llama": ["down_proj"],
-    "mistral": ["down_proj"],
-    "qwen2": ["down_proj"],
-    "gemma": ["down_proj"],
-    "opt": ["fc2"],
-    "gpt2": ["mlp.c_proj"],
-    "gpt_neox": ["dense_4h_to_h"],
-}
+IA3_TARGETS: dict[str, list[str]] = defaults("ia3")
+IA3_FEEDFORWARD: dict[str, list[str]] = defaults("ia3_feedforward")
 
 
 @dataclass
