@@ -102,7 +102,7 @@ def quality_part() -> dict:
 @torch.no_grad()
 def layer_errors(pruned, dense, batches) -> dict[str, float]:
     """Per pruned layer: ‖X(W − Ŵ)ᵀ‖² / ‖XWᵀ‖² over the real (unpadded) tokens it sees in the pruned model."""
-    from trimtune.prune.masks import masked_layers
+    from trimtune.core.masks import masked_layers
 
     layers = dict(masked_layers(pruned))
     num = dict.fromkeys(layers, 0.0)

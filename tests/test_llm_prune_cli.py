@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trimtune.cli import main
-from trimtune.train.perplexity import perplexity
+from trimtune.training.perplexity import perplexity
 
 
 @pytest.fixture(scope="module")

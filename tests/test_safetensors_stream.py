@@ -4,7 +4,7 @@ tensors (any dtype, empty, non-contiguous) and from byte slices of another file.
 import torch
 from safetensors.torch import load_file, save_file
 
-from trimtune.io.safetensors_stream import slices_of, write
+from trimtune.core.io.safetensors_stream import slices_of, write
 
 
 def test_round_trip_tensors_and_slices(tmp_path):

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from trimtune.api import wrap
+from trimtune.core.state import wrap
 from trimtune.prune import PruneConfig, Wanda, collect_input_norms, prune
 from trimtune.prune.granularity import NM, Element
 from trimtune.prune.sequential import SequentialConfig, UnknownLayoutError, prune_sequential
@@ -124,7 +124,7 @@ def test_unknown_layout_lists_known_types():
     from transformers import OPTConfig, OPTForCausalLM
 
     model = OPTForCausalLM(OPTConfig(hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2, vocab_size=50, word_embed_proj_dim=16))
-    with pytest.raises(UnknownLayoutError, match=r"model_type 'opt'.*known types: bert, gpt2, llama, mistral, qwen2"):
+    with pytest.raises(UnknownLayoutError, match=r"model_type 'opt'.*known types: bert, gpt2, llama, mistral, qwen2, roberta"):
         prune_sequential(model, torch.ones(1, 4, dtype=torch.long), SequentialConfig())
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trimtune.api import wrap
-from trimtune.config import ConfigError
+from trimtune.core.state import wrap
+from trimtune.core.config import ConfigError
 from trimtune.prune import sparsity_report
 from trimtune.prune.sparsegpt import Hessian, sparsegpt, sparsegpt_layer
 

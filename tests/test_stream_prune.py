@@ -98,7 +98,7 @@ def test_refuses_existing_out_and_unknown_layout(tiny_llama, tmp_path):
         prune_directory(source, tmp_path / "taken", torch.ones(1, 8, dtype=torch.long), SequentialConfig())
     OPTForCausalLM(OPTConfig(hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2, vocab_size=50,
                              word_embed_proj_dim=16)).save_pretrained(tmp_path / "opt")
-    with pytest.raises(ValueError, match="known types: bert, gpt2, llama, mistral, qwen2"):
+    with pytest.raises(ValueError, match="known types: bert, gpt2, llama, mistral, qwen2, roberta"):
         prune_directory(tmp_path / "opt", tmp_path / "out", torch.ones(1, 8, dtype=torch.long), SequentialConfig())
     with pytest.raises(ValueError, match="seqlen 200 is longer than the model's 128 positions"):
         prune_directory(source, tmp_path / "out", torch.ones(1, 200, dtype=torch.long), SequentialConfig())

@@ -20,7 +20,7 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
 def run_perplexity(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..train.perplexity import perplexity_of_file
+    from ..training.perplexity import perplexity_of_file
 
     model_dir = args.model or args.run_dir
     if model_dir is None:

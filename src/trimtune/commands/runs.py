@@ -33,7 +33,7 @@ def add_runs(subparsers) -> None:
 
 def run(args) -> int:
     from ..recipes.run import check_run_dir, prepare_run_dir, run_recipe
-    from ..train.distributed import init_distributed
+    from ..training.distributed import init_distributed
 
     if args.command == "prune" and getattr(args, "model", None) is not None:
         if args.recipe is not None:

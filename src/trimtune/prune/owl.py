@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 
 
 def outlier_ratio(scores: list[torch.Tensor], m: float) -> float:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError, check_positive_int
-from ..layers import TunedLayer
-from .masks import set_canonical_mask
+from ..core.config import ConfigError, check_positive_int
+from ..core.tuned_layer import TunedLayer
+from ..core.masks import set_canonical_mask
 
 
 class Hessian:

@@ -2,7 +2,7 @@
 in memory (``prune_sequential``) or streaming the weights from disk (``prune_directory``)."""
 
 from .config import SequentialConfig
-from .layouts import BLOCK_LAYOUTS, UnknownLayoutError, layout_of
+from .layouts import UnknownLayoutError, layout_of, sequential_types
 from .pipeline import prune_sequential
 
-__all__ = ["BLOCK_LAYOUTS", "SequentialConfig", "UnknownLayoutError", "layout_of", "prune_sequential"]
+__all__ = ["SequentialConfig", "UnknownLayoutError", "layout_of", "prune_sequential", "sequential_types"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...api import wrap
-from ...kinds import kind_class_for
-from ...layers import TunedLayer
+from ...core.state import wrap
+from ...core.layer_kinds import kind_class_for
+from ...core.tuned_layer import TunedLayer
 from ..api import PruneConfig, prune
 from ..calibration import collect_input_norms
 from ..granularity import NM, Element

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ...io.text_tokens import tokenize_file
+from ...core.io.text_tokens import tokenize_file
 
 
 def check_counts(nsamples: int, seqlen: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_choice, check_positive_int
+from ...core.config import ConfigError, check_choice, check_positive_int
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 

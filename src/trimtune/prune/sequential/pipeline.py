@@ -13,10 +13,12 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ...kinds import kind_class_for
-from ...layers import TunedLayer
-from ..report import LayerSparsity, SparsityReport, sparsity_report
+from ...core.layer_kinds import kind_class_for
+from ...core.tuned_layer import TunedLayer
+from ..owl import owl_sparsities
+from ..sparsity_report import LayerSparsity, SparsityReport, sparsity_report
 from .block import block_outlier_ratio, linear_names, prune_block
 from .capture import BlockCalls, capture, run_block
 from .config import SequentialConfig
@@ -78,8 +80,6 @@ def walk(model: nn.Module, samples: torch.Tensor, visit: Callable[[int, nn.Modul
     source.after_capture(model)
     indices = range(len(blocks))
     if progress:
-        from tqdm.auto import tqdm
-
         indices = tqdm(indices, desc=progress, unit="block")
     for i in indices:
         block = blocks[i]
@@ -92,8 +92,6 @@ def walk(model: nn.Module, samples: torch.Tensor, visit: Callable[[int, nn.Modul
 
 def owl_block_sparsities(model, samples, config, source=None, progress=None) -> list[float]:
     """OWL's dense pass: every block's outlier ratio on unpruned activations, turned into sparsities."""
-    from ..owl import owl_sparsities
-
     ratios: list[float] = []
     walk(model, samples, lambda i, block, calls: ratios.append(block_outlier_ratio(block, calls, config.owl_m)),
          source, f"{progress} (OWL ratios)" if progress else None)

@@ -24,10 +24,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ...io import atomic
-from ...io.safetensors_stream import FileSlice, slices_of
-from ...io.safetensors_stream import write as write_shard
-from ..report import SparsityReport
+from ...core.io import atomic
+from ...core.io.safetensors_stream import FileSlice, slices_of
+from ...core.io.safetensors_stream import write as write_shard
+from ..sparsity_report import SparsityReport
 from .config import SequentialConfig
 from .layouts import blocks_of, layout_of, model_type_of
 from .pipeline import BlockSource, check_samples, check_widths, prune_sequential
