@@ -146,3 +146,21 @@ def test_nm_width_checked_before_any_block_is_pruned():
     with pytest.raises(ValueError, match=r"model.layers.0.mlp.down_proj: input width 66 is not a multiple of M=4"):
         prune_sequential(model, torch.ones(1, 8, dtype=torch.long), SequentialConfig(sparsity="2:4"))
     assert not any(getattr(m, "weight_mask", None) is not None for m in model.modules())
+
+
+def test_owl_sparsities_follow_outliers_within_lambda():
+    from trimtune.prune.owl import outlier_ratio, owl_sparsities
+
+    assert outlier_ratio([torch.tensor([1.0, 1.0, 1.0, 9.0])], 2.0) == 0.25  # mean 3: only 9 is above 6
+    ratios = [0.01, 0.05, 0.02, 0.10]
+    s = owl_sparsities(ratios, 0.6, 0.08)
+    assert sum(s) / len(s) == pytest.approx(0.6)
+    assert max(s) - min(s) == pytest.approx(0.16)  # the full 2λ spread between fewest and most outliers
+    assert sorted(range(4), key=lambda i: s[i]) == sorted(range(4), key=lambda i: -ratios[i])  # more outliers, less pruned
+    assert owl_sparsities([0.03, 0.03], 0.5, 0.08) == [0.5, 0.5]
+
+
+def test_public_api_exposes_the_pipeline():
+    import trimtune as tt
+
+    assert {"SequentialConfig", "prune_sequential", "prune_directory", "perplexity"} <= set(tt.__all__)

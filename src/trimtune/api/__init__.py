@@ -34,6 +34,7 @@ from ..prune import (
     sparsity_report,
 )
 from ..prune.files import load_sparse, save_sparse
+from ..prune.sequential import SequentialConfig, prune_directory, prune_sequential
 from ..shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
 from ..training import (
     Callback,
@@ -52,6 +53,7 @@ from ..training import (
     linear_schedule,
     train,
 )
+from ..training.perplexity import perplexity
 from .adapters import merge, print_trainable_parameters, trainable_parameters, unload, unmerge
 from .files import load_adapter, save_adapter
 
