@@ -14,6 +14,7 @@ tokenizer) and ``sparsity_report.json``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import shutil
@@ -196,6 +197,26 @@ class DiskBlocks(BlockSource):
 
     def release(self, index, block):
         block.to("meta")
+        _return_freed_memory()
+
+
+def _trim():
+    """glibc's ``malloc_trim``, or None elsewhere (other allocators return memory on their own)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _trim()
+
+
+def _return_freed_memory() -> None:
+    """Give the freed block back to the OS. Tensors under 32 MB live on glibc's heap, which keeps
+    freed pages: without this the resident set grows by tens of MB per block (measured: 25-50 MB per
+    44 MB block), so the peak would grow with depth."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _check_out(out: Path, model_dir: Path) -> None:
