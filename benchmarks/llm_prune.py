@@ -295,13 +295,13 @@ def render(results: dict) -> str:
         by = {(r["method"], r["sparsity"], r["owl"]): r for r in q["rows"]}
         s, w = by[("sparsegpt", "2:4", False)], by[("wanda", "2:4", False)]
         ratios = [s["errors"][n] / w["errors"][n] for n in s["errors"]]
+        lines += ["", f"2:4 targets: SparseGPT cosine − Wanda cosine = {s['cosine'] - w['cosine']:+.4f} (target ≥ +0.05); "
+                  f"SparseGPT / Wanda layer error: worst {max(ratios):.3f}, median {sorted(ratios)[len(ratios) // 2]:.3f} "
+                  f"(target ≤ 0.5 on every layer: {'met' if max(ratios) <= 0.5 else 'missed on ' + str(sum(r > 0.5 for r in ratios)) + ' of ' + str(len(ratios)) + ' layers'})."]
         if "calib_errors" in s:
             calib = [s["calib_errors"][n] / w["calib_errors"][n] for n in s["calib_errors"]]
             lines += ["", f"The same ratio on the calibration windows themselves (what SparseGPT minimises): worst {max(calib):.3f}, "
                       f"median {sorted(calib)[len(calib) // 2]:.3f}; above 0.5 on {sum(r > 0.5 for r in calib)} of {len(calib)} layers."]
-        lines += ["", f"2:4 targets: SparseGPT cosine − Wanda cosine = {s['cosine'] - w['cosine']:+.4f} (target ≥ +0.05); "
-                  f"SparseGPT / Wanda layer error: worst {max(ratios):.3f}, median {sorted(ratios)[len(ratios) // 2]:.3f} "
-                  f"(target ≤ 0.5 on every layer: {'met' if max(ratios) <= 0.5 else 'missed on ' + str(sum(r > 0.5 for r in ratios)) + ' of ' + str(len(ratios)) + ' layers'})."]
     m = results.get("memory")
     if m:
         lines += ["", f"Streaming from disk: random-weight fp32 Llama (hidden 2048, FFN 5632, 32 heads / 4 KV, vocab 32000), "
