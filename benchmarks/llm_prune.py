@@ -334,7 +334,11 @@ def render(results: dict) -> str:
                       f"({ours['total_s'] / c['total_s']:.2f}x) and {ours['vmhwm_mb']:.0f} MB ({ours['vmhwm_mb'] / c['vmhwm_mb']:.2f}x); "
                       f"masks agree on {100 * c['mask_agreement']:.3f} % of entries (the reference code's `<= threshold` "
                       "prunes one entry more per column block than trimtune's exact count, and the updates then drift apart)."]
-    lines += ["", "Command: `PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py --part all --docs`.", ""]
+    notes = results.get("notes", [])
+    if notes:
+        lines += ["", "Notes on this run:", ""] + [f"- {n}" for n in notes]
+    lines += ["", "Command: `PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py --part all --docs` "
+              "(parts: `--part quality|memory|speed`, each `--out F.json`; `--docs --merge F.json ...` renders them together).", ""]
     return "\n".join(lines)
 
 
