@@ -22,7 +22,7 @@ from ..methods.lora import LoraConfig
 from ..methods.p_tuning import PTuningConfig
 from ..methods.prefix import PrefixTuningConfig
 from ..methods.prompt_tuning import PromptTuningConfig
-from ..methods.qlora import QLoraConfig, quantize_base
+from ..methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
 from ..prune import (
     GateConfig,
     PruneConfig,
