@@ -24,6 +24,7 @@ from ..methods.p_tuning import PTuningConfig
 from ..methods.prefix import PrefixTuningConfig
 from ..methods.prompt_tuning import PromptTuningConfig
 from ..methods.qlora import QLoraConfig, quantize_base
+from ..methods.vera import VeraConfig
 from ..prune import (
     GateConfig,
     PruneConfig,
