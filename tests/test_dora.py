@@ -190,3 +190,13 @@ def test_recipe_method_type_dora_builds_a_dora_config():
                        "method": {"type": "dora", "r": 4, "alpha": 8, "targets": "query|value"}})
     config = recipe.method.build()
     assert type(config) is tt.DoraConfig and config.r == 4
+
+
+def test_shrink_refuses_a_dora_layer_before_cutting_anything(tiny_llama):
+    from trimtune.shrinking import shrink
+
+    tt.apply(tiny_llama, tt.DoraConfig(r=4, targets="all-linear"))
+    before = {n: p.shape for n, p in tiny_llama.named_parameters()}
+    with pytest.raises(ValueError, match=r"carries adapter 'default' \(DoraDelta\), which cannot be sliced"):
+        shrink(tiny_llama, 0.5, example_inputs={"input_ids": torch.randint(3, 100, (2, 10))})
+    assert {n: p.shape for n, p in tiny_llama.named_parameters()} == before

@@ -202,3 +202,11 @@ def test_recipe_method_type_vera_builds_a_vera_config():
                        "method": {"type": "vera", "r": 64, "targets": "query|value", "projection_prng_key": 7}})
     config = recipe.method.build()
     assert type(config) is tt.VeraConfig and config.r == 64 and config.projection_prng_key == 7
+
+
+def test_shrink_refuses_a_vera_layer_before_cutting_anything(tiny_llama):
+    from trimtune.shrinking import shrink
+
+    tt.apply(tiny_llama, tt.VeraConfig(r=4, targets="all-linear"))
+    with pytest.raises(ValueError, match=r"carries adapter 'default' \(VeraDelta\), which cannot be sliced"):
+        shrink(tiny_llama, 0.5, example_inputs={"input_ids": torch.randint(3, 100, (2, 10))})

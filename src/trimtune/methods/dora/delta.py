@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.config import ConfigError
-from ...core.delta import sliced
 from ..lora.delta import LoraConfig, LoraDelta
 
 
@@ -123,10 +122,13 @@ class DoraDelta(LoraDelta):
             return key  # peft's file key has no ".weight" (its module's parameter is renamed on save)
         return super().peft_key(key)
 
+    # Removing input units changes every row's norm, so a shrunk DoRA layer would not compute what
+    # the pruned one did (LoRA's factors slice exactly; DoRA's direction does not).
+    sliceable = False
+
     def slice_(self, dim, keep):
-        super().slice_(dim, keep)
-        if dim == "out":  # the magnitude has one entry per output unit; the input side is only in the norm
-            self.lora_magnitude_vector = sliced(self.lora_magnitude_vector, 0, keep)
+        raise NotImplementedError("DoRA's norms run over the input units, so it cannot be sliced by structured "
+                                  "pruning; merge it (keep_sparsity=False) or delete it before shrinking")
 
 
 def make_dora(layer, config: DoraConfig) -> DoraDelta:
