@@ -56,10 +56,13 @@ def test_bad_config_values_are_named(kwargs, message):
         tt.DoraConfig(**kwargs)
 
 
-def test_embeddings_are_refused_clearly(tiny_llama):
+def test_embeddings_and_4bit_bases_are_refused_clearly(tiny_llama):
     with pytest.raises(ValueError, match=r"DoRA supports Linear and GPT-2 Conv1D layers; model.embed_tokens is Embedding"):
         tt.apply(tiny_llama, tt.DoraConfig(targets=["embed_tokens"]))
     assert tt.active_adapters(tiny_llama) == []  # nothing half-applied
+    tt.quantize_base(tiny_llama)
+    with pytest.raises(ValueError, match=r"DoRA needs the base weight's norm, but model.layers.0.self_attn.q_proj has a torch.uint8"):
+        tt.apply(tiny_llama, tt.DoraConfig())
 
 
 def test_magnitude_starts_at_the_row_norms_and_the_model_is_unchanged(tiny_llama, token_ids):

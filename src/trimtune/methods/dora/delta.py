@@ -51,14 +51,14 @@ class DoraDelta(LoraDelta):
     """LoRA's factors plus ``lora_magnitude_vector`` (one entry per output unit).
 
     It needs the base weight (for the norm) and bias (to take it out of the output), so it keeps a
-    reference to its layer (``host``, not a submodule) and reads them live: a weight replaced later
-    (unmerge, structured slicing of the base) is the one used.
+    reference to its layer (``host``, not a submodule) and reads them live, so the norm is always
+    that of the weight the layer runs with (mask included; another adapter merged into it included).
     """
 
     def __init__(self, layer, r: int, scale: float, dropout: float = 0.0, init: str = "default"):
         super().__init__(layer.kind, layer.weight, r, scale, dropout, init)
         object.__setattr__(self, "host", layer)
-        self.lora_magnitude_vector = nn.Parameter(self.weight_norm(detach_factors=True).detach().clone())
+        self.lora_magnitude_vector = nn.Parameter(self.weight_norm().clone())  # ‖W + s·BA‖: starts as the base
         self._merged_norm = None  # the norm the merge used: unmerging must divide by the same one
 
     def base_weight(self) -> torch.Tensor:
@@ -68,18 +68,16 @@ class DoraDelta(LoraDelta):
             weight = weight * self.host.weight_mask
         return self.kind.to_canonical(weight)
 
-    def weight_norm(self, detach_factors: bool = True, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """‖W + s·BA‖ per output unit (peft: ``linalg.norm(..., dim=1)``), without gradient."""
-        weight = self.base_weight()
-        low_rank = self.lora_B @ self.lora_A
-        if detach_factors:
-            low_rank = low_rank.detach()
-        dtype = dtype or weight.dtype
-        return torch.linalg.norm(weight.to(dtype) + self.scale * low_rank.to(dtype), dim=1).to(dtype).detach()
+    def weight_norm(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """‖W + s·BA‖ per output unit, in ``weight``'s dtype (default: the base weight), without
+        gradient (the paper's §4.3, and peft's ``linalg.norm(..., dim=1)``)."""
+        weight = self.base_weight() if weight is None else weight
+        low_rank = (self.lora_B @ self.lora_A).detach().to(weight.dtype)
+        return torch.linalg.norm(weight + self.scale * low_rank, dim=1).to(weight.dtype).detach()
 
     def add_output(self, y, x):
-        weight = self.base_weight().to(x.dtype)
-        factor = (self.lora_magnitude_vector / self.weight_norm(dtype=x.dtype)).to(y.dtype)
+        weight = self.base_weight().to(x.dtype)  # peft computes the norm in the input's dtype
+        factor = (self.lora_magnitude_vector / self.weight_norm(weight)).to(y.dtype)
         if self.training and self.dropout > 0:
             x = F.dropout(x, self.dropout, training=True)
             base = F.linear(x, weight)  # peft rescales W·dropout(x), recomputed, not the base output
