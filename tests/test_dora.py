@@ -57,7 +57,7 @@ def test_bad_config_values_are_named(kwargs, message):
 
 
 def test_embeddings_and_4bit_bases_are_refused_clearly(tiny_llama):
-    with pytest.raises(ValueError, match=r"DoRA supports Linear and GPT-2 Conv1D layers; model.embed_tokens is Embedding"):
+    with pytest.raises(ValueError, match=r"DoRA supports Linear, GPT-2 Conv1D and Conv layers; model.embed_tokens is Embedding"):
         tt.apply(tiny_llama, tt.DoraConfig(targets=["embed_tokens"]))
     assert tt.active_adapters(tiny_llama) == []  # nothing half-applied
     tt.quantize_base(tiny_llama)
@@ -203,3 +203,48 @@ def test_shrink_refuses_a_dora_layer_before_cutting_anything(tiny_llama):
     with pytest.raises(ValueError, match=r"carries adapter 'default' \(DoraDelta\), which cannot be sliced"):
         shrink(tiny_llama, 0.5, example_inputs={"input_ids": torch.randint(3, 100, (2, 10))})
     assert {n: p.shape for n, p in tiny_llama.named_parameters()} == before
+
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3), torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 10)
+    ).eval()
+
+
+def test_conv2d_matches_peft_in_logits_merge_and_files(tmp_path):
+    images = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    theirs = peft.get_peft_model(_tiny_cnn(), peft.LoraConfig(r=2, lora_alpha=4, use_dora=True, target_modules=["0", "2", "4"]))
+    ours = tt.apply(_tiny_cnn(), tt.DoraConfig(r=2, alpha=4, targets=["0", "2", "4"]))
+    for theirs_m, ours_m in zip(*[[p for n, p in m.named_parameters() if "magnitude" in n] for m in (theirs, ours)]):
+        torch.testing.assert_close(ours_m, theirs_m, atol=1e-6, rtol=0)  # conv: norms over (in, kh, kw)
+    copy_from_peft(theirs, ours)
+    with torch.no_grad():
+        live, base = ours(images), _tiny_cnn()(images)
+        assert_parity(live, theirs.eval()(images), base)
+        tt.save_adapter(ours, tmp_path / "ours")
+        theirs.save_pretrained(tmp_path / "theirs")
+        assert_parity(peft.PeftModel.from_pretrained(_tiny_cnn(), tmp_path / "ours").eval()(images), live, base)
+        fresh = _tiny_cnn()
+        tt.load_adapter(fresh, tmp_path / "theirs")
+        assert_parity(fresh(images), live, base)
+        tt.merge(ours)
+        assert_parity(ours(images), live, base)
+        ours_state = ours.state_dict()
+        for key, weight in theirs.merge_and_unload().state_dict().items():
+            torch.testing.assert_close(ours_state[key], weight, atol=1e-6, rtol=0)
+
+
+def test_conv2d_dropout_matches_peft():
+    images = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    theirs = peft.get_peft_model(_tiny_cnn(), peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.3, use_dora=True,
+                                                              target_modules=["0", "2"]))
+    ours = tt.apply(_tiny_cnn(), tt.DoraConfig(r=2, alpha=4, dropout=0.3, targets=["0", "2"]))
+    copy_from_peft(theirs, ours)
+    ours.train(), theirs.train()
+    outputs = []
+    for model, seed in ((theirs, 11), (ours, 11), (ours, 12)):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            outputs.append(model(images))
+    assert_parity(outputs[1], outputs[0], outputs[2])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.config import ConfigError
+from ...core.layer_kinds import EmbeddingKind
 from ..lora.delta import LoraConfig, LoraDelta
 
 
@@ -29,7 +30,7 @@ from ..lora.delta import LoraConfig, LoraDelta
 class DoraConfig(LoraConfig):
     """LoraConfig's fields (r, alpha, dropout, targets, use_rslora, init, bias, modules_to_save,
     rank_pattern, alpha_pattern); DoRA adds a trained magnitude per output unit of each target.
-    Linear and GPT-2 Conv1D layers only; follow_mask is not available (DoRA rescales whole rows)."""
+    Linear, GPT-2 Conv1D and Conv layers (not embeddings); follow_mask is not available (DoRA rescales whole rows)."""
 
     def __post_init__(self):
         if self.follow_mask:
@@ -58,45 +59,75 @@ class DoraDelta(LoraDelta):
     def __init__(self, layer, r: int, scale: float, dropout: float = 0.0, init: str = "default"):
         super().__init__(layer.kind, layer.weight, r, scale, dropout, init)
         object.__setattr__(self, "host", layer)
-        self.lora_magnitude_vector = nn.Parameter(self.weight_norm().clone())  # ‖W + s·BA‖: starts as the base
+        norm = self.weight_norm()  # ‖W + s·BA‖: the model starts unchanged
+        if not self.kind.linear_layout:  # peft keeps a convolution's magnitude as (1, out, 1, ...)
+            norm = norm.view(1, -1, *[1] * (layer.weight.dim() - 2))
+        self.lora_magnitude_vector = nn.Parameter(norm.clone())
         self._merged_norm = None  # the norm the merge used: unmerging must divide by the same one
 
+    def magnitude(self) -> torch.Tensor:
+        """m as one entry per output unit (whatever shape peft's file gives it)."""
+        return self.lora_magnitude_vector.reshape(-1)
+
     def base_weight(self) -> torch.Tensor:
-        """The base weight the layer runs with, in the canonical (out, in) layout."""
+        """The base weight the layer runs with, in the canonical (out, in, *kernel) layout."""
         weight = self.host.weight
         if self.host.weight_mask is not None:
             weight = weight * self.host.weight_mask
         return self.kind.to_canonical(weight)
 
+    def low_rank_weight(self) -> torch.Tensor:
+        """B A in the canonical layout (no scale)."""
+        return self.kind.to_canonical(self.kind.factors_to_weight(self.lora_A, self.lora_B))
+
     def weight_norm(self, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """‖W + s·BA‖ per output unit, in ``weight``'s dtype (default: the base weight), without
-        gradient (the paper's §4.3, and peft's ``linalg.norm(..., dim=1)``)."""
+        """‖W + s·BA‖ per output unit (over the inputs and kernel), in ``weight``'s dtype (default: the
+        base weight), without gradient: the paper's §4.3, and peft's."""
         weight = self.base_weight() if weight is None else weight
-        low_rank = (self.lora_B @ self.lora_A).detach().to(weight.dtype)
-        return torch.linalg.norm(weight + self.scale * low_rank, dim=1).to(weight.dtype).detach()
+        combined = weight + self.scale * self.low_rank_weight().detach().to(weight.dtype)
+        return torch.linalg.norm(combined.flatten(1), dim=1).to(weight.dtype).detach()
 
     def add_output(self, y, x):
         weight = self.base_weight().to(x.dtype)  # peft computes the norm in the input's dtype
-        factor = (self.lora_magnitude_vector / self.weight_norm(weight)).to(y.dtype)
+        factor = self._along(self.magnitude() / self.weight_norm(weight), y, self.kind.output_channel_dim)
         if self.training and self.dropout > 0:
             x = F.dropout(x, self.dropout, training=True)
-            base = F.linear(x, weight)  # peft rescales W·dropout(x), recomputed, not the base output
+            base = self._linear_map(x, weight)  # peft rescales W·dropout(x), recomputed, not the base output
         else:
             bias = self.host.bias
-            base = y if bias is None else y - bias
-        h = F.linear(x.to(self.lora_A.dtype), self.lora_A)
-        low_rank = F.linear(h, self.lora_B).to(y.dtype)
+            base = y if bias is None else y - self._along(bias, y, self.kind.output_channel_dim)
+        low_rank = self._low_rank_map(x.to(self.lora_A.dtype)).to(y.dtype)
         return y + ((factor - 1) * base + factor * low_rank * self.scale)
 
+    @staticmethod
+    def _along(vector: torch.Tensor, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """``vector`` shaped to broadcast along ``t``'s dimension ``dim`` (the output units)."""
+        shape = [1] * t.dim()
+        shape[dim] = -1
+        return vector.to(t.dtype).view(shape)
+
+    def _linear_map(self, x, canonical_weight):
+        """W x without the bias."""
+        if self.kind.linear_layout:
+            return F.linear(x, canonical_weight)
+        return self.kind.forward(x, self.kind.from_canonical(canonical_weight), None)
+
+    def _low_rank_map(self, x):
+        """B A x with the layer's own op."""
+        h = self.kind.project_in(x, self.lora_A)
+        if self.kind.linear_layout:
+            return F.linear(h, self.lora_B)
+        return self.kind.add_project_out(0, h, self.lora_B, 1.0)  # conv: 0 + conv(h, B)
+
     # ---- merging: W' = m/‖W + s·BA‖ · (W + s·BA), row by row ----
-    def _row_factor(self, norm: torch.Tensor, dtype) -> torch.Tensor:
-        return (self.lora_magnitude_vector / norm).to(dtype).view(-1, 1)
+    def _row_factor(self, norm: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._along(self.magnitude() / norm, weight, 0)
 
     def delta_weight(self):
         """The dense change W' - W in the base weight's native layout (with the live norm)."""
         weight = self.base_weight()
-        low_rank = self.scale * (self.lora_B @ self.lora_A).to(weight.dtype)
-        merged = self._row_factor(self.weight_norm(), weight.dtype) * (weight + low_rank)
+        low_rank = self.scale * self.low_rank_weight().to(weight.dtype)
+        merged = self._row_factor(self.weight_norm(), weight) * (weight + low_rank)
         return self.kind.from_canonical(merged - weight)
 
     def merge_into(self, weight, bias, mask):
@@ -105,14 +136,14 @@ class DoraDelta(LoraDelta):
                              "its sparsity; merge with keep_sparsity=False")
         norm = self.weight_norm()
         canonical = self.kind.to_canonical(weight)  # a view: the in-place ops write the weight
-        low_rank = self.scale * (self.lora_B @ self.lora_A).to(weight.dtype)
-        canonical.add_(low_rank).mul_(self._row_factor(norm, weight.dtype))
+        low_rank = self.scale * self.low_rank_weight().to(weight.dtype)
+        canonical.add_(low_rank).mul_(self._row_factor(norm, canonical))
         self._merged_norm = norm
 
     def unmerge_from(self, weight, bias, mask):
         canonical = self.kind.to_canonical(weight)
-        low_rank = self.scale * (self.lora_B @ self.lora_A).to(weight.dtype)
-        canonical.div_(self._row_factor(self._merged_norm, weight.dtype)).sub_(low_rank)
+        low_rank = self.scale * self.low_rank_weight().to(weight.dtype)
+        canonical.div_(self._row_factor(self._merged_norm, canonical)).sub_(low_rank)
         self._merged_norm = None
 
     def peft_key(self, key):
@@ -131,9 +162,9 @@ class DoraDelta(LoraDelta):
 
 def make_dora(layer, config: DoraConfig) -> DoraDelta:
     config = config.for_layer(layer.module_name)
-    if not layer.kind.linear_layout:
-        raise ValueError(f"DoRA supports Linear and GPT-2 Conv1D layers; {layer.module_name} is {layer.describe()} "
-                         "(choose targets among the linear layers)")
+    if isinstance(layer.kind, EmbeddingKind):  # peft's embedding DoRA takes norms over the vocabulary: not here
+        raise ValueError(f"DoRA supports Linear, GPT-2 Conv1D and Conv layers; {layer.module_name} is {layer.describe()} "
+                         "(choose targets among the linear or convolution layers)")
     if not layer.weight.is_floating_point():
         raise ValueError(f"DoRA needs the base weight's norm, but {layer.module_name} has a {layer.weight.dtype} "
                          "(e.g. 4-bit) weight; apply DoRA to a floating-point base")
