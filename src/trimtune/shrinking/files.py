@@ -83,7 +83,7 @@ def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     _load_tensors(model, path)
     state.pop("format")
     object.__setattr__(model, STATE_ATTR, state)
-    return model
+    return model.eval()  # as from_pretrained returns a model
 
 
 def _rebuild_hf(state: dict, path: Path) -> nn.Module:
