@@ -94,3 +94,27 @@ def test_load_shrunk_returns_the_model_in_eval_mode(tiny_llama, tmp_path):
     tt.shrink(tiny_llama, 0.5, structures=("ffn",))
     tt.save_shrunk(tiny_llama, tmp_path / "s")
     assert not tt.load_shrunk(tmp_path / "s").training  # as from_pretrained returns it
+
+
+def test_a_shrunk_model_with_adapters_saves_and_reloads_whole(tiny_llama, token_ids, tmp_path):
+    tt.apply(tiny_llama, tt.LoraConfig(r=4, init="gaussian"))
+    tt.apply(tiny_llama, tt.IA3Config(), name="ia3", activate=False)
+    with torch.no_grad():
+        for p in tiny_llama.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    tt.shrink(tiny_llama, 0.5, structures=("heads", "ffn"))  # the adapter is sliced with the base
+    tt.save_shrunk(tiny_llama, tmp_path / "small")
+    reloaded = tt.load_shrunk(tmp_path / "small")
+    assert tt.active_adapters(reloaded) == ["default"] and list(tt.core.state.state_of(reloaded).adapters) == ["default", "ia3"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(token_ids).logits, tiny_llama.eval()(token_ids).logits)
+    assert (tmp_path / "small" / "adapters" / "default" / "adapter_config.json").is_file()  # PEFT format, new shapes
+
+
+def test_save_shrunk_refuses_masks_it_cannot_store(tiny_llama, tmp_path):
+    tt.shrink(tiny_llama, 0.5, structures=("ffn",))
+    prune(tiny_llama, PruneConfig(amount=0.5, targets="q_proj"))
+    with pytest.raises(ValueError, match="make_permanent"):
+        tt.save_shrunk(tiny_llama, tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # never a file that cannot be loaded

@@ -44,7 +44,7 @@ def run(args) -> int:
     from ..core.io.output_dir import check_replaceable, output_directory
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
-    from ..shrinking import save_shrunk, shrink
+    from ..api import save_shrunk, shrink
 
     check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
     loaded = load_run(args.run_dir)
