@@ -14,7 +14,7 @@ from ..data import load_demo_texts, text_loader
 from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
 from ..data.lm import lm_loader
-from ..models import LeNet, mean_pool_classifier, minilm_path
+from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
 from ..training import accuracy
 from ..training.batches import run_batch
 from .schema import DataSection, ModelSection, PruneSection, Recipe
@@ -84,14 +84,15 @@ def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Modu
     path = model_dir(section)
     tokenizer = AutoTokenizer.from_pretrained(section.tokenizer or path)
     if section.task == "causal-lm":
-        return AutoModelForCausalLM.from_pretrained(path), tokenizer
+        return load_pretrained(AutoModelForCausalLM, path), tokenizer
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if section.pooling == "mean":
 
         model = mean_pool_classifier(path, len(labels))
         model.config.update({"id2label": id2label, "label2id": label2id})
         return model, tokenizer
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    model = load_pretrained(AutoModelForSequenceClassification, path, unused=("pooler.", "lm_head.", "cls."),
+                            new=("classifier.", "score."), num_labels=len(labels), id2label=id2label, label2id=label2id)
     if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer
