@@ -349,3 +349,18 @@ def test_minilm_heads_and_ffn_with_lora_equal_mask_form(minilm_path):
     torch.testing.assert_close(model(**inputs).last_hidden_state, expected, atol=1e-5, rtol=1e-4)
     assert {w["heads"] for w in report.widths["layers"]} == {9} and {w["ffn"] for w in report.widths["layers"]} == {1152}
     assert report.macs_after < 0.8 * report.macs_before
+
+
+def test_data_dependent_control_flow_says_what_to_do():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) if h.sum() > 0 else self.b(-h)
+
+    with pytest.raises(UntraceableError, match="make the forward traceable") as err:
+        find_groups(Branchy(), example_inputs=(torch.randn(2, 4),))
+    assert "shrink_transformer" not in str(err.value)
