@@ -60,7 +60,6 @@ def _records(section: DataSection, source: str, columns: tuple[str, ...], classi
 
 
 def model_dir(section: ModelSection) -> Path:
-
     if section.path == "minilm":
         return minilm_path()
     path = Path(section.path)
@@ -77,7 +76,6 @@ def model_dir(section: ModelSection) -> Path:
 def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
     """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time."""
     if section.path == "lenet":
-
         return LeNet(), None
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -87,7 +85,6 @@ def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Modu
         return load_pretrained(AutoModelForCausalLM, path), tokenizer
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if section.pooling == "mean":
-
         model = mean_pool_classifier(path, len(labels))
         model.config.update({"id2label": id2label, "label2id": label2id})
         return model, tokenizer
@@ -107,7 +104,6 @@ class Loaders:
 
 
 def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
-
     section, seed = recipe.data, recipe.data.seed
     if section.train == IMAGE_BATCH:
         return _digit_loaders(section)

@@ -96,7 +96,6 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
     if method is not None and method_for_config(method).finish is not None:
@@ -132,7 +131,6 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
 
 
 def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
-
     callbacks = []
     if recipe.prune and steps:
         p = recipe.prune
@@ -161,7 +159,6 @@ def _metrics(result) -> dict:
 
 
 def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
-
     saved = {}
     if recipe.prune:
         saved["sparse_file"] = tt.save_sparse(model, out / "pruned.safetensors")

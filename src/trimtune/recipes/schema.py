@@ -136,7 +136,6 @@ class PruneSection(Section):
 
     @model_validator(mode="after")
     def _library_checks(self):
-
         try:  # the library's own rules (granularity names, N:M with global scope, timing vs style)
             PruneConfig(amount=self.sparsity, granularity=self.granularity, scope=self.scope)
             PruneSchedule.for_timing(self.timing, self.sparsity, 1, self.schedule)
