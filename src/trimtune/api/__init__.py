@@ -17,12 +17,14 @@ from ..core.tuned_layer import TunedLayer
 from ..methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from ..methods.bottleneck import BottleneckConfig
 from ..methods.diff import DiffConfig, diff_penalty, load_diff, project_diffs, save_diff
+from ..methods.dora import DoraConfig
 from ..methods.ia3 import IA3Config
 from ..methods.lora import LoraConfig
 from ..methods.p_tuning import PTuningConfig
 from ..methods.prefix import PrefixTuningConfig
 from ..methods.prompt_tuning import PromptTuningConfig
-from ..methods.qlora import QLoraConfig, quantize_base
+from ..methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
+from ..methods.vera import VeraConfig
 from ..prune import (
     GateConfig,
     PruneConfig,
@@ -35,7 +37,7 @@ from ..prune import (
 )
 from ..prune.files import load_sparse, save_sparse
 from ..prune.sequential import SequentialConfig, prune_directory, prune_sequential
-from ..shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
+from ..shrinking import ShrinkReport, shrink
 from ..training import (
     Callback,
     CheckpointConfig,
@@ -55,6 +57,6 @@ from ..training import (
 )
 from ..training.perplexity import perplexity
 from .adapters import merge, print_trainable_parameters, trainable_parameters, unload, unmerge
-from .files import load_adapter, save_adapter
+from .files import load_adapter, load_shrunk, save_adapter, save_shrunk
 
 __all__ = sorted(n for n in dir() if not n.startswith("_") and n not in ("methods", "adapters", "files"))

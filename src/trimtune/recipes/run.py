@@ -11,7 +11,6 @@ A run directory holds ``trimtune_run.json`` (the marker), ``recipe.yaml`` (resol
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,8 @@ from torch import nn
 
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
+from ..core.io.output_dir import RUN_MARKER, check_replaceable, fresh_partial, partial_path, swap_in
+from ..core.io.safetensors_files import read_safetensors
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
@@ -31,30 +32,31 @@ from .load import RESOLVED_NAME, load_recipe, save_recipe
 from .schema import Recipe
 
 ADAPTER = "default"  # the name a run's adapter has in the model
-MARKER = "trimtune_run.json"  # written first: only a directory holding it may be overwritten
+MARKER = RUN_MARKER  # written first: only a directory holding it may be overwritten
 
 
 def check_run_dir(path: str | Path) -> Path:
-    """An existing run directory to resume (refused if it is not one)."""
+    """Where ``--resume`` continues: the unfinished build of ``path`` (``.NAME.partial``) if there is
+    one, else ``path`` itself if it is a run directory."""
     path = Path(path)
-    if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
-    return path
+    partial = partial_path(path)
+    if (partial / MARKER).is_file():
+        return partial
+    if (path / MARKER).is_file():
+        return path
+    raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """An empty directory for the run; an existing non-empty one only with ``overwrite``, and only
-    if it is a run directory (so a mistyped path never deletes a user's files)."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"run directory {path} already exists; pass --overwrite to replace it, or choose another --out")
-        if not (path / MARKER).is_file():
-            raise FileExistsError(f"{path} exists and is not a trimtune run directory (no {MARKER}); refusing to overwrite it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / MARKER, {"format": "trimtune.run/1"})
-    return path
+    """The build directory of a new run into ``path``: checked first (an existing ``path`` is replaced
+    only with ``overwrite`` and only if trimtune wrote it), built beside it, swapped in by
+    ``finish_run_dir`` when complete; a failed run leaves ``path`` as it was and blocks no rerun."""
+    return fresh_partial(check_replaceable(path, overwrite), MARKER, {"format": "trimtune.run/1"})
+
+
+def finish_run_dir(work: Path, path: str | Path) -> None:
+    if Path(work) != Path(path):
+        swap_in(Path(work), Path(path))
 
 
 def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print, resume: bool = False) -> dict:
@@ -72,7 +74,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
-    method = recipe.method.build() if recipe.method else None
+    method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         tt.apply(model, method)
         trainable, total = tt.trainable_parameters(model)
@@ -94,7 +96,6 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
     if method is not None and method_for_config(method).finish is not None:
@@ -130,7 +131,6 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
 
 
 def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
-
     callbacks = []
     if recipe.prune and steps:
         p = recipe.prune
@@ -159,7 +159,6 @@ def _metrics(result) -> dict:
 
 
 def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
-
     saved = {}
     if recipe.prune:
         saved["sparse_file"] = tt.save_sparse(model, out / "pruned.safetensors")
@@ -187,10 +186,10 @@ class Run:
         return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer)
 
 
-def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
+def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = True) -> Run:
     """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
-    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
-    from safetensors.torch import load_file
+    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere); ``check_base=False``
+    loads the adapter even onto a base that differs from the one it was trained on (``--no-check-base``)."""
 
     run_dir = Path(run_dir)
     if not (run_dir / MARKER).is_file():
@@ -202,15 +201,15 @@ def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = load_model(recipe.model, summary["labels"])
     if (run_dir / "model.safetensors").is_file():
-        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+        model.load_state_dict(read_safetensors(run_dir / "model.safetensors", "run's trained weights")[0])
     if (run_dir / "pruned.safetensors").is_file():
         tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
-    method = recipe.method.build() if recipe.method else None
+    method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         entry = method_for_config(method)
         if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
             entry.prepare_base(model, method)
-        load = entry.load or (lambda m, path: tt.load_adapter(m, path))
+        load = entry.load or tt.load_adapter
         if (run_dir / entry.artifact).is_dir():
-            load(model, run_dir / entry.artifact)
+            load(model, run_dir / entry.artifact, check_base=check_base)
     return Run(recipe, model.eval(), tokenizer, summary["labels"])
