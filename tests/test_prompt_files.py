@@ -137,7 +137,7 @@ def test_a_failed_load_leaves_no_adapter_behind(tiny_llama, tmp_path):
     target = copy.deepcopy(tiny_llama)
     with pytest.raises(ValueError):
         tt.load_adapter(target, tmp_path / "a")
-    assert tt.core.state.state_of(target).adapters == {} and not target.trimtune_prompts.adapter_names()
+    assert tt.core.state.state_of(target).adapters == {} and not hasattr(target, "trimtune_prompts")  # the host it made is gone too
 
 
 def test_loading_onto_another_base_is_refused_unless_told(tiny_llama, tmp_path):
