@@ -18,8 +18,10 @@ import warnings
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError
+from ..io.gather import whole
 from .adalora import AdaLoraConfig, AdaLoraDelta
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,17 @@ def orthogonality_penalty(deltas: list[AdaLoraDelta]) -> torch.Tensor:
     """Mean over all P and Q of ``||Q Q^T - I||_F`` and ``||P^T P - I||_F`` (peft's regulariser)."""
     terms = []
     for delta in deltas:
-        for cov in (delta.lora_A @ delta.lora_A.T, delta.lora_B.T @ delta.lora_B):
+        a, b = _differentiable_whole(delta.lora_A), _differentiable_whole(delta.lora_B)
+        for cov in (a @ a.T, b.T @ b):
             terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)))
     return torch.stack(terms).mean()
+
+
+def _differentiable_whole(param: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2) factor gathered whole, keeping the graph: every rank computes the same
+    penalty and its gradient flows back into the rank's own slice, next to the reduce-scattered task
+    gradient, so the sum equals the 1-process gradient."""
+    return param.full_tensor() if isinstance(param, DTensor) else param
 
 
 class RankAllocator:
@@ -124,7 +134,9 @@ class RankAllocator:
 
     def _triplet_scores(self, delta: AdaLoraDelta) -> torch.Tensor:
         """One score per singular triplet: λ's score + mean score of its row of Q + of its column of P."""
-        score = {k: avg * unc for k, (avg, unc) in delta.sensitivity.items()}
+        # Sharded factors (FSDP) give sharded scores: gathered, every rank sees all of them, so all
+        # ranks pick the same threshold and the same rank pattern as one process would.
+        score = {k: whole(avg * unc) for k, (avg, unc) in delta.sensitivity.items()}
         return score["lora_E"].view(-1) + score["lora_A"].mean(dim=1) + score["lora_B"].mean(dim=0)
 
     def _mask_to_budget(self, named: list[tuple[str, AdaLoraDelta]], budget: int) -> None:

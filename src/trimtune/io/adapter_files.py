@@ -20,6 +20,7 @@ from torch import nn
 from ..api import adapter_config, applied, delete_adapter, hosts, layers, state_of
 from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import check_fingerprint, fingerprint
+from .gather import gathered, wait_for_writer, writes_files
 from .peft_format import FILE_HANDLERS, PREFIX, FormatError, bias_tensors, config_type_of, to_peft_config
 
 CONFIG_FILE = "adapter_config.json"
@@ -29,17 +30,21 @@ _PEFT_INTERNAL = (".original_module.", ".modules_to_save.")
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter ``name`` of ``model`` to the directory ``path`` (created or updated atomically)."""
+    """Write adapter ``name`` of ``model`` to the directory ``path`` (created or updated atomically).
+
+    Under FSDP every rank must call it: the sharded tensors are gathered whole and rank 0 writes."""
     config = adapter_config(model, name)
     if type(config) in FILE_HANDLERS:
         return Path(FILE_HANDLERS[type(config)][0](model, path, name))
     carriers = _layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
-    tensors = adapter_tensors(model, config, name)
+    tensors = gathered(adapter_tensors(model, config, name))
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
-    with atomic_directory(path) as tmp:
-        write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
-        write_json(tmp / CONFIG_FILE, peft_config)
+    if writes_files():
+        with atomic_directory(path) as tmp:
+            write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
+            write_json(tmp / CONFIG_FILE, peft_config)
+    wait_for_writer()
     return Path(path)
 
 

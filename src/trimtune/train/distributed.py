@@ -79,6 +79,16 @@ def distributed_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **loader_kwargs)
 
 
+def mean_over_ranks(value: float) -> float:
+    """The mean of ``value`` over all processes (the loss of the global batch when every rank's
+    share has the same size); ``value`` itself without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total.item()) / dist.get_world_size()
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (state-dict keys without ``module.``)."""
     return model.module if isinstance(model, DistributedDataParallel) else model

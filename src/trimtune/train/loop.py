@@ -25,7 +25,7 @@ from .callbacks import CallbackList, TrainContext
 from .checkpoint import Checkpointer, as_checkpoint_config, latest_checkpoint
 from .clip import as_clip_config, clip_gradients
 from .data_position import DataPosition
-from .distributed import unwrap_model
+from .distributed import mean_over_ranks, unwrap_model
 from .evaluate import Metric, evaluate, model_device
 from .precision import MixedPrecision
 
@@ -130,7 +130,7 @@ def train(
         if max_steps is not None and ctx.step >= max_steps:  # resumed from the final checkpoint
             groups = iter(())
         for ctx.epoch, group in groups:
-            loss = _accumulate(ctx, group, loss_fn, precision, hooks, device, result)
+            loss = mean_over_ranks(_accumulate(ctx, group, loss_fn, precision, hooks, device, result))
             _optimizer_step(ctx, clip, precision, hooks, result)
             result.losses.append(loss)
             result.steps = ctx.step

@@ -1,0 +1,58 @@
+"""Whole tensors out of a sharded model, and one writer per file.
+
+Under FSDP2 (``trimtune.train.fsdp``) every parameter is a DTensor holding one rank's slice. A file
+written from the local slices holds 1/N of each adapter tensor — accelerate #4206: resuming from
+such a file silently resets (N-1)/N of the adapter. Savers therefore gather every tensor whole
+(``full_tensor()``, a collective: every rank calls the saver) and let rank 0 alone write, after
+which all ranks wait so the file exists everywhere when ``save_*`` returns. Without a process
+group all of this is a no-op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` complete and detached: a DTensor is gathered from all ranks (collective)."""
+    tensor = tensor.detach()
+    if _is_dtensor(tensor):
+        tensor = tensor.full_tensor()
+    return tensor
+
+
+def gathered(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``tensors`` whole, in a fixed (sorted) order so all ranks gather in step."""
+    return {key: whole(tensors[key]) for key in sorted(tensors)}
+
+
+def writes_files() -> bool:
+    """Whether this process writes shared files: rank 0, or the only process."""
+    return not _distributed() or dist.get_rank() == 0
+
+
+def wait_for_writer() -> None:
+    """Every rank waits until rank 0 has written (a barrier); nothing without a process group."""
+    if _distributed():
+        dist.barrier()
+
+
+def model_class(module: nn.Module) -> type:
+    """The module's own class: FSDP2 swaps in a subclass ``FSDP<Name>(FSDPModule, <Name>)``."""
+    cls = type(module)
+    bases = [b for b in cls.__bases__ if b.__name__ != "FSDPModule"]
+    return bases[0] if len(bases) < len(cls.__bases__) and bases else cls
+
+
+def _is_dtensor(tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(tensor, DTensor)

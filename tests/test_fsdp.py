@@ -1,0 +1,114 @@
+"""FSDP2 (fully_shard on a CPU mesh, gloo, 2 processes started by torchrun): training equals 1 process
+with the same global batch, and saved adapters hold every rank's shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import trimtune as tt
+from _fsdp_worker import PER_RANK_BATCH, build_base, build_model, expected_fill, train_run
+from trimtune.train.fsdp import block_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    return finished
+
+
+def two_vs_one(method: str, arch: str, tmp_path: Path):
+    """(2-process losses, 1-process losses, 2-process adapter dir, 1-process adapter dir, 1-process model)."""
+    torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "train", method, arch, str(tmp_path / "two"))
+    model, single = train_run(method, arch, tmp_path / "one", 2 * PER_RANK_BATCH)  # same global batch
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    return two, single, tmp_path / "two" / "adapter", tmp_path / "one" / "adapter", model
+
+
+def assert_same_files(sharded: Path, single: Path, name: str = ADAPTER_FILE) -> None:
+    a, b = load_file(sharded / name), load_file(single / name)
+    assert a.keys() == b.keys() and a
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_path):
+    from peft import PeftModel
+
+    two, one, sharded, single, model = two_vs_one("lora", "llama", tmp_path)
+    assert len(two) == len(one) == 4
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
+    assert_same_files(sharded, single)
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+        peft_model = PeftModel.from_pretrained(build_base("llama"), str(sharded)).eval()
+        torch.testing.assert_close(peft_model(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+        reloaded = build_base("llama")
+        tt.load_adapter(reloaded, sharded)
+        torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, arch", [("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert")])
+def test_other_methods_two_processes_equal_one(tmp_path, method, arch):
+    two, one, sharded, single, _ = two_vs_one(method, arch, tmp_path)
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
+    assert_same_files(sharded, single)
+
+
+@pytest.mark.slow
+def test_adalora_ranks_agree_on_the_rank_pattern_of_one_process(tmp_path):
+    two, one, sharded, single, _ = two_vs_one("adalora", "llama", tmp_path)
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
+    patterns = [json.loads((d / "adapter_config.json").read_text())["rank_pattern"] for d in (sharded, single)]
+    assert patterns[0] == patterns[1] and patterns[0]
+    assert any(not all(keep) for keep in patterns[0].values())  # the budget did remove ranks
+    assert_same_files(sharded, single)
+
+
+def test_saved_adapter_holds_every_ranks_shard(tmp_path):
+    """accelerate #4206: a save that writes only rank 0's slice (or rank 0's slice everywhere) fails here."""
+    torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "fill", "llama", str(tmp_path))
+    fresh = build_model("lora", "llama")
+    with torch.no_grad():
+        for param in fresh.parameters():
+            if param.requires_grad:
+                param.zero_()
+    tt.delete_adapter(fresh, "default")
+    tt.load_adapter(fresh, tmp_path / "adapter")
+    trainable = [(n, p) for n, p in fresh.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, param in trainable:
+        torch.testing.assert_close(param.detach(), expected_fill(param.shape, 2), atol=0, rtol=0, msg=name)
+        assert (param < 2000).any() and (param >= 2000).any(), name  # both ranks' values arrived
+
+
+def test_block_modules_finds_transformer_blocks_and_takes_a_given_class():
+    llama = build_base("llama")
+    assert [type(b).__name__ for b in block_modules(llama)] == ["LlamaDecoderLayer"] * 2
+    assert len(block_modules(build_base("gpt2"))) == 2 and len(block_modules(build_base("bert"))) == 2
+    mlps = block_modules(llama, [type(llama.model.layers[0].mlp)])
+    assert len(mlps) == 2 and all(type(m).__name__ == "LlamaMLP" for m in mlps)
+
+
+def test_shard_model_without_process_group_is_refused():
+    from trimtune.train.fsdp import shard_model
+
+    with pytest.raises(tt.ConfigError, match="torchrun"):
+        shard_model(build_model("lora", "llama"))
+
