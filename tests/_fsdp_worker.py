@@ -89,13 +89,14 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     if info.world_size > 1:
         shard_model(model)
     loader = distributed_loader(dataset(arch), per_rank_batch, shuffle=True, seed=3)
-    result = tt.train(model, loader, max_steps=max_steps, lr=1e-2, progress=False)
-    if method == "diff":
+    losses = tt.train(model, loader, max_steps=max_steps, lr=1e-2, progress=False).losses
+    if method == "diff":  # project to the exact density, fine-tune the kept entries, save
         tt.project_diffs(model)
+        losses += tt.train(model, loader, max_steps=2, lr=1e-2, progress=False).losses
         tt.save_diff(model, out / "adapter")
     else:
         tt.save_adapter(model, out / "adapter")
-    return model, result.losses
+    return model, losses
 
 
 @torch.no_grad()

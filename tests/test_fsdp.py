@@ -81,6 +81,22 @@ def test_adalora_ranks_agree_on_the_rank_pattern_of_one_process(tmp_path):
     assert_same_files(sharded, single)
 
 
+@pytest.mark.slow
+def test_diff_pruning_keeps_the_entries_of_one_process_and_fine_tunes_them_alike(tmp_path):
+    two, one, sharded, single, _ = two_vs_one("diff", "bert", tmp_path)
+    assert len(two) == len(one) == 6  # 4 dense steps with the L1 penalty, 2 on the kept entries
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
+    configs = [json.loads((d / "diff_config.json").read_text()) for d in (sharded, single)]
+    assert configs[0]["kept"] == configs[1]["kept"] > 0
+    a, b = load_file(sharded / "diff_model.safetensors"), load_file(single / "diff_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in b:
+        if key.endswith(".index"):
+            assert torch.equal(a[key], b[key]), key  # the same kept indices
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+
+
 def test_saved_adapter_holds_every_ranks_shard(tmp_path):
     """accelerate #4206: a save that writes only rank 0's slice (or rank 0's slice everywhere) fails here."""
     torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "fill", "llama", str(tmp_path))

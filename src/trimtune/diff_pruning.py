@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .api import layers, state_of
+from .io.gather import whole
 from .deltas.diff import DiffConfig, DiffDelta
 
 
@@ -50,7 +51,11 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
     exactly ``max(1, round(density · N))`` of its N entries remain; the rest are dropped for good.
 
     Ties are broken by position (earlier layer, weight before bias, lower flat index first), so the
-    result is deterministic. Returns ``{"kept", "total", "density"}``."""
+    result is deterministic. Returns ``{"kept", "total", "density"}``.
+
+    On a model sharded with FSDP every rank calls it: each δ is gathered whole, so every rank ranks
+    all N entries and keeps the same ones as one process. The kept values become plain (replicated)
+    parameters; ``trimtune.train`` averages their gradients across ranks in the sparse phase."""
     names = _adapter_names(model, adapter)
     if len(names) != 1:
         raise ValueError(f"name the diff adapter to project; active diffs: {names}")
@@ -61,20 +66,22 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
     if any(delta.sparse for delta in deltas):
         raise ValueError(f"diff {names[0]!r} is already projected; project a diff once, after its sparsity phase")
     parts = [(delta, name) for delta in deltas for name in delta.shapes]
-    magnitudes = torch.cat([delta.dense(name).detach().abs().reshape(-1).float().cpu() for delta, name in parts])
+    dense = [whole(delta.dense(name)) for delta, name in parts]  # sharded (FSDP): gathered, same on every rank
+    magnitudes = torch.cat([d.abs().reshape(-1).float().cpu() for d in dense])
     total = magnitudes.numel()
     k = max(1, round(density * total))
     order = torch.sort(magnitudes, descending=True, stable=True).indices  # stable: ties keep position order
     keep = torch.zeros(total, dtype=torch.bool)
     keep[order[:k]] = True
-    start = 0
+    start, values = 0, iter(dense)
     for delta in deltas:
-        kept = {}
+        kept, kept_values = {}, {}
         for name in delta.shapes:
             size = math.prod(delta.shapes[name])
             kept[name] = keep[start : start + size].nonzero().squeeze(1).to(delta.diff[name].device)
+            kept_values[name] = next(values).reshape(-1)[kept[name]]
             start += size
-        delta.to_sparse(kept)
+        delta.to_sparse(kept, kept_values)
     return {"kept": k, "total": total, "density": k / total}
 
 

@@ -18,10 +18,9 @@ import warnings
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError
-from ..io.gather import whole
+from ..io.gather import full, whole
 from .adalora import AdaLoraConfig, AdaLoraDelta
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,10 @@ def orthogonality_penalty(deltas: list[AdaLoraDelta]) -> torch.Tensor:
     """Mean over all P and Q of ``||Q Q^T - I||_F`` and ``||P^T P - I||_F`` (peft's regulariser)."""
     terms = []
     for delta in deltas:
-        a, b = _differentiable_whole(delta.lora_A), _differentiable_whole(delta.lora_B)
+        a, b = full(delta.lora_A), full(delta.lora_B)  # sharded (FSDP): gathered, gradient kept
         for cov in (a @ a.T, b.T @ b):
             terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)))
     return torch.stack(terms).mean()
-
-
-def _differentiable_whole(param: torch.Tensor) -> torch.Tensor:
-    """A sharded (FSDP2) factor gathered whole, keeping the graph: every rank computes the same
-    penalty and its gradient flows back into the rank's own slice, next to the reduce-scattered task
-    gradient, so the sum equals the 1-process gradient."""
-    return param.full_tensor() if isinstance(param, DTensor) else param
 
 
 class RankAllocator:

@@ -25,6 +25,7 @@ from ..config import ConfigError, check_choice, check_positive
 from ..kinds import LayerKind, kind_class_for
 from ..registry import register_weight_method
 from ..targets import _HEAD_NAMES, TargetSpec
+from ..io.gather import full
 from .base import Delta
 
 
@@ -183,12 +184,12 @@ class DiffDelta(Delta):
             return total
         for name in self.shapes:
             if self.penalty == "l1":
-                total = total + self.diff[name].abs().sum()
+                total = total + full(self.diff[name].abs().sum())  # full: a sharded (FSDP) sum, all-reduced
                 continue
             p = self.gate.prob_nonzero(self.log_alpha[name])
             if name in self.group_log_alpha:
                 p = p * self.gate.prob_nonzero(self.group_log_alpha[name])
-            total = total + p.sum()
+            total = total + full(p.sum())
         return total
 
     def numel(self) -> int:

@@ -19,12 +19,17 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` complete, keeping the autograd graph: a DTensor is gathered from all ranks
+    (collective). Used for loss terms over sharded parameters (AdaLoRA's orthogonality, diff's
+    penalty): every rank computes the same term and its gradient flows back into each rank's own
+    slice, where FSDP adds the reduce-scattered task gradient, so the sum is the 1-process gradient."""
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
+
+
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` complete and detached: a DTensor is gathered from all ranks (collective)."""
-    tensor = tensor.detach()
-    if _is_dtensor(tensor):
-        tensor = tensor.full_tensor()
-    return tensor
+    return full(tensor.detach())
 
 
 def gathered(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

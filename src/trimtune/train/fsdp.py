@@ -108,3 +108,17 @@ def check_replicated(model: nn.Module) -> None:
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` whole: a DTensor is gathered from every rank (collective), others pass through."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def average_replicated_gradients(model: nn.Module) -> None:
+    """All-reduce (mean) the gradients of trainable parameters FSDP does not manage.
+
+    Parameters created after ``shard_model`` (the kept values of a diff after ``project_diffs``)
+    are plain tensors, whole on every rank; FSDP does not reduce their gradients, so without this
+    the ranks would drift apart. A no-op on an unsharded model or when there are none."""
+    if not (dist.is_available() and dist.is_initialized()) or not is_sharded(model):
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.grad is not None and not isinstance(param, DTensor):
+            dist.all_reduce(param.grad)  # a sum: gloo has no AVG
+            param.grad.div_(dist.get_world_size())

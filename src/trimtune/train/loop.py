@@ -26,6 +26,7 @@ from .checkpoint import Checkpointer, as_checkpoint_config, latest_checkpoint
 from .clip import as_clip_config, clip_gradients
 from .data_position import DataPosition
 from .distributed import mean_over_ranks, unwrap_model
+from .fsdp import average_replicated_gradients
 from .evaluate import Metric, evaluate, model_device
 from .precision import MixedPrecision
 
@@ -191,6 +192,7 @@ def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
 
 def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
     """Clip, step, let the hooks see the gradients, then advance the schedule and clear them."""
+    average_replicated_gradients(ctx.model)  # FSDP: parameters it does not manage (no-op otherwise)
     precision.unscale(ctx.optimizer)
     if clip is not None:
         ctx.grad_norm = clip_gradients(ctx.model, clip)
