@@ -3,11 +3,13 @@
 
     torchrun --standalone --nproc_per_node 2 tests/_fsdp_worker.py train METHOD ARCH OUT_DIR
     torchrun --standalone --nproc_per_node 2 tests/_fsdp_worker.py fill ARCH OUT_DIR
+    torchrun --standalone --nproc_per_node N tests/_fsdp_worker.py ckpt CKPT_DIR OUT_DIR [resume] [kill=STEP]
 
 ``train`` shards the adapted model (2 processes), trains with ``trimtune.train`` on the same global
 batches as 1 process, saves the adapter (``save_adapter`` / ``save_diff``) to OUT_DIR/adapter and the
 losses to OUT_DIR/losses.json. ``fill`` writes a rank-specific value into each rank's local shard of
-every trainable tensor and saves: the file must hold every rank's values.
+every trainable tensor and saves: the file must hold every rank's values. ``ckpt`` trains LoRA with
+sharded checkpoints, optionally resuming, or killing the last rank with SIGKILL after step STEP.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import trimtune as tt
 from trimtune.train.distributed import distributed_loader, init_distributed
 
 PER_RANK_BATCH, EXAMPLES, STEPS, SEQ = 2, 8, 4, 8
+CKPT_STEPS = 6
 
 
 def build_base(arch: str):
@@ -123,6 +126,38 @@ def expected_fill(shape, world: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class KillAt:
+    """kill -9 of the last rank right after optimizer step ``step`` (a crash, not an exception)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, ctx, step, loss):
+        import os
+        import signal
+
+        info = init_distributed()
+        if step == self.step and info.rank == info.world_size - 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpointed_run(ckpt: Path, out: Path, flags: list[str]):
+    """LoRA on Llama for CKPT_STEPS steps, checkpointing every 2 (sharded), maybe resumed / killed."""
+    from trimtune.train.fsdp import shard_model
+
+    info = init_distributed()
+    model = build_model("lora", "llama")
+    if info.world_size > 1:
+        shard_model(model)
+    loader = distributed_loader(dataset("llama"), 2 * PER_RANK_BATCH // info.world_size, shuffle=True, seed=3)
+    kill = [KillAt(int(f.split("=")[1])) for f in flags if f.startswith("kill=")]
+    result = tt.train(model, loader, max_steps=CKPT_STEPS, lr=1e-2, progress=False, callbacks=kill,
+                      checkpoint=tt.CheckpointConfig(ckpt, every=2, sharded=True), resume="resume" in flags)
+    tt.save_adapter(model, out / "adapter")
+    if info.rank == 0:
+        (out / "losses.json").write_text(json.dumps(result.losses))
+
+
 def main(argv: list[str]) -> None:
     from trimtune.train.fsdp import shard_model
 
@@ -132,13 +167,16 @@ def main(argv: list[str]) -> None:
         _, losses = train_run(method, arch, out, PER_RANK_BATCH)
         if info.rank == 0:
             (out / "losses.json").write_text(json.dumps(losses))
+    elif argv[0] == "ckpt":
+        checkpointed_run(Path(argv[1]), Path(argv[2]), argv[3:])
     elif argv[0] == "fill":
         arch, out = argv[1], Path(argv[2])
         init_distributed()
         model = shard_model(build_model("lora", arch))
         fill_shards(model)
         tt.save_adapter(model, out / "adapter")
-    torch.distributed.destroy_process_group()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

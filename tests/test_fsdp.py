@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert (finished.returncode == 0) == ok, finished.stderr[-4000:]
     return finished
 
 
@@ -128,3 +129,39 @@ def test_shard_model_without_process_group_is_refused():
     with pytest.raises(tt.ConfigError, match="torchrun"):
         shard_model(build_model("lora", "llama"))
 
+
+
+def checkpointed(ckpt: Path, out: Path, *flags: str, nproc: int = 2, ok: bool = True) -> tuple[list[float], dict]:
+    torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "ckpt", str(ckpt), str(out), *flags, nproc=nproc, ok=ok)
+    if not ok:
+        return [], {}
+    return json.loads((out / "losses.json").read_text()), load_file(out / "adapter" / ADAPTER_FILE)
+
+
+def assert_same_run(run, reference, atol: float) -> None:
+    losses, adapter = run
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(reference[0]), atol=atol, rtol=0)
+    assert adapter.keys() == reference[1].keys()
+    for key, value in reference[1].items():
+        torch.testing.assert_close(adapter[key], value, atol=atol, rtol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_then_resume_and_resume_on_other_world_sizes(tmp_path):
+    """Sharded (DCP) checkpoints every 2 of 6 steps. kill -9 of rank 1 after step 5, resume on 2
+    processes: exactly the uninterrupted run. The same checkpoint resumed by 1 process, and a
+    1-process checkpoint resumed by 2, end within 1e-5 of it."""
+    reference = checkpointed(tmp_path / "a" / "ckpt", tmp_path / "a")
+    assert len(reference[0]) == 6
+    assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["step-00000004", "step-00000006"]
+    assert len(list((tmp_path / "a" / "ckpt" / "step-00000004" / "sharded").glob("*.safetensors"))) == 2  # one per rank
+
+    checkpointed(tmp_path / "b" / "ckpt", tmp_path / "b", "kill=5", ok=False)
+    assert tt.latest_checkpoint(tmp_path / "b" / "ckpt").name == "step-00000004"
+    shutil.copytree(tmp_path / "b" / "ckpt", tmp_path / "c" / "ckpt")
+    assert_same_run(checkpointed(tmp_path / "b" / "ckpt", tmp_path / "b", "resume"), reference, atol=0)
+    assert_same_run(checkpointed(tmp_path / "c" / "ckpt", tmp_path / "c", "resume", nproc=1), reference, atol=1e-5)  # 2 -> 1
+
+    checkpointed(tmp_path / "d" / "ckpt", tmp_path / "d", "kill=5", nproc=1, ok=False)
+    assert tt.latest_checkpoint(tmp_path / "d" / "ckpt").name == "step-00000004"
+    assert_same_run(checkpointed(tmp_path / "d" / "ckpt", tmp_path / "d", "resume"), reference, atol=1e-5)  # 1 -> 2

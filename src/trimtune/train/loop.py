@@ -22,13 +22,14 @@ from ..api import state_of
 from ..config import ConfigError, check_positive, check_positive_int
 from .batches import LossFn, run_batch, to_device
 from .callbacks import CallbackList, TrainContext
-from .checkpoint import Checkpointer, as_checkpoint_config, latest_checkpoint
+from .checkpoint import as_checkpoint_config, latest_checkpoint
 from .clip import as_clip_config, clip_gradients
 from .data_position import DataPosition
 from .distributed import mean_over_ranks, unwrap_model
 from .fsdp import average_replicated_gradients
 from .evaluate import Metric, evaluate, model_device
 from .precision import MixedPrecision
+from .sharded_checkpoint import make_checkpointer
 
 DEFAULT_LR = 1e-3
 
@@ -116,9 +117,10 @@ def train(
     ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps)
     result = TrainResult()
     position = DataPosition()
-    checkpointer = Checkpointer(checkpoint, model, total_steps, run_config) if checkpoint else None
+    resume_from = _resume_path(resume, checkpoint.dir) if resume else None
+    checkpointer = make_checkpointer(checkpoint, model, total_steps, run_config, resume_from) if checkpoint else None
     if resume:
-        checkpointer.restore(_resume_path(resume, checkpoint.dir), ctx, position, result, precision.scaler)
+        checkpointer.restore(resume_from, ctx, position, result, precision.scaler)
 
     was_training = model.training
     model.train()
