@@ -20,7 +20,7 @@ from torch import nn
 from ..api import adapter_config, applied, delete_adapter, hosts, layers, state_of
 from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import check_fingerprint, fingerprint
-from .gather import gathered, wait_for_writer, writes_files
+from .gather import write_once
 from .peft_format import FILE_HANDLERS, PREFIX, FormatError, bias_tensors, config_type_of, to_peft_config
 
 CONFIG_FILE = "adapter_config.json"
@@ -38,13 +38,14 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
         return Path(FILE_HANDLERS[type(config)][0](model, path, name))
     carriers = _layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
-    tensors = gathered(adapter_tensors(model, config, name))
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
-    if writes_files():
+
+    def write(tensors):
         with atomic_directory(path) as tmp:
             write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
             write_json(tmp / CONFIG_FILE, peft_config)
-    wait_for_writer()
+
+    write_once(model, adapter_tensors(model, config, name), write)
     return Path(path)
 
 

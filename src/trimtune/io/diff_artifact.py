@@ -33,7 +33,7 @@ from ..diff_pruning import diff_deltas
 from ..kinds import kind_class_for
 from .atomic import atomic_directory, write_bytes, write_json
 from .fingerprint import check_fingerprint, fingerprint
-from .gather import gathered, wait_for_writer, writes_files
+from .gather import gathered, model_is_sharded, wait_for_writer, writes_files
 from .peft_format import FormatError
 
 FORMAT, VERSION = "trimtune-diff", 1
@@ -86,6 +86,7 @@ def save_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     for module_name, copy in heads.items():
         tensors.update({f"{module_name}.{k}": v for k, v in copy.state_dict().items()})
     # Under FSDP the head copies are sharded: gathered whole on every rank (collective), rank 0 writes.
+    sharded = model_is_sharded(model)
     data = save_tensors({k: v.cpu().contiguous() for k, v in gathered(tensors).items()})
     kept, total = sum(e["count"] for e in entries), sum(math.prod(e["shape"]) for e in entries)
     config = dataclasses.asdict(state_of(model).adapters[name])
@@ -102,11 +103,12 @@ def save_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
         "diffs": entries,
         "tensors_sha256": hashlib.sha256(data).hexdigest(),
     }
-    if writes_files():
+    if not sharded or writes_files():
         with atomic_directory(path) as tmp:
             write_bytes(tmp / TENSORS_FILE, data)
             write_json(tmp / CONFIG_FILE, record)
-    wait_for_writer()
+    if sharded:
+        wait_for_writer()
     return Path(path)
 
 

@@ -4,8 +4,8 @@ Under FSDP2 (``trimtune.train.fsdp``) every parameter is a DTensor holding one r
 written from the local slices holds 1/N of each adapter tensor — accelerate #4206: resuming from
 such a file silently resets (N-1)/N of the adapter. Savers therefore gather every tensor whole
 (``full_tensor()``, a collective: every rank calls the saver) and let rank 0 alone write, after
-which all ranks wait so the file exists everywhere when ``save_*`` returns. Without a process
-group all of this is a no-op.
+which all ranks wait so the file exists everywhere when ``save_*`` returns (``write_once``).
+Unsharded tensors need no collective: a saver called by rank 0 alone (the DDP habit) still works.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     (collective). Used for loss terms over sharded parameters (AdaLoRA's orthogonality, diff's
     penalty): every rank computes the same term and its gradient flows back into each rank's own
     slice, where FSDP adds the reduce-scattered task gradient, so the sum is the 1-process gradient."""
-    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
+    return tensor.full_tensor() if is_sharded_tensor(tensor) else tensor
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,22 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
 def gathered(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every tensor of ``tensors`` whole, in a fixed (sorted) order so all ranks gather in step."""
     return {key: whole(tensors[key]) for key in sorted(tensors)}
+
+
+def model_is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are DTensors (sharded with FSDP)."""
+    return any(is_sharded_tensor(p) for p in model.parameters())
+
+
+def write_once(model: nn.Module, tensors: dict[str, torch.Tensor], write) -> None:
+    """``write(whole_tensors)`` once: on a sharded model every rank gathers, rank 0 writes and the
+    others wait for it; otherwise the calling process writes (no collective)."""
+    sharded = model_is_sharded(model)
+    whole_tensors = gathered(tensors)
+    if not sharded or writes_files():
+        write(whole_tensors)
+    if sharded:
+        wait_for_writer()
 
 
 def writes_files() -> bool:
@@ -55,7 +71,8 @@ def model_class(module: nn.Module) -> type:
     return bases[0] if len(bases) < len(cls.__bases__) and bases else cls
 
 
-def _is_dtensor(tensor) -> bool:
+def is_sharded_tensor(tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter of an FSDP-sharded model)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch built without distributed

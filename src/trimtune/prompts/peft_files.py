@@ -22,7 +22,7 @@ from ..api import adapter_config, applied, apply, delete_adapter, hosts, state_o
 from ..copies import ModuleCopies
 from ..io.adapter_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, _read_config, _read_tensors
 from ..io.atomic import atomic_directory, write_json, write_safetensors
-from ..io.gather import gathered, wait_for_writer, writes_files
+from ..io.gather import write_once
 from ..io.fingerprint import check_fingerprint, fingerprint
 from ..io.peft_format import FormatError, register_peft_files
 from .apply import fold
@@ -82,13 +82,14 @@ def save_prompt_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
         tensors = {"prompt_embeddings": prompt_host(model).deltas[name].compute()}
     for module_path, copy in _head_copies(model, name).items():
         tensors.update({f"{HEAD_PREFIX}{module_path}.{key}": value for key, value in copy.state_dict().items()})
-    tensors = {key: value.cpu().contiguous() for key, value in gathered(tensors).items()}  # FSDP: whole, every rank
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
-    if writes_files():
+
+    def write(tensors):  # FSDP: sharded tensors arrive whole, written by rank 0 (io/gather.py)
         with atomic_directory(path) as tmp:
-            write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
+            write_safetensors(tmp / WEIGHTS_FILE, {k: v.cpu().contiguous() for k, v in tensors.items()}, metadata)
             write_json(tmp / CONFIG_FILE, peft_config_dict(model, config))
-    wait_for_writer()
+
+    write_once(model, tensors, write)
     return Path(path)
 
 
