@@ -28,9 +28,14 @@ CKPT_STEPS = 6
 
 
 def build_base(arch: str):
-    """A tiny random model, dropout off, identical in every process."""
+    """A tiny random model, dropout off, identical in every process. ``<arch>+gc``: with activation
+    (gradient) checkpointing, non-reentrant."""
     import transformers as tr
 
+    if arch.endswith("+gc"):
+        model = build_base(arch.removesuffix("+gc"))
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
     torch.manual_seed(0)
     if arch == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads
         config = tr.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -48,7 +53,7 @@ def build_base(arch: str):
 
 
 def method_config(method: str, arch: str):
-    head = ["classifier"] if arch == "bert" else []
+    head = ["classifier"] if arch.startswith("bert") else []
     if method == "lora":
         return tt.LoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "adalora":
@@ -78,7 +83,7 @@ def dataset(arch: str):
     examples = []
     for _ in range(EXAMPLES):
         ids = torch.randint(3, 100, (SEQ,), generator=generator)
-        label = torch.randint(0, 3, (), generator=generator) if arch == "bert" else ids
+        label = torch.randint(0, 3, (), generator=generator) if arch.startswith("bert") else ids
         examples.append({"input_ids": ids, "labels": label})
     return examples
 

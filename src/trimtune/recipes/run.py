@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..io.atomic import write_json, write_safetensors
+from ..train.fsdp import is_sharded
 from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
 from .load import RESOLVED_NAME, load_recipe, save_recipe
 from .schema import Recipe
@@ -54,7 +55,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     """Carry out ``recipe`` into ``out``. Under torchrun / accelerate every process runs this; the
     data is split across them (``data.batch_size`` stays the global batch), rank 0 writes."""
     import trimtune as tt
-    from ..train.distributed import distributed_model, init_distributed, unwrap_model
+    from ..train.distributed import init_distributed, parallel_model, unwrap_model
     from ..train.loop import _total_steps
 
     info = init_distributed()
@@ -79,9 +80,10 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     result = None
     if steps:
         logger = tt.MetricsLogger(out / "metrics.csv", out / "tensorboard" if t.tensorboard else None, every=t.log_every)
-        checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None)
+        checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None,
+                                         sharded=True if recipe.distributed.strategy == "fsdp" else None)  # resumable on any world size
         result = tt.train(
-            distributed_model(model, info), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
+            parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
             grad_accum=t.grad_accum, scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm,
             eval_data=loaders.eval if t.eval_every else None, eval_every=t.eval_every, metric=loaders.metric,
             loss_fn=loaders.loss_fn, callbacks=[*callbacks, logger], progress=not quiet and info.rank == 0,
@@ -99,9 +101,12 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         log(f"diff projected to {summary['diff']['kept']:,} of {summary['diff']['total']:,} entries")
     summary["after"] = evaluate_run(model, loaders)
     log(f"after: {_fmt(summary['after'])}")
+    sharded = is_sharded(model)
+    if sharded:  # every rank gathers its shard of the adapter; rank 0 writes
+        _save_method_files(model, method, out)
     if info.rank != 0:
         return summary
-    summary.update(_save_artifacts(model, recipe, method, out))
+    summary.update(_save_artifacts(model, recipe, method, out, method_files=not sharded))
     write_json(out / "metrics.json", _metrics(result))
     write_json(out / "summary.json", summary)
     return summary
@@ -159,9 +164,8 @@ def _metrics(result) -> dict:
     return {"losses": result.losses, "eval_history": history, "grad_norms": result.grad_norms, "wall_time": result.wall_time}
 
 
-def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
+def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_files: bool = True) -> dict:
     import trimtune as tt
-    from ..io.diff_artifact import save_diff
 
     saved = {}
     if recipe.prune:
@@ -169,13 +173,22 @@ def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict
         write_json(out / "sparsity.json", tt.sparsity_report(model).to_dict())
     elif method is None:  # the base itself was trained: keep all of it
         write_safetensors(out / "model.safetensors", {k: v.detach().contiguous() for k, v in model.state_dict().items()}, {})
+    if method_files:
+        _save_method_files(model, method, out)
+    if isinstance(method, tt.AdaLoraConfig):
+        write_json(out / "adalora_ranks.json", tt.adalora_ranks(model))
+    return saved
+
+
+def _save_method_files(model: nn.Module, method, out: Path) -> None:
+    """The adapter or diff (a collective under FSDP: every rank calls it)."""
+    import trimtune as tt
+    from ..io.diff_artifact import save_diff
+
     if isinstance(method, tt.DiffConfig):
         save_diff(model, out / "diff")
     elif method is not None:
         tt.save_adapter(model, out / "adapter")
-    if isinstance(method, tt.AdaLoraConfig):
-        write_json(out / "adalora_ranks.json", tt.adalora_ranks(model))
-    return saved
 
 
 @dataclass

@@ -70,6 +70,23 @@ def distributed_model(model: nn.Module, info: DistributedInfo) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+STRATEGIES = ("ddp", "fsdp")
+
+
+def parallel_model(model: nn.Module, info: DistributedInfo, strategy: str = "ddp", block_classes=None) -> nn.Module:
+    """``model`` ready for training on ``info.world_size`` processes: "ddp" wraps it in
+    DistributedDataParallel (a full copy per process), "fsdp" shards it in place with FSDP2
+    (``fsdp.shard_model``: each process holds 1/N of every parameter). One process: unchanged."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "ddp" or info.world_size == 1:
+        return distributed_model(model, info)
+    from .fsdp import shard_model
+
+    model.to(info.device)
+    return shard_model(model, block_classes)
+
+
 def distributed_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False, **loader_kwargs) -> DataLoader:
     """A DataLoader over this rank's share: ``batch_size`` is per process, so the global batch is
     ``batch_size * world_size``. Shuffling is seeded (``seed + epoch``, the loop calls
@@ -90,5 +107,6 @@ def mean_over_ranks(value: float) -> float:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (state-dict keys without ``module.``)."""
+    """The model inside a DistributedDataParallel wrapper (state-dict keys without ``module.``); an
+    FSDP-sharded model is its own module (FSDP2 shards in place)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
