@@ -56,6 +56,8 @@ def method_config(method: str, arch: str):
     head = ["classifier"] if arch.startswith("bert") else []
     if method == "lora":
         return tt.LoraConfig(r=4, init="gaussian", modules_to_save=head)
+    if method == "qlora":  # the 4-bit base stays whole on every rank (fsdp.packed_4bit_parameters)
+        return tt.QLoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "adalora":
         return tt.AdaLoraConfig(init_r=4, target_r=2, tinit=1, tfinal=1, deltaT=1, modules_to_save=head)
     if method == "ia3":

@@ -79,10 +79,24 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device, (dist.get_world_size(),))
     check_replicated(model)
+    kept_whole = packed_4bit_parameters(model)
     for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
     return model
+
+
+def packed_4bit_parameters(model: nn.Module) -> set[nn.Parameter]:
+    """The bitsandbytes 4-bit weights of a QLoRA base, which FSDP2 must leave whole on every rank.
+
+    Why they cannot be sharded: FSDP2 all-gathers a parameter's shards into a plain tensor, which
+    drops the ``quant_state`` (block scales, shape, dtype) that bitsandbytes' ``Params4bit`` carries
+    as a Python attribute, and ``Params4bit`` does not implement FSDP2's all-gather extension
+    (``fsdp_pre_all_gather`` / ``fsdp_post_all_gather``, as torchao's NF4Tensor does); bnb's
+    ``quant_storage`` only helps FSDP1's flat parameters. So the packed base (1/8 of fp32) is
+    replicated, frozen and never communicated, while LoRA, its optimizer state and every other
+    parameter (embeddings, norms, head) are sharded."""
+    return {p for p in model.parameters() if getattr(p, "quant_state", None) is not None}
 
 
 @torch.no_grad()
