@@ -5,6 +5,8 @@ LoRA r=16 on every attention and MLP projection; each variant trains a few steps
 + AdamW) on the same global batch, started by torchrun (gloo, 1 thread per process). Every process
 reports its own figures:
 
+- runtime MiB: resident set before any model exists (python, torch, transformers, gloo): the same
+  in every variant, and part of every peak;
 - model MiB: resident set after the model is built, adapted and wrapped/sharded (RSS);
 - train peak MiB: the kernel's high-water mark of the resident set (``VmHWM``, reset once the model
   is ready, see ``_harness``) over the training steps: what the process needs to train;
@@ -62,6 +64,7 @@ def worker(size: dict, strategy: str, out: Path) -> None:
 
     torch.set_num_threads(1)
     info = init_distributed()
+    runtime = _status_mib("VmRSS")  # python, torch, transformers, gloo: before any model exists
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=size["hidden"], num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
                          num_key_value_heads=size["kv_heads"], intermediate_size=size["ffn"], vocab_size=size["vocab"],
@@ -88,7 +91,7 @@ def worker(size: dict, strategy: str, out: Path) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(1e3 * (time.perf_counter() - start))
-    record = {"rank": info.rank, "model_mib": resident, "peak_mib": _status_mib("VmHWM"),
+    record = {"rank": info.rank, "runtime_mib": runtime, "model_mib": resident, "peak_mib": _status_mib("VmHWM"),
               "step_ms": statistics.median(times[1:] or times)}  # the first step allocates optimizer state
     (out / f"rank{info.rank}.json").write_text(json.dumps(record))
     if torch.distributed.is_initialized():
@@ -111,20 +114,23 @@ def run_variant(size: dict, nproc: int, strategy: str) -> list[dict]:
 
 
 def measure(size: dict) -> list[list]:
-    rows, single_peak, ddp_ms = [], None, None
+    rows, single_peak, single_runtime, ddp_ms = [], None, None, None
     for name, nproc, strategy in VARIANTS:
         ranks = run_variant(size, nproc, strategy)
         peak = max(r["peak_mib"] for r in ranks)
         step = statistics.median(r["step_ms"] for r in ranks)
         single_peak = single_peak or peak
         ddp_ms = step if name.startswith("DDP") else ddp_ms
-        rows.append([name, round(max(r["model_mib"] for r in ranks)), round(peak), round(peak / single_peak, 2), round(step),
-                     round(step / ddp_ms, 2) if ddp_ms else "-"])
+        runtime = max(r["runtime_mib"] for r in ranks)
+        single_runtime = single_runtime or runtime
+        rows.append([name, round(runtime), round(max(r["model_mib"] for r in ranks)), round(peak), round(peak / single_peak, 2),
+                     round((peak - runtime) / (single_peak - single_runtime), 2), round(step), round(step / ddp_ms, 2) if ddp_ms else "-"])
     return rows
 
 
 def table(rows: list[list]) -> str:
-    headers = ["variant", "model MiB / process", "train peak MiB / process", "peak vs 1 process", "step ms", "step vs DDP x 2"]
+    headers = ["variant", "runtime MiB", "model MiB / process", "train peak MiB / process", "peak vs 1 process",
+               "peak above runtime vs 1 process", "step ms", "step vs DDP x 2"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
 

@@ -66,12 +66,24 @@ def method_config(method: str, arch: str):
         return tt.PrefixTuningConfig(num_virtual_tokens=3, modules_to_save=head)
     if method == "diff":
         return tt.DiffConfig(density=0.05, penalty="l1", modules_to_save=head)
+    if method == "bottleneck":
+        return tt.BottleneckConfig(modules_to_save=head)
+    if method == "prompt":
+        return tt.PromptTuningConfig(num_virtual_tokens=3, modules_to_save=head)
+    if method == "p-tuning":
+        return tt.PTuningConfig(num_virtual_tokens=3, modules_to_save=head)
     raise ValueError(method)
 
 
-def build_model(method: str, arch: str):
+def build_model(method: str, arch: str, mask_seed: int | None = None):
     model = build_base(arch)
     tt.apply(model, method_config(method, arch))
+    if mask_seed is not None:  # a pruning mask (a buffer, which FSDP2 does not shard) on the first wrapped layer
+        from trimtune.api import layers
+
+        _, layer = next(layers(model))
+        generator = torch.Generator().manual_seed(mask_seed)
+        layer.set_mask((torch.rand(layer.weight.shape, generator=generator) > 0.5).float())
     with torch.no_grad():  # move every trainable tensor off its neutral start so saving is tested on real values
         generator = torch.Generator().manual_seed(2)
         for _, param in sorted(model.named_parameters()):
@@ -95,7 +107,7 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     from trimtune.train.fsdp import shard_model
 
     info = init_distributed()
-    model = build_model(method, arch)
+    model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
     if info.world_size > 1:
         shard_model(model)
     loader = distributed_loader(dataset(arch), per_rank_batch, shuffle=True, seed=3)
@@ -104,6 +116,15 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
         tt.project_diffs(model)
         losses += tt.train(model, loader, max_steps=2, lr=1e-2, progress=False).losses
         tt.save_diff(model, out / "adapter")
+    elif method == "bottleneck":  # no peft file format: compare the gathered trainable tensors
+        from safetensors.torch import save_file
+
+        from trimtune.io.gather import gathered, writes_files
+
+        tensors = gathered({n: p for n, p in model.named_parameters() if p.requires_grad})
+        if writes_files():
+            (out / "adapter").mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, out / "adapter" / "adapter_model.safetensors")
     else:
         tt.save_adapter(model, out / "adapter")
     return model, losses
@@ -182,6 +203,12 @@ def main(argv: list[str]) -> None:
         model = shard_model(build_model("lora", arch))
         fill_shards(model)
         tt.save_adapter(model, out / "adapter")
+        rank = torch.distributed.get_rank()
+        try:  # masks drawn differently on each rank must be refused, not silently mixed
+            shard_model(build_model("lora", arch, mask_seed=10 + rank))
+        except ValueError as error:
+            if rank == 0:
+                (out / "refused.txt").write_text(str(error))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

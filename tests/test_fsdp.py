@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import trimtune as tt
 from _fsdp_worker import PER_RANK_BATCH, build_base, build_model, expected_fill, train_run
-from trimtune.train.fsdp import block_modules
+from trimtune.train.fsdp import block_modules, embedding_units
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -65,7 +65,10 @@ def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, arch", [("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("qlora", "llama")])
+@pytest.mark.parametrize("method, arch", [
+    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("qlora", "llama"),
+    ("bottleneck", "bert"), ("prompt", "gpt2"), ("p-tuning", "llama"),
+])
 def test_other_methods_two_processes_equal_one(tmp_path, method, arch):
     two, one, sharded, single, _ = two_vs_one(method, arch, tmp_path)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
@@ -113,6 +116,7 @@ def test_saved_adapter_holds_every_ranks_shard(tmp_path):
     for name, param in trainable:
         torch.testing.assert_close(param.detach(), expected_fill(param.shape, 2), atol=0, rtol=0, msg=name)
         assert (param < 2000).any() and (param >= 2000).any(), name  # both ranks' values arrived
+    assert "weight_mask" in (tmp_path / "refused.txt").read_text()  # ranks with different masks were refused
 
 
 def test_block_modules_finds_transformer_blocks_and_takes_a_given_class():
@@ -121,6 +125,12 @@ def test_block_modules_finds_transformer_blocks_and_takes_a_given_class():
     assert len(block_modules(build_base("gpt2"))) == 2 and len(block_modules(build_base("bert"))) == 2
     mlps = block_modules(llama, [type(llama.model.layers[0].mlp)])
     assert len(mlps) == 2 and all(type(m).__name__ == "LlamaMLP" for m in mlps)
+
+
+def test_embeddings_are_own_units_unless_tied():
+    llama, gpt2 = build_base("llama"), build_base("gpt2")
+    assert embedding_units(llama) == [llama.get_input_embeddings(), llama.get_output_embeddings()]
+    assert embedding_units(gpt2) == []  # GPT-2 ties wte and lm_head: one parameter, so both stay in the root
 
 
 def test_shard_model_without_process_group_is_refused():

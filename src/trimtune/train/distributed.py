@@ -25,6 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .fsdp import shard_model
+
 
 @dataclass(frozen=True)
 class DistributedInfo:
@@ -81,8 +83,6 @@ def parallel_model(model: nn.Module, info: DistributedInfo, strategy: str = "ddp
         raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "ddp" or info.world_size == 1:
         return distributed_model(model, info)
-    from .fsdp import shard_model
-
     model.to(info.device)
     return shard_model(model, block_classes)
 

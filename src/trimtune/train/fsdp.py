@@ -27,6 +27,8 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError
@@ -58,17 +60,17 @@ def block_modules(model: nn.Module, block_classes: Iterable[type | str] | None =
 
 def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = None, *, mesh=None, reshard_after_forward: bool = True) -> nn.Module:
     """Shard ``model`` (already adapted with ``trimtune.apply``) with FSDP2 across the processes of
-    the default group: one unit per transformer block plus the root. Returns the same module
+    the default group: one unit per transformer block, the input embedding and the output head
+    (unless tied), and the root for the rest. Returns the same module
     (FSDP2 shards in place; state-dict keys stay those of the unsharded model).
 
     ``block_classes``: the block types (or class names) to make units of, for architectures
     trimtune does not know. Raises ``ConfigError`` when no block is found, naming what to pass.
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     if not dist.is_initialized():
         raise ConfigError("shard_model needs a process group: launch with torchrun and call init_distributed() first")
+    if is_sharded(model):
+        raise ConfigError(f"{type(model).__name__} is already sharded (shard_model was called on it before)")
     blocks = block_modules(model, block_classes)
     if not blocks:
         raise ConfigError(
@@ -80,10 +82,27 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
         mesh = init_device_mesh(device, (dist.get_world_size(),))
     check_replicated(model)
     kept_whole = packed_4bit_parameters(model)
-    for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
+    for unit in [*embedding_units(model), *blocks]:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
     return model
+
+
+def embedding_units(model: nn.Module) -> list[nn.Module]:
+    """The input embedding and the output head as units of their own (a Hugging Face model's
+    ``get_input_embeddings`` / ``get_output_embeddings``), so that they are whole only while they
+    run rather than for the root's entire forward and backward; none when they share a tied weight
+    (one parameter cannot sit in two units: both then stay in the root)."""
+    units = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if isinstance(module, nn.Module) and next(module.parameters(recurse=True), None) is not None:
+            units.append(module)
+    if len(units) == 2:
+        first, second = ({id(p) for p in u.parameters()} for u in units)
+        if first & second:
+            return []
+    return units
 
 
 def packed_4bit_parameters(model: nn.Module) -> set[nn.Parameter]:

@@ -24,8 +24,11 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from ..io.atomic import write_json, write_safetensors
 from ..io.gather import gathered, wait_for_writer, writes_files
@@ -119,8 +122,6 @@ def _training_tensors(model: nn.Module, optimizer) -> tuple[dict[str, torch.Tens
     """The tensors DCP saves or loads in place, flat under string keys: the trainable state (DTensors
     under FSDP) and the optimizer's per-parameter state keyed by parameter name (so it maps onto any
     world size); and the optimizer's param groups (plain values) for the JSON file."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
     tensors = {f"model/{k}": v for k, v in model_state(model).items()}
     optim = get_optimizer_state_dict(model, optimizer)  # initialises empty state (zero step, lr 0) when needed
     for name, values in optim["state"].items():
@@ -132,8 +133,6 @@ def _training_tensors(model: nn.Module, optimizer) -> tuple[dict[str, torch.Tens
 
 
 def _load_training_tensors(model: nn.Module, optimizer, directory: Path, param_groups: list) -> None:
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
     tensors, _ = _training_tensors(model, optimizer)
     _dcp_load(tensors, directory)  # in place: the model tensors alias the parameters (each rank its slice)
     optim = get_optimizer_state_dict(model, optimizer)
@@ -145,16 +144,10 @@ def _load_training_tensors(model: nn.Module, optimizer, directory: Path, param_g
 
 
 def _dcp_save(tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
     dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(directory), save_distributed=True))
 
 
 def _dcp_load(tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
-
     try:
         dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)))
     except Exception as error:  # DCP wraps each rank's failure; name the checkpoint and the likely cause
