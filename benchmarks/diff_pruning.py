@@ -30,12 +30,12 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import trimtune as tt
-from trimtune.diff_pruning import DiffPenalty, diff_optimizer
-from trimtune.io.diff_artifact import artifact_bytes, save_diff
 from trimtune.demo.lora_text import text_schedule
+from trimtune.methods.diff.artifact import artifact_bytes, save_diff
+from trimtune.methods.diff.penalty import DiffPenalty, diff_optimizer
 from trimtune.models import minilm_path
-from trimtune.train import train
-from trimtune.train.evaluate import accuracy, evaluate
+from trimtune.training import train
+from trimtune.training.evaluate import accuracy, evaluate
 
 
 @dataclass

@@ -60,7 +60,7 @@ def worker(size: dict, strategy: str, out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import trimtune as tt
-    from trimtune.train.distributed import init_distributed, parallel_model
+    from trimtune.training.distributed import init_distributed, parallel_model
 
     torch.set_num_threads(1)
     info = init_distributed()

@@ -16,12 +16,12 @@ growth of a few training steps, each variant in its own child process.
 from __future__ import annotations
 
 import argparse
-import warnings
 import copy
 import datetime
 import os
 import platform
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +31,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no load reports for 
 warnings.filterwarnings("ignore", category=FutureWarning)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _harness  # noqa: E402
 import torch  # noqa: E402
 
-import _harness  # noqa: E402
 import trimtune as tt  # noqa: E402
 from trimtune.models import minilm_path  # noqa: E402
 
@@ -69,7 +69,13 @@ INFER_VARIANTS = ("base", "peft", "trimtune", "trimtune merged")
 
 # ---- models and inputs (module level: the memory children rebuild them by name) ----
 def base_model(kind: str):
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     if kind == "minilm":
@@ -104,7 +110,7 @@ def trimtune_version(case: Case, base, factors_from=None):
     if factors_from is not None:  # the very same factors as peft's, so both train the same thing
         peft_inner = factors_from.base_model.model
         with torch.no_grad():
-            for name, layer in tt.api.layers(base):
+            for name, layer in tt.core.state.layers(base):
                 twin = peft_inner.get_submodule(name)
                 layer.deltas["default"].lora_A.copy_(twin.lora_A["default"].weight)
                 layer.deltas["default"].lora_B.copy_(twin.lora_B["default"].weight)

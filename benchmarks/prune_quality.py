@@ -29,7 +29,14 @@ import _harness  # noqa: E402
 
 from trimtune.demo.prune_digits import CNN_LAYERS, accuracy, digits_split, lenet, train_steps  # noqa: E402
 from trimtune.prune import (  # noqa: E402
-    Magnitude, PruneConfig, PruneSchedule, Pruner, Wanda, collect_input_norms, prune, sparsity,
+    Magnitude,
+    PruneConfig,
+    Pruner,
+    PruneSchedule,
+    Wanda,
+    collect_input_norms,
+    prune,
+    sparsity,
 )
 
 

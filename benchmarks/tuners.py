@@ -30,8 +30,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # the peft + bnb baseline builder
 
 import _harness
-import trimtune as tt
 from _harness import markdown_table, memory_method, peak_memory_mb, ratio, set_threads, time_variants
+
+import trimtune as tt
 
 SHAPES = {  # (batch, seq)
     "minilm": (16, 128),

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import trimtune as tt
-from trimtune.train.distributed import distributed_loader, distributed_model, init_distributed
+from trimtune.training.distributed import distributed_loader, distributed_model, init_distributed
 
 PER_RANK_BATCH, EXAMPLES, EPOCHS = 4, 32, 2
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import trimtune as tt
-from trimtune.train.distributed import distributed_loader, init_distributed
+from trimtune.training.distributed import distributed_loader, init_distributed
 
 PER_RANK_BATCH, EXAMPLES, STEPS, SEQ = 2, 8, 4, 8
 CKPT_STEPS = 6
@@ -79,7 +79,7 @@ def build_model(method: str, arch: str, mask_seed: int | None = None):
     model = build_base(arch)
     tt.apply(model, method_config(method, arch))
     if mask_seed is not None:  # a pruning mask (a buffer, which FSDP2 does not shard) on the first wrapped layer
-        from trimtune.api import layers
+        from trimtune.core.state import layers
 
         _, layer = next(layers(model))
         generator = torch.Generator().manual_seed(mask_seed)
@@ -104,7 +104,7 @@ def dataset(arch: str):
 
 def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bool = False, max_steps: int = STEPS):
     """Train and save; returns (model, losses). With one process the model is not sharded."""
-    from trimtune.train.fsdp import shard_model
+    from trimtune.training.fsdp import shard_model
 
     info = init_distributed()
     model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
@@ -119,7 +119,7 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     elif method == "bottleneck":  # no peft file format: compare the gathered trainable tensors
         from safetensors.torch import save_file
 
-        from trimtune.io.gather import gathered, writes_files
+        from trimtune.core.io.gather import gathered, writes_files
 
         tensors = gathered({n: p for n, p in model.named_parameters() if p.requires_grad})
         if writes_files():
@@ -171,7 +171,7 @@ class KillAt:
 
 def checkpointed_run(ckpt: Path, out: Path, flags: list[str]):
     """LoRA on Llama for CKPT_STEPS steps, checkpointing every 2 (sharded), maybe resumed / killed."""
-    from trimtune.train.fsdp import shard_model
+    from trimtune.training.fsdp import shard_model
 
     info = init_distributed()
     model = build_model("lora", "llama")
@@ -187,7 +187,7 @@ def checkpointed_run(ckpt: Path, out: Path, flags: list[str]):
 
 
 def main(argv: list[str]) -> None:
-    from trimtune.train.fsdp import shard_model
+    from trimtune.training.fsdp import shard_model
 
     if argv[0] == "train":
         method, arch, out = argv[1], argv[2], Path(argv[3])

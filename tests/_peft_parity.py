@@ -60,7 +60,7 @@ def to_bnb_linear4bit(model, config=None, skip=("lm_head",)):
     holding the same packed weight trimtune's ``quantize_base`` makes (same rounding)."""
     import bitsandbytes as bnb
 
-    from trimtune.quant import COMPUTE_DTYPES, QuantConfig, quantize_weight
+    from trimtune.core.four_bit import COMPUTE_DTYPES, QuantConfig, quantize_weight
 
     config = config or QuantConfig()
     for parent in list(model.modules()):

@@ -4,11 +4,10 @@ import copy
 
 import pytest
 import torch
+from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
 from peft import AdaLoraConfig as PeftAdaLoraConfig
 
 import trimtune as tt
-
-from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
 
 
 def _configs(**kw):
@@ -155,7 +154,7 @@ def test_unsupported_layer_and_no_adalora():
 
 
 def test_trimtune_train_runs_the_rank_update_by_itself(tiny_llama, recwarn):
-    from trimtune.train import train
+    from trimtune.training import train
 
     config = tt.AdaLoraConfig(init_r=4, target_r=2, tinit=1, tfinal=2)  # total_step taken from the loop
     tt.apply(tiny_llama, config)

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import trimtune as tt
-from trimtune.io import adapter_files, atomic
+from trimtune.core.io import atomic
+from trimtune.core.io import peft_files as adapter_files
 
 
 def _no_temp_files(directory):

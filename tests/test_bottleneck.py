@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import trimtune as tt
-from trimtune.layers import TunedLayer
+from trimtune.core.tuned_layer import TunedLayer
 
 
 def _wrapped(model, name="default"):

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import trimtune as tt
-from trimtune.train.checkpoint import list_checkpoints, read_checkpoint
+from trimtune.training.checkpoint import list_checkpoints, read_checkpoint
 
 STEPS_PER_EPOCH, EPOCHS = 6, 2
 
@@ -129,7 +129,7 @@ def test_resume_needs_a_checkpoint(tiny_bert, tmp_path):
 
 
 def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tiny_bert, tmp_path, monkeypatch):
-    import trimtune.io.atomic as atomic
+    import trimtune.core.io.atomic as atomic
 
     real_save = atomic.save_file
     calls = {"n": 0}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import trimtune as tt
-from trimtune.train.checkpoint import list_checkpoints, read_checkpoint
+from trimtune.training.checkpoint import list_checkpoints, read_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     import trimtune as tt
-    import trimtune.io.atomic as atomic
+    import trimtune.core.io.atomic as atomic
 
     directory, marker = Path(sys.argv[1]), Path(sys.argv[2])
     real_save, calls = atomic.save_file, [0]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_cli import run_trimtune
 
 from trimtune import cli
-from test_cli import run_trimtune
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUICK = ["--set", "data.limit=24", "--set", "train.epochs=1", "--set", "data.max_length=32", "--quiet"]

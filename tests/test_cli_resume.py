@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_cli import SRC
 
 from trimtune import cli
-from test_cli import SRC
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "reviews.csv"
 

@@ -10,7 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import trimtune as tt
-from trimtune.train.clip import as_clip_config
+from trimtune.training.clip import as_clip_config
 
 # Rows of a (3 out, 2 in) weight, λ = 0.1:
 #   row 0: ‖w‖ = 5, ‖g‖ = 1    > 0.5        -> clipped to norm 0.5

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import trimtune as tt
-from trimtune.diff_pruning import diff_deltas
-from trimtune.io.diff_artifact import (
+from trimtune.core.io.fingerprint import BaseMismatchError
+from trimtune.core.io.peft_format import FormatError
+from trimtune.methods.diff.artifact import (
     CONFIG_FILE,
     TENSORS_FILE,
     artifact_bytes,
@@ -19,8 +20,7 @@ from trimtune.io.diff_artifact import (
     load_diff,
     save_diff,
 )
-from trimtune.io.fingerprint import BaseMismatchError
-from trimtune.io.peft_format import FormatError
+from trimtune.methods.diff.penalty import diff_deltas
 
 
 def make_bert(seed=0):
@@ -157,7 +157,7 @@ def test_damaged_artifacts_are_refused_with_the_base_intact(saved, damage, token
     with pytest.raises((FormatError, FileNotFoundError)):
         load_diff(model, path, "task")
     assert_same_state(model, before)
-    assert tt.active_adapters(model) == ["other"] and list(tt.api.state_of(model).adapters) == ["other"]
+    assert tt.active_adapters(model) == ["other"] and list(tt.core.state.state_of(model).adapters) == ["other"]
     assert torch.equal(model(token_ids).logits, outputs)
 
 
@@ -227,7 +227,7 @@ def test_minilm_diff_at_half_a_percent_is_under_one_percent_of_the_model_file(mi
 
 
 def test_a_diff_is_saved_alongside_a_lora_adapter(tmp_path, token_ids):
-    from trimtune.io import load_adapter, save_adapter
+    from trimtune.api.files import load_adapter, save_adapter
 
     model = make_bert()
     tt.apply(model, tt.LoraConfig(r=2), "lora")

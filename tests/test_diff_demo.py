@@ -6,7 +6,7 @@ import re
 
 from trimtune.demo import run_demo
 from trimtune.demo.diff_text import STEP
-from trimtune.io.diff_artifact import CONFIG_FILE, TENSORS_FILE
+from trimtune.methods.diff.artifact import CONFIG_FILE, TENSORS_FILE
 
 
 def test_demo_diff_step_prints_the_artifact_size(tmp_path, capsys):

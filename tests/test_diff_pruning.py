@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import trimtune as tt
-from trimtune.api import layers
-from trimtune.diff_pruning import diff_deltas
+from trimtune.core.state import layers
+from trimtune.methods.diff.penalty import diff_deltas
 
 
 def small_mlp():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _ddp_worker import PER_RANK_BATCH, final_state, run
 from safetensors.torch import load_file
 
 import trimtune as tt
-from _ddp_worker import PER_RANK_BATCH, final_state, run
-from trimtune.train.distributed import init_distributed, is_main_process, unwrap_model
+from trimtune.training.distributed import init_distributed, is_main_process, unwrap_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

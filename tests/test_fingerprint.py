@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import trimtune as tt
-from trimtune.io.fingerprint import check_fingerprint, fingerprint
+from trimtune.core.io.fingerprint import check_fingerprint, fingerprint
 
 
 def _llama(hidden=32, seed=0):
@@ -69,29 +69,29 @@ def test_merged_adapters_are_refused_not_misread(tiny_llama):
 def test_load_adapter_onto_the_wrong_base_and_the_override(tiny_llama, tmp_path, token_ids):
     tt.apply(tiny_llama, tt.LoraConfig(r=2))
     with torch.no_grad():
-        for param in tt.api.layers(tiny_llama).__next__()[1].deltas.parameters():
+        for param in tt.core.state.layers(tiny_llama).__next__()[1].deltas.parameters():
             param.normal_()
     tt.save_adapter(tiny_llama, tmp_path)
     other = _llama(seed=1)
     with pytest.raises(tt.BaseMismatchError, match="other weights"):
         tt.load_adapter(other, tmp_path)
-    assert tt.api.state_of(other).adapters == {}
+    assert tt.core.state.state_of(other).adapters == {}
     tt.load_adapter(other, tmp_path, check_base=False)
-    layer = dict(tt.api.layers(other))["model.layers.0.self_attn.q_proj"]
-    source = dict(tt.api.layers(tiny_llama))["model.layers.0.self_attn.q_proj"]
+    layer = dict(tt.core.state.layers(other))["model.layers.0.self_attn.q_proj"]
+    source = dict(tt.core.state.layers(tiny_llama))["model.layers.0.self_attn.q_proj"]
     torch.testing.assert_close(layer.deltas["default"].lora_B, source.deltas["default"].lora_B, atol=0, rtol=0)
 
 
 def test_an_adapter_trained_on_a_pruned_base_needs_the_same_masks(tiny_llama, tmp_path):
     fresh = copy.deepcopy(tiny_llama)
     tt.apply(tiny_llama, tt.LoraConfig(r=2))
-    layer = dict(tt.api.layers(tiny_llama))["model.layers.0.self_attn.q_proj"]
+    layer = dict(tt.core.state.layers(tiny_llama))["model.layers.0.self_attn.q_proj"]
     mask = (torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     layer.set_mask(mask)
     tt.save_adapter(tiny_llama, tmp_path)
     with pytest.raises(tt.BaseMismatchError, match="made for a pruned base, but this model has no pruning masks"):
         tt.load_adapter(fresh, tmp_path)
-    fresh_layer = tt.api.wrap(fresh, "model.layers.0.self_attn.q_proj")
+    fresh_layer = tt.core.state.wrap(fresh, "model.layers.0.self_attn.q_proj")
     fresh_layer.set_mask(1 - mask)
     with pytest.raises(tt.BaseMismatchError, match="pruned with other masks than this model"):
         tt.load_adapter(fresh, tmp_path)

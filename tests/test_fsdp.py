@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import trimtune as tt
 from _fsdp_worker import PER_RANK_BATCH, build_base, build_model, expected_fill, train_run
-from trimtune.train.fsdp import block_modules, embedding_units
+from trimtune.training.fsdp import block_modules, embedding_units
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -134,7 +134,7 @@ def test_embeddings_are_own_units_unless_tied():
 
 
 def test_shard_model_without_process_group_is_refused():
-    from trimtune.train.fsdp import shard_model
+    from trimtune.training.fsdp import shard_model
 
     with pytest.raises(tt.ConfigError, match="torchrun"):
         shard_model(build_model("lora", "llama"))

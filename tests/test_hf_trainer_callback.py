@@ -7,8 +7,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 import trimtune as tt
-from trimtune.api import state_of
-from trimtune.train.hf_trainer import TrimtuneCallback
+from trimtune.core.state import state_of
+from trimtune.training.hf_trainer import TrimtuneCallback
 
 
 def examples(n=8):

@@ -2,12 +2,11 @@ import copy
 
 import pytest
 import torch
+from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
 from peft import IA3Config as PeftIA3Config
 
 import trimtune as tt
-from trimtune.layers import TunedLayer
-
-from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
+from trimtune.core.tuned_layer import TunedLayer
 
 
 def _minilm(path):

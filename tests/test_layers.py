@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import trimtune as tt
-from trimtune.api import layers, wrap
-from trimtune.deltas.lora import LoraDelta
-from trimtune.layers import TunedLayer
+from trimtune.core.state import layers, wrap
+from trimtune.core.tuned_layer import TunedLayer
+from trimtune.methods.lora.delta import LoraDelta
 
 
 def _gpt2_conv1d():

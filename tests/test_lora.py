@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import trimtune as tt
-from trimtune.api import layers
+from trimtune.core.state import layers
 
 
 def _randomise(model, std=0.2):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import trimtune as tt
-from trimtune.dropped_low_rank import DroppedLowRank, dropped_low_rank, keep_mask
+from trimtune.core.dropped_low_rank import DroppedLowRank, dropped_low_rank, keep_mask
 
 
 def _inputs(dtype=torch.float64, n=(2, 5), d_in=6, d_out=4, r=3):
@@ -150,7 +150,7 @@ def test_gradients_without_dropout_pass_gradcheck():
 
 def test_lora_model_uses_the_fused_branch_only_in_training(tiny_bert, token_ids):
     tt.apply(tiny_bert, tt.LoraConfig(r=4, dropout=0.3))
-    layer = dict(tt.api.layers(tiny_bert))["bert.encoder.layer.0.attention.self.query"]
+    layer = dict(tt.core.state.layers(tiny_bert))["bert.encoder.layer.0.attention.self.query"]
     with torch.no_grad():
         layer.deltas["default"].lora_B.normal_()
     calls = []
@@ -218,7 +218,7 @@ def test_model_gradients_equal_the_composed_branch(request, model_name, p, token
         fused = gradients()
     targeted = {"tiny_bert": 4, "tiny_gpt2": 2}[model_name]  # query+value / c_attn, in two blocks
     assert len(calls) == 2 * targeted  # the two unmerged adapters
-    with mock.patch("trimtune.kinds.dropped_low_rank", _composed_branch):
+    with mock.patch("trimtune.core.low_rank.dropped_low_rank", _composed_branch):
         composed = gradients()
     lora = [n for n in composed if ".lora_" in n]
     assert len(lora) == 2 * 2 * targeted and all(composed[n].abs().sum() > 0 for n in lora)

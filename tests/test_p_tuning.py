@@ -1,9 +1,9 @@
 import peft
 import pytest
 import torch
+from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 
 import trimtune as tt
-from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 
 ENCODERS = [
     (dict(encoder="MLP", encoder_hidden_size=16), dict(encoder_reparameterization_type="MLP", encoder_hidden_size=16)),

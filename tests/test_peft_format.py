@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import trimtune as tt
-from trimtune.io.peft_format import PeftTargets
+from trimtune.core.io.peft_format import PeftTargets
 
 
 def randomise_trainable(model: torch.nn.Module, seed: int = 7) -> None:
@@ -112,8 +112,8 @@ def test_llama_saved_by_peft_loads_in_trimtune(tiny_llama, token_ids, tmp_path, 
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, **options)
     expected, peft_model = _peft_saved(copy.deepcopy(tiny_llama), config, tmp_path, token_ids)
     tt.load_adapter(tiny_llama, tmp_path)
-    assert list(tt.api.layers(tiny_llama))  # something was loaded, and exactly where peft put it:
-    assert sorted(n for n, _ in tt.api.layers(tiny_llama)) == sorted(
+    assert list(tt.core.state.layers(tiny_llama))  # something was loaded, and exactly where peft put it:
+    assert sorted(n for n, _ in tt.core.state.layers(tiny_llama)) == sorted(
         n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)
     )
     torch.testing.assert_close(logits(tiny_llama, token_ids), expected, atol=1e-5, rtol=0)
@@ -174,7 +174,7 @@ def test_peft_regex_target_survives_a_round_trip(tiny_llama, tmp_path):
     peft.get_peft_model(copy.deepcopy(tiny_llama), peft.LoraConfig(r=2, target_modules=pattern)).save_pretrained(tmp_path / "p")
     config = tt.load_adapter(tiny_llama, tmp_path / "p")
     assert config.targets == PeftTargets(pattern)
-    assert [n for n, _ in tt.api.layers(tiny_llama)] == ["model.layers.1.self_attn.v_proj"]
+    assert [n for n, _ in tt.core.state.layers(tiny_llama)] == ["model.layers.1.self_attn.v_proj"]
     tt.save_adapter(tiny_llama, tmp_path / "t")
     assert json.loads((tmp_path / "t" / "adapter_config.json").read_text())["target_modules"] == pattern
 
@@ -183,7 +183,7 @@ def test_trimtune_regex_means_the_same_in_peft(tiny_bert, tmp_path):
     base = copy.deepcopy(tiny_bert)
     tt.apply(tiny_bert, tt.LoraConfig(r=2, targets=r"layer\.1\..*(query|value)"))
     tt.save_adapter(tiny_bert, tmp_path)
-    ours = sorted(n for n, _ in tt.api.layers(tiny_bert))
+    ours = sorted(n for n, _ in tt.core.state.layers(tiny_bert))
     peft_model = peft.PeftModel.from_pretrained(base, tmp_path)
     theirs = sorted(n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer))
     assert ours == theirs == ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.value"]
@@ -218,7 +218,7 @@ def test_corrupt_safetensors_is_a_clear_error(tiny_bert, saved_bert_adapter, dam
     file.write_bytes(b"\x00\x01not safetensors" if damage == "garbage" else data[: len(data) - 40])
     with pytest.raises(tt.FormatError, match="not a readable safetensors file"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
-    assert tt.api.state_of(tiny_bert).adapters == {}
+    assert tt.core.state.state_of(tiny_bert).adapters == {}
 
 
 def test_bad_json_and_unknown_peft_type(tiny_bert, saved_bert_adapter):
@@ -258,7 +258,7 @@ def test_shapes_that_do_not_fit_name_the_tensor_and_both_shapes(tiny_bert, saved
     tt.apply(tiny_bert, tt.LoraConfig(r=2, targets="key"), name="other")
     with pytest.raises(tt.FormatError, match=r"lora_A.weight in .* has shape \(2, 32\) but the model needs \(3, 32\)"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
-    assert list(tt.api.state_of(tiny_bert).adapters) == ["other"]  # nothing half-loaded left behind
+    assert list(tt.core.state.state_of(tiny_bert).adapters) == ["other"]  # nothing half-loaded left behind
     assert tt.active_adapters(tiny_bert) == ["other"]
 
 
@@ -326,7 +326,7 @@ def test_saving_with_a_merged_adapter_is_refused_clearly(tiny_bert, tmp_path):
 
 
 def test_a_delta_can_leave_entries_out_of_peft_files():
-    from trimtune.deltas.lora import LoraDelta
+    from trimtune.methods.lora.delta import LoraDelta
 
     class WithCounter(LoraDelta):
         def __init__(self, *args):

@@ -3,11 +3,11 @@ import copy
 import peft
 import pytest
 import torch
+from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import trimtune as tt
-from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 
 CONFIGS = [
     (dict(), dict()),
@@ -272,7 +272,7 @@ def test_text_init_bad_input_is_refused_clearly(tiny_bert):
 
 
 def test_a_checkpointed_call_whose_layers_never_read_the_prefixes_is_an_error(tiny_llama):
-    from trimtune.prompts.checkpointed_prefixes import CheckpointedCall, PrefixOnlyCache
+    from trimtune.core.input_deltas.checkpointed_prefixes import CheckpointedCall, PrefixOnlyCache
 
     prefix = torch.zeros(1, 2, 3, 8)
     cache = PrefixOnlyCache(tiny_llama.config, [(prefix, prefix), (prefix, prefix)])

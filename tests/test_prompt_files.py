@@ -6,9 +6,9 @@ import json
 import peft
 import pytest
 import torch
+from prompt_twins import generate, padded, with_adapter
 
 import trimtune as tt
-from prompt_twins import generate, padded, with_adapter
 
 METHODS = {
     "prompt": (tt.PromptTuningConfig(num_virtual_tokens=4), (peft.PromptTuningConfig, dict(num_virtual_tokens=4))),
@@ -137,7 +137,7 @@ def test_a_failed_load_leaves_no_adapter_behind(tiny_llama, tmp_path):
     target = copy.deepcopy(tiny_llama)
     with pytest.raises(ValueError):
         tt.load_adapter(target, tmp_path / "a")
-    assert tt.api.state_of(target).adapters == {} and not target.trimtune_prompts.adapter_names()
+    assert tt.core.state.state_of(target).adapters == {} and not target.trimtune_prompts.adapter_names()
 
 
 def test_loading_onto_another_base_is_refused_unless_told(tiny_llama, tmp_path):
@@ -149,7 +149,7 @@ def test_loading_onto_another_base_is_refused_unless_told(tiny_llama, tmp_path):
             param.normal_()
     with pytest.raises(tt.BaseMismatchError):
         tt.load_adapter(other, tmp_path / "a")
-    assert tt.api.state_of(other).adapters == {}
+    assert tt.core.state.state_of(other).adapters == {}
     tt.load_adapter(other, tmp_path / "a", check_base=False, activate=True)
     assert tt.active_adapters(other) == ["default"]
 

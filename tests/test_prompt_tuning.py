@@ -1,10 +1,10 @@
 import peft
 import pytest
 import torch
+from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 from torch import nn
 
 import trimtune as tt
-from prompt_twins import delta_of, generate, padded, peft_twin, with_adapter
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
@@ -127,7 +127,7 @@ def test_disable_delete_and_unload_give_back_the_base(tiny_llama, token_ids):
 def test_prompt_and_lora_adapters_combine_and_switch(tiny_llama, token_ids):
     model = with_adapter(tiny_llama, tt.PromptTuningConfig(num_virtual_tokens=2), name="prompt")
     tt.apply(model, tt.LoraConfig(r=2), name="lora")
-    for _, layer in tt.api.layers(model):
+    for _, layer in tt.core.state.layers(model):
         nn.init.normal_(layer.deltas["lora"].lora_B)
     with torch.no_grad():
         lora_only = model(token_ids).logits

@@ -5,10 +5,20 @@ import torch
 from torch import nn
 
 from trimtune import ConfigError, TargetError
-from trimtune.api import wrap
+from trimtune.core.state import wrap
 from trimtune.prune import (
-    NM, Blocks, Element, Movement, PruneConfig, Taylor, Wanda, collect_input_norms, collect_taylor, prune,
-    pruned_structures, sparsity,
+    NM,
+    Blocks,
+    Element,
+    Movement,
+    PruneConfig,
+    Taylor,
+    Wanda,
+    collect_input_norms,
+    collect_taylor,
+    prune,
+    pruned_structures,
+    sparsity,
 )
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from trimtune.api import wrap
+from trimtune.core.state import wrap
 from trimtune.prune import Columns, Magnitude, PruneConfig, Random, Rows, prune, pruned_structures
 
 

@@ -6,9 +6,16 @@ from torch import nn
 
 import trimtune
 from trimtune import ConfigError
-from trimtune.api import wrap
+from trimtune.core.state import wrap
 from trimtune.prune import (
-    GateConfig, gates_to_masks, group_lasso_penalty, l0_penalty, l1_penalty, prune_below, pruned_structures, runtime_skip,
+    GateConfig,
+    gates_to_masks,
+    group_lasso_penalty,
+    l0_penalty,
+    l1_penalty,
+    prune_below,
+    pruned_structures,
+    runtime_skip,
 )
 
 

@@ -8,9 +8,16 @@ import torch
 from torch import nn
 
 from trimtune.prune import (
-    Movement, PruneConfig, PruneSchedule, PruningCallback, prune, pruned_structures, sparsity, sparsity_report,
+    Movement,
+    PruneConfig,
+    PruneSchedule,
+    PruningCallback,
+    prune,
+    pruned_structures,
+    sparsity,
+    sparsity_report,
 )
-from trimtune.io.sparse import load_sparse, save_sparse
+from trimtune.prune.files import load_sparse, save_sparse
 
 
 def _cnn():
@@ -79,7 +86,7 @@ def test_load_sparse_rejects_wrong_file_and_shapes(tmp_path):
 
 
 def test_callback_in_trimtune_train_prunes_by_schedule_and_keeps_zeros():
-    from trimtune.train import train
+    from trimtune.training import train
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from trimtune import ConfigError
-from trimtune.prune import PruneConfig, PruneSchedule, Pruner, keep_pruned, sparsity
+from trimtune.prune import PruneConfig, Pruner, PruneSchedule, keep_pruned, sparsity
 
 
 def _net():

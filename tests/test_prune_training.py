@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import trimtune
-from trimtune.api import wrap
+from trimtune.core.state import wrap
 from trimtune.prune import PruneConfig, keep_pruned, make_permanent, prune, remove_masks, sparsity
 
 
@@ -98,14 +98,14 @@ def test_deepcopy_of_masked_model_is_independent():
 def test_lora_merge_keeps_sparsity_by_default(tiny_bert, token_ids):
     prune(tiny_bert, PruneConfig(amount=0.5, targets=["query", "value"]))
     trimtune.apply(tiny_bert, trimtune.LoraConfig(r=4))
-    for _, layer in trimtune.api.layers(tiny_bert):
+    for _, layer in trimtune.core.state.layers(tiny_bert):
         nn.init.normal_(layer.deltas["default"].lora_B)
     before = sparsity(tiny_bert)
     expected = tiny_bert(token_ids).logits
     with pytest.warns(UserWarning, match=r"drops the part of a low-rank adapter's change on pruned entries \(up to 7\d% .*keep_sparsity=False"):
         trimtune.merge(tiny_bert)  # B ~ N(0, 1): about sqrt(1/2) of BA's norm sits on the pruned half
-    after = sum(int((layer.weight * layer.weight_mask == 0).sum()) for _, layer in trimtune.api.layers(tiny_bert))
-    assert after / sum(layer.weight.numel() for _, layer in trimtune.api.layers(tiny_bert)) == before == 0.5
+    after = sum(int((layer.weight * layer.weight_mask == 0).sum()) for _, layer in trimtune.core.state.layers(tiny_bert))
+    assert after / sum(layer.weight.numel() for _, layer in trimtune.core.state.layers(tiny_bert)) == before == 0.5
     assert not torch.allclose(tiny_bert(token_ids).logits, expected)  # the pruned part of BA is dropped
     plain = trimtune.unload(tiny_bert, merge_adapters=True)
     query = plain.bert.encoder.layer[0].attention.self.query
@@ -115,7 +115,7 @@ def test_lora_merge_keeps_sparsity_by_default(tiny_bert, token_ids):
 def test_lora_dense_merge_keeps_output_and_fills_in(tiny_bert, token_ids):
     prune(tiny_bert, PruneConfig(amount=0.5, targets=["query", "value"]))
     trimtune.apply(tiny_bert, trimtune.LoraConfig(r=4))
-    for _, layer in trimtune.api.layers(tiny_bert):
+    for _, layer in trimtune.core.state.layers(tiny_bert):
         nn.init.normal_(layer.deltas["default"].lora_B)
     expected = tiny_bert(token_ids).logits
     with warnings.catch_warnings():
@@ -129,7 +129,7 @@ def test_lora_dense_merge_keeps_output_and_fills_in(tiny_bert, token_ids):
 def _pruned_with_lora(model, **lora):
     prune(model, PruneConfig(amount=0.5, targets=["query", "value"]))
     trimtune.apply(model, trimtune.LoraConfig(r=4, **lora))
-    for _, layer in trimtune.api.layers(model):
+    for _, layer in trimtune.core.state.layers(model):
         nn.init.normal_(layer.deltas["default"].lora_B)
     return model
 
@@ -160,7 +160,7 @@ def test_follow_mask_lora_trains_masked_and_its_sparse_merge_is_exact(tiny_bert,
 def test_follow_mask_lora_file_round_trip_and_bad_input(tiny_bert, token_ids, tmp_path, tiny_llama):
     import json
 
-    from trimtune.io.adapter_files import load_adapter, save_adapter
+    from trimtune.api.files import load_adapter, save_adapter
 
     fresh = copy.deepcopy(tiny_bert)
     model = _pruned_with_lora(tiny_bert, follow_mask=True)

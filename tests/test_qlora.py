@@ -6,11 +6,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _peft_parity import copy_from_peft, logits, peft_model, to_bnb_linear4bit
 
 import trimtune as tt
-from trimtune.quant import QuantConfig, dequantize_weight, is_4bit
-
-from _peft_parity import copy_from_peft, logits, peft_model, to_bnb_linear4bit
+from trimtune.core.four_bit import QuantConfig, dequantize_weight, is_4bit
 
 
 def _weight_bytes(model):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import trimtune as tt
-from trimtune.api import layers
+from trimtune.core.state import layers
 from trimtune.shrinking import UntraceableError, find_groups, replay, shrink
 
 
@@ -164,7 +164,7 @@ def test_protected_layers_are_untouched():
 
 def test_from_masks_removes_exactly_the_masked_rows(tiny_bert):
     inputs = _hf_inputs(tiny_bert)
-    layer = tt.api.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
+    layer = tt.core.state.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
     mask = torch.ones_like(layer.weight)
     mask[[3, 10, 11]] = 0
     layer.set_mask(mask)
@@ -180,7 +180,7 @@ def test_from_masks_when_every_layer_is_row_pruned():
     model = ResidualNet().eval()
     x = torch.randn(2, 3, 8, 8)
     for name in ("branch_a", "fc"):
-        layer = tt.api.wrap(model, name)
+        layer = tt.core.state.wrap(model, name)
         mask = torch.ones_like(layer.weight)
         mask[:2] = 0  # rows 0 and 1
         layer.set_mask(mask)
@@ -191,9 +191,9 @@ def test_from_masks_when_every_layer_is_row_pruned():
 
 
 def test_shrink_restates_the_pruning_record_in_new_positions(tiny_bert):
-    from trimtune.prune.masks import pruned_structures, record_pruned
+    from trimtune.core.masks import pruned_structures, record_pruned
 
-    layer = tt.api.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
+    layer = tt.core.state.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
     mask = torch.ones_like(layer.weight)
     mask[[3, 10]] = 0
     layer.set_mask(mask)
@@ -203,7 +203,7 @@ def test_shrink_restates_the_pruning_record_in_new_positions(tiny_bert):
 
 
 def test_unstructured_masks_cannot_be_shrunk(tiny_bert):
-    layer = tt.api.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
+    layer = tt.core.state.wrap(tiny_bert, "bert.encoder.layer.0.intermediate.dense")
     layer.set_mask((torch.rand_like(layer.weight) > 0.5).float())
     with pytest.raises(ValueError, match="no structure is entirely masked: shrink removes whole rows"):
         shrink(tiny_bert, from_masks=True)

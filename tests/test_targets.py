@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 import trimtune as tt
-from trimtune.targets import select
+from trimtune.core.targets import select
 
 
 def test_regex_matches_on_component_boundaries(tiny_bert):

@@ -220,7 +220,7 @@ def test_accuracy_leaves_out_ignored_labels():
 
 
 def test_batches_move_to_the_device_through_nested_containers():
-    from trimtune.train.batches import to_device
+    from trimtune.training.batches import to_device
 
     t = torch.zeros(2)
     moved = to_device({"a": (t, [t]), "b": 3}, torch.device("meta"))
@@ -273,7 +273,7 @@ def test_autocast_runs_the_forward_in_low_precision_on_cpu(autocast, dtype):
 
 @pytest.mark.parametrize("init_scale, stepped", [(3e38, False), (1.0, True)])
 def test_an_overflowing_fp16_step_is_reported_as_skipped(init_scale, stepped):
-    from trimtune.train.precision import MixedPrecision
+    from trimtune.training.precision import MixedPrecision
 
     model = nn.Linear(4, 1)
     before = model.weight.detach().clone()
@@ -315,8 +315,8 @@ def test_gradients_are_synchronised_once_per_step_under_ddp():
 
 
 def test_submodules_import_despite_the_train_function_name():
-    from trimtune.train.clip import ClipConfig
-    from trimtune.train.loop import train
+    from trimtune.training.clip import ClipConfig
+    from trimtune.training.loop import train
 
     assert train is tt.train and ClipConfig is tt.ClipConfig
 

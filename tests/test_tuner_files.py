@@ -6,11 +6,10 @@ import json
 import peft
 import pytest
 import torch
+from _peft_parity import assert_parity
 from safetensors.torch import load_file
 
 import trimtune as tt
-
-from _peft_parity import assert_parity
 
 
 def _model(fixture, request):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .prompts.model_info import CACHE_ARGUMENTS
+from .core.input_deltas.model_info import CACHE_ARGUMENTS
 
 
 def minilm_path() -> Path:

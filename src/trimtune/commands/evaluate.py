@@ -18,7 +18,7 @@ def add_eval(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..io.atomic import write_json
+    from ..core.io.atomic import write_json
     from ..recipes.run import evaluate_run, load_run
 
     loaded = load_run(args.run_dir, args.overrides)

@@ -35,13 +35,14 @@ def add_export(subparsers) -> None:
 
 def merged_model(run_dir: Path, keep_sparsity: bool):
     import trimtune as tt
-    from ..api import state_of
-    from ..prompts import PrefixTuningConfig, PromptTuningConfig, PTuningConfig
+
+    from ..core.registry import method_for_config
+    from ..core.state import state_of
     from ..recipes.run import load_run
 
     loaded = load_run(run_dir)
     configs = state_of(loaded.model).adapters
-    prompts = [n for n, c in configs.items() if isinstance(c, (PromptTuningConfig, PTuningConfig, PrefixTuningConfig))]
+    prompts = [n for n, c in configs.items() if not method_for_config(c).mergeable]
     if prompts:
         raise ValueError(f"prompt/prefix adapters ({prompts}) are extra inputs, not weights, so they cannot be merged; "
                          "load the run's adapter/ with trimtune or peft instead")
@@ -52,7 +53,7 @@ def merged_model(run_dir: Path, keep_sparsity: bool):
 def run(args) -> int:
     import torch
 
-    from ..io.atomic import atomic_directory, write_safetensors
+    from ..core.io.atomic import atomic_directory, write_safetensors
 
     fmt, dtype = getattr(args, "format", "hf"), getattr(torch, getattr(args, "dtype", "float32"))
     if args.out.exists() and not args.overwrite:

@@ -18,7 +18,7 @@ def add_report(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..report import build_report
+    from ..run_report import build_report
 
     formats = ("md", "html") if args.format == "both" else (args.format,)
     show("report", build_report(args.run_dir, formats))

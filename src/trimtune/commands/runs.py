@@ -30,7 +30,7 @@ def add_runs(subparsers) -> None:
 
 def run(args) -> int:
     from ..recipes.run import check_run_dir, prepare_run_dir, run_recipe
-    from ..train.distributed import init_distributed
+    from ..training.distributed import init_distributed
 
     recipe = load_recipe(args.recipe, args.overrides)
     _, fits, needs = RUNS[args.command]

@@ -41,7 +41,7 @@ def run(args) -> int:
     import json
     import shutil
 
-    from ..io.atomic import write_json
+    from ..core.io.atomic import write_json
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
     from ..shrinking import save_shrunk, shrink

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .. import api as tt
+from ..methods.diff.artifact import artifact_bytes, save_diff
+from ..methods.diff.penalty import DiffPenalty, diff_optimizer
 from ..models import minilm_path
 from .context import DemoContext, Step
 from .lora_text import text_schedule, text_task
@@ -15,9 +18,6 @@ DENSITY = 0.005
 
 
 def run(ctx: DemoContext) -> None:
-    import trimtune as tt
-    from trimtune.diff_pruning import DiffPenalty, diff_optimizer
-    from trimtune.io.diff_artifact import artifact_bytes, save_diff
 
     settings = QUICK if ctx.quick else FULL
     _, _, _, model, train_loader, test_loader = text_task(ctx, settings)

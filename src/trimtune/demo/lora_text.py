@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import api as tt
 from ..data import DEMO_LABELS, demo_split, text_loader
-from ..deltas.lora import LoraConfig
+from ..methods.lora.delta import LoraConfig
 from ..models import minilm_classifier, minilm_path
+from ..training import linear_schedule
 from .context import DemoContext, Step
 from .linear_probe import linear_probe_accuracy, mean_pooled_embeddings
 
@@ -19,7 +21,6 @@ QUICK = dict(epochs=1, lr=1e-3, batch_size=16, r=4, alpha=8, n_train=32, n_test=
 def text_schedule(epochs: int, loader):
     """The text recipe's schedule, for every method and phase: one warm-up epoch (when there is more
     than one epoch), then linear decay to 0."""
-    from ..train import linear_schedule
 
     return linear_schedule(len(loader) if epochs > 1 else 0)
 
@@ -44,7 +45,6 @@ def text_task(ctx: DemoContext, settings: dict):
 
 
 def run(ctx: DemoContext) -> None:
-    import trimtune as tt
 
     settings = QUICK if ctx.quick else FULL
     train, test, tokenizer, model, train_loader, test_loader = text_task(ctx, settings)

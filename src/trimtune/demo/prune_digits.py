@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.digits import load_digits_split
-from ..io.sparse import save_sparse
-from ..prune import PruneConfig, PruneSchedule, Pruner, keep_pruned, prune, sparsity, sparsity_report
+from ..prune import PruneConfig, Pruner, PruneSchedule, keep_pruned, prune, sparsity, sparsity_report
+from ..prune.files import save_sparse
 from .context import DemoContext, Step
 
 CNN_LAYERS = ["0", "2", "6", "8"]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from .. import api as tt
 from ..data import DEMO_LABELS, demo_split, text_loader
 from ..data.digits import load_digits_split
 from ..models import LeNet
@@ -30,7 +31,6 @@ def _digits_accuracy(model, x, y) -> float:
 
 
 def _shrink_digits_cnn(ctx: DemoContext, settings: dict) -> dict:
-    import trimtune as tt
 
     x_train, y_train, x_test, y_test = load_digits_split(seed=ctx.seed)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True,
@@ -51,7 +51,6 @@ def _shrink_digits_cnn(ctx: DemoContext, settings: dict) -> dict:
 
 
 def _shrink_minilm(ctx: DemoContext, settings: dict) -> dict:
-    import trimtune as tt
 
     train, test = demo_split(seed=ctx.seed)
     if settings["n_train"]:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..api import wrap
-from ..config import ConfigError, check_choice
-from ..kinds import kind_class_for
-from ..targets import _HEAD_NAMES, TargetError, TargetSpec, select
+from ..core.config import ConfigError, check_choice
+from ..core.layer_kinds import kind_class_for
+from ..core.state import wrap
+from ..core.targets import _HEAD_NAMES, TargetError, TargetSpec, select
 from .granularity import NM, Columns, Element, Granularity, Rows, Units
 from .heads import Heads
 from .importance import Magnitude

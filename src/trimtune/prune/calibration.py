@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..api import wrap
+from ..core.state import wrap
 from .api import PruneConfig, select_layers
 
 

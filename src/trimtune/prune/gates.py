@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConfigError, check_choice, check_positive, check_positive_int
-from ..kinds import ConvKind
-from ..registry import register_weight_method
-from ..targets import TargetSpec
-from ..deltas.base import Delta
-from .masks import canonical_mask, record_pruned, set_canonical_mask
-
-GAMMA, ZETA = -0.1, 1.1  # hard-concrete stretch interval
+from ..core.adapters import delete_adapter
+from ..core.config import ConfigError, check_choice, check_positive, check_positive_int
+from ..core.delta import Delta
+from ..core.hard_concrete import PAPER, HardConcrete
+from ..core.layer_kinds import ConvKind
+from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.state import layers, state_of
+from ..core.targets import TargetSpec
 
 
 @dataclass
@@ -48,7 +48,9 @@ class GateConfig:
     input_dependent: bool = False
     hidden: int = 16
     init: float = 0.9
-    beta: float = 2 / 3
+    beta: float = PAPER[0]
+    gamma: float = PAPER[1]
+    zeta: float = PAPER[2]
     threshold: float = 0.0
 
     def __post_init__(self):
@@ -56,6 +58,8 @@ class GateConfig:
         check_positive_int("group_size", self.group_size)
         check_positive_int("hidden", self.hidden)
         check_positive("beta", self.beta)
+        if not self.gamma < 0 or not self.zeta > 1:
+            raise ConfigError(f"gamma must be < 0 and zeta > 1 (the stretch interval around [0, 1]), got {self.gamma}, {self.zeta}")
         if not 0 < self.init < 1:
             raise ConfigError(f"init (initial open probability) must be in (0, 1), got {self.init!r}")
         if not 0 <= self.threshold < 1:
@@ -71,6 +75,7 @@ class GateDelta(Delta):
         if out_features % config.group_size:
             raise ConfigError(f"group_size={config.group_size} does not divide the {out_features} output units")
         self.config = config
+        self.hard_concrete = HardConcrete(config.beta, config.gamma, config.zeta)
         self.groups = out_features // config.group_size
         start = math.log(config.init / (1 - config.init))
         if config.input_dependent:
@@ -91,11 +96,9 @@ class GateDelta(Delta):
         if self.config.kind == "sigmoid":
             z = torch.sigmoid(logits)
         elif self.training:
-            u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
-            s = torch.sigmoid((u.log() - (1 - u).log() + logits) / self.config.beta)
-            z = (s * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+            z = self.hard_concrete.sample(logits)
         else:
-            z = (torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+            z = self.hard_concrete.deterministic(logits)
         return torch.where(z <= self.config.threshold, torch.zeros_like(z), z) if not self.training else z
 
     def expected_open(self) -> torch.Tensor:
@@ -103,7 +106,7 @@ class GateDelta(Delta):
         logits = self.logits()
         if self.config.kind == "sigmoid":
             return torch.sigmoid(logits).sum()
-        return torch.sigmoid(logits - self.config.beta * math.log(-GAMMA / ZETA)).sum()
+        return self.hard_concrete.prob_nonzero(logits).sum()
 
     # ---- forward stages ----
     def scale_input(self, x):
@@ -142,7 +145,6 @@ class GateDelta(Delta):
         return closed.repeat_interleave(self.config.group_size).nonzero().flatten()
 
 
-@register_weight_method(GateConfig)
 def make_gate(layer, config: GateConfig) -> GateDelta:
     if isinstance(layer.kind, ConvKind) and config.input_dependent and layer.kind.shell.groups != 1:
         raise ConfigError("input-dependent gates on grouped convolutions are not supported")
@@ -150,7 +152,6 @@ def make_gate(layer, config: GateConfig) -> GateDelta:
 
 
 def _gates(model: nn.Module, name: str):
-    from ..api import layers
 
     found = [(n, layer, layer.deltas[name]) for n, layer in layers(model) if name in layer.deltas]
     if not found:
@@ -167,7 +168,6 @@ def l0_penalty(model: nn.Module, name: str = "gates") -> torch.Tensor:
 def gates_to_masks(model: nn.Module, name: str = "gates") -> nn.Module:
     """Static masks from static gates: closed output units are masked and recorded; open gate
     values are folded into the weight rows and bias; the gate adapter is removed."""
-    from ..api import delete_adapter, state_of
 
     for _, layer, delta in _gates(model, name):
         if delta.config.input_dependent:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import ConfigError, check_positive_int
-from ..layers import TunedLayer
-from .masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.config import ConfigError, check_positive_int
+from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
+from ..core.tuned_layer import TunedLayer
 
 
 @dataclass

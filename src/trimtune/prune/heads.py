@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..api import wrap
+from ..core.architectures import architecture_of, block_list, head_dim, with_blocks
+from ..core.layer_kinds import kind_class_for
+from ..core.masks import canonical_mask, pruned_structures, record_pruned, set_canonical_mask
+from ..core.state import wrap
 from .granularity import Granularity, Units, reduce
-from .masks import canonical_mask, record_pruned, set_canonical_mask
 
 
 @dataclass
@@ -32,29 +34,33 @@ class AttentionBlock:
 
 
 def attention_blocks(model) -> list[AttentionBlock]:
-    blocks = []
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if hasattr(module, "query") and hasattr(module, "key") and hasattr(module, "value") and "SelfAttention" in kind:
-            prefix = name.rsplit(".", 1)[0]  # BertAttention holds .self and .output.dense
-            heads = module.num_attention_heads
-            blocks.append(AttentionBlock(
-                prefix, [f"{name}.query", f"{name}.key", f"{name}.value"], [], f"{prefix}.output.dense",
-                heads, heads, module.attention_head_size,
-            ))
-        elif hasattr(module, "q_proj") and hasattr(module, "o_proj") and hasattr(module, "head_dim"):
-            config = module.config
-            heads = config.num_attention_heads
-            kv_heads = getattr(config, "num_key_value_heads", None) or heads
-            query, shared = [f"{name}.q_proj"], [f"{name}.k_proj", f"{name}.v_proj"]
-            if kv_heads == heads:  # plain multi-head attention: q, k and v rows all belong to the head
-                query, shared = query + shared, []
-            blocks.append(AttentionBlock(name, query, shared, f"{name}.o_proj", heads, kv_heads, module.head_dim))
-        elif hasattr(module, "c_attn") and hasattr(module, "c_proj") and hasattr(module, "split_size"):
-            blocks.append(AttentionBlock(
-                name, [f"{name}.c_attn"], [], f"{name}.c_proj", module.num_heads, module.num_heads, module.head_dim, True,
-            ))
-    return blocks
+    """Each transformer block's attention, named from the architecture table (empty for a model whose
+    block layout trimtune does not know)."""
+    arch = architecture_of(model)
+    if arch is None or not arch.has_blocks:
+        return []
+    prefix, blocks = block_list(model, arch)
+    found = []
+    for i, block in enumerate(blocks):
+        p = f"{prefix}.{i}."
+        attention = block.get_submodule(arch.attention)
+        if arch.qkv:  # GPT-2: q, k, v stacked along c_attn's outputs
+            heads, hd = attention.num_heads, head_dim(attention)
+            found.append(AttentionBlock(p + arch.attention, [p + arch.qkv], [], p + arch.o, heads, heads, hd, True))
+            continue
+        hd = head_dim(block.get_submodule(arch.q.rsplit(".", 1)[0]))
+        heads, kv_heads = _width(block.get_submodule(arch.q)) // hd, _width(block.get_submodule(arch.k)) // hd
+        query, shared = [p + arch.q], [p + arch.k, p + arch.v]
+        if kv_heads == heads:  # plain multi-head attention: q, k and v rows all belong to the head
+            query, shared = query + shared, []
+        found.append(AttentionBlock(p + arch.attention, query, shared, p + arch.o, heads, kv_heads, hd))
+    return found
+
+
+def _width(module) -> int:
+    """Output units of a (possibly wrapped) layer."""
+    shell = getattr(module, "base_layer", module)
+    return kind_class_for(shell)(shell).weight_shape(module.weight)[0]
 
 
 class Heads(Granularity):
@@ -64,8 +70,8 @@ class Heads(Granularity):
         blocks = [b for b in attention_blocks(model) if any(q in layers for q in b.query)]
         if not blocks:
             raise ValueError(
-                "head pruning found no attention block among the targets; supported: HF BERT, Llama and GPT-2 "
-                "attention (select their query projections, or leave targets=None)"
+                "head pruning found no attention block among the targets; supported model types: "
+                f"{', '.join(with_blocks())} (select their query projections, or leave targets=None)"
             )
         return [self._units(model, block, importance, norm) for block in blocks]
 
@@ -115,7 +121,6 @@ class Heads(Granularity):
 
 
 def record_heads(layer) -> list[int]:
-    from .masks import pruned_structures
 
     return pruned_structures(layer).get("heads", [])
 

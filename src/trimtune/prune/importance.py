@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError
-from ..layers import TunedLayer
+from ..core.config import ConfigError
+from ..core.tuned_layer import TunedLayer
 
 
 class Magnitude:

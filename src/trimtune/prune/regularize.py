@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..api import wrap
+from ..core.state import wrap
 from .api import PruneConfig, _check_not_emptied, select_layers
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..config import ConfigError, check_choice, check_fraction, check_positive_int
+from ..core.config import ConfigError, check_choice, check_fraction, check_positive_int
+from ..core.masks import enforce_masks
 from .api import PruneConfig, prune
-from .masks import enforce_masks
 
 
 @dataclass(frozen=True)

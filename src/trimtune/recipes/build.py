@@ -9,9 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import DEMO_LABELS, load_demo_texts, text_loader
+from .. import prune as P
+from ..data import load_demo_texts, text_loader
+from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
 from ..data.lm import lm_loader
+from ..models import LeNet, mean_pool_classifier, minilm_path
+from ..training import accuracy
+from ..training.batches import run_batch
 from .schema import DataSection, ModelSection, PruneSection, Recipe
 
 IMAGE_BATCH = "digits"
@@ -20,7 +25,6 @@ IMAGE_BATCH = "digits"
 @dataclass
 class Records:
     """Train/eval examples before tokenisation; ``labels`` are the class names (classification)."""
-
     train: list = field(default_factory=list)
     eval: list = field(default_factory=list)
     labels: list[str] | None = None
@@ -56,7 +60,6 @@ def _records(section: DataSection, source: str, columns: tuple[str, ...], classi
 
 
 def model_dir(section: ModelSection) -> Path:
-    from ..models import minilm_path
 
     if section.path == "minilm":
         return minilm_path()
@@ -74,7 +77,6 @@ def model_dir(section: ModelSection) -> Path:
 def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
     """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time."""
     if section.path == "lenet":
-        from ..models import LeNet
 
         return LeNet(), None
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -85,7 +87,6 @@ def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Modu
         return AutoModelForCausalLM.from_pretrained(path), tokenizer
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if section.pooling == "mean":
-        from ..models import mean_pool_classifier
 
         model = mean_pool_classifier(path, len(labels))
         model.config.update({"id2label": id2label, "label2id": label2id})
@@ -105,7 +106,6 @@ class Loaders:
 
 
 def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
-    from ..train import accuracy
 
     section, seed = recipe.data, recipe.data.seed
     if section.train == IMAGE_BATCH:
@@ -122,8 +122,6 @@ def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
 def _digit_loaders(section: DataSection) -> Loaders:
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ..data.digits import load_digits_split
-    from ..train import accuracy
 
     x_train, y_train, x_test, y_test = load_digits_split(section.eval_fraction or 0.25, section.seed)
     if section.limit:
@@ -146,8 +144,6 @@ def prune_config(section: PruneSection, model: nn.Module, loaders: Loaders):
     """The library's PruneConfig; data-aware importances calibrate here on a few train batches."""
     from itertools import islice
 
-    from .. import prune as P
-    from ..train.batches import run_batch
 
     calibration = lambda: islice(iter(loaders.train), section.calibration_batches)
     if section.importance == "wanda":

@@ -19,12 +19,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..io.atomic import write_json, write_safetensors
-from ..train.fsdp import is_sharded
+from .. import api as tt
+from ..core.io.atomic import write_json, write_safetensors
+from ..core.registry import method_for_config
+from ..prune import PruneSchedule, PruningCallback, prune
+from ..training import evaluate
+from ..training.distributed import distributed_loader, init_distributed, parallel_model, unwrap_model
+from ..training.fsdp import is_sharded
+from ..training.loop import _total_steps
 from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
 from .load import RESOLVED_NAME, load_recipe, save_recipe
 from .schema import Recipe
 
+ADAPTER = "default"  # the name a run's adapter has in the model
 MARKER = "trimtune_run.json"  # written first: only a directory holding it may be overwritten
 
 
@@ -54,9 +61,6 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
 def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print, resume: bool = False) -> dict:
     """Carry out ``recipe`` into ``out``. Under torchrun / accelerate every process runs this; the
     data is split across them (``data.batch_size`` stays the global batch), rank 0 writes."""
-    import trimtune as tt
-    from ..train.distributed import init_distributed, parallel_model, unwrap_model
-    from ..train.loop import _total_steps
 
     info = init_distributed()
     if info.rank != 0:
@@ -76,7 +80,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         log(f"{recipe.method.type}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f} %)")
     t = recipe.train
     steps = _total_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
-    callbacks = _callbacks(recipe, model, loaders, steps)
+    callbacks = _callbacks(recipe, model, method, loaders, steps)
     result = None
     if steps:
         logger = tt.MetricsLogger(out / "metrics.csv", out / "tensorboard" if t.tensorboard else None, every=t.log_every)
@@ -92,13 +96,13 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-        from ..prune import prune
 
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
-    if isinstance(method, tt.DiffConfig):
-        summary["diff"] = tt.project_diffs(model)
-        log(f"diff projected to {summary['diff']['kept']:,} of {summary['diff']['total']:,} entries")
+    if method is not None and method_for_config(method).finish is not None:
+        entries, message = method_for_config(method).finish(model, ADAPTER, method)
+        summary.update(entries)
+        log(message)
     summary["after"] = evaluate_run(model, loaders)
     log(f"after: {_fmt(summary['after'])}")
     sharded = is_sharded(model)
@@ -121,7 +125,6 @@ def _run_config(recipe: Recipe) -> dict:
 def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
     """Each process takes its part of every global batch (a seeded DistributedSampler; also for one
     process, so 1 and N processes see the same global batches and end with the same weights)."""
-    from ..train.distributed import distributed_loader
 
     batch = recipe.data.batch_size
     if batch % world_size:
@@ -131,25 +134,21 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
     return loaders
 
 
-def _callbacks(recipe: Recipe, model: nn.Module, loaders: Loaders, steps: int) -> list:
-    import trimtune as tt
-    from ..diff_pruning import DiffPenalty
-    from ..prune import PruneSchedule, PruningCallback
+def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
 
     callbacks = []
     if recipe.prune and steps:
         p = recipe.prune
         schedule = PruneSchedule.for_timing(p.timing, p.sparsity, steps, p.schedule, rounds=p.rounds)
         callbacks.append(PruningCallback(prune_config(p, model, loaders), schedule))
-    if recipe.method and recipe.method.type == "diff" and recipe.train.diff_penalty:
-        callbacks.append(DiffPenalty(recipe.train.diff_penalty))
+    hooks = method_for_config(method).callbacks if method is not None else None
+    if hooks is not None:
+        callbacks.extend(hooks(model, ADAPTER, method, recipe.train))
     return callbacks
 
 
 def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
     """Metrics on the eval loader (None when the run has no eval data)."""
-    from ..train import evaluate
-
     return evaluate(model, loaders.eval, loaders.metric, loss_fn=loaders.loss_fn) if loaders.eval is not None else None
 
 
@@ -165,7 +164,6 @@ def _metrics(result) -> dict:
 
 
 def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_files: bool = True) -> dict:
-    import trimtune as tt
 
     saved = {}
     if recipe.prune:
@@ -175,20 +173,17 @@ def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_
         write_safetensors(out / "model.safetensors", {k: v.detach().contiguous() for k, v in model.state_dict().items()}, {})
     if method_files:
         _save_method_files(model, method, out)
-    if isinstance(method, tt.AdaLoraConfig):
-        write_json(out / "adalora_ranks.json", tt.adalora_ranks(model))
+    if method is not None:
+        entry = method_for_config(method)
+        for file_name, record in (entry.run_files(model, ADAPTER, method) if entry.run_files else {}).items():
+            write_json(out / file_name, record)
     return saved
 
 
 def _save_method_files(model: nn.Module, method, out: Path) -> None:
-    """The adapter or diff (a collective under FSDP: every rank calls it)."""
-    import trimtune as tt
-    from ..io.diff_artifact import save_diff
-
-    if isinstance(method, tt.DiffConfig):
-        save_diff(model, out / "diff")
-    elif method is not None:
-        tt.save_adapter(model, out / "adapter")
+    """The adapter, or the method's own files such as a diff (a collective under FSDP: every rank calls it)."""
+    if method is not None:
+        tt.save_adapter(model, out / method_for_config(method).artifact)  # the method's own files, or peft's
 
 
 @dataclass
@@ -207,8 +202,6 @@ class Run:
 def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
     change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
-    import trimtune as tt
-    from ..io.diff_artifact import load_diff
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -225,10 +218,11 @@ def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     if (run_dir / "pruned.safetensors").is_file():
         tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
     method = recipe.method.build() if recipe.method else None
-    if isinstance(method, tt.QLoraConfig):  # the adapter was trained (and fingerprinted) on the 4-bit base
-        tt.quantize_base(model, method.quantize, method.quant)
-    if (run_dir / "adapter").is_dir():
-        tt.load_adapter(model, run_dir / "adapter")
-    if (run_dir / "diff").is_dir():
-        load_diff(model, run_dir / "diff")
+    if method is not None:
+        entry = method_for_config(method)
+        if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
+            entry.prepare_base(model, method)
+        load = entry.load or (lambda m, path: tt.load_adapter(m, path))
+        if (run_dir / entry.artifact).is_dir():
+            load(model, run_dir / entry.artifact)
     return Run(recipe, model.eval(), tokenizer, summary["labels"])

@@ -11,19 +11,19 @@ import dataclasses
 import difflib
 from typing import Literal
 
-from ..config import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .. import methods as _registers_every_method  # noqa: F401
+from ..core.config import ConfigError
+from ..core.registry import recipe_methods
+from ..prune import PruneConfig, PruneSchedule
 
 
 def methods() -> dict[str, type]:
-    """Recipe name -> config dataclass (imported lazily: listing them must not import torch twice)."""
-    import trimtune as tt
+    """Recipe name -> config dataclass, from the method registry. The method packages import torch,
+    so they are imported here, when a recipe names a method, not when the CLI starts."""
 
-    return {
-        "lora": tt.LoraConfig, "adalora": tt.AdaLoraConfig, "qlora": tt.QLoraConfig, "ia3": tt.IA3Config,
-        "bottleneck": tt.BottleneckConfig, "prompt": tt.PromptTuningConfig, "p-tuning": tt.PTuningConfig,
-        "prefix": tt.PrefixTuningConfig, "diff": tt.DiffConfig,
-    }
+    return recipe_methods()
 
 
 def did_you_mean(word: str, allowed) -> str:
@@ -75,7 +75,6 @@ class DataSection(Section):
 
 class MethodSection(BaseModel):
     """type: one of the method names; every other key is a field of that method's config."""
-
     model_config = ConfigDict(extra="allow")
     type: str
 
@@ -121,7 +120,6 @@ class PruneSection(Section):
 
     @model_validator(mode="after")
     def _library_checks(self):
-        from ..prune import PruneConfig, PruneSchedule
 
         try:  # the library's own rules (granularity names, N:M with global scope, timing vs style)
             PruneConfig(amount=self.sparsity, granularity=self.granularity, scope=self.scope)
@@ -133,7 +131,6 @@ class PruneSection(Section):
 
 class TrainSection(Section):
     """epochs/max_steps: 0 epochs means no training (evaluate, prune or shrink only)."""
-
     epochs: int = Field(1, ge=0)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)

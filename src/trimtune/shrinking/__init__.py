@@ -4,6 +4,6 @@ from .api import find_groups, shrink
 from .apply import replay
 from .files import load_shrunk, save_shrunk
 from .graph import Group, Member, UntraceableError
-from .report import ShrinkReport
+from .shrink_report import ShrinkReport
 
 __all__ = ["Group", "Member", "ShrinkReport", "UntraceableError", "find_groups", "load_shrunk", "replay", "save_shrunk", "shrink"]

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..targets import to_predicate
+from ..core.targets import to_predicate
 from . import transformer_groups as hf
 from .apply import apply_removals, removals_for
 from .files import record
 from .graph import Group, channel_groups
 from .measure import count_macs, count_parameters, file_bytes, latency_ms
 from .plan import choose_pruned, group_importance, pruned_from_masks
-from .report import LayerChange, ShrinkReport
+from .shrink_report import LayerChange, ShrinkReport
 
 
 def find_groups(model, example_inputs=None, structures=("heads", "ffn"), gqa_mode: str = "kv") -> list[Group]:

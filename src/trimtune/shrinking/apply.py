@@ -7,8 +7,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from ..kinds import kind_class_for
-from ..layers import TunedLayer
+from ..core.layer_kinds import kind_class_for
+from ..core.tuned_layer import TunedLayer
 from .graph import Group
 from .slicing import slice_module
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..io.atomic import atomic_directory
+from ..core.io.atomic import atomic_directory
+from . import transformer_groups as hf
 from .apply import replay
 
 HISTORY_FILE = "shrink_history.json"
@@ -76,7 +77,6 @@ def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     if model is None:
         model = _rebuild_hf(state, path)
     replay(model, state["history"])
-    from . import transformer_groups as hf
 
     if hf.supports(model):
         hf.after_shrink(model)

@@ -20,9 +20,9 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..copies import ModuleCopies
-from ..kinds import kind_class_for
-from ..layers import TunedLayer
+from ..core.layer_kinds import kind_class_for
+from ..core.modules_to_save import ModuleCopies
+from ..core.tuned_layer import TunedLayer
 from .slicing import _NORMS, is_depthwise
 
 

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from ..kinds import kind_class_for
-from ..layers import TunedLayer
+from ..core.layer_kinds import kind_class_for
+from ..core.tuned_layer import TunedLayer
+from .transformer_groups import layer_widths, supports
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -60,7 +61,6 @@ def _call(model, example_inputs):
 
 
 def _attention_macs(model, example_inputs, output) -> int:
-    from .transformer_groups import layer_widths, supports
 
     if not supports(model):
         return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kinds import kind_class_for
-from ..layers import TunedLayer
+from ..core.layer_kinds import kind_class_for
+from ..core.tuned_layer import TunedLayer
 from .graph import Group, Member
 
 

@@ -1,7 +1,7 @@
 """Groups for Hugging Face transformers, from the architecture's known layout.
 
 Attention reshapes channels into heads (``view(..., -1, head_dim)``), which a channel trace cannot
-follow, so each supported architecture names its per-layer modules here. A head group removes whole
+follow, so the per-layer modules come from the architecture table (core/architectures.py). A head group removes whole
 heads from q/k/v (rows) and the output projection (columns); with grouped-query attention a kv head
 takes its whole group of query heads with it ("kv" mode), or each kv group loses the same number of
 query heads ("query" mode). An FFN group removes intermediate units from up/gate (rows) and down
@@ -13,33 +13,30 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..core.architectures import architecture_of, block_list, head_dim
+from ..core.layer_kinds import kind_class_for
+from ..core.tuned_layer import TunedLayer
 from .graph import Group, IndexMap, Member
 
-_LAYOUTS = {
-    "bert": dict(layers="encoder.layer", q="attention.self.query", k="attention.self.key", v="attention.self.value",
-                 o="attention.output.dense", up=("intermediate.dense",), down="output.dense"),
-    "llama": dict(layers="layers", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
-                  o="self_attn.o_proj", up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj"),
-    "gpt2": dict(layers="h", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",), down="mlp.c_proj"),
-}
-_LAYOUTS["roberta"] = _LAYOUTS["bert"]
-_LAYOUTS["mistral"] = _LAYOUTS["qwen2"] = _LAYOUTS["llama"]
+
+def _layout(model: nn.Module) -> dict:
+    """The block layout of the model's type, from the architecture table."""
+    arch = architecture_of(model)
+    layout = dict(layers=arch.blocks, o=arch.o, up=arch.ffn_up, down=arch.ffn_down)
+    layout.update(qkv=arch.qkv) if arch.qkv else layout.update(q=arch.q, k=arch.k, v=arch.v)
+    return layout
 
 
 def supports(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in _LAYOUTS
+    arch = architecture_of(model)
+    return arch is not None and arch.has_blocks
 
 
 def _layers_prefix(model: nn.Module, layout: dict) -> tuple[str, nn.ModuleList]:
-    for name, module in model.named_modules():
-        if name.endswith(layout["layers"]) and isinstance(module, nn.ModuleList):
-            return name, module
-    raise ValueError(f"cannot find the layer list {layout['layers']!r} in {type(model).__name__}")
+    return block_list(model)
 
 
 def _width(module: nn.Module, dim: str) -> int:
-    from ..layers import TunedLayer
-    from ..kinds import kind_class_for
 
     shell = module.base_layer if isinstance(module, TunedLayer) else module
     out_features, in_features = kind_class_for(shell)(shell).weight_shape(module.weight)
@@ -47,8 +44,7 @@ def _width(module: nn.Module, dim: str) -> int:
 
 
 def head_groups(model: nn.Module, gqa_mode: str = "kv") -> list[Group]:
-    config = model.config
-    layout = _LAYOUTS[config.model_type]
+    layout = _layout(model)
     prefix, blocks = _layers_prefix(model, layout)
     groups = []
     for i, block in enumerate(blocks):
@@ -61,7 +57,7 @@ def head_groups(model: nn.Module, gqa_mode: str = "kv") -> list[Group]:
             groups.append(Group(members, size=heads, unit=hd, name=f"{p}heads"))
             continue
         attn = block.get_submodule(layout["q"].rsplit(".", 1)[0])
-        hd = getattr(attn, "head_dim", None) or getattr(attn, "attention_head_size")
+        hd = head_dim(attn)
         q_heads = _width(block.get_submodule(layout["q"]), "out") // hd
         kv_heads = _width(block.get_submodule(layout["k"]), "out") // hd
         rep = q_heads // kv_heads
@@ -79,7 +75,7 @@ def head_groups(model: nn.Module, gqa_mode: str = "kv") -> list[Group]:
 
 
 def ffn_groups(model: nn.Module) -> list[Group]:
-    layout = _LAYOUTS[model.config.model_type]
+    layout = _layout(model)
     prefix, blocks = _layers_prefix(model, layout)
     groups = []
     for i, block in enumerate(blocks):
@@ -93,7 +89,7 @@ def ffn_groups(model: nn.Module) -> list[Group]:
 def after_shrink(model: nn.Module) -> dict:
     """Fix the attributes transformers reads from modules/config; return per-layer widths."""
     config = model.config
-    layout = _LAYOUTS[config.model_type]
+    layout = _layout(model)
     _, blocks = _layers_prefix(model, layout)
     widths = []
     for block in blocks:
@@ -104,7 +100,7 @@ def after_shrink(model: nn.Module) -> dict:
             kv_heads = heads
         else:
             attn = block.get_submodule(layout["q"].rsplit(".", 1)[0])
-            hd = getattr(attn, "head_dim", None) or getattr(attn, "attention_head_size")
+            hd = head_dim(attn)
             heads = _width(block.get_submodule(layout["q"]), "out") // hd
             kv_heads = _width(block.get_submodule(layout["k"]), "out") // hd
             if hasattr(attn, "num_key_value_groups"):
@@ -115,13 +111,14 @@ def after_shrink(model: nn.Module) -> dict:
             if hasattr(attn, "all_head_size"):
                 attn.all_head_size = heads * hd
         widths.append({"heads": heads, "kv_heads": kv_heads, "ffn": _width(block.get_submodule(layout["down"]), "in")})
-    _update_config(config, widths)
+    _update_config(model, config, widths)
     return {"layers": widths}
 
 
-def _update_config(config, widths: list[dict]) -> None:
+def _update_config(model: nn.Module, config, widths: list[dict]) -> None:
     """Uniform widths fit the stock config, so plain ``from_pretrained`` reloads the model."""
-    if "head_dim" in config.to_dict() or config.model_type in ("llama", "mistral", "qwen2"):
+    grouped_query = architecture_of(model).grouped_query_config
+    if "head_dim" in config.to_dict() or grouped_query:
         config.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     uniform = {key: {w[key] for w in widths} for key in ("heads", "kv_heads", "ffn")}
     if len(uniform["ffn"]) == 1:
@@ -129,14 +126,14 @@ def _update_config(config, widths: list[dict]) -> None:
         for attr in ("intermediate_size", "n_inner"):
             if hasattr(config, attr):
                 setattr(config, attr, ffn)
-    if len(uniform["heads"]) == 1 and config.model_type in ("llama", "mistral", "qwen2"):
+    if len(uniform["heads"]) == 1 and grouped_query:
         config.num_attention_heads = uniform["heads"].pop()
         config.num_key_value_heads = uniform["kv_heads"].pop()
 
 
 def layer_widths(model: nn.Module) -> list[dict]:
     """Per layer: query heads, head_dim (for counting attention work)."""
-    layout = _LAYOUTS[model.config.model_type]
+    layout = _layout(model)
     _, blocks = _layers_prefix(model, layout)
     widths = []
     for block in blocks:
@@ -145,7 +142,7 @@ def layer_widths(model: nn.Module) -> list[dict]:
             heads = _width(block.get_submodule(layout["o"]), "in") // hd
         else:
             attn = block.get_submodule(layout["q"].rsplit(".", 1)[0])
-            hd = getattr(attn, "head_dim", None) or getattr(attn, "attention_head_size")
+            hd = head_dim(attn)
             heads = _width(block.get_submodule(layout["q"]), "out") // hd
         widths.append({"heads": heads, "head_dim": hd})
     return widths

@@ -1,0 +1,58 @@
+"""The public verbs, in one place: what ``import trimtune as tt`` offers.
+
+A thin facade over the layers below: adapter verbs (``core.adapters``, ``api.adapters``), files
+(``api.files`` and each method's own), the method configs (``methods/``), pruning, shrinking and
+training. Importing it registers every method.
+"""
+
+from .. import methods  # noqa: F401  (registers every method)
+from ..core.adapters import active_adapters, adapter_config, apply, delete_adapter, disable_adapters, set_adapter
+from ..core.config import ConfigError
+from ..core.four_bit import QuantConfig
+from ..core.input_deltas.apply import fold
+from ..core.io.fingerprint import BaseMismatchError
+from ..core.io.peft_format import FormatError
+from ..core.targets import TargetError, by_glob, by_names, by_regex, by_type
+from ..core.tuned_layer import TunedLayer
+from ..methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
+from ..methods.bottleneck import BottleneckConfig
+from ..methods.diff import DiffConfig, diff_penalty, load_diff, project_diffs, save_diff
+from ..methods.ia3 import IA3Config
+from ..methods.lora import LoraConfig
+from ..methods.p_tuning import PTuningConfig
+from ..methods.prefix import PrefixTuningConfig
+from ..methods.prompt_tuning import PromptTuningConfig
+from ..methods.qlora import QLoraConfig, quantize_base
+from ..prune import (
+    GateConfig,
+    PruneConfig,
+    Pruner,
+    PruneSchedule,
+    PruningCallback,
+    keep_pruned,
+    make_permanent,
+    sparsity_report,
+)
+from ..prune.files import load_sparse, save_sparse
+from ..shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
+from ..training import (
+    Callback,
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointMismatchError,
+    ClipConfig,
+    MetricsLogger,
+    NonFiniteLossError,
+    TrainContext,
+    TrainResult,
+    accuracy,
+    clip_gradients,
+    evaluate,
+    latest_checkpoint,
+    linear_schedule,
+    train,
+)
+from .adapters import merge, print_trainable_parameters, trainable_parameters, unload, unmerge
+from .files import load_adapter, save_adapter
+
+__all__ = sorted(n for n in dir() if not n.startswith("_") and n not in ("methods", "adapters", "files"))

@@ -1,0 +1,37 @@
+"""What every module that carries named adapters does: the weight wrapper (``TunedLayer``), the
+copies of ``modules_to_save`` and the input-delta host all switch, delete and list adapters the
+same way, so the model-level verbs treat them alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class AdapterHost(nn.Module):
+    """A module that carries named adapters and switches between them (wrappers, head copies, prompts)."""
+
+    active: tuple[str, ...] = ()
+
+    def set_active(self, names: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def adapter_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def delete_adapter(self, name: str) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        """The live tensors of adapter ``name`` keyed as peft's adapter file names them; ``path`` is
+        this module's peft prefix (``base_model.model.<module name>``). Saving writes them, loading
+        copies into them (see ``trimtune.core.io.peft_files``)."""
+        raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
+
+    def detach(self) -> None:
+        """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""

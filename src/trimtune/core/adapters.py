@@ -1,0 +1,169 @@
+"""Adding, switching, disabling and deleting adapters: the model-level bookkeeping every method shares.
+
+``apply(model, config, name)`` changes the model in place (torchao's ``quantize_`` shape): it looks
+the config's method up in the registry; a weight-delta method gets its target layers wrapped once in
+a ``TunedLayer`` and its delta added under ``name``; a method that changes the model another way
+(prompt tuning) runs its own apply. Per-model bookkeeping lives in ``state_of(model)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from torch import nn
+
+from .modules_to_save import ModuleCopies
+from .registry import method_for_config
+from .state import hosts, layers, replace_module, state_of, wrap
+from .targets import select
+
+
+def copies_at(model: nn.Module, name: str) -> ModuleCopies:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if module is None:
+        matches = [n for n, _ in model.named_modules() if n == name or n.endswith("." + name)]
+        if len(matches) != 1:
+            raise ValueError(f"modules_to_save entry {name!r} matches {len(matches)} modules ({matches[:5]}); name one module")
+        name, module = matches[0], model.get_submodule(matches[0])
+    if not isinstance(module, ModuleCopies):
+        module = ModuleCopies(module)
+        replace_module(model, name, module)
+    return module
+
+
+def apply(model: nn.Module, config, name: str = "default", activate: bool = True) -> nn.Module:
+    """Add adapter ``name`` of the method ``config`` describes; it becomes the active one."""
+    state = state_of(model)
+    if name in state.adapters:
+        raise ValueError(f"the model already has an adapter named {name!r}; use another name or delete_adapter first")
+    method = method_for_config(config)
+    if method.apply is not None:
+        method.apply(model, config, name)
+    else:
+        apply_weight_method(model, config, name, method.make_delta)
+    state.adapters[name] = config
+    if activate or not state.active:
+        set_adapter(model, name)
+    return model
+
+
+def apply_weight_method(model, config, name, make_delta) -> None:
+    # A method with other per-architecture defaults than LoRA's (IA3, adapters) names them on its config.
+    targets = select(model, config.targets, getattr(config, "default_targets", None))
+    with all_or_nothing(model, name):
+        for target in targets:
+            layer = wrap(model, target)
+            layer.add_delta(name, make_delta(layer, config))
+        add_head_copies(model, name, getattr(config, "modules_to_save", ()))
+
+
+@contextlib.contextmanager
+def all_or_nothing(model: nn.Module, name: str):
+    """Adding adapter ``name`` inside the block: if it fails, every host drops what it got."""
+    try:
+        yield
+    except Exception:
+        for _, host in hosts(model):
+            if name in host.adapter_names():
+                host.delete_adapter(name)
+        raise
+
+
+def add_head_copies(model: nn.Module, name: str, modules_to_save) -> None:
+    for module_name in modules_to_save:
+        copies_at(model, module_name).add_copy(name)
+
+
+@contextlib.contextmanager
+def applied(model: nn.Module, config, name: str = "default", activate: bool = True):
+    """Apply ``config`` as adapter ``name`` for the block to fill (from a file, say). If the block
+    fails, the adapter is removed and the previously active adapters come back: nothing half-loaded."""
+    previous = active_adapters(model)
+    apply(model, config, name, activate=activate)
+    try:
+        yield
+    except BaseException:
+        delete_adapter(model, name)
+        if previous:
+            set_adapter(model, previous)
+        raise
+
+
+def set_adapter(model: nn.Module, names: str | Iterable[str]) -> None:
+    """Make ``names`` the active adapters (several deltas on one layer add up); only they train."""
+    names = [names] if isinstance(names, str) else list(names)
+    state = state_of(model)
+    missing = [n for n in names if n not in state.adapters]
+    if missing:
+        raise KeyError(f"no adapter named {missing[0]!r}; the model has {list(state.adapters)}")
+    for _, host in hosts(model):
+        host.set_active(names)
+    state.active = names
+    _update_trainable(model, names)
+
+
+def _update_trainable(model: nn.Module, names: list[str]) -> None:
+    """Freeze everything, then unfreeze the active adapters' own parameters (and biases if asked)."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    state = state_of(model)
+    for _, host in hosts(model):
+        for name in names:
+            if name in host.adapter_names():
+                for param in host.trainable_parameters(name):
+                    param.requires_grad_(True)
+    for name in names:
+        bias_mode = getattr(state.adapters[name], "bias", "none")
+        if bias_mode == "all":
+            for param_name, param in model.named_parameters():
+                if param_name.endswith("bias") and ".deltas." not in param_name:
+                    param.requires_grad_(True)
+        elif bias_mode == "lora_only":
+            for _, layer in layers(model):
+                if name in layer.deltas and layer.bias is not None:
+                    layer.bias.requires_grad_(True)
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    return list(state_of(model).active)
+
+
+def adapter_config(model: nn.Module, name: str = "default"):
+    adapters = state_of(model).adapters
+    if name not in adapters:
+        raise KeyError(f"no adapter named {name!r}; the model has {list(adapters)}")
+    return adapters[name]
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module):
+    """Run the base model: every adapter off inside the block, restored after."""
+    merged = [n for _, layer in layers(model) for n in layer.merged]
+    if merged:
+        raise ValueError(f"adapters {sorted(set(merged))} are merged into the weights; unmerge before disabling")
+    saved = {host: host.active for _, host in hosts(model)}
+    try:
+        for host in saved:
+            host.set_active(())
+        yield model
+    finally:
+        for host, active in saved.items():
+            host.set_active(active)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    state = state_of(model)
+    if name not in state.adapters:
+        raise KeyError(f"no adapter named {name!r}; the model has {list(state.adapters)}")
+    for _, host in hosts(model):
+        if name in host.adapter_names():
+            host.delete_adapter(name)
+    del state.adapters[name]
+    state.callbacks.pop(name, None)
+    state.active = [n for n in state.active if n != name]
+
+

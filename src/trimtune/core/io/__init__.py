@@ -1,0 +1,1 @@
+"""Generic files: atomic writes, base fingerprints, the PEFT adapter format and its tensor files."""

@@ -1,0 +1,130 @@
+"""Which base model an artifact belongs to: a fingerprint computed from the base tensors only.
+
+A fingerprint holds the model class and ``config.model_type``, the number of base parameters, a
+hash of every base parameter's name and shape, and a few sampled weight values. The samples are
+stored as numbers rather than hashed so that the check tolerates a cast of the same base (fp32 ->
+bf16 keeps ~3 significant digits) while two different bases (other seed, other checkpoint) differ
+at once. Adapter tensors (``.deltas.``, per-adapter ``.copies.``, any host's adapter parameters)
+are excluded, and so are vectors (biases, norms: ``bias="all"`` trains them) — only matrices are
+sampled. A merged adapter has changed the base weights, so the fingerprint refuses to read them.
+Pruning masks are part of the base an adapter was trained on (prune, then recover with LoRA): their
+hash is recorded too, so the adapter is refused on the same weights pruned otherwise or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+from ..state import hosts, layers
+from .gather import model_class, whole
+
+SAMPLED_TENSORS = 8
+SAMPLES_PER_TENSOR = 2
+RTOL, ATOL = 2e-2, 1e-3  # bf16 round trip of an fp32 weight stays well inside this
+
+
+class BaseMismatchError(ValueError):
+    """An artifact was made for a different base model than the one it is loaded onto."""
+
+
+def base_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the base model's own parameters, adapters excluded, sorted by name."""
+    adapter_ids = set()
+    for _, host in hosts(model):
+        for name in host.adapter_names():
+            adapter_ids.update(id(p) for p in host.trainable_parameters(name))
+    return sorted(
+        (name, param)
+        for name, param in model.named_parameters()
+        if ".deltas." not in name and ".copies." not in name and id(param) not in adapter_ids
+    )
+
+
+def _logical_shape(param: torch.Tensor) -> tuple[int, ...]:
+    quant_state = getattr(param, "quant_state", None)  # a packed 4-bit weight: its unpacked shape
+    return tuple(quant_state.shape) if quant_state is not None else tuple(param.shape)
+
+
+def fingerprint(model: nn.Module) -> dict:
+    merged = sorted({n for _, layer in layers(model) for n in layer.merged})
+    if merged:
+        raise ValueError(
+            f"adapters {merged} are merged into the base weights, so the base cannot be fingerprinted; "
+            "unmerge(model) first (or load with check_base=False)"
+        )
+    params = base_parameters(model)
+    listing = "\n".join(f"{name}:{list(_logical_shape(p))}" for name, p in params)
+    return {
+        "architecture": model_class(model).__name__,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "num_parameters": sum(math.prod(_logical_shape(p)) for _, p in params),
+        "shapes_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        "samples": _samples(params),
+        "masks_sha256": _masks_hash(model),
+    }
+
+
+def _masks_hash(model: nn.Module) -> str | None:
+    """sha256 over every wrapped layer's name and mask pattern; None when nothing is masked."""
+    masked = [(name, layer.weight_mask) for name, layer in layers(model) if layer.weight_mask is not None]
+    if not masked:
+        return None
+    digest = hashlib.sha256()
+    for name, mask in masked:
+        digest.update(f"{name}:{list(mask.shape)}".encode())
+        digest.update(mask.detach().ne(0).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _samples(params: list[tuple[str, torch.Tensor]]) -> list[list]:
+    """[name, flat index, value] for a few entries of evenly spaced weight matrices."""
+    matrices = [(n, p) for n, p in params if p.dim() >= 2 and p.is_floating_point() and getattr(p, "quant_state", None) is None]
+    if not matrices:
+        return []
+    step = max(1, len(matrices) // SAMPLED_TENSORS)
+    samples = []
+    for name, param in matrices[::step][:SAMPLED_TENSORS]:
+        flat = whole(param).reshape(-1)  # a sharded (FSDP) weight is gathered: every rank samples the same
+        for k in range(SAMPLES_PER_TENSOR):
+            index = (2 * k + 1) * flat.numel() // (2 * SAMPLES_PER_TENSOR)  # away from the edges
+            samples.append([name, index, float(flat[index])])
+    return samples
+
+
+def check_fingerprint(saved: dict, model: nn.Module, what: str = "this artifact") -> None:
+    """Raise ``BaseMismatchError`` saying how ``model`` differs from the base ``saved`` describes."""
+    current = fingerprint(model)
+    override = "If you are sure, load with check_base=False."
+    for field in ("architecture", "model_type"):
+        if saved.get(field) != current[field]:
+            raise BaseMismatchError(
+                f"{what} was made for {field} {saved.get(field)!r}, but the model's is {current[field]!r}. {override}"
+            )
+    if saved.get("shapes_sha256") != current["shapes_sha256"]:
+        raise BaseMismatchError(
+            f"{what} was made for a base with other parameter names or shapes ({saved.get('num_parameters')} "
+            f"parameters then, {current['num_parameters']} in the model: another size, or a pruned/shrunk base?). "
+            f"{override}"
+        )
+    if "masks_sha256" in saved and saved["masks_sha256"] != current["masks_sha256"]:
+        if saved["masks_sha256"] is None:
+            reason = "an unpruned base, but this model has pruning masks"
+        elif current["masks_sha256"] is None:
+            reason = "a pruned base, but this model has no pruning masks"
+        else:
+            reason = "a base pruned with other masks than this model's"
+        raise BaseMismatchError(f"{what} was made for {reason}: apply the same pruning before loading. {override}")
+    values = dict(((n, i), v) for n, i, v in current["samples"])
+    for name, index, value in saved.get("samples", []):
+        now = values.get((name, index))
+        if now is None or not math.isclose(now, value, rel_tol=RTOL, abs_tol=ATOL):
+            raise BaseMismatchError(
+                f"{what} was made for a base with other weights: {name}[flat {index}] was {value:.6g}, "
+                f"the model has {now if now is None else f'{now:.6g}'} (same architecture, different checkpoint "
+                f"or seed). {override}"
+            )
+

@@ -1,0 +1,182 @@
+"""The one wrapper: a frozen base layer, an optional mask, and an ordered set of named deltas.
+
+``TunedLayer`` takes over the base layer's parameters under their *original names*, so the
+model's state-dict keys for the base are unchanged (``...query.weight`` stays ``...query.weight``)
+and a base checkpoint loads without key surgery. The base module object is kept (unregistered)
+only for its hyper-parameters (stride, padding_idx, ...) and to hand the parameters back on unload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .adapter_host import AdapterHost
+from .delta import STAGES, Delta
+from .four_bit import dequantize_base, is_4bit
+from .layer_kinds import kind_class_for, supported_types
+
+
+class TunedLayer(AdapterHost):
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        kind_cls = kind_class_for(base)
+        if kind_cls is None:
+            raise TypeError(
+                f"cannot wrap {type(base).__name__}: supported layer types are {', '.join(supported_types())}"
+            )
+        object.__setattr__(self, "base_layer", base)
+        self.kind = kind_cls(base)
+        # One owner for each tensor: move the base's parameters and buffers onto the wrapper.
+        for name, param in list(base._parameters.items()):
+            self.register_parameter(name, param)
+        for name, buf in list(base._buffers.items()):
+            self.register_buffer(name, buf, persistent=name not in base._non_persistent_buffers_set)
+        base._parameters.clear()
+        base._buffers.clear()
+        if "bias" not in self._parameters:
+            self.bias = None
+        self.register_buffer("weight_mask", None)
+        self.deltas = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()
+        self.module_name = ""  # dotted name in the model, set by core.state.wrap
+        self.merged: tuple[str, ...] = ()
+        self._refresh()
+
+    # ---- the forward, written once ----
+    def forward(self, x):
+        for delta in self._scale_input:
+            x = delta.scale_input(x)
+        weight, bias = self.weight, self.bias
+        for delta in self._weight_delta:
+            weight = weight + delta.weight_delta()
+            extra_bias = delta.bias_delta()
+            if extra_bias is not None:
+                bias = extra_bias if bias is None else bias + extra_bias
+        # The mask comes after the dense deltas: a pruned entry stays zero whatever a delta adds,
+        # which is also what merge(keep_sparsity=True) folds in (W + δ ⊙ M, then ⊙ M).
+        if self.weight_mask is not None:
+            weight = weight * self.weight_mask
+        keep = None
+        for delta in self._output_units:  # runtime gates: compute only the open output units
+            keep = delta.output_units(x)
+        y = self.kind.forward(x, weight, bias) if keep is None else self.kind.forward_units(x, weight, bias, keep)
+        for delta in self._add_output:
+            y = delta.add_output(y, x)
+        for delta in self._transform_output:
+            y = delta.transform_output(y)
+        return y
+
+    def _refresh(self) -> None:
+        """Cache, per forward stage, the active deltas that are not merged into the weight."""
+        live = [self.deltas[n] for n in self.active if n not in self.merged]
+        for stage in STAGES:
+            object.__setattr__(self, f"_{stage}", tuple(d for d in live if stage in d.stages()))
+
+    # ---- managing deltas ----
+    def add_delta(self, name: str, delta: Delta) -> None:
+        if name in self.deltas:
+            raise ValueError(f"{self.describe()} already has an adapter named {name!r}; pick another name or delete it first")
+        self.deltas[name] = delta
+        self._refresh()
+
+    def delete_delta(self, name: str) -> None:
+        if name in self.merged:
+            raise ValueError(f"adapter {name!r} is merged into {self.describe()}; unmerge it before deleting")
+        del self.deltas[name]
+        self.active = tuple(n for n in self.active if n != name)
+        self._refresh()
+
+    def set_active(self, names: Iterable[str]) -> None:
+        names = tuple(names)
+        if any(n in self.merged and n not in names for n in self.active):
+            raise ValueError(f"cannot deactivate adapters merged into {self.describe()}; unmerge first")
+        self.active = tuple(n for n in names if n in self.deltas)
+        self._refresh()
+
+    def adapter_names(self) -> list[str]:
+        return list(self.deltas)
+
+    def delete_adapter(self, name: str) -> None:
+        self.delete_delta(name)
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        delta = self.deltas[name]
+        return list(getattr(delta, "trainable_parameters", delta.parameters)())
+
+    def peft_tensors(self, name: str, path: str) -> dict[str, torch.Tensor]:
+        delta = self.deltas[name]
+        named = ((delta.peft_key(k), v) for k, v in delta.file_state().items())
+        return {f"{path}.{key}": v for key, v in named if key is not None}
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        if mask is not None and mask.shape != self.weight.shape:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not fit {self.describe()} whose weight is {tuple(self.weight.shape)}"
+            )
+        self.weight_mask = None if mask is None else mask.to(device=self.weight.device, dtype=self.weight.dtype)
+
+    # ---- merging ----
+    @torch.no_grad()
+    def merge(self, names: Iterable[str] | None = None, keep_sparsity: bool = True) -> float:
+        """Fold the named (default: active) deltas into the weight. Returns the largest share (by norm)
+        of a delta's change that a kept mask drops: a factored delta (LoRA) is added to the output
+        unmasked while training, so merging it into a pruned layer with ``keep_sparsity`` changes
+        the outputs by that part (0.0 when nothing is dropped)."""
+        names = tuple(self.active if names is None else names)
+        for name in names:
+            if name in self.merged:
+                raise ValueError(f"adapter {name!r} is already merged into {self.describe()}")
+            delta = self.deltas[name]
+            if not delta.mergeable:
+                raise ValueError(f"adapter {name!r} ({type(delta).__name__}) cannot be merged into a weight")
+        if names and is_4bit(self.weight):
+            dequantize_base(self, "merging into")
+        mask = self.weight_mask if keep_sparsity else None
+        if not keep_sparsity and self.weight_mask is not None:
+            # A dense merge keeps the output: W ⊙ M + ΔW, so fold the mask in first and drop it.
+            self.weight.mul_(self.weight_mask)
+            self.weight_mask = None
+        dropped = 0.0
+        for name in names:
+            delta = self.deltas[name]
+            if mask is not None and "add_output" in delta.stages():
+                change = delta.delta_weight()
+                dropped = max(dropped, float((change * (1 - mask)).norm() / change.norm().clamp_min(1e-30)))
+            delta.merge_into(self.weight, self.bias, mask)
+            self.merged += (name,)
+        self._refresh()
+        return dropped
+
+    @torch.no_grad()
+    def unmerge(self, names: Iterable[str] | None = None) -> None:
+        names = tuple(reversed(self.merged)) if names is None else tuple(names)
+        mask = self.weight_mask
+        for name in names:
+            if name not in self.merged:
+                raise ValueError(f"adapter {name!r} is not merged into {self.describe()}")
+            self.deltas[name].unmerge_from(self.weight, self.bias, mask)
+            self.merged = tuple(n for n in self.merged if n != name)
+        self._refresh()
+
+    def restore_base(self) -> nn.Module:
+        """Hand the parameters back to the original module and return it (deltas are dropped)."""
+        base = self.base_layer
+        if is_4bit(self.weight):  # the plain base class cannot run a packed weight
+            dequantize_base(self, "unloading")
+        base._parameters.update(self._parameters)
+        base._buffers.update((k, v) for k, v in self._buffers.items() if k != "weight_mask")
+        return base
+
+    def describe(self) -> str:
+        return f"{type(self.base_layer).__name__}{tuple(self.weight.shape)}"
+
+    def extra_repr(self) -> str:
+        parts = [f"base={self.describe()}", f"active={list(self.active)}"]
+        if self.merged:
+            parts.append(f"merged={list(self.merged)}")
+        if self.weight_mask is not None:
+            parts.append("masked")
+        return ", ".join(parts)

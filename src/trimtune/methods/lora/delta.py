@@ -1,0 +1,210 @@
+"""LoRA (Hu et al., 2021): a low-rank update ``scale · B A`` added to a frozen weight.
+
+The forward stays factored, ``y += scale · (drop(x) A^T) B^T``, fused into one addmm for linear
+layers, so training never materialises ``W + BA`` (no full-size weight copy, no dense weight
+gradient). Factor shapes follow peft's so adapter files convert by renaming keys only.
+
+``follow_mask=True`` is the exception, for LoRA on a pruned base: the change is trained in weight
+form, ``(W + scale · B A) ⊙ M`` (``MaskedLoraDelta``), so pruned entries stay zero and merging into
+the sparse layer gives exactly the trained model (the factored form adds BA unmasked, and a sparse
+merge then drops part of it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ...core.config import ConfigError, check_choice, check_fraction, check_positive, check_positive_int
+from ...core.delta import Delta, sliced
+from ...core.io.peft_format import check_fields, peft_target_modules, targets_from_peft
+from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
+from ...core.low_rank import add_low_rank
+from ...core.targets import TargetSpec, by_regex
+
+
+@dataclass
+class LoraConfig:
+    """r: rank; alpha: scale numerator (scale = alpha / r, or alpha / sqrt(r) with ``use_rslora``).
+
+    targets: which layers (regex on module names, list of names, predicate, or None for the
+    architecture's default). init: "default" (A Kaiming-uniform, B zero, so the model starts
+    unchanged) or "gaussian" (A ~ N(0, 1/r), B zero). bias: "none", "all" (train every bias of the
+    model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
+    full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
+    r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
+    follow_mask: on a pruned layer, train the change masked, (W + BA) ⊙ M, so the pruned entries stay
+    zero and a sparse merge equals the trained model; costs a dense out × in product per step and
+    needs dropout 0 (the default False adds BA unmasked: more capacity, but a sparse merge drops part).
+    """
+
+    peft_type: ClassVar[str] = "LORA"
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: TargetSpec = None
+    use_rslora: bool = False
+    init: str = "default"
+    bias: str = "none"
+    modules_to_save: list[str] = field(default_factory=list)
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    follow_mask: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.follow_mask, bool):
+            raise ConfigError(f"follow_mask must be True or False, got {self.follow_mask!r}")
+        if self.follow_mask and self.dropout > 0:
+            raise ConfigError(
+                f"follow_mask=True trains the change as (W + BA) ⊙ M, where dropout on the adapter's input alone "
+                f"does not exist; set dropout=0 (got {self.dropout})")
+        check_positive_int("r", self.r)
+        check_positive("alpha", self.alpha)
+        check_fraction("dropout", self.dropout)
+        check_choice("init", self.init, ("default", "gaussian"))
+        check_choice("bias", self.bias, ("none", "all", "lora_only"))
+        self.modules_to_save = list(self.modules_to_save or [])
+        self.rank_pattern, self.alpha_pattern = dict(self.rank_pattern or {}), dict(self.alpha_pattern or {})
+        for pattern, r in self.rank_pattern.items():
+            check_positive_int(f"rank_pattern[{pattern!r}]", r)
+        for pattern, alpha in self.alpha_pattern.items():
+            check_positive(f"alpha_pattern[{pattern!r}]", alpha)
+
+    def for_layer(self, name: str) -> LoraConfig:
+        """This config with r / alpha of the first rank_pattern / alpha_pattern entry matching ``name``."""
+        r = next((v for k, v in self.rank_pattern.items() if by_regex(k)(name, None)), self.r)
+        alpha = next((v for k, v in self.alpha_pattern.items() if by_regex(k)(name, None)), self.alpha)
+        return self if (r, alpha) == (self.r, self.alpha) else dataclasses.replace(self, r=r, alpha=alpha)
+
+    # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
+    def to_peft_dict(self, layers: dict) -> dict:
+
+        return {
+            "r": self.r,
+            "lora_alpha": int(self.alpha) if float(self.alpha).is_integer() else self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": peft_target_modules(self.targets, list(layers)),
+            "use_rslora": self.use_rslora,
+            "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
+            "bias": self.bias,
+            "modules_to_save": self.modules_to_save or None,
+            "rank_pattern": self.rank_pattern,
+            "alpha_pattern": self.alpha_pattern,
+            # peft transposes for GPT-2's Conv1D only when told (it warns and sets it itself otherwise)
+            "fan_in_fan_out": any(isinstance(layer.kind, GPT2Conv1DKind) for layer in layers.values()),
+            **({"trimtune_follow_mask": True} if self.follow_mask else {}),  # peft ignores it, with a warning
+        }
+
+    @classmethod
+    def from_peft_dict(cls, d: dict) -> LoraConfig:
+
+        init = d.get("init_lora_weights", True)
+        if init not in (True, False, "gaussian"):
+            # PiSSA, OLoRA, LoftQ, ... rewrite the base weights: this adapter needs that rewritten base.
+            raise ConfigError(f"init_lora_weights={init!r} changes the base model; trimtune loads True, False or 'gaussian'")
+        # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
+        layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
+        fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
+        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern", "trimtune_follow_mask"}
+        check_fields(d, fields | layout_only, cls.peft_type)
+        return cls(
+            r=d.get("r", 8),
+            alpha=d.get("lora_alpha", 8),
+            dropout=d.get("lora_dropout", 0.0),
+            targets=targets_from_peft(
+                d.get("target_modules"), d.get("exclude_modules"), d.get("layers_to_transform"), d.get("layers_pattern")
+            ),
+            use_rslora=bool(d.get("use_rslora", False)),
+            init="gaussian" if init == "gaussian" else "default",
+            bias=d.get("bias", "none"),
+            modules_to_save=list(d.get("modules_to_save") or []),
+            rank_pattern=d.get("rank_pattern") or {},
+            alpha_pattern=d.get("alpha_pattern") or {},
+            follow_mask=bool(d.get("trimtune_follow_mask", False)),
+        )
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoraDelta(Delta):
+    def __init__(self, kind: LayerKind, weight: torch.Tensor, r: int, scale: float, dropout: float = 0.0, init: str = "default"):
+        super().__init__(kind)
+        a_shape, b_shape = kind.factor_shapes(weight, r)
+        dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        self.r = r
+        self.scale = scale
+        self.lora_A = nn.Parameter(torch.empty(a_shape, device=weight.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.empty(b_shape, device=weight.device, dtype=dtype))
+        self.dropout = dropout
+        self.reset_parameters(init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "default") -> None:
+        if isinstance(self.kind, EmbeddingKind):  # peft's choice for embeddings: A zero, B normal
+            nn.init.zeros_(self.lora_A)
+            nn.init.normal_(self.lora_B)
+            return
+        if init == "gaussian":
+            nn.init.normal_(self.lora_A, std=1.0 / self.r)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def add_output(self, y, x):
+        dropout = self.dropout if self.training else 0.0
+        if x.is_floating_point() and x.dtype != self.lora_A.dtype:  # e.g. fp32 factors on a bf16 base
+            x = nn.functional.dropout(x.to(self.lora_A.dtype), dropout, self.training)
+            h = self.kind.project_in(x, self.lora_A)
+            return self.kind.add_project_out(y, h.to(y.dtype), self.lora_B.to(y.dtype), self.scale)
+        return add_low_rank(self.kind, y, x, self.lora_A, self.lora_B, self.scale, dropout)
+
+    def peft_key(self, key):
+        if isinstance(self.kind, EmbeddingKind):  # peft: bare parameters lora_embedding_A / _B
+            return key.replace("lora_", "lora_embedding_")
+        return f"{key}.weight"  # peft: lora_A / lora_B are nn.Linear (or conv) modules
+
+    def delta_weight(self):
+        return self.kind.factors_to_weight(self.lora_A, self.lora_B) * self.scale
+
+    def slice_(self, dim, keep):
+        # A reads the input units, B writes the output units (canonical layout).
+        with torch.no_grad():
+            if dim == "out":
+                self.lora_B = sliced(self.lora_B, 0, keep)
+            elif dim == "in":
+                self.lora_A = sliced(self.lora_A, 1, keep)
+            else:
+                raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
+
+    def extra_repr(self):
+        return f"r={self.r}, scale={self.scale:g}, dropout={self.dropout:g}"
+
+
+class MaskedLoraDelta(LoraDelta):
+    """LoRA in weight form, ``W + scale · B A`` before the layer's mask is applied (``follow_mask``)."""
+    add_output = Delta.add_output  # not factored: the change goes through the masked weight instead
+
+    def __init__(self, kind: LayerKind, weight: torch.Tensor, *args, **kwargs):
+        super().__init__(kind, weight, *args, **kwargs)
+        self.base_dtype = weight.dtype  # the sum must stay in the base's dtype (e.g. fp32 factors, bf16 base)
+
+    def weight_delta(self):
+        return self.delta_weight().to(self.base_dtype)
+
+
+def make_lora(layer, config: LoraConfig) -> LoraDelta:
+    config = config.for_layer(layer.module_name)
+    if not config.follow_mask:
+        return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
+    if not layer.weight.is_floating_point():
+        raise ValueError(f"follow_mask=True adds BA to the weight, but {layer.module_name} has a "
+                         f"{layer.weight.dtype} (e.g. 4-bit) base; use follow_mask=False on quantised layers")
+    return MaskedLoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
