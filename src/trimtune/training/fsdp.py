@@ -75,10 +75,10 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
             f"block_classes=[YourBlockClass] (the repeated layer type); the architecture table knows the blocks of "
             f"{', '.join(sorted(t for t, a in ARCHITECTURES.items() if a.block_class))}"
         )
+    check_replicated(model)  # before any mesh or group is made: a refusal leaves nothing half-built
     if mesh is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device, (dist.get_world_size(),))
-    check_replicated(model)
     kept_whole = packed_4bit_parameters(model)
     for unit in [*embedding_units(model), *blocks]:
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
