@@ -227,8 +227,8 @@ def test_bad_json_and_unknown_peft_type(tiny_bert, saved_bert_adapter):
     config_file.write_text('{"peft_type": "LORA", "r": 4,')
     with pytest.raises(tt.FormatError, match="not valid JSON"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
-    config_file.write_text(json.dumps({**good, "peft_type": "VERA"}))
-    with pytest.raises(tt.FormatError, match="peft_type 'VERA'.*LORA"):
+    config_file.write_text(json.dumps({**good, "peft_type": "LOHA"}))  # a peft method trimtune does not have
+    with pytest.raises(tt.FormatError, match="peft_type 'LOHA'.*LORA"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
     config_file.write_text(json.dumps({k: v for k, v in good.items() if k != "peft_type"}))
     with pytest.raises(tt.FormatError, match="no peft_type"):
@@ -238,7 +238,6 @@ def test_bad_json_and_unknown_peft_type(tiny_bert, saved_bert_adapter):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("use_dora", True, "use_dora=True"),
         ("layer_replication", [[0, 2]], "layer_replication"),
         ("lora_bias", True, "lora_bias=True"),
         ("init_lora_weights", "pissa", "changes the base model"),
@@ -250,6 +249,15 @@ def test_unsupported_peft_fields_are_refused(tiny_bert, saved_bert_adapter, fiel
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), field: value}))
     with pytest.raises(tt.ConfigError, match=message):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
+
+
+def test_use_dora_reads_as_dora_which_needs_the_magnitude_tensors(tiny_bert, saved_bert_adapter):
+    # use_dora=True is no longer refused: the file is DoRA's, and a LoRA file marked so lacks its magnitudes.
+    config_file = saved_bert_adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "use_dora": True}))
+    with pytest.raises(tt.FormatError, match=r"lacks 4 tensor\(s\).*lora_magnitude_vector"):
+        tt.load_adapter(tiny_bert, saved_bert_adapter)
+    assert tt.active_adapters(tiny_bert) == []  # nothing half-loaded
 
 
 def test_shapes_that_do_not_fit_name_the_tensor_and_both_shapes(tiny_bert, saved_bert_adapter):

@@ -164,7 +164,7 @@ def test_wanda_scores_weight_times_input_norm_and_needs_calibration():
     expected = torch.ones(128)
     expected[scores.flatten().topk(64, largest=False).indices] = 0
     assert torch.equal(net[0].weight_mask.flatten(), expected)
-    assert float(net[0].weight_mask[:, 0].mean()) > float(net[0].weight_mask[:, 1:].mean())  # loud channel kept
+    assert float(net[0].weight_mask[:, 0].float().mean()) > float(net[0].weight_mask[:, 1:].float().mean())  # loud channel kept
     with pytest.raises(ConfigError, match="calibration"):
         Wanda()
     with pytest.raises(ValueError, match="no calibration data for layer '2'"):

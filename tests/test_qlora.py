@@ -98,3 +98,34 @@ def test_bad_input(monkeypatch, tiny_llama):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
         tt.apply(tiny_llama, tt.QLoraConfig())
+
+
+def test_pack_for_cpu_inference_takes_the_bitsandbytes_kernel_and_back(token_ids):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trimtune.core.four_bit import cpu_kernel_available
+
+    torch.manual_seed(0)  # widths the kernel takes: outputs in blocks of 32, inputs in whole 64-blocks
+    tiny_llama = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+    tt.apply(tiny_llama, tt.QLoraConfig(r=4, alpha=8, init="gaussian"))
+    tiny_llama.eval()
+    layer = tiny_llama.get_submodule("model.layers.0.self_attn.q_proj")
+    packed_before = layer.weight.data.clone()
+    with torch.no_grad():
+        exact = tiny_llama(token_ids).logits
+    if not cpu_kernel_available():  # the kernel needs AVX512-BF16 / AMX: refused with the reason
+        with pytest.raises(RuntimeError, match="AVX512-BF16"):
+            tt.pack_4bit_for_cpu(tiny_llama)
+        return
+    names = tt.pack_4bit_for_cpu(tiny_llama)
+    assert "model.layers.0.self_attn.q_proj" in names and not torch.equal(layer.weight.data.flatten()[:64], packed_before.flatten()[:64])
+    with torch.no_grad():
+        fast = tiny_llama(token_ids).logits
+    assert 0 < float((fast - exact).abs().max()) < 2e-2 * float(exact.abs().max())  # bf16 compute, not the fp32 path
+    with pytest.raises(RuntimeError, match="packed for CPU inference"):
+        tiny_llama(token_ids)  # with gradients on: training through the bf16 kernel is refused
+    tt.pack_4bit_for_cpu(tiny_llama, enable=False)
+    assert torch.equal(layer.weight.data, packed_before)
+    with torch.no_grad():
+        assert torch.equal(tiny_llama(token_ids).logits, exact)

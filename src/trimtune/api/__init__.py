@@ -17,12 +17,14 @@ from ..core.tuned_layer import TunedLayer
 from ..methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from ..methods.bottleneck import BottleneckConfig
 from ..methods.diff import DiffConfig, diff_penalty, load_diff, project_diffs, save_diff
+from ..methods.dora import DoraConfig
 from ..methods.ia3 import IA3Config
 from ..methods.lora import LoraConfig
 from ..methods.p_tuning import PTuningConfig
 from ..methods.prefix import PrefixTuningConfig
 from ..methods.prompt_tuning import PromptTuningConfig
-from ..methods.qlora import QLoraConfig, quantize_base
+from ..methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
+from ..methods.vera import VeraConfig
 from ..prune import (
     GateConfig,
     PruneConfig,

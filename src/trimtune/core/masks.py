@@ -21,7 +21,7 @@ _RECORD = "pruned_structures"
 
 def canonical_mask(layer: TunedLayer) -> torch.Tensor:
     """The layer's mask in canonical layout (ones when it has none)."""
-    mask = layer.weight_mask if layer.weight_mask is not None else torch.ones_like(layer.weight)
+    mask = layer.weight_mask if layer.weight_mask is not None else torch.ones_like(layer.weight, dtype=torch.bool)
     return layer.kind.to_canonical(mask)
 
 

@@ -7,7 +7,8 @@ are active, the training callbacks a method installed); ``wrap(model, name)`` pu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -66,3 +67,20 @@ def wrap(model: nn.Module, name: str) -> TunedLayer:
     layer.module_name = name  # for methods that treat layers differently by name (IA3's feed-forward set)
     replace_module(model, name, layer)
     return layer
+
+
+@contextlib.contextmanager
+def wrapped(model: nn.Module, names: Iterable[str]):
+    """``{name: TunedLayer}`` for the block; if the block fails, the layers it newly wrapped are put
+    back as they were (a failed verb leaves no wrapper behind)."""
+    names = list(names)
+    new = [n for n in names if not isinstance(model.get_submodule(n), TunedLayer)]
+    layers = {n: wrap(model, n) for n in names}
+    try:
+        yield layers
+    except BaseException:
+        for name in new:
+            layer = model.get_submodule(name)
+            if isinstance(layer, TunedLayer) and not layer.deltas and layer.weight_mask is None:
+                replace_module(model, name, layer.restore_base())
+        raise

@@ -116,7 +116,9 @@ class TunedLayer(AdapterHost):
             raise ValueError(
                 f"mask of shape {tuple(mask.shape)} does not fit {self.describe()} whose weight is {tuple(self.weight.shape)}"
             )
-        self.weight_mask = None if mask is None else mask.to(device=self.weight.device, dtype=self.weight.dtype)
+        # Stored as bool (1 byte per entry, not the weight's 4): a pruned model's state dict stays near the
+        # dense size. A float mask from an older file loads into it as "entry != 0".
+        self.weight_mask = None if mask is None else (mask != 0).to(device=self.weight.device)
 
     # ---- merging ----
     @torch.no_grad()
@@ -144,7 +146,7 @@ class TunedLayer(AdapterHost):
             delta = self.deltas[name]
             if mask is not None and "add_output" in delta.stages():
                 change = delta.delta_weight()
-                dropped = max(dropped, float((change * (1 - mask)).norm() / change.norm().clamp_min(1e-30)))
+                dropped = max(dropped, float((change * ~mask).norm() / change.norm().clamp_min(1e-30)))
             delta.merge_into(self.weight, self.bias, mask)
             self.merged += (name,)
         self._refresh()

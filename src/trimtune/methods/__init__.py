@@ -4,4 +4,4 @@ Each package holds everything about its method: config, delta or model-level app
 file format. The list below is the one line a new method adds.
 """
 
-from . import adalora, bottleneck, diff, ia3, lora, p_tuning, prefix, prompt_tuning, qlora  # noqa: F401
+from . import adalora, bottleneck, diff, dora, ia3, lora, p_tuning, prefix, prompt_tuning, qlora, vera  # noqa: F401

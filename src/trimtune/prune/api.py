@@ -15,7 +15,8 @@ from torch import nn
 
 from ..core.config import ConfigError, check_choice
 from ..core.layer_kinds import kind_class_for
-from ..core.state import wrap
+from ..core.masks import set_canonical_mask
+from ..core.state import wrapped
 from ..core.targets import _HEAD_NAMES, TargetError, TargetSpec, select
 from .granularity import NM, Columns, Element, Granularity, Rows, Units
 from .heads import Heads
@@ -128,11 +129,30 @@ def _count(amount, alive: int, label: str) -> int:
     return round(amount * alive)
 
 
-def _check_not_emptied(units: Units, drop, force: bool) -> None:
-    if not force and len(drop) and len(drop) == int(units.alive.sum()):
-        raise ValueError(
-            f"pruning would remove every unit of {units.label}; lower the amount, protect the layer, or pass force=True"
-        )
+def _check_not_emptied(units: Units, drop, force: bool, pool: list[Units] | None = None) -> None:
+    if force or not len(drop) or len(drop) < int(units.alive.sum()):
+        return
+    if pool is None:
+        raise ValueError(f"pruning would remove every unit of {units.label}; lower the amount, protect the layer, or pass force=True")
+    safe, total = _safe_global_count(pool)
+    raise ValueError(
+        f"global pruning would remove every unit of {units.label}; at most {safe} of the {total} pooled units "
+        f"(amount={safe / total:.4f}) can go without emptying a layer. Lower the amount, protect {units.label}, "
+        "or pass force=True to allow it"
+    )
+
+
+def _safe_global_count(pool: list[Units]) -> tuple[int, int]:
+    """The most units a global threshold can remove before some layer loses its last unit."""
+    total = int(sum(int(u.alive.sum()) for u in pool))
+    order = _merged(pool).select(total)  # every surviving unit, lowest score first
+    owner = torch.cat([torch.full((len(u.scores),), i) for i, u in enumerate(pool)])[order]
+    last_seen = [int((owner == i).nonzero().max()) for i in range(len(pool)) if bool((owner == i).any())]
+    return min(last_seen), total
+
+
+def _merged(pool: list[Units]) -> Units:
+    return Units("global", torch.cat([u.scores.float() for u in pool]), torch.cat([u.alive for u in pool]), lambda idx: None)
 
 
 def _global_drop(pool: list[Units], amount) -> list:
@@ -140,8 +160,7 @@ def _global_drop(pool: list[Units], amount) -> list:
     alive = [u.alive for u in pool]
     total = int(sum(int(a.sum()) for a in alive))
     k = _count(amount, total, "the pooled layers")
-    merged = Units("global", torch.cat([u.scores.float() for u in pool]), torch.cat(alive), lambda idx: None)
-    chosen = merged.select(k)
+    chosen = _merged(pool).select(k)
     drops, start = [], 0
     for u in pool:
         end = start + len(u.scores)
@@ -152,17 +171,29 @@ def _global_drop(pool: list[Units], amount) -> list:
 
 def prune(model: nn.Module, config: PruneConfig, sparsity: float | None = None) -> nn.Module:
     """Prune ``model`` in place by ``config``. With ``sparsity`` (used by schedules), each unit set
-    (or the global pool) is pruned until that fraction of its units is gone, ignoring ``amount``."""
+    (or the global pool) is pruned until that fraction of its units is gone, ignoring ``amount``.
+
+    All or nothing: every layer's new mask is worked out and checked before any is set, and layers
+    wrapped for this call are unwrapped again if it fails."""
     names = select_layers(model, config)
-    layers = {n: wrap(model, n) for n in names}
-    granularity = config.granularity
-    if isinstance(granularity, NM):
-        for name, layer in layers.items():
-            granularity.apply(name, layer, config.importance(name, layer))
-        return model
-    sets = granularity.unit_sets(model, layers, config.importance, config.reduction_norm)
-    plan = []
-    pooled = []
+    with wrapped(model, names) as layers:
+        granularity = config.granularity
+        if isinstance(granularity, NM):
+            masks = {name: granularity.mask_for(name, layer, config.importance(name, layer)) for name, layer in layers.items()}
+            for name, mask in masks.items():
+                set_canonical_mask(layers[name], mask)
+            return model
+        plan = _plan(model, config, layers, sparsity)
+        for units, drop in plan:
+            if len(drop):
+                units.zero(drop)
+    return model
+
+
+def _plan(model, config: PruneConfig, layers: dict, sparsity: float | None) -> list:
+    """(units, indices to drop) for every unit set, checked: nothing is changed here."""
+    sets = config.granularity.unit_sets(model, layers, config.importance, config.reduction_norm)
+    plan, pooled = [], []
     for units in sets:
         override = _amount_for(config, units)
         if config.scope == "layer" or override is not None:
@@ -170,15 +201,15 @@ def prune(model: nn.Module, config: PruneConfig, sparsity: float | None = None) 
             plan.append((units, units.select(_count(amount, int(units.alive.sum()), units.label))))
         else:
             pooled.append(units)
-    if pooled:
-        amount = _pool_to_reach(pooled, sparsity) if sparsity is not None else config.amount
-        plan.extend(zip(pooled, _global_drop(pooled, amount)))
     for units, drop in plan:
         _check_not_emptied(units, drop, config.force)
-    for units, drop in plan:
-        if len(drop):
-            units.zero(drop)
-    return model
+    if pooled:
+        amount = _pool_to_reach(pooled, sparsity) if sparsity is not None else config.amount
+        drops = _global_drop(pooled, amount)
+        for units, drop in zip(pooled, drops):
+            _check_not_emptied(units, drop, config.force, pool=pooled)
+        plan.extend(zip(pooled, drops))
+    return plan
 
 
 def _to_reach(units: Units, sparsity: float) -> int:

@@ -29,8 +29,8 @@ from .api import PruneConfig, prune
 class PruneSchedule:
     """final: sparsity to reach (fraction of units). style: "one-shot" (all at ``begin``),
     "iterative" (``rounds`` equal-ratio steps between ``begin`` and ``end``, each pruning the same
-    fraction of what remains) or "cubic" (s_t = s_f (1 - (1 - (t - begin)/(end - begin))^3), updated
-    every ``every`` steps)."""
+    fraction of what remains) or "cubic" (Zhu & Gupta, 2017: s_t = s_f + (s_i − s_f)(1 − (t − begin)/(end −
+    begin))³, updated every ``every`` steps, from the ``initial`` sparsity s_i, default 0, at ``begin``)."""
 
     final: float
     style: str = "one-shot"
@@ -38,9 +38,15 @@ class PruneSchedule:
     end: int = 0
     rounds: int = 3
     every: int = 1
+    initial: float = 0.0
 
     def __post_init__(self):
         check_fraction("final", self.final)
+        check_fraction("initial", self.initial)
+        if self.initial > self.final:
+            raise ConfigError(f"initial sparsity ({self.initial}) must not exceed final ({self.final})")
+        if self.initial and self.style != "cubic":
+            raise ConfigError(f"initial sparsity applies to the cubic schedule only, got style={self.style!r}")
         check_choice("style", self.style, ("one-shot", "iterative", "cubic"))
         check_positive_int("rounds", self.rounds)
         check_positive_int("every", self.every)
@@ -70,7 +76,7 @@ class PruneSchedule:
             done = min(int(progress * self.rounds) + 1, self.rounds)  # rounds fire at begin + i·span/rounds
             return 1 - (1 - self.final) ** (done / self.rounds)
         progress = ((step - self.begin) // self.every * self.every) / (self.end - self.begin)
-        return self.final * (1 - (1 - progress) ** 3)
+        return self.final + (self.initial - self.final) * (1 - progress) ** 3
 
 
 class Pruner:
@@ -93,7 +99,8 @@ class Pruner:
 class PruningCallback:
     """``trimtune.train`` callback for masked fine-tuning and scheduled pruning: prunes by the
     schedule before each step (if given), re-applies the masks to the weights and their optimizer
-    state after every optimizer step, and feeds a ``Movement`` importance its gradients."""
+    state after every optimizer step, and feeds a ``Movement`` importance the gradients before each
+    step (scores are taken at the weights the gradients belong to)."""
 
     def __init__(self, config: PruneConfig | None = None, schedule: PruneSchedule | None = None):
         if (config is None) != (schedule is None):
@@ -106,10 +113,13 @@ class PruningCallback:
             self.pruner = Pruner(ctx.model, self.config, self.schedule)
             self.pruner.step(ctx.step)
 
-    def after_optimizer_step(self, ctx) -> None:
+    def before_optimizer_step(self, ctx) -> None:
+        # Movement scores −Σ W_t · g_t (Sanh et al., 2020): the weight the gradient was taken at, so before the step.
         update = getattr(self.config.importance, "update", None) if self.config is not None else None
-        if update is not None:  # movement: gradients are still there
+        if update is not None:
             update(ctx.model)
+
+    def after_optimizer_step(self, ctx) -> None:
         enforce_masks(ctx.model, ctx.optimizer)
 
     def on_step_end(self, ctx, step: int, loss: float) -> None:

@@ -7,9 +7,11 @@ Every hook receives the ``TrainContext`` first. One optimizer step runs:
         loss = data loss + Σ loss_term(ctx)          regularisers (L1, group lasso, orthogonality)
         backward
     clip gradients
+    before_optimizer_step(ctx)                     final gradients at the weights they were taken at:
+                                                   movement importance (−Σ W_t · g_t)
     optimizer.step();  ctx.step += 1
     after_optimizer_step(ctx)                      gradients still present: re-apply pruning masks,
-                                                   AdaLoRA's rank update, movement importance
+                                                   AdaLoRA's rank update
     scheduler.step();  optimizer.zero_grad()
     on_step_end(ctx, step, loss)                   logging, checkpoints; set ctx.stop to end early
     on_eval(ctx, step, metrics)                    only when an evaluation ran at this step
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-HOOKS = ("on_train_start", "loss_term", "after_optimizer_step", "on_step_end", "on_eval", "on_train_end")
+HOOKS = ("on_train_start", "loss_term", "before_optimizer_step", "after_optimizer_step", "on_step_end", "on_eval", "on_train_end")
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Callback:
     def loss_term(self, ctx: TrainContext) -> torch.Tensor | None:
         """An extra term added to the loss of every micro-batch (None for nothing)."""
         return None
+
+    def before_optimizer_step(self, ctx: TrainContext) -> None: ...
 
     def after_optimizer_step(self, ctx: TrainContext) -> None: ...
 

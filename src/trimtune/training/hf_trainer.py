@@ -7,6 +7,7 @@ the matching points of the Trainer's loop:
 
     Trainer event        trimtune hook
     on_train_begin       on_train_start(ctx)
+    on_pre_optimizer_step before_optimizer_step(ctx)  after clipping, before optimizer.step()
     on_optimizer_step    after_optimizer_step(ctx)     after optimizer.step(), before zero_grad()
     on_step_end          on_step_end(ctx, step, None)  the Trainer does not expose the step's loss
     on_evaluate          on_eval(ctx, step, metrics)
@@ -15,7 +16,7 @@ the matching points of the Trainer's loop:
 A hook that sets ``ctx.stop`` ends training. ``loss_term`` cannot run here (the Trainer computes the
 loss itself), so a callback that defines one is refused; add such a term in ``compute_loss``.
 Import this module explicitly (it imports transformers' Trainer):
-``from trimtune.train.hf_trainer import TrimtuneCallback``.
+``from trimtune.training.hf_trainer import TrimtuneCallback``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class TrimtuneCallback(TrainerCallback):
             _refuse_loss_term(callback)
         self.ctx = TrainContext(model, optimizer, lr_scheduler, step=state.global_step, total_steps=state.max_steps)
         self.hooks.call("on_train_start", self.ctx)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.ctx.optimizer, self.ctx.scheduler = optimizer, lr_scheduler
+        self.hooks.call("before_optimizer_step", self.ctx)
+        return self._control(control)
 
     def on_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         self.ctx.optimizer, self.ctx.scheduler = optimizer, lr_scheduler

@@ -199,6 +199,7 @@ def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
     if clip is not None:
         ctx.grad_norm = clip_gradients(ctx.model, clip)
         result.grad_norms.append(ctx.grad_norm)
+    hooks.call("before_optimizer_step", ctx)
     stepped = precision.step(ctx.optimizer)
     ctx.step += 1
     hooks.call("after_optimizer_step", ctx)

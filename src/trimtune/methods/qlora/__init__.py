@@ -3,7 +3,7 @@ saves as peft's "LORA" type, and loading one asks for the base to be quantised f
 
 from ...core.registry import Method, register
 from .config import QLoraConfig, apply_qlora
-from .quantize import quantize_base
+from .quantize import pack_4bit_for_cpu, quantize_base
 
 
 def _prepare_base(model, config) -> None:
@@ -12,4 +12,4 @@ def _prepare_base(model, config) -> None:
 
 register(Method("qlora", QLoraConfig, apply=apply_qlora, prepare_base=_prepare_base))
 
-__all__ = ["QLoraConfig", "quantize_base"]
+__all__ = ["QLoraConfig", "pack_4bit_for_cpu", "quantize_base"]
