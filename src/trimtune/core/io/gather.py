@@ -1,6 +1,6 @@
 """Whole tensors out of a sharded model, and one writer per file.
 
-Under FSDP2 (``trimtune.train.fsdp``) every parameter is a DTensor holding one rank's slice. A file
+Under FSDP2 (``trimtune.training.fsdp``) every parameter is a DTensor holding one rank's slice. A file
 written from the local slices holds 1/N of each adapter tensor — accelerate #4206: resuming from
 such a file silently resets (N-1)/N of the adapter. Savers therefore gather every tensor whole
 (``full_tensor()``, a collective: every rank calls the saver) and let rank 0 alone write, after
