@@ -95,6 +95,7 @@ def worker(size: dict, strategy: str, out: Path) -> None:
               "step_ms": statistics.median(times[1:] or times)}  # the first step allocates optimizer state
     (out / f"rank{info.rank}.json").write_text(json.dumps(record))
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank done before the group goes (gloo aborts on a peer's early teardown)
         torch.distributed.destroy_process_group()
 
 

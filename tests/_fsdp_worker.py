@@ -58,6 +58,10 @@ def method_config(method: str, arch: str):
         return tt.LoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "qlora":  # the 4-bit base stays whole on every rank (fsdp.packed_4bit_parameters)
         return tt.QLoraConfig(r=4, init="gaussian", modules_to_save=head)
+    if method == "dora":
+        return tt.DoraConfig(r=4, init="gaussian", modules_to_save=head)
+    if method == "vera":  # the shared random pair is a buffer: whole on every rank, like a mask
+        return tt.VeraConfig(r=8, modules_to_save=head)
     if method == "adalora":
         return tt.AdaLoraConfig(init_r=4, target_r=2, tinit=1, tfinal=1, deltaT=1, modules_to_save=head)
     if method == "ia3":
@@ -210,6 +214,7 @@ def main(argv: list[str]) -> None:
             if rank == 0:
                 (out / "refused.txt").write_text(str(error))
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank done before the group goes (gloo aborts on a peer's early teardown)
         torch.distributed.destroy_process_group()
 
 
