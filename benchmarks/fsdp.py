@@ -97,6 +97,8 @@ def worker(size: dict, strategy: str, out: Path) -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # every rank done before the group goes (gloo aborts on a peer's early teardown)
         torch.distributed.destroy_process_group()
+    sys.stdout.flush()  # the record is written; skip the interpreter teardown, where gloo's threads sometimes abort
+    os._exit(0)
 
 
 # ---- the driver ----
