@@ -3,12 +3,12 @@ diff and masks folded into plain weights, as a Hugging Face directory or one saf
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .common import add_quiet, logger
 
 DTYPES = ("float32", "float16", "bfloat16")
+EXPORT_KEY = "trimtune_export"  # in an exported file's metadata: --overwrite may replace only such a file
 
 
 def _add(subparsers, name: str, summary: str, formats: bool) -> None:
@@ -53,25 +53,47 @@ def merged_model(run_dir: Path, keep_sparsity: bool):
 def run(args) -> int:
     import torch
 
-    from ..core.io.atomic import atomic_directory, write_safetensors
+    from ..core.io.atomic import write_safetensors
+    from ..core.io.output_dir import OutputError, check_replaceable, output_directory
 
     fmt, dtype = getattr(args, "format", "hf"), getattr(torch, getattr(args, "dtype", "float32"))
-    if args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    single_file = fmt == "safetensors" and args.out.suffix == ".safetensors"
+    if single_file:
+        _check_file_replaceable(args.out, args.overwrite, OutputError)
+    else:
+        check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
     loaded, model = merged_model(args.run_dir, keep_sparsity=not args.dense)
     model = model.to(dtype)
     if fmt == "hf" and not hasattr(model, "save_pretrained"):
         fmt = "safetensors"  # a plain torch model (the digits CNN) has no HF directory form
-    if args.out.exists():
-        shutil.rmtree(args.out) if args.out.is_dir() else args.out.unlink()
-    if fmt == "hf":
-        with atomic_directory(args.out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            if loaded.tokenizer is not None:
-                loaded.tokenizer.save_pretrained(tmp)
+    state = {k: v for k, v in model.state_dict().items()}
+    if single_file:
+        write_safetensors(args.out, state, {"format": "pt", EXPORT_KEY: args.command})
     else:
-        path = args.out if args.out.suffix == ".safetensors" else args.out / "model.safetensors"
-        write_safetensors(path, {k: v for k, v in model.state_dict().items()})
+        with output_directory(args.out, args.overwrite, args.command, sources=[args.run_dir]) as tmp:
+            if fmt == "hf":
+                model.save_pretrained(tmp, safe_serialization=True)
+                if loaded.tokenizer is not None:
+                    loaded.tokenizer.save_pretrained(tmp)
+            else:
+                write_safetensors(tmp / "model.safetensors", state, {"format": "pt", EXPORT_KEY: args.command})
     logger(args)(f"merged model written to {args.out} ({fmt})")
     print(f"saved: {args.out}")
     return 0
+
+
+def _check_file_replaceable(path: Path, overwrite: bool, error) -> None:
+    """A single exported file is replaced only with --overwrite and only if trimtune wrote it."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise error(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            ours = EXPORT_KEY in (f.metadata() or {})
+    except Exception:  # not a safetensors file at all
+        ours = False
+    if not ours:
+        raise error(f"{path} exists and was not written by trimtune export; refusing to replace it (choose another --out)")

@@ -39,15 +39,14 @@ def add_shrink(subparsers) -> None:
 
 def run(args) -> int:
     import json
-    import shutil
 
     from ..core.io.atomic import write_json
+    from ..core.io.output_dir import check_replaceable, output_directory
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
-    from ..shrinking import save_shrunk, shrink
+    from ..api import save_shrunk, shrink
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
     loaded = load_run(args.run_dir)
     loaders = loaded.loaders()
     inputs = example_inputs(loaders)
@@ -55,11 +54,10 @@ def run(args) -> int:
     report = shrink(loaded.model, args.ratio or 0.0, example_inputs=inputs, structures=tuple(args.structures.split(",")),
                     from_masks=args.from_masks, round_to=args.round_to, measure_latency=args.latency)
     logger(args)(report.table())
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-    save_shrunk(loaded.model, args.out / "model")
-    write_json(args.out / "shrink.json", json.loads(report.to_json()))
-    write_json(args.out / "summary.json", {"labels": loaded.labels, "before": before, "after": evaluate_run(loaded.model, loaders)})
+    after = evaluate_run(loaded.model, loaders)
+    with output_directory(args.out, args.overwrite, "shrink", sources=[args.run_dir]) as tmp:
+        save_shrunk(loaded.model, tmp / "model")
+        write_json(tmp / "shrink.json", json.loads(report.to_json()))
+        write_json(tmp / "summary.json", {"labels": loaded.labels, "before": before, "after": after})
     show("shrink", {label: [before, after] for label, before, after in report.totals()})
     return 0

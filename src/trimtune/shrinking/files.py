@@ -16,7 +16,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..core.input_deltas.host import HOST_ATTR as PROMPT_HOST
 from ..core.io.atomic import atomic_directory
+from ..core.state import layers
 from . import transformer_groups as hf
 from .apply import replay
 
@@ -41,21 +43,36 @@ def record(model: nn.Module, history: list[dict]) -> None:
 
 
 def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the shrunk base (its new shapes and the replayable history). Adapters on it are not base
+    tensors: ``trimtune.save_shrunk`` writes them beside it, in their own files."""
     state = getattr(model, STATE_ATTR, None)
     if state is None:
         raise ValueError("this model was not shrunk by trimtune (no shrink history); save it the usual way")
+    masked = [name for name, layer in layers(model) if layer.weight_mask is not None and not bool(layer.weight_mask.all())]
+    if masked:
+        raise ValueError(f"the shrunk model still carries pruning masks ({masked[:3]}...); fold them into the weights with "
+                         "trimtune.make_permanent(model) before save_shrunk, or save them with save_sparse")
+    base = base_state(model)
     with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=base)
         else:
             tensors, seen = {}, set()
-            for name, tensor in model.state_dict().items():
+            for name, tensor in base.items():
                 if tensor.data_ptr() not in seen:  # tied weights once
                     seen.add(tensor.data_ptr())
                     tensors[name] = tensor.contiguous()
             save_file(tensors, tmp / WEIGHTS_FILE)
         (tmp / HISTORY_FILE).write_text(json.dumps({"format": FORMAT, **state}))
     return Path(path)
+
+
+def base_state(model: nn.Module) -> dict:
+    """The model's state dict without adapter tensors, masks or trimtune's own hosts: what the shrunk
+    architecture itself holds (the wrappers keep the base under its original keys)."""
+    adapter_parts = (".deltas.", ".copies.", f"{PROMPT_HOST}.")
+    return {k: v for k, v in model.state_dict().items()
+            if not k.endswith("weight_mask") and not any(part in f".{k}" for part in adapter_parts)}
 
 
 def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -83,7 +100,7 @@ def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     _load_tensors(model, path)
     state.pop("format")
     object.__setattr__(model, STATE_ATTR, state)
-    return model
+    return model.eval()  # as from_pretrained returns a model
 
 
 def _rebuild_hf(state: dict, path: Path) -> nn.Module:

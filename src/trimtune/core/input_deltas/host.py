@@ -188,6 +188,6 @@ def prompt_host(model: nn.Module) -> PromptHost:
     """The model's PromptHost, installed on first use."""
     host = getattr(model, HOST_ATTR, None)
     if host is None:
-        host = PromptHost(model)
+        host = PromptHost(model).train(model.training)
         model.add_module(HOST_ATTR, host)
     return host

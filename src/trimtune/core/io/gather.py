@@ -10,6 +10,8 @@ Unsharded tensors need no collective: a saver called by rank 0 alone (the DDP ha
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -53,6 +55,24 @@ def write_once(model: nn.Module, tensors: dict[str, torch.Tensor], write) -> Non
         wait_for_writer()
 
 
+@contextlib.contextmanager
+def unsharded(model: nn.Module, module_name: str):
+    """Within the block, the FSDP unit that owns ``module_name`` holds its parameters whole (plain
+    tensors) on every rank (collective: all ranks enter); nothing happens on an unsharded model.
+    One unit at a time, so reading a layer never needs the whole model in one process."""
+    units = [(n, m) for n, m in model.named_modules() if _is_fsdp_module(m)]
+    owners = [(n, m) for n, m in units if n == "" or module_name == n or module_name.startswith(n + ".")]
+    if not owners:
+        yield
+        return
+    unit = max(owners, key=lambda item: len(item[0]))[1]
+    unit.unshard()
+    try:
+        yield
+    finally:
+        unit.reshard()
+
+
 def writes_files() -> bool:
     """Whether this process writes shared files: rank 0, or the only process."""
     return not _distributed() or dist.get_rank() == 0
@@ -69,6 +89,10 @@ def model_class(module: nn.Module) -> type:
     cls = type(module)
     bases = [b for b in cls.__bases__ if b.__name__ != "FSDPModule"]
     return bases[0] if len(bases) < len(cls.__bases__) and bases else cls
+
+
+def _is_fsdp_module(module: nn.Module) -> bool:
+    return any(base.__name__ == "FSDPModule" for base in type(module).__mro__)
 
 
 def is_sharded_tensor(tensor) -> bool:

@@ -21,7 +21,7 @@ from torch import nn
 from ..adapters import adapter_config, applied
 from ..state import hosts, layers
 from .atomic import atomic_directory, write_json, write_safetensors
-from .fingerprint import check_fingerprint, fingerprint
+from .fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
 from .gather import write_once
 from .peft_format import PREFIX, FormatError, bias_tensors, to_peft_config
 
@@ -38,7 +38,8 @@ def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
     config = adapter_config(model, name)
     carriers = _layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
-    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
+    record = {**fingerprint(model), "changes": change_fingerprint(model, name)}
+    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(record, sort_keys=True)}
 
     def write(tensors):
         with atomic_directory(path) as tmp:
@@ -53,10 +54,13 @@ def load_weight_adapter(model: nn.Module, path: Path, name: str, config, check_b
     """Add weight-delta adapter ``name`` described by ``config`` and fill it from ``path``'s tensors."""
     config = _fit_modules_to_save(model, config)
     tensors, metadata = read_tensors(path / WEIGHTS_FILE)
-    if check_base and FINGERPRINT_KEY in metadata:
-        check_fingerprint(json.loads(metadata[FINGERPRINT_KEY]), model, f"the adapter in {path}")
+    saved = json.loads(metadata[FINGERPRINT_KEY]) if check_base and FINGERPRINT_KEY in metadata else None
+    if saved is not None:
+        check_fingerprint(saved, model, f"the adapter in {path}")
     with applied(model, config, name, activate=activate):
         _copy_into(adapter_tensors(model, config, name), tensors, path / WEIGHTS_FILE)
+        if saved is not None:  # now that the adapter's change is known: refuse a base that already holds it
+            check_changes(saved.get("changes", {}), model, name, f"the adapter in {path}")
     return config
 
 
