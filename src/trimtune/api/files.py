@@ -17,8 +17,7 @@ from ..core.adapters import adapter_config, set_adapter
 from ..core.io.atomic import write_json
 from ..core.io.peft_files import load_weight_adapter, read_config, save_weight_adapter
 from ..core.io.peft_format import method_of
-from ..core.registry import method_for_config
-from ..core.registry import method_named
+from ..core.registry import method_for_config, method_named
 from ..core.state import state_of
 from ..shrinking import files as shrink_files
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_quiet, logger
+from .common import add_quiet, add_run_dir, logger
 
 DTYPES = ("float32", "float16", "bfloat16")
 EXPORT_KEY = "trimtune_export"  # in an exported file's metadata: --overwrite may replace only such a file
@@ -13,7 +13,7 @@ EXPORT_KEY = "trimtune_export"  # in an exported file's metadata: --overwrite ma
 
 def _add(subparsers, name: str, summary: str, formats: bool) -> None:
     p = subparsers.add_parser(name, help=summary, description=f"{summary}. The saved model needs no trimtune to load.")
-    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune or diff")
+    add_run_dir(p)
     p.add_argument("--out", type=Path, required=True, help="where to write the model")
     if formats:
         p.add_argument("--format", choices=("hf", "safetensors"), default="hf",
@@ -33,20 +33,21 @@ def add_export(subparsers) -> None:
     _add(subparsers, "export", "export a run's merged model as a plain Hugging Face directory or a safetensors file", formats=True)
 
 
-def merged_model(run_dir: Path, keep_sparsity: bool):
+def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
     import trimtune as tt
 
     from ..core.registry import method_for_config
     from ..core.state import state_of
     from ..recipes.run import load_run
 
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, check_base=check_base)
     configs = state_of(loaded.model).adapters
     prompts = [n for n, c in configs.items() if not method_for_config(c).mergeable]
     if prompts:
         raise ValueError(f"prompt/prefix adapters ({prompts}) are extra inputs, not weights, so they cannot be merged; "
                          "load the run's adapter/ with trimtune or peft instead")
-    tt.merge(loaded.model, keep_sparsity=keep_sparsity)
+    if state_of(loaded.model).active:  # a prune-only run has masks but no adapter to merge
+        tt.merge(loaded.model, keep_sparsity=keep_sparsity)
     return loaded, tt.unload(loaded.model, merge_adapters=True)
 
 
@@ -62,7 +63,7 @@ def run(args) -> int:
         _check_file_replaceable(args.out, args.overwrite, OutputError)
     else:
         check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
-    loaded, model = merged_model(args.run_dir, keep_sparsity=not args.dense)
+    loaded, model = merged_model(args.run_dir, keep_sparsity=not args.dense, check_base=args.check_base)
     model = model.to(dtype)
     if fmt == "hf" and not hasattr(model, "save_pretrained"):
         fmt = "safetensors"  # a plain torch model (the digits CNN) has no HF directory form

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_quiet, logger, show
+from .common import add_quiet, add_run_dir, logger, show
 
 
 def fraction(text: str) -> float:
@@ -24,7 +24,7 @@ def add_shrink(subparsers) -> None:
     p = subparsers.add_parser("shrink", help="physically remove heads, FFN units or channels of a run's model",
                               description="Rebuilds a run's model, shrinks it (shrink.json: per layer shape before -> after "
                               "and kept indices; params, bytes, MACs before/after) and saves it with its shrink history.")
-    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune or diff")
+    add_run_dir(p)
     p.add_argument("--out", type=Path, required=True, help="directory for the shrunk model and shrink.json")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=fraction, help="fraction of each group's units to remove, by group magnitude (0 < RATIO < 1)")
@@ -40,14 +40,14 @@ def add_shrink(subparsers) -> None:
 def run(args) -> int:
     import json
 
+    from ..api import save_shrunk, shrink
     from ..core.io.atomic import write_json
     from ..core.io.output_dir import check_replaceable, output_directory
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
-    from ..api import save_shrunk, shrink
 
     check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
-    loaded = load_run(args.run_dir)
+    loaded = load_run(args.run_dir, check_base=args.check_base)
     loaders = loaded.loaders()
     inputs = example_inputs(loaders)
     before = evaluate_run(loaded.model, loaders)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..core.io.atomic import write_safetensors
+from ..core.io.safetensors_files import read_safetensors
 from ..core.masks import pruned_structures
 from ..core.state import wrapped
 from ..core.tuned_layer import TunedLayer
@@ -100,14 +100,7 @@ def load_sparse(model: nn.Module, path: str | os.PathLike, strict: bool = True) 
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (expected a sparse file written by save_sparse)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+    tensors, metadata = read_safetensors(path, "sparse file written by save_sparse")
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a trimtune sparse file (format {metadata.get('format')!r}, expected {FORMAT!r})")
     return metadata, tensors

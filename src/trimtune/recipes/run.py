@@ -21,6 +21,7 @@ from torch import nn
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
 from ..core.io.output_dir import RUN_MARKER, check_replaceable, fresh_partial, partial_path, swap_in
+from ..core.io.safetensors_files import read_safetensors
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
@@ -74,7 +75,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
-    method = recipe.method.build() if recipe.method else None
+    method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         tt.apply(model, method)
         trainable, total = tt.trainable_parameters(model)
@@ -97,7 +98,6 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
     if method is not None and method_for_config(method).finish is not None:
@@ -136,7 +136,6 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
 
 
 def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
-
     callbacks = []
     if recipe.prune and steps:
         p = recipe.prune
@@ -165,7 +164,6 @@ def _metrics(result) -> dict:
 
 
 def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_files: bool = True) -> dict:
-
     saved = {}
     if recipe.prune:
         saved["sparse_file"] = tt.save_sparse(model, out / "pruned.safetensors")
@@ -200,10 +198,10 @@ class Run:
         return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer)
 
 
-def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
+def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = True) -> Run:
     """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
-    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
-    from safetensors.torch import load_file
+    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere); ``check_base=False``
+    loads the adapter even onto a base that differs from the one it was trained on (``--no-check-base``)."""
 
     run_dir = Path(run_dir)
     if not (run_dir / MARKER).is_file():
@@ -215,15 +213,15 @@ def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = load_model(recipe.model, summary["labels"])
     if (run_dir / "model.safetensors").is_file():
-        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+        model.load_state_dict(read_safetensors(run_dir / "model.safetensors", "run's trained weights")[0])
     if (run_dir / "pruned.safetensors").is_file():
         tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
-    method = recipe.method.build() if recipe.method else None
+    method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         entry = method_for_config(method)
         if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
             entry.prepare_base(model, method)
-        load = entry.load or (lambda m, path: tt.load_adapter(m, path))
+        load = entry.load or tt.load_adapter
         if (run_dir / entry.artifact).is_dir():
-            load(model, run_dir / entry.artifact)
+            load(model, run_dir / entry.artifact, check_base=check_base)
     return Run(recipe, model.eval(), tokenizer, summary["labels"])

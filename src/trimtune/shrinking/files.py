@@ -13,12 +13,12 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..core.input_deltas.host import HOST_ATTR as PROMPT_HOST
 from ..core.io.atomic import atomic_directory
-from ..core.state import layers
+from ..core.io.safetensors_files import read_safetensors
 from . import transformer_groups as hf
 from .apply import replay
 
@@ -48,10 +48,6 @@ def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
     state = getattr(model, STATE_ATTR, None)
     if state is None:
         raise ValueError("this model was not shrunk by trimtune (no shrink history); save it the usual way")
-    masked = [name for name, layer in layers(model) if layer.weight_mask is not None and not bool(layer.weight_mask.all())]
-    if masked:
-        raise ValueError(f"the shrunk model still carries pruning masks ({masked[:3]}...); fold them into the weights with "
-                         "trimtune.make_permanent(model) before save_shrunk, or save them with save_sparse")
     base = base_state(model)
     with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
@@ -68,11 +64,10 @@ def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def base_state(model: nn.Module) -> dict:
-    """The model's state dict without adapter tensors, masks or trimtune's own hosts: what the shrunk
-    architecture itself holds (the wrappers keep the base under its original keys)."""
+    """The model's state dict without adapter tensors or trimtune's own hosts: the shrunk base (the
+    wrappers keep it under its original keys) and its pruning masks."""
     adapter_parts = (".deltas.", ".copies.", f"{PROMPT_HOST}.")
-    return {k: v for k, v in model.state_dict().items()
-            if not k.endswith("weight_mask") and not any(part in f".{k}" for part in adapter_parts)}
+    return {k: v for k, v in model.state_dict().items() if not any(part in f".{k}" for part in adapter_parts)}
 
 
 def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -125,7 +120,7 @@ def _load_tensors(model: nn.Module, path: Path) -> None:
         raise FileNotFoundError(f"{path} has no .safetensors weights")
     tensors = {}
     for file in files:
-        tensors.update(load_file(file))
+        tensors.update(read_safetensors(file, "shrunk model's weights file")[0])
     expected = model.state_dict()
     for name, tensor in tensors.items():
         if name in expected and expected[name].shape != tensor.shape:

@@ -102,7 +102,6 @@ class PromptHost(AdapterHost):
         return (), call
 
     def _start_checkpointed_call(self, model: nn.Module, prefix: list[InputDelta], batch: int, given) -> None:
-
         plain_tables = all(type(d).compute is InputDelta.compute for d in prefix)
         call = CheckpointedCall.start(model, lambda: _prefix_states(model, prefix, batch), reentrant_safe=plain_tables)
         if call is not None and given is not None:

@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..adapters import adapter_config, applied
@@ -24,6 +23,7 @@ from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
 from .gather import write_once
 from .peft_format import PREFIX, FormatError, bias_tensors, to_peft_config
+from .safetensors_files import UnreadableFileError, read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -95,10 +95,9 @@ def read_tensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not file.is_file():
         raise FileNotFoundError(f"{file} is missing: an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise FormatError(f"{file} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+        return read_safetensors(file, "adapter weights file")
+    except UnreadableFileError as err:
+        raise FormatError(str(err)) from err
 
 
 def _fit_modules_to_save(model: nn.Module, config):
