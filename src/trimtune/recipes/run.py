@@ -25,7 +25,8 @@ from ..core.io.safetensors_files import read_safetensors
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
-from ..training.distributed import distributed_loader, distributed_model, init_distributed, unwrap_model
+from ..training.distributed import distributed_loader, init_distributed, parallel_model, unwrap_model
+from ..training.fsdp import is_sharded
 from ..training.loop import _total_steps
 from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
 from .load import RESOLVED_NAME, load_recipe, save_recipe
@@ -85,9 +86,10 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     result = None
     if steps:
         logger = tt.MetricsLogger(out / "metrics.csv", out / "tensorboard" if t.tensorboard else None, every=t.log_every)
-        checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None)
+        checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None,
+                                         sharded=True if recipe.distributed.strategy == "fsdp" else None)  # resumable on any world size
         result = tt.train(
-            distributed_model(model, info), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
+            parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
             grad_accum=t.grad_accum, scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm,
             eval_data=loaders.eval if t.eval_every else None, eval_every=t.eval_every, metric=loaders.metric,
             loss_fn=loaders.loss_fn, callbacks=[*callbacks, logger], progress=not quiet and info.rank == 0,
@@ -104,9 +106,12 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         log(message)
     summary["after"] = evaluate_run(model, loaders)
     log(f"after: {_fmt(summary['after'])}")
+    sharded = is_sharded(model)
+    if sharded:  # every rank gathers its shard of the adapter; rank 0 writes
+        _save_method_files(model, method, out)
     if info.rank != 0:
         return summary
-    summary.update(_save_artifacts(model, recipe, method, out))
+    summary.update(_save_artifacts(model, recipe, method, out, method_files=not sharded))
     write_json(out / "metrics.json", _metrics(result))
     write_json(out / "summary.json", summary)
     return summary
@@ -158,19 +163,26 @@ def _metrics(result) -> dict:
     return {"losses": result.losses, "eval_history": history, "grad_norms": result.grad_norms, "wall_time": result.wall_time}
 
 
-def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
+def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_files: bool = True) -> dict:
     saved = {}
     if recipe.prune:
         saved["sparse_file"] = tt.save_sparse(model, out / "pruned.safetensors")
         write_json(out / "sparsity.json", tt.sparsity_report(model).to_dict())
     elif method is None:  # the base itself was trained: keep all of it
         write_safetensors(out / "model.safetensors", {k: v.detach().contiguous() for k, v in model.state_dict().items()}, {})
+    if method_files:
+        _save_method_files(model, method, out)
     if method is not None:
         entry = method_for_config(method)
-        tt.save_adapter(model, out / entry.artifact)  # the method's own files (a diff), or peft's
         for file_name, record in (entry.run_files(model, ADAPTER, method) if entry.run_files else {}).items():
             write_json(out / file_name, record)
     return saved
+
+
+def _save_method_files(model: nn.Module, method, out: Path) -> None:
+    """The adapter, or the method's own files such as a diff (a collective under FSDP: every rank calls it)."""
+    if method is not None:
+        tt.save_adapter(model, out / method_for_config(method).artifact)  # the method's own files, or peft's
 
 
 @dataclass

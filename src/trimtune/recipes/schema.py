@@ -170,12 +170,23 @@ class TrainSection(Section):
     tensorboard: bool = False
 
 
+class DistributedSection(Section):
+    """How several processes (torchrun / accelerate launch) share the work. strategy "ddp": each
+    process keeps the whole model and gradients are all-reduced; "fsdp": FSDP2 shards every
+    parameter across the processes, one unit per transformer block (``block_classes``: the block
+    class names for architectures trimtune does not know). One process ignores it."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    block_classes: list[str] | None = None
+
+
 class Recipe(Section):
     model: ModelSection
     data: DataSection
     method: MethodSection | None = None
     prune: PruneSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     output: str = "runs/run"
 
     @model_validator(mode="after")
@@ -189,4 +200,7 @@ class Recipe(Section):
         images = self.model.task == "image-classification"
         if images != (self.data.train == "digits"):
             raise ValueError("model.task 'image-classification' goes with data.train 'digits' (and only it)")
+        if self.distributed.strategy == "fsdp" and (self.prune or self.method is None):
+            what = "prune" if self.prune else "training the whole model (no method)"
+            raise ValueError(f"distributed.strategy 'fsdp' trains adapters (a method section, no prune section); {what} runs with strategy 'ddp'")
         return self

@@ -58,12 +58,15 @@ class CheckpointMismatchError(ValueError):
 class CheckpointConfig:
     """Save to ``dir`` every ``every`` optimizer steps (None: only at the end) and at the end of
     training, keeping the last ``keep``. ``full_model`` saves every tensor of the model instead
-    of only the trainable state (for full fine-tuning of unfrozen bases)."""
+    of only the trainable state (for full fine-tuning of unfrozen bases). ``sharded``: write
+    torch.distributed.checkpoint shards (``sharded_checkpoint.py``) that resume on any number of
+    processes; None: when the model is sharded with FSDP."""
 
     dir: str | os.PathLike
     every: int | None = None
     keep: int = 2
     full_model: bool = False
+    sharded: bool | None = None
 
     def __post_init__(self):
         if self.every is not None:

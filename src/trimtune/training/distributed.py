@@ -25,6 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .fsdp import shard_model
+
 
 @dataclass(frozen=True)
 class DistributedInfo:
@@ -70,6 +72,21 @@ def distributed_model(model: nn.Module, info: DistributedInfo) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+STRATEGIES = ("ddp", "fsdp")
+
+
+def parallel_model(model: nn.Module, info: DistributedInfo, strategy: str = "ddp", block_classes=None) -> nn.Module:
+    """``model`` ready for training on ``info.world_size`` processes: "ddp" wraps it in
+    DistributedDataParallel (a full copy per process), "fsdp" shards it in place with FSDP2
+    (``fsdp.shard_model``: each process holds 1/N of every parameter). One process: unchanged."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "ddp" or info.world_size == 1:
+        return distributed_model(model, info)
+    model.to(info.device)
+    return shard_model(model, block_classes)
+
+
 def distributed_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False, **loader_kwargs) -> DataLoader:
     """A DataLoader over this rank's share: ``batch_size`` is per process, so the global batch is
     ``batch_size * world_size``. Shuffling is seeded (``seed + epoch``, the loop calls
@@ -79,6 +96,17 @@ def distributed_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **loader_kwargs)
 
 
+def mean_over_ranks(value: float) -> float:
+    """The mean of ``value`` over all processes (the loss of the global batch when every rank's
+    share has the same size); ``value`` itself without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total.item()) / dist.get_world_size()
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (state-dict keys without ``module.``)."""
+    """The model inside a DistributedDataParallel wrapper (state-dict keys without ``module.``); an
+    FSDP-sharded model is its own module (FSDP2 shards in place)."""
     return model.module if isinstance(model, DistributedDataParallel) else model

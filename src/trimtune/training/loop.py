@@ -22,12 +22,14 @@ from ..core.config import ConfigError, check_positive, check_positive_int
 from ..core.state import state_of
 from .batches import LossFn, run_batch, to_device
 from .callbacks import CallbackList, TrainContext
-from .checkpoint import Checkpointer, as_checkpoint_config, latest_checkpoint
+from .checkpoint import as_checkpoint_config, latest_checkpoint
 from .clip import as_clip_config, clip_gradients
 from .data_position import DataPosition
-from .distributed import unwrap_model
+from .distributed import mean_over_ranks, unwrap_model
 from .evaluate import Metric, evaluate, model_device
+from .fsdp import average_replicated_gradients
 from .precision import MixedPrecision
+from .sharded_checkpoint import make_checkpointer
 
 DEFAULT_LR = 1e-3
 
@@ -116,9 +118,10 @@ def train(
     ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps)
     result = TrainResult()
     position = DataPosition()
-    checkpointer = Checkpointer(checkpoint, model, total_steps, run_config) if checkpoint else None
+    resume_from = _resume_path(resume, checkpoint.dir) if resume else None
+    checkpointer = make_checkpointer(checkpoint, model, total_steps, run_config, resume_from) if checkpoint else None
     if resume:
-        checkpointer.restore(_resume_path(resume, checkpoint.dir), ctx, position, result, precision.scaler)
+        checkpointer.restore(resume_from, ctx, position, result, precision.scaler)
 
     was_training = model.training
     model.train()
@@ -131,7 +134,7 @@ def train(
         if max_steps is not None and ctx.step >= max_steps:  # resumed from the final checkpoint
             groups = iter(())
         for ctx.epoch, group in groups:
-            loss = _accumulate(ctx, group, loss_fn, precision, hooks, device, result)
+            loss = mean_over_ranks(_accumulate(ctx, group, loss_fn, precision, hooks, device, result))
             _optimizer_step(ctx, clip, precision, hooks, result)
             result.losses.append(loss)
             result.steps = ctx.step
@@ -192,6 +195,7 @@ def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
 
 def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
     """Clip, step, let the hooks see the gradients, then advance the schedule and clear them."""
+    average_replicated_gradients(ctx.model)  # FSDP: parameters it does not manage (no-op otherwise)
     precision.unscale(ctx.optimizer)
     if clip is not None:
         ctx.grad_norm = clip_gradients(ctx.model, clip)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..adapters import adapter_config, applied
 from ..io.atomic import atomic_directory, write_json, write_safetensors
+from ..io.gather import write_once
 from ..io.fingerprint import check_fingerprint, fingerprint
 from ..io.peft_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, read_config, read_tensors
 from ..io.peft_format import FormatError, method_of
@@ -78,11 +79,14 @@ def save_prompt_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
         tensors = {"prompt_embeddings": prompt_host(model).deltas[name].compute()}
     for module_path, copy in _head_copies(model, name).items():
         tensors.update({f"{HEAD_PREFIX}{module_path}.{key}": value for key, value in copy.state_dict().items()})
-    tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
-    with atomic_directory(path) as tmp:
-        write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
-        write_json(tmp / CONFIG_FILE, peft_config_dict(model, config))
+
+    def write(tensors):  # FSDP: sharded tensors arrive whole, written by rank 0 (io/gather.py)
+        with atomic_directory(path) as tmp:
+            write_safetensors(tmp / WEIGHTS_FILE, {k: v.cpu().contiguous() for k, v in tensors.items()}, metadata)
+            write_json(tmp / CONFIG_FILE, peft_config_dict(model, config))
+
+    write_once(model, tensors, write)
     return Path(path)
 
 

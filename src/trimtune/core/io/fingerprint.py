@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..state import hosts, layers
+from .gather import model_class, unsharded, whole
 
 SAMPLED_TENSORS = 8
 SAMPLES_PER_TENSOR = 2
@@ -58,7 +59,7 @@ def fingerprint(model: nn.Module) -> dict:
     params = base_parameters(model)
     listing = "\n".join(f"{name}:{list(_logical_shape(p))}" for name, p in params)
     return {
-        "architecture": type(model).__name__,
+        "architecture": model_class(model).__name__,
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         "num_parameters": sum(math.prod(_logical_shape(p)) for _, p in params),
         "shapes_sha256": hashlib.sha256(listing.encode()).hexdigest(),
@@ -87,7 +88,7 @@ def _samples(params: list[tuple[str, torch.Tensor]]) -> list[list]:
     step = max(1, len(matrices) // SAMPLED_TENSORS)
     samples = []
     for name, param in matrices[::step][:SAMPLED_TENSORS]:
-        flat = param.detach().reshape(-1)
+        flat = whole(param).reshape(-1)  # a sharded (FSDP) weight is gathered: every rank samples the same
         for k in range(SAMPLES_PER_TENSOR):
             index = (2 * k + 1) * flat.numel() // (2 * SAMPLES_PER_TENSOR)  # away from the edges
             samples.append([name, index, float(flat[index])])
@@ -159,12 +160,15 @@ def change_fingerprint(model: nn.Module, adapter: str) -> dict[str, list[float]]
     for name, layer in layers(model):
         if adapter not in layer.deltas or adapter in layer.merged:
             continue
-        change = dense_change(layer, layer.deltas[adapter])
-        if change is None or float(change.norm()) == 0.0:
-            continue
-        weight = layer.weight.detach().float()
-        size = float(change.norm())
-        record[name] = [float(weight.norm()), float((weight * change).sum()) / size, size]
+        # FSDP: this layer's unit whole for the moment (every rank); its storage is freed on leaving,
+        # so everything is computed inside
+        with unsharded(model, name):
+            change = dense_change(layer, layer.deltas[adapter])
+            if change is None or float(change.norm()) == 0.0:
+                continue
+            weight = layer.weight.detach().float()
+            size = float(change.norm())
+            record[name] = [float(weight.norm()), float((weight * change).sum()) / size, size]
     return record
 
 

@@ -21,6 +21,7 @@ from ..adapters import adapter_config, applied
 from ..state import hosts, layers
 from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
+from .gather import write_once
 from .peft_format import PREFIX, FormatError, bias_tensors, to_peft_config
 from .safetensors_files import UnreadableFileError, read_safetensors
 
@@ -31,16 +32,21 @@ _PEFT_INTERNAL = (".original_module.", ".modules_to_save.")
 
 
 def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
-    """Write weight-delta adapter ``name``: peft's config fields and its tensors under peft's keys."""
+    """Write weight-delta adapter ``name``: peft's config fields and its tensors under peft's keys.
+
+    Under FSDP every rank must call it: the sharded tensors are gathered whole and rank 0 writes."""
     config = adapter_config(model, name)
     carriers = _layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
-    tensors = adapter_tensors(model, config, name)
     record = {**fingerprint(model), "changes": change_fingerprint(model, name)}
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(record, sort_keys=True)}
-    with atomic_directory(path) as tmp:
-        write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
-        write_json(tmp / CONFIG_FILE, peft_config)
+
+    def write(tensors):
+        with atomic_directory(path) as tmp:
+            write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
+            write_json(tmp / CONFIG_FILE, peft_config)
+
+    write_once(model, adapter_tensors(model, config, name), write)
     return Path(path)
 
 

@@ -28,6 +28,7 @@ from ..adapter_host import AdapterHost
 from ..config import ConfigError
 from ..registry import Method, method_for_peft, peft_types
 from ..tuned_layer import TunedLayer
+from .gather import model_class
 
 PREFIX = "base_model.model."  # where peft's PeftModel keeps the wrapped model
 # Bookkeeping fields of every peft config: they do not change what the adapter computes.
@@ -130,7 +131,7 @@ def check_fields(d: dict, handled: set[str], peft_type: str) -> None:
 
 
 def task_type_of(model: nn.Module, adapter: str) -> str | None:
-    class_name = type(model).__name__
+    class_name = model_class(model).__name__
     task = next((task for suffix, task in _TASK_TYPES if class_name.endswith(suffix)), None)
     if task == "SEQ_CLS":
         heads = [m for n, m in model.named_modules() if n.endswith(_SEQ_CLS_HEADS)]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError
+from ...core.io.gather import full, whole
 from ...core.state import layers, state_of
 from .delta import AdaLoraConfig, AdaLoraDelta
 
@@ -36,7 +37,8 @@ def orthogonality_penalty(deltas: list[AdaLoraDelta]) -> torch.Tensor:
     """Mean over all P and Q of ``||Q Q^T - I||_F`` and ``||P^T P - I||_F`` (peft's regulariser)."""
     terms = []
     for delta in deltas:
-        for cov in (delta.lora_A @ delta.lora_A.T, delta.lora_B.T @ delta.lora_B):
+        a, b = full(delta.lora_A), full(delta.lora_B)  # sharded (FSDP): gathered, gradient kept
+        for cov in (a @ a.T, b.T @ b):
             terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)))
     return torch.stack(terms).mean()
 
@@ -122,7 +124,9 @@ class RankAllocator:
 
     def _triplet_scores(self, delta: AdaLoraDelta) -> torch.Tensor:
         """One score per singular triplet: λ's score + mean score of its row of Q + of its column of P."""
-        score = {k: avg * unc for k, (avg, unc) in delta.sensitivity.items()}
+        # Sharded factors (FSDP) give sharded scores: gathered, every rank sees all of them, so all
+        # ranks pick the same threshold and the same rank pattern as one process would.
+        score = {k: whole(avg * unc) for k, (avg, unc) in delta.sensitivity.items()}
         return score["lora_E"].view(-1) + score["lora_A"].mean(dim=1) + score["lora_B"].mean(dim=0)
 
     def _mask_to_budget(self, named: list[tuple[str, AdaLoraDelta]], budget: int) -> None:

@@ -15,9 +15,11 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ...core.config import ConfigError, check_fraction, check_positive, check_positive_int
 from ...core.delta import Delta, sliced
+from ...core.io.gather import whole
 from ...core.io.peft_format import check_fields, peft_target_modules, targets_from_peft
 from ...core.layer_kinds import GPT2Conv1DKind, LayerKind, LinearKind
 from ...core.targets import TargetSpec
@@ -165,12 +167,16 @@ class AdaLoraDelta(Delta):
         if self.rank_mask is None or bool(self.rank_mask.all()):
             return state
         keep = self.rank_mask.nonzero().view(-1).to(self.lora_E.device)
-        return {**state, "lora_A": self.lora_A[keep], "lora_E": self.lora_E[keep], "lora_B": self.lora_B[:, keep]}
+        a, e, b = (whole(t) for t in (self.lora_A, self.lora_E, self.lora_B))  # sharded (FSDP): gathered first
+        return {**state, "lora_A": a[keep], "lora_E": e[keep], "lora_B": b[:, keep]}
 
     @torch.no_grad()
     def apply_rank_mask(self, keep: torch.Tensor) -> None:
         self.rank_mask = keep.view(-1).to(torch.bool)
-        self.lora_E.masked_fill_(~self.rank_mask.view(-1, 1).to(self.lora_E.device), 0.0)
+        drop = ~self.rank_mask.view(-1, 1).to(self.lora_E.device)
+        if isinstance(self.lora_E, DTensor):  # sharded (FSDP): every rank holds the whole mask, fills its rows
+            drop = distribute_tensor(drop, self.lora_E.device_mesh, self.lora_E.placements)
+        self.lora_E.masked_fill_(drop, 0.0)
 
     def slice_(self, dim, keep):
         with torch.no_grad():

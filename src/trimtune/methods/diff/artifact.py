@@ -29,6 +29,7 @@ from torch import nn
 from ...core.adapters import applied
 from ...core.io.atomic import atomic_directory, write_bytes, write_json
 from ...core.io.fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
+from ...core.io.gather import gathered, model_is_sharded, wait_for_writer, writes_files
 from ...core.io.peft_format import FormatError
 from ...core.layer_kinds import kind_class_for
 from ...core.modules_to_save import ModuleCopies
@@ -85,7 +86,9 @@ def save_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     heads = _head_copies(model, name)
     for module_name, copy in heads.items():
         tensors.update({f"{module_name}.{k}": v for k, v in copy.state_dict().items()})
-    data = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    # Under FSDP the head copies are sharded: gathered whole on every rank (collective), rank 0 writes.
+    sharded = model_is_sharded(model)
+    data = save_tensors({k: v.cpu().contiguous() for k, v in gathered(tensors).items()})
     kept, total = sum(e["count"] for e in entries), sum(math.prod(e["shape"]) for e in entries)
     config = dataclasses.asdict(state_of(model).adapters[name])
     record = {
@@ -101,9 +104,12 @@ def save_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
         "diffs": entries,
         "tensors_sha256": hashlib.sha256(data).hexdigest(),
     }
-    with atomic_directory(path) as tmp:
-        write_bytes(tmp / TENSORS_FILE, data)
-        write_json(tmp / CONFIG_FILE, record)
+    if not sharded or writes_files():
+        with atomic_directory(path) as tmp:
+            write_bytes(tmp / TENSORS_FILE, data)
+            write_json(tmp / CONFIG_FILE, record)
+    if sharded:
+        wait_for_writer()
     return Path(path)
 
 

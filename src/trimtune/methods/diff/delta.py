@@ -24,6 +24,7 @@ from torch import nn
 from ...core.config import ConfigError, check_choice, check_positive
 from ...core.delta import Delta
 from ...core.hard_concrete import HardConcrete
+from ...core.io.gather import full
 from ...core.layer_kinds import LayerKind, kind_class_for
 from ...core.targets import _HEAD_NAMES, TargetSpec
 
@@ -163,12 +164,12 @@ class DiffDelta(Delta):
             return total
         for name in self.shapes:
             if self.penalty == "l1":
-                total = total + self.diff[name].abs().sum()
+                total = total + full(self.diff[name].abs().sum())  # full: a sharded (FSDP) sum, all-reduced
                 continue
             p = self.gate.prob_nonzero(self.log_alpha[name])
             if name in self.group_log_alpha:
                 p = p * self.gate.prob_nonzero(self.group_log_alpha[name])
-            total = total + p.sum()
+            total = total + full(p.sum())
         return total
 
     def numel(self) -> int:

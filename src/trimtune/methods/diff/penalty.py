@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from ...core.io.gather import whole
 from ...core.state import layers, state_of
 from .delta import DiffConfig, DiffDelta
 
@@ -54,7 +55,11 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
     hard-concrete constants (γ −1.5, ζ 1.5) a gate at log α ≤ 0 gives z = 0 although P(z ≠ 0) is 0.5
     at log α = 0, so such entries rank last, tied at zero (see ``core/hard_concrete.py``); when fewer
     than k entries are open, the rest of the kept entries are zeros picked by position.
-    Returns ``{"kept", "total", "density"}``."""
+    Returns ``{"kept", "total", "density"}``.
+
+    On a model sharded with FSDP every rank calls it: each δ is gathered whole, so every rank ranks
+    all N entries and keeps the same ones as one process. The kept values become plain (replicated)
+    parameters; ``trimtune.train`` averages their gradients across ranks in the sparse phase."""
     names = _adapter_names(model, adapter)
     if len(names) != 1:
         raise ValueError(f"name the diff adapter to project; active diffs: {names}")
@@ -65,20 +70,22 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
     if any(delta.sparse for delta in deltas):
         raise ValueError(f"diff {names[0]!r} is already projected; project a diff once, after its sparsity phase")
     parts = [(delta, name) for delta in deltas for name in delta.shapes]
-    magnitudes = torch.cat([delta.dense(name).detach().abs().reshape(-1).float().cpu() for delta, name in parts])
+    dense = [whole(delta.dense(name)) for delta, name in parts]  # sharded (FSDP): gathered, same on every rank
+    magnitudes = torch.cat([d.abs().reshape(-1).float().cpu() for d in dense])
     total = magnitudes.numel()
     k = max(1, round(density * total))
     order = torch.sort(magnitudes, descending=True, stable=True).indices  # stable: ties keep position order
     keep = torch.zeros(total, dtype=torch.bool)
     keep[order[:k]] = True
-    start = 0
+    start, values = 0, iter(dense)
     for delta in deltas:
-        kept = {}
+        kept, kept_values = {}, {}
         for name in delta.shapes:
             size = math.prod(delta.shapes[name])
             kept[name] = keep[start : start + size].nonzero().squeeze(1).to(delta.diff[name].device)
+            kept_values[name] = next(values).reshape(-1)[kept[name]]
             start += size
-        delta.to_sparse(kept)
+        delta.to_sparse(kept, kept_values)
     return {"kept": k, "total": total, "density": k / total}
 
 

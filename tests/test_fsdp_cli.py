@@ -1,0 +1,55 @@
+"""`distributed: {strategy: fsdp}` in a recipe: `torchrun -m trimtune tune` shards the model with FSDP2,
+ends where 1 process does, and its sharded checkpoints resume on another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from trimtune import cli
+from trimtune.recipes.load import RecipeError, load_recipe
+from test_cli import SRC
+from test_cli_resume import adapter, assert_same, recipe  # noqa: F401  (recipe is a fixture)
+
+FSDP = ["--set", "distributed.strategy=fsdp"]
+
+
+def torchrun_tune(recipe_path, out, *extra, nproc=2):
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "trimtune", "tune", str(recipe_path), "--out", str(out), "--quiet", *FSDP, *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_fsdp_recipe_on_two_processes_ends_like_one_and_resumes_on_one(tmp_path, recipe):  # noqa: F811
+    one, two, cut = tmp_path / "one", tmp_path / "two", tmp_path / "cut"
+    assert cli.main(["tune", str(recipe), "--out", str(one), "--quiet", *FSDP]) == 0
+    torchrun_tune(recipe, two)
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    assert_same(adapter(two), adapter(one), atol=1e-5)
+    steps = sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert (two / "checkpoints" / steps[-1] / "sharded").is_dir()  # DCP shards
+
+    shutil.copytree(two, cut)  # as if killed after step 2; resumed by 1 process
+    for name in steps[1:]:
+        shutil.rmtree(cut / "checkpoints" / name)
+    shutil.rmtree(cut / "adapter")
+    assert cli.main(["tune", str(recipe), "--out", str(cut), "--resume", "--quiet", *FSDP]) == 0
+    assert_same(adapter(cut), adapter(two), atol=1e-5)
+
+
+def test_fsdp_strategy_refuses_prune_and_whole_model_runs(recipe):  # noqa: F811
+    with pytest.raises(RecipeError, match="strategy 'fsdp' trains adapters"):
+        load_recipe(recipe, ["distributed.strategy=fsdp", "prune.sparsity=0.5"])
+    with pytest.raises(RecipeError, match="distributed.strategy"):
+        load_recipe(recipe, ["distributed.strategy=zero3"])
