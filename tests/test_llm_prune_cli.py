@@ -98,3 +98,30 @@ def test_cli_bad_input_names_the_problem_and_writes_nothing(llama_dir, text_file
 def test_recipe_form_still_required_without_model(capsys):
     assert main(["prune"]) == 2
     assert "needs a RECIPE (or, for prune, --model DIR)" in capsys.readouterr().err
+
+
+def test_the_same_prune_as_a_recipe(llama_dir, text_file, tmp_path, capsys):
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    recipe = tmp_path / "oneshot.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(llama_dir), "task": "causal-lm"},
+        "oneshot": {"method": "wanda", "sparsity": "2:4", "calib": str(text_file), "nsamples": 4, "seqlen": 32},
+        "output": str(tmp_path / "from_recipe"),
+    }))
+    assert main(["prune", str(recipe), "--quiet"]) == 0
+    flags = tmp_path / "from_flags"
+    assert main(["prune", "--model", str(llama_dir), "--method", "wanda", "--sparsity", "2:4", "--calib", str(text_file),
+                 "--nsamples", "4", "--seqlen", "32", "--out", str(flags), "--quiet"]) == 0
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "from_recipe").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(flags).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the recipe is exactly the flags
+    capsys.readouterr()
+    recipe.write_text(f"model: {{path: {llama_dir}}}\noneshot: {{sparsity: 2:4, calib: {text_file}}}\ndata: {{train: demo}}\n")
+    assert main(["prune", str(recipe), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert 'quote it: sparsity: "2:4"' in err
+    recipe.write_text(f"model: {{path: {llama_dir}}}\noneshot: {{sparsity: '2:4', calib: {text_file}}}\ndata: {{train: demo}}\n")
+    assert main(["prune", str(recipe), "--out", str(tmp_path / "bad")]) == 2
+    assert "takes no ['data'] section" in capsys.readouterr().err

@@ -43,6 +43,10 @@ def run(args) -> int:
     if args.recipe is None:
         raise RecipeError(f"`trimtune {args.command}` needs a RECIPE (or, for prune, --model DIR)")
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.oneshot is not None:
+        if args.command != "prune":
+            raise RecipeError(f"a oneshot: recipe is run by `trimtune prune`, not `trimtune {args.command}`")
+        return run_llm(oneshot_arguments(recipe, args))
     _, fits, needs = RUNS[args.command]
     if not fits(recipe):
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
@@ -64,3 +68,12 @@ def _barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def oneshot_arguments(recipe, args):
+    """The ``trimtune prune --model ...`` arguments a oneshot: recipe stands for."""
+    import argparse
+
+    section = recipe.oneshot.model_dump()
+    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet,
+                              **{**section, "calib": Path(section["calib"])})

@@ -18,6 +18,7 @@ from ..core.config import ConfigError
 from ..core.registry import recipe_methods
 from ..models import minilm_path
 from ..prune import PruneConfig, PruneSchedule
+from ..prune.sequential import SequentialConfig
 
 
 def methods() -> dict[str, type]:
@@ -180,9 +181,43 @@ class DistributedSection(Section):
     block_classes: list[str] | None = None
 
 
+class OneShotSection(Section):
+    """Block-by-block pruning of a model directory (``trimtune prune RECIPE`` with this section instead of
+    data/method/prune): the fields of ``trimtune prune --model`` (see ``trimtune prune --help``)."""
+
+    method: Literal["magnitude", "wanda", "sparsegpt"] = "sparsegpt"
+    sparsity: float | str = 0.5
+    calib: str
+    nsamples: int = Field(128, ge=1)
+    seqlen: int = Field(2048, ge=1)
+    seed: int = 0
+    blocksize: int = Field(128, ge=1)
+    percdamp: float = Field(0.01, ge=0.0)
+    owl: bool = False
+    owl_m: float = Field(5.0, gt=0.0)
+    owl_lambda: float = Field(0.08, ge=0.0)
+
+    @model_validator(mode="after")
+    def _library_checks(self):
+        try:
+            SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda)
+        except ConfigError as err:
+            raise ValueError(section_error("oneshot", err, list(type(self).model_fields))) from None
+        return self
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _quoted_n_m(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 60:  # YAML 1.1: unquoted 2:4 is 124
+            n, m = divmod(value, 60)
+            raise ValueError(f'oneshot.sparsity {value} is how YAML reads an unquoted {n}:{m}; quote it: sparsity: "{n}:{m}"')
+        return value
+
+
 class Recipe(Section):
     model: ModelSection
-    data: DataSection
+    data: DataSection | None = None
+    oneshot: OneShotSection | None = None
     method: MethodSection | None = None
     prune: PruneSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
@@ -196,7 +231,19 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _data_or_oneshot(self):
+        if self.oneshot is not None:
+            extra = [name for name in ("data", "method", "prune") if getattr(self, name) is not None]
+            if extra:
+                raise ValueError(f"a oneshot: recipe prunes a model directory block by block; it takes no {extra} section(s)")
+        elif self.data is None:
+            raise ValueError("missing key data (or a oneshot: section, to prune a model directory block by block)")
+        return self
+
+    @model_validator(mode="after")
     def _task_fits_data(self):
+        if self.data is None:
+            return self
         images = self.model.task == "image-classification"
         if images != (self.data.train == "digits"):
             raise ValueError("model.task 'image-classification' goes with data.train 'digits' (and only it)")
