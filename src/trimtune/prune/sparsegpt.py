@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..core.config import ConfigError, check_positive_int
-from ..core.tuned_layer import TunedLayer
 from ..core.masks import set_canonical_mask
+from ..core.tuned_layer import TunedLayer
 
 
 class Hessian:

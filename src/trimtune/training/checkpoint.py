@@ -205,18 +205,7 @@ class Checkpointer:
         check_run(state["run"], self.fingerprint, ctx.model, path)
         load_model_state(ctx.model, tensors, f"checkpoint {path}")
         ctx.optimizer.load_state_dict(state["optimizer"])
-        if (state["scheduler"] is None) != (ctx.scheduler is None):
-            raise CheckpointMismatchError(f"checkpoint {path} was saved {'without' if ctx.scheduler else 'with'} an LR scheduler; resume with the same setup")
-        if ctx.scheduler is not None:
-            ctx.scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        ctx.step, ctx.epoch = state["step"], state["epoch"]
-        position.resume(state["position"])
-        result.losses, result.grad_norms = list(state["losses"]), list(state["grad_norms"])
-        result.eval_history = [(step, metrics) for step, metrics in state["eval_history"]]
-        result.steps = ctx.step
-        restore_rng(state["rng"])
+        restore_trainer_state(state, path, ctx, position, result, scaler)
         self.last_saved = ctx.step
 
     def _trainer_state(self, ctx, position, result, scaler) -> dict:
@@ -265,3 +254,20 @@ def _differing_keys(a, b, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [k for key in sorted(set(a) | set(b)) for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [prefix.rstrip(".") or "the whole config"] if a != b else []
+
+
+def restore_trainer_state(state: dict, path, ctx, position, result, scaler) -> None:
+    """Scheduler, scaler, step counters, data position, history and RNG streams from a checkpoint's state
+    (the model and optimizer tensors are restored by the caller, whole or sharded)."""
+    if (state["scheduler"] is None) != (ctx.scheduler is None):
+        raise CheckpointMismatchError(f"checkpoint {path} was saved {'without' if ctx.scheduler else 'with'} an LR scheduler; resume with the same setup")
+    if ctx.scheduler is not None:
+        ctx.scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    ctx.step, ctx.epoch = state["step"], state["epoch"]
+    position.resume(state["position"])
+    result.losses, result.grad_norms = list(state["losses"]), list(state["grad_norms"])
+    result.eval_history = [(step, metrics) for step, metrics in state["eval_history"]]
+    result.steps = ctx.step
+    restore_rng(state["rng"])  # rank 0's streams on every rank

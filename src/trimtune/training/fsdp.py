@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor
 from ..core.architectures import ARCHITECTURES, architecture_of, model_type
 from ..core.config import ConfigError
 
+
 def is_sharded(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` is a DTensor (the model went through ``shard_model``)."""
     return any(isinstance(p, DTensor) for p in model.parameters())

@@ -25,19 +25,26 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from ..core.io.atomic import write_json, write_safetensors
 from ..core.io.gather import gathered, wait_for_writer, writes_files
+from ..core.io.safetensors_files import read_safetensors
 from .checkpoint import (
-    FORMAT, MODEL_FILE, STATE_FILE, STATE_TENSORS, Checkpointer, CheckpointError, CheckpointMismatchError,
-    check_run, model_state,
+    FORMAT,
+    MODEL_FILE,
+    STATE_FILE,
+    STATE_TENSORS,
+    Checkpointer,
+    CheckpointError,
+    CheckpointMismatchError,
+    check_run,
+    model_state,
+    restore_trainer_state,
 )
 from .fsdp import is_sharded
-from .rng import restore_rng
 from .state_files import decode, encode
 
 SHARDED_DIR = "sharded"
@@ -100,21 +107,10 @@ class ShardedCheckpointer(Checkpointer):
         state = json.loads((path / STATE_FILE).read_text())
         if state.get("format") != FORMAT:
             raise CheckpointMismatchError(f"{path} has checkpoint format {state.get('format')!r}; this trimtune reads format {FORMAT}")
-        state = decode(state, load_file(path / STATE_TENSORS))
+        state = decode(state, read_safetensors(path / STATE_TENSORS, "checkpoint's optimizer-state file")[0])
         check_run(state["run"], self.fingerprint, ctx.model, path)
         _load_training_tensors(ctx.model, ctx.optimizer, path / SHARDED_DIR, state["optimizer"]["param_groups"])
-        if (state["scheduler"] is None) != (ctx.scheduler is None):
-            raise CheckpointMismatchError(f"checkpoint {path} was saved {'without' if ctx.scheduler else 'with'} an LR scheduler; resume with the same setup")
-        if ctx.scheduler is not None:
-            ctx.scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        ctx.step, ctx.epoch = state["step"], state["epoch"]
-        position.resume(state["position"])
-        result.losses, result.grad_norms = list(state["losses"]), list(state["grad_norms"])
-        result.eval_history = [(step, metrics) for step, metrics in state["eval_history"]]
-        result.steps = ctx.step
-        restore_rng(state["rng"])  # rank 0's streams on every rank, as the single-file checkpoint does
+        restore_trainer_state(state, path, ctx, position, result, scaler)
         self.last_saved = ctx.step
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..adapters import adapter_config, applied
 from ..io.atomic import atomic_directory, write_json, write_safetensors
-from ..io.gather import write_once
 from ..io.fingerprint import check_fingerprint, fingerprint
+from ..io.gather import write_once
 from ..io.peft_files import CONFIG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, read_config, read_tensors
 from ..io.peft_format import FormatError, method_of
 from ..modules_to_save import ModuleCopies

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...core.state import wrap
 from ...core.layer_kinds import kind_class_for
+from ...core.state import wrap
 from ...core.tuned_layer import TunedLayer
 from ..api import PruneConfig, prune
 from ..calibration import collect_input_norms

@@ -78,9 +78,9 @@ class Checkpoint:
 def empty_model(directory: Path):
     """The model class named by config.json, built with every parameter on the meta device (buffers
     such as rotary frequencies are computed for real: they are not in the checkpoint)."""
+    import transformers
     from accelerate import init_empty_weights
     from transformers import AutoConfig
-    import transformers
 
     config = AutoConfig.from_pretrained(directory)
     model_type_of(config)  # an unknown layout fails here, before anything is read
