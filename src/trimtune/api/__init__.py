@@ -43,6 +43,8 @@ from ..training import (
     CheckpointError,
     CheckpointMismatchError,
     ClipConfig,
+    DistillConfig,
+    Distiller,
     MetricsLogger,
     NonFiniteLossError,
     TrainContext,
