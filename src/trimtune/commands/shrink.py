@@ -60,6 +60,8 @@ def run(args) -> int:
     args.out.mkdir(parents=True)
     save_shrunk(loaded.model, args.out / "model")
     write_json(args.out / "shrink.json", json.loads(report.to_json()))
-    write_json(args.out / "summary.json", {"labels": loaded.labels, "before": before, "after": evaluate_run(loaded.model, loaders)})
+    # source: the run this model was cut from, the default teacher when a tune recovers it by distillation
+    summary = {"labels": loaded.labels, "source": str(args.run_dir.resolve()), "before": before, "after": evaluate_run(loaded.model, loaders)}
+    write_json(args.out / "summary.json", summary)
     show("shrink", {label: [before, after] for label, before, after in report.totals()})
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,12 +25,12 @@ from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
 from ..training.distributed import distributed_loader, distributed_model, init_distributed, unwrap_model
 from ..training.loop import _total_steps
-from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
-from .load import RESOLVED_NAME, load_recipe, save_recipe
+from .build import Loaders, make_loaders, prune_config, read_data
+from .load import save_recipe
+from .rebuild import ADAPTER, MARKER, Run, load_run, load_source  # noqa: F401  (load_run, Run: re-exported)
 from .schema import Recipe
+from .teacher import distiller, load_teacher
 
-ADAPTER = "default"  # the name a run's adapter has in the model
-MARKER = "trimtune_run.json"  # written first: only a directory holding it may be overwritten
 
 
 def check_run_dir(path: str | Path) -> Path:
@@ -68,10 +67,14 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         save_recipe(recipe, out)
     records = read_data(recipe)
     torch.manual_seed(recipe.train.seed)
-    model, tokenizer = load_model(recipe.model, records.labels)
+    model, tokenizer = load_source(recipe.model, records.labels)
     loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
+    teacher = load_teacher(recipe, model, records.labels) if recipe.distill else None  # before the method and pruning
+    if teacher is not None:
+        teacher_metrics = evaluate_run(teacher, loaders)
+        log(f"teacher: {_fmt(teacher_metrics)}")
     method = recipe.method.build() if recipe.method else None
     if method is not None:
         tt.apply(model, method)
@@ -80,6 +83,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     t = recipe.train
     steps = _total_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
     callbacks = _callbacks(recipe, model, method, loaders, steps)
+    if teacher is not None:
+        callbacks.append(distiller(recipe, model, teacher, loaders))
     result = None
     if steps:
         logger = tt.MetricsLogger(out / "metrics.csv", out / "tensorboard" if t.tensorboard else None, every=t.log_every)
@@ -97,6 +102,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
 
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
+    if teacher is not None:
+        summary["teacher"] = teacher_metrics
     if method is not None and method_for_config(method).finish is not None:
         entries, message = method_for_config(method).finish(model, ADAPTER, method)
         summary.update(entries)
@@ -172,45 +179,3 @@ def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict
         for file_name, record in (entry.run_files(model, ADAPTER, method) if entry.run_files else {}).items():
             write_json(out / file_name, record)
     return saved
-
-
-@dataclass
-class Run:
-    recipe: Recipe
-    model: nn.Module
-    tokenizer: object
-    labels: list[str] | None
-
-    def loaders(self) -> Loaders:
-        """The recipe's data as the run saw it (its labels, in its order)."""
-        records = read_data(self.recipe)
-        return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer)
-
-
-def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
-    """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
-    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    if not (run_dir / MARKER).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a trimtune run directory (no {MARKER}); give the --out of a tune, prune or diff run")
-    if not (run_dir / "summary.json").is_file():
-        raise FileNotFoundError(f"the run in {run_dir} did not finish (no summary.json); run it again with --overwrite")
-    recipe = load_recipe(run_dir / RESOLVED_NAME, overrides)
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    torch.manual_seed(recipe.train.seed)
-    model, tokenizer = load_model(recipe.model, summary["labels"])
-    if (run_dir / "model.safetensors").is_file():
-        model.load_state_dict(load_file(run_dir / "model.safetensors"))
-    if (run_dir / "pruned.safetensors").is_file():
-        tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
-    method = recipe.method.build() if recipe.method else None
-    if method is not None:
-        entry = method_for_config(method)
-        if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
-            entry.prepare_base(model, method)
-        load = entry.load or (lambda m, path: tt.load_adapter(m, path))
-        if (run_dir / entry.artifact).is_dir():
-            load(model, run_dir / entry.artifact)
-    return Run(recipe, model.eval(), tokenizer, summary["labels"])

@@ -17,6 +17,7 @@ from .. import methods as _registers_every_method  # noqa: F401
 from ..core.config import ConfigError
 from ..core.registry import recipe_methods
 from ..prune import PruneConfig, PruneSchedule
+from ..training.distill import DistillConfig
 
 
 def methods() -> dict[str, type]:
@@ -146,11 +147,36 @@ class TrainSection(Section):
     tensorboard: bool = False
 
 
+class DistillSection(Section):
+    """Recover by learning from a frozen teacher: loss (1 − alpha)·task + alpha·T²·KL(teacher ‖ student)
+    + hidden_weight · MSE over ``hidden_layers``. teacher: a run directory, a ``trimtune shrink`` output
+    or a Hugging Face directory; default: the run a shrunk ``model.path`` was cut from, else the model
+    as loaded, before the method and pruning."""
+
+    teacher: str | None = None
+    alpha: float = 0.5
+    temperature: float = 2.0
+    hidden_layers: list[str | list[str]] = Field(default_factory=list, description="module names (or [student, teacher] pairs) whose outputs are matched")
+    hidden_weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _library_checks(self):
+        self.build()
+        return self
+
+    def build(self) -> DistillConfig:
+        try:
+            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight)
+        except ConfigError as err:
+            raise ValueError(f"distill.{err}") from None
+
+
 class Recipe(Section):
     model: ModelSection
     data: DataSection
     method: MethodSection | None = None
     prune: PruneSection | None = None
+    distill: DistillSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
     output: str = "runs/run"
 
@@ -159,4 +185,6 @@ class Recipe(Section):
         images = self.model.task == "image-classification"
         if images != (self.data.train == "digits"):
             raise ValueError("model.task 'image-classification' goes with data.train 'digits' (and only it)")
+        if self.distill is not None and not (self.train.epochs or self.train.max_steps):
+            raise ValueError("distill needs training: set train.epochs or train.max_steps above 0")
         return self
