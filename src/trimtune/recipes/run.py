@@ -25,10 +25,11 @@ from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
 from ..training.distributed import distributed_loader, distributed_model, init_distributed, unwrap_model
 from ..training.loop import _total_steps
-from .build import Loaders, make_loaders, prune_config, read_data
+from .build import Loaders, example_inputs, make_loaders, prune_config, read_data
 from .load import save_recipe
 from .rebuild import ADAPTER, MARKER, Run, load_run, load_source  # noqa: F401  (load_run, Run: re-exported)
 from .schema import Recipe
+from .story import PruneStory, size_figures
 from .teacher import distiller, load_teacher
 
 
@@ -82,7 +83,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         log(f"{recipe.method.type}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f} %)")
     t = recipe.train
     steps = _total_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
-    callbacks = _callbacks(recipe, model, method, loaders, steps)
+    callbacks, story = _callbacks(recipe, model, method, loaders, steps)
     if teacher is not None:
         callbacks.append(distiller(recipe, model, teacher, loaders))
     result = None
@@ -113,6 +114,10 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     if info.rank != 0:
         return summary
     summary.update(_save_artifacts(model, recipe, method, out))
+    if recipe.prune:
+        record = story.record if story is not None else {}
+        size = size_figures(model, example_inputs(loaders), summary.get("sparse_file") or {})
+        write_json(out / "prune_story.json", {**record, "size": size})
     write_json(out / "metrics.json", _metrics(result))
     write_json(out / "summary.json", summary)
     return summary
@@ -138,15 +143,16 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
 
 def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
 
-    callbacks = []
+    callbacks, story = [], None
     if recipe.prune and steps:
         p = recipe.prune
         schedule = PruneSchedule.for_timing(p.timing, p.sparsity, steps, p.schedule, rounds=p.rounds)
-        callbacks.append(PruningCallback(prune_config(p, model, loaders), schedule))
+        story = PruneStory(schedule, lambda m: evaluate_run(m, loaders))  # after the pruning callback: sees each step pruned
+        callbacks += [PruningCallback(prune_config(p, model, loaders), schedule), story]
     hooks = method_for_config(method).callbacks if method is not None else None
     if hooks is not None:
         callbacks.extend(hooks(model, ADAPTER, method, recipe.train))
-    return callbacks
+    return callbacks, story
 
 
 def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
