@@ -30,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import markdown_table, set_threads  # noqa: E402
+from _harness import markdown_table, peak_memory_mb, set_threads  # noqa: E402
 
 import trimtune as tt  # noqa: E402
 from trimtune.data import DEMO_LABELS, demo_split, text_loader  # noqa: E402
@@ -111,69 +111,75 @@ def one_seed(seed: int, epochs: int, quick: bool) -> dict:
     return results
 
 
-def step_costs(threads: int) -> dict:
-    """Median wall time of a plain LoRA step and a distillation step on the same batch (MiniLM, 16 x 64)."""
+def step_costs(threads: int, rounds: int = 9) -> dict:
+    """Median wall time of a plain LoRA step and a distillation step on the same batch (MiniLM, 16 x 64),
+    interleaved round by round so a shared machine's load falls on both alike."""
     from trimtune.models import minilm_classifier
-    from trimtune.training.batches import run_batch
 
     torch.manual_seed(0)
     set_threads(threads)
     teacher = minilm_classifier(len(DEMO_LABELS)).eval()
-    batch = {"input_ids": torch.randint(1000, 20000, (16, 64)), "attention_mask": torch.ones(16, 64, dtype=torch.long),
-             "labels": torch.randint(0, 4, (16,))}
-    out = {}
-    for variant in ("plain", "distill"):
-        model = copy.deepcopy(teacher)
-        tt.apply(model, tt.LoraConfig(**LORA))
-        distiller = tt.Distiller(model, teacher, tt.DistillConfig(**DISTILL)) if variant == "distill" else None
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-        def step():
-            output = run_batch(model, batch)
-            loss = output.loss + (distiller.distill_term(batch, output) if distiller else 0)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        for _ in range(2):
-            step()
-        times = []
-        for _ in range(7):
+    steps = {variant: make_step(variant, teacher) for variant in VARIANT_STEPS}
+    for step in steps.values():
+        step(), step()  # warm-up
+    times = {variant: [] for variant in steps}
+    for _ in range(rounds):
+        for variant, step in steps.items():
             start = time.perf_counter()
             step()
-            times.append(time.perf_counter() - start)
-        out[f"{variant}_ms"] = 1000 * statistics.median(times)
-    out["ratio"] = out["distill_ms"] / out["plain_ms"]
+            times[variant].append(time.perf_counter() - start)
+    out = {f"{v}_ms": 1000 * statistics.median(t) for v, t in times.items()}
+    for variant in VARIANT_STEPS[1:]:
+        out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["plain_ms"]
     return out
 
 
-def peak_rss(variant: str, threads: int) -> float:
-    """Peak RSS (MB) of a child process that runs 5 steps of ``variant``."""
-    import subprocess
-
-    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import recovery, resource; recovery.steps_only({variant!r}, {threads}); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
-    return float(done.stdout.strip().splitlines()[-1])
+# distill: the teacher runs every step (the first epoch); distill-cached: its logits for this batch are
+# cached (every later epoch of a classification run)
+VARIANT_STEPS = ("plain", "distill", "distill-cached")
 
 
-def steps_only(variant: str, threads: int) -> None:
-    from trimtune.models import minilm_classifier
+def make_step(variant: str, teacher):
+    """One optimizer step of LoRA on MiniLM, plain or with logit distillation from ``teacher``."""
     from trimtune.training.batches import run_batch
 
-    torch.manual_seed(0)
-    set_threads(threads)
-    teacher = minilm_classifier(len(DEMO_LABELS)).eval()
-    model = copy.deepcopy(teacher) if variant == "distill" else teacher
+    model = copy.deepcopy(teacher)
     tt.apply(model, tt.LoraConfig(**LORA))
-    distiller = tt.Distiller(model, teacher, tt.DistillConfig(**DISTILL)) if variant == "distill" else None
-    batch = {"input_ids": torch.randint(1000, 20000, (16, 64)), "attention_mask": torch.ones(16, 64, dtype=torch.long),
-             "labels": torch.randint(0, 4, (16,))}
-    for _ in range(5):
-        output = run_batch(model, batch)
+    config = tt.DistillConfig(**DISTILL, cache_teacher=variant == "distill-cached")
+    distiller = tt.Distiller(model, teacher, config) if variant != "plain" else None
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (16, 64), generator=g), "attention_mask": torch.ones(16, 64, dtype=torch.long),
+             "labels": torch.randint(0, 4, (16,), generator=g)}
+
+    def step():
+        output = run_batch(model.train(), batch)
         loss = output.loss + (distiller.distill_term(batch, output) if distiller else 0)
         loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build_step(variant: str):  # module level: runs in the memory child
+    from trimtune.models import minilm_classifier
+
+    torch.manual_seed(0)
+    return make_step(variant, minilm_classifier(len(DEMO_LABELS)).eval())
+
+
+def peak_memory(threads: int) -> dict:
+    """Per variant, in a fresh child: (peak RSS growth over 3 steps, the peak including the model(s))."""
+    import _harness
+
+    _harness.THREADS = threads
+    _harness.PRELOAD += ["trimtune", "transformers.models.bert.modeling_bert"]
+    out = {}
+    for variant in VARIANT_STEPS:
+        growth, total = peak_memory_mb(build_step, variant, calls=3, with_model=True)
+        out[f"{variant}_peak_growth_mb"], out[f"{variant}_peak_with_models_mb"] = growth, total
+    return out
 
 
 def summary(per_seed: dict[int, dict]) -> str:
@@ -197,7 +203,7 @@ def main() -> None:
     set_threads(args.threads)
     if args.step_only:
         costs = step_costs(args.threads)
-        costs.update({f"peak_mb_{v}": peak_rss(v, args.threads) for v in ("plain", "distill")})
+        costs.update(peak_memory(args.threads))
         print(json.dumps(costs, indent=1))
         return
     per_seed = {}

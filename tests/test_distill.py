@@ -115,12 +115,34 @@ def test_distillation_on_hf_style_batches_with_an_adapter():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_cached_teacher_logits_give_the_same_training_with_one_teacher_pass_per_example():
+    def run(cache):
+        student, teacher = mlp(0), mlp(1)
+        distiller = Distiller(student, teacher, DistillConfig(alpha=0.6, cache_teacher=cache))
+        result = tt.train(student, data(), epochs=3, lr=1e-2, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+        return result.losses, student.state_dict(), distiller.teacher_calls
+
+    losses, weights, calls = run(True)
+    plain_losses, plain_weights, plain_calls = run(False)
+    assert (calls, plain_calls) == (3, 9)  # 3 batches an epoch: the teacher runs in the first epoch only
+    assert losses == plain_losses and all(torch.equal(weights[k], plain_weights[k]) for k in weights)
+
+
+def test_row_keys_ignore_padding():
+    from trimtune.training.distill import row_keys
+
+    short = {"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 0]])}
+    long = {"input_ids": torch.tensor([[5, 6, 0, 0, 0], [5, 7, 0, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])}
+    assert row_keys(short)[0] == row_keys(long)[0] != row_keys(long)[1]
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"alpha": 1.5}, "alpha must be a number in [0, 1]"),
     ({"temperature": 0}, "temperature must be a positive number"),
     ({"hidden_weight": -1}, "hidden_weight must be a number >= 0"),
     ({"hidden_layers": "0"}, "hidden_layers must be a list"),
     ({"hidden_layers": [["0"]]}, "[student_name, teacher_name] pair"),
+    ({"cache_teacher": "yes"}, "cache_teacher must be true or false"),
 ])
 def test_bad_fields_are_named(fields, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

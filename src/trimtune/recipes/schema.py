@@ -158,6 +158,7 @@ class DistillSection(Section):
     temperature: float = 2.0
     hidden_layers: list[str | list[str]] = Field(default_factory=list, description="module names (or [student, teacher] pairs) whose outputs are matched")
     hidden_weight: float = 1.0
+    cache_teacher: bool = True
 
     @model_validator(mode="after")
     def _library_checks(self):
@@ -166,7 +167,7 @@ class DistillSection(Section):
 
     def build(self) -> DistillConfig:
         try:
-            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight)
+            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight, self.cache_teacher)
         except ConfigError as err:
             raise ValueError(f"distill.{err}") from None
 

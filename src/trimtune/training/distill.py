@@ -23,6 +23,7 @@ not saved in checkpoints (a resumed run starts them again, like other callbacks'
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -42,18 +43,24 @@ class DistillConfig:
     """alpha: weight of the soft (teacher) loss against the task loss, in [0, 1]. temperature: T > 0
     softening both distributions. hidden_layers: module names whose outputs are matched by MSE, each a
     name present in both models or a (student_name, teacher_name) pair. hidden_weight: β, the weight
-    of their mean MSE."""
+    of their mean MSE. cache_teacher: keep the teacher's logits per example (keyed by the example's
+    unpadded inputs) and reuse them when the example comes again, e.g. in the next epoch; the teacher is
+    frozen and in eval mode, so they would come out the same. Only for per-example logits
+    (classification) and logit distillation: hidden states change with every student step's needs."""
 
     alpha: float = 0.5
     temperature: float = 2.0
     hidden_layers: Sequence[str | Sequence[str]] = field(default_factory=tuple)
     hidden_weight: float = 1.0
+    cache_teacher: bool = True
 
     def __post_init__(self):
         check_fraction("alpha", self.alpha, closed_right=True)
         check_positive("temperature", self.temperature)
         if isinstance(self.hidden_weight, bool) or not isinstance(self.hidden_weight, (int, float)) or self.hidden_weight < 0:
             raise ConfigError(f"hidden_weight must be a number >= 0, got {self.hidden_weight!r}")
+        if not isinstance(self.cache_teacher, bool):
+            raise ConfigError(f"cache_teacher must be true or false, got {self.cache_teacher!r}")
         if isinstance(self.hidden_layers, str):
             raise ConfigError(f"hidden_layers must be a list of module names, got the string {self.hidden_layers!r}")
         self.hidden_layers = tuple(_layer_pair(entry) for entry in self.hidden_layers)
@@ -82,6 +89,8 @@ class Distiller(Callback):
         self._student_states: dict[str, torch.Tensor] = {}
         self._teacher_states: dict[str, torch.Tensor] = {}
         self._pending: tuple | None = None
+        self._logits_cache: dict[bytes, torch.Tensor] = {}
+        self.teacher_calls = 0  # forward passes the teacher really ran (the cache saves the others)
         self._handles: list = []
         s_modules = _modules(student, [s for s, _ in self.config.hidden_layers], "student")
         t_modules = _modules(teacher, [t for _, t in self.config.hidden_layers], "teacher")
@@ -146,9 +155,16 @@ class Distiller(Callback):
 
     @torch.no_grad()
     def teacher_forward(self, batch) -> torch.Tensor:
+        caching = self.config.cache_teacher and not self.config.hidden_layers
+        keys = row_keys(batch) if caching else None
+        if keys is not None and all(k in self._logits_cache for k in keys):
+            return torch.stack([self._logits_cache[k] for k in keys]).to(model_device(self.student))
         self._teacher_states.clear()
-        logits = run_batch(self.teacher, to_device(batch, model_device(self.teacher))).logits
-        return logits.detach()
+        self.teacher_calls += 1
+        logits = run_batch(self.teacher, to_device(batch, model_device(self.teacher))).logits.detach()
+        if keys is not None and logits.ndim == 2 and len(keys) == logits.shape[0]:
+            self._logits_cache.update(zip(keys, logits))
+        return logits
 
     def _hidden_mse(self, mask) -> torch.Tensor:
         losses = []
@@ -182,6 +198,28 @@ class Distiller(Callback):
                 maps[_key(student_name)] = nn.Linear(s_width, t_width, bias=False).to(model_device(self.student))
         self._teacher_states.clear()
         return maps
+
+
+def row_keys(batch) -> list[bytes] | None:
+    """One key per example: a hash of its input tensors, padding (attention_mask == 0) left out, so
+    an example padded to another length in another batch is the same example."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+    inputs = {k: v for k, v in inputs.items() if k != "labels"} if isinstance(inputs, Mapping) else {"inputs": inputs}
+    tensors = sorted((k, v) for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.ndim >= 1)
+    if not tensors:
+        return None
+    mask = inputs.get("attention_mask")
+    mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+    keys = []
+    for i in range(tensors[0][1].shape[0]):
+        digest = hashlib.sha1()
+        for name, tensor in tensors:
+            row = tensor[i]
+            if mask is not None and row.shape[:1] == mask[i].shape:
+                row = row[mask[i]]
+            digest.update(name.encode() + str(tuple(row.shape)).encode() + row.detach().cpu().contiguous().numpy().tobytes())
+        keys.append(digest.digest())
+    return keys
 
 
 def average_across_processes(params: list[nn.Parameter]) -> None:
