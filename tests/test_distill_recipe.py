@@ -38,6 +38,18 @@ def test_tune_after_shrink_distills_from_the_source_run(tmp_path, capsys):
     assert json.loads(out.splitlines()[-1].split(": ", 1)[1])["accuracy"] == pytest.approx(summary["after"]["accuracy"])
 
 
+def test_a_run_directory_as_model_path_continues_from_that_run(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, _, err = main(capsys, "prune", recipe(tmp_path, "first", prune={"sparsity": 0.5, "timing": "before"}), "--out", first, "--quiet")
+    assert code == 0, err
+    code, _, err = main(capsys, "tune", recipe(tmp_path, "second", model={"path": str(first), "task": "image-classification"},
+                                               distill={"alpha": 0.5}, train={"epochs": 1}), "--out", second, "--quiet")
+    assert code == 0, err
+    summary, first_summary = (json.loads((d / "summary.json").read_text()) for d in (second, first))
+    assert summary["before"] == pytest.approx(first_summary["after"])  # starts where the first run ended
+    assert summary["teacher"] == pytest.approx(first_summary["after"])  # default teacher: the model as loaded
+
+
 @pytest.mark.parametrize("distill, message", [
     ({"alpha": 2}, "distill.alpha must be a number in [0, 1], got 2"),
     ({"temperature": -1}, "distill.temperature must be a positive number"),

@@ -5,7 +5,9 @@ directory (for eval, merge, export and shrink).
 A run directory holds ``trimtune_run.json`` (the marker), ``recipe.yaml`` (resolved), ``summary.json`` (labels, figures),
 ``metrics.json`` (losses, evaluations) and, as the run made them: ``adapter/`` (PEFT format),
 ``diff/`` (sparse diff), ``pruned.safetensors`` (masked weights, compressed), ``model.safetensors``
-(all weights, when the base itself was trained), ``sparsity.json``, ``adalora_ranks.json``.
+(all weights, when the base itself was trained), ``sparsity.json``, ``prune_story.json`` (dense /
+pruned evals, sparsity per step, size dense vs pruned), ``adalora_ranks.json``. With a ``distill``
+section the teacher is made right after loading (``recipes/teacher.py``) and its metrics go into the summary.
 """
 
 from __future__ import annotations
