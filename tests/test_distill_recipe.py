@@ -33,6 +33,11 @@ def test_tune_after_shrink_distills_from_the_source_run(tmp_path, capsys):
     dense_summary = json.loads((dense / "summary.json").read_text())
     assert summary["teacher"] == pytest.approx(dense_summary["after"])  # the teacher is the run that was shrunk
     assert summary["before"] == pytest.approx(json.loads((small / "summary.json").read_text())["after"])
+    code, out, err = main(capsys, "report", recovered)
+    assert code == 0 and "accuracy.png" in out
+    report = (recovered / "report" / "report.md").read_text()
+    assert f"| teacher | {100 * summary['teacher']['accuracy']:.2f} % | the frozen teacher |" in report
+    assert f"| recovered | {100 * summary['after']['accuracy']:.2f} % | end of the run |" in report
     code, out, err = main(capsys, "eval", recovered)  # the recovered run rebuilds: shrunk widths, trained weights
     assert code == 0, err
     assert json.loads(out.splitlines()[-1].split(": ", 1)[1])["accuracy"] == pytest.approx(summary["after"]["accuracy"])

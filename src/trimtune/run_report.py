@@ -50,6 +50,10 @@ def _save(fig, path: Path) -> None:
 def story_points(data) -> list[tuple[str, float, str]]:
     """(stage, accuracy, when) for dense, pruned, recovered and the teacher, from what the run recorded."""
     summary, story = data.get("summary", {}), data.get("prune_story", {})
+    if not story and summary.get("teacher"):  # recovering an already pruned or shrunk model by distillation
+        points = [("teacher", summary["teacher"], "the frozen teacher"), ("pruned", summary.get("before"), "before recovery"),
+                  ("recovered", summary.get("after"), "end of the run")]
+        return [(stage, m["accuracy"], when) for stage, m, when in points if m and "accuracy" in m]
     dense = story.get("dense") or (summary.get("before") if story else None)
     points = [
         ("dense", dense, f"step {dense['step']}, before pruning began" if dense and "step" in dense else "before training"),
