@@ -216,7 +216,7 @@ def test_corrupt_safetensors_is_a_clear_error(tiny_bert, saved_bert_adapter, dam
     file = saved_bert_adapter / "adapter_model.safetensors"
     data = file.read_bytes()
     file.write_bytes(b"\x00\x01not safetensors" if damage == "garbage" else data[: len(data) - 40])
-    with pytest.raises(tt.FormatError, match="not a readable safetensors file"):
+    with pytest.raises(tt.FormatError, match="is not a readable"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
     assert tt.core.state.state_of(tiny_bert).adapters == {}
 

@@ -219,10 +219,27 @@ def test_untraceable_model_names_the_op():
         def forward(self, x):
             return self.b(torch.cumsum(self.a(x), dim=1))
 
-    with pytest.raises(UntraceableError, match=r"cannot follow channels through call_function .*cumsum"):
-        find_groups(Odd(), example_inputs=(torch.randn(2, 4),))
+    groups = find_groups(Odd(), example_inputs=(torch.randn(2, 4),))  # the op blocks its group, named
+    reasons = {g.name: g.blocked for g in groups}
+    assert "call_function" in reasons["a"] and "cumsum" in reasons["a"]
+    with pytest.raises(ValueError, match=r"nothing can be shrunk: a \(its channels reach call_function .*cumsum"):
+        shrink(Odd(), 0.5, example_inputs=(torch.randn(2, 4),))
     with pytest.raises(ValueError, match="pass example_inputs"):
         find_groups(Odd())
+
+
+def test_an_untraceable_op_blocks_only_the_channels_that_reach_it():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.c(torch.cumsum(self.b(torch.relu(self.a(x))), dim=1))
+
+    model, x = Mixed(), torch.randn(3, 4)
+    shrink(model, 0.5, example_inputs=(x,))
+    assert model.a.out_features == 4 and model.b.out_features == 6  # a's units go; b's feed cumsum and stay
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama", "tiny_gpt2"])
@@ -332,3 +349,18 @@ def test_minilm_heads_and_ffn_with_lora_equal_mask_form(minilm_path):
     torch.testing.assert_close(model(**inputs).last_hidden_state, expected, atol=1e-5, rtol=1e-4)
     assert {w["heads"] for w in report.widths["layers"]} == {9} and {w["ffn"] for w in report.widths["layers"]} == {1152}
     assert report.macs_after < 0.8 * report.macs_before
+
+
+def test_data_dependent_control_flow_says_what_to_do():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) if h.sum() > 0 else self.b(-h)
+
+    with pytest.raises(UntraceableError, match="make the forward traceable") as err:
+        find_groups(Branchy(), example_inputs=(torch.randn(2, 4),))
+    assert "shrink_transformer" not in str(err.value)

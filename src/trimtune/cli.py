@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_usage_error(err: Exception) -> bool:
     """A recipe or --set that does not validate is a usage error, like a bad command-line flag."""
+    from .core.config import ConfigError
     from .recipes.load import RecipeError
 
-    return isinstance(err, RecipeError)
+    return isinstance(err, (RecipeError, ConfigError))  # a config field whose value is not allowed
 
 
 if __name__ == "__main__":

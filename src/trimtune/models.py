@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -123,10 +124,47 @@ def mean_pool_classifier(path, num_labels: int, dropout: float = 0.1) -> MeanPoo
     from transformers import AutoModel
 
     try:  # BERT-like encoders: leave out the [CLS] pooler, which this head never reads
-        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        encoder = load_pretrained(AutoModel, path, unused=("pooler.",), add_pooling_layer=False)
     except TypeError:  # encoders without a pooler do not take the argument
-        encoder = AutoModel.from_pretrained(path)
+        encoder = load_pretrained(AutoModel, path)
     return MeanPoolClassifier(encoder, num_labels, dropout).eval()
+
+
+def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[str, ...] = (), **kwargs):
+    """``model_class.from_pretrained(path)`` from safetensors only, without transformers' load report and
+    progress bar: keys left out on purpose (``unused``, e.g. BERT's pooler) and heads made new on purpose
+    (``new``, e.g. a classifier) pass quietly; any other missing or unexpected key is warned about."""
+    import transformers
+
+    require_safetensors(path)
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+    finally:  # as the caller had them (the CLI's --quiet turns bars off for the whole run)
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+    surprising = {
+        "missing": [k for k in info.get("missing_keys", []) if not k.startswith(new)],
+        "unexpected": [k for k in info.get("unexpected_keys", []) if not k.startswith(unused)],
+    }
+    if any(surprising.values()):
+        warnings.warn(f"loading {path}: " + "; ".join(f"{what} keys {keys[:5]}" for what, keys in surprising.items() if keys),
+                      stacklevel=2)
+    return model
+
+
+def require_safetensors(path) -> None:
+    """A local model directory must hold safetensors weights: trimtune never unpickles a checkpoint."""
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise ValueError(
+            f"{path} holds only PyTorch pickle weights ({', '.join(p.name for p in path.glob('*.bin'))}); trimtune "
+            "loads safetensors only, since unpickling can run code. Convert them once in an environment you trust "
+            "(model.save_pretrained(path, safe_serialization=True)) and point trimtune at that directory"
+        )
 
 
 def minilm_classifier(num_labels: int, dropout: float = 0.1) -> MeanPoolClassifier:

@@ -36,7 +36,7 @@ from ..prune import (
     sparsity_report,
 )
 from ..prune.files import load_sparse, save_sparse
-from ..shrinking import ShrinkReport, load_shrunk, save_shrunk, shrink
+from ..shrinking import ShrinkReport, shrink
 from ..training import (
     Callback,
     CheckpointConfig,
@@ -57,6 +57,6 @@ from ..training import (
     train,
 )
 from .adapters import merge, print_trainable_parameters, trainable_parameters, unload, unmerge
-from .files import load_adapter, save_adapter
+from .files import load_adapter, load_shrunk, save_adapter, save_shrunk
 
 __all__ = sorted(n for n in dir() if not n.startswith("_") and n not in ("methods", "adapters", "files"))

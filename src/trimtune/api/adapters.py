@@ -16,6 +16,10 @@ def merge(model: nn.Module, adapters: Iterable[str] | None = None, keep_sparsity
     """Fold the active (or named) adapters into the base weights. With a pruning mask on a layer,
     the merged change is masked too (``keep_sparsity``), so a pruned model stays sparse."""
     names = list(state_of(model).active if adapters is None else adapters)
+    if not names or not any(n in layer.deltas for _, layer in layers(model) for n in names):
+        warnings.warn("merge: nothing to merge: the model has no active adapter that changes weights "
+                      "(prompt/prefix adapters are inputs, not weights)", stacklevel=2)
+        return model
     for layer_name, layer in layers(model):
         todo = [n for n in names if n in layer.deltas]
         already = [n for n in todo if n in layer.merged]

@@ -7,16 +7,19 @@ writes and reads them; every other method is a weight delta stored in peft's ten
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from torch import nn
 
-from ..core.adapters import adapter_config
+from ..core.adapters import adapter_config, set_adapter
+from ..core.io.atomic import write_json
 from ..core.io.peft_files import load_weight_adapter, read_config, save_weight_adapter
 from ..core.io.peft_format import method_of
-from ..core.registry import method_for_config
+from ..core.registry import method_for_config, method_named
 from ..core.state import state_of
+from ..shrinking import files as shrink_files
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
@@ -41,3 +44,41 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
         return method.load(model, path, name, check_base=check_base, activate=activate)
     config = method.config.from_peft_dict(peft_config)
     return load_weight_adapter(model, path, name, config, check_base=check_base, activate=activate)
+
+
+ADAPTERS_DIR = "adapters"  # in a shrunk model's directory: one sub-directory per adapter, plus index.json
+
+
+def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a shrunk model: its base with the new shapes (loadable by ``load_shrunk``) and, when it
+    carries adapters, each of them in its own format (PEFT for LoRA & co.) sized to the new shapes."""
+    path = shrink_files.save_shrunk(model, path)
+    state = state_of(model)
+    if state.adapters:
+        folder = path / ADAPTERS_DIR
+        for name, config in state.adapters.items():
+            save_adapter(model, folder / name, name)
+        index = {"order": list(state.adapters), "active": list(state.active),
+                 "methods": {name: method_for_config(config).name for name, config in state.adapters.items()}}
+        write_json(folder / "index.json", index)
+    return path
+
+
+def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Reload what ``save_shrunk`` wrote: the shrunk base, then its adapters (active as they were)."""
+    path = Path(path)
+    model = shrink_files.load_shrunk(path, model)
+    index_file = path / ADAPTERS_DIR / "index.json"
+    if not index_file.is_file():
+        return model
+    try:
+        index = json.loads(index_file.read_text())
+        order, active, methods = index["order"], index["active"], index["methods"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{index_file} is damaged ({err}); it lists the shrunk model's adapters") from err
+    for name in order:
+        load = method_named(methods[name]).load or load_adapter
+        load(model, path / ADAPTERS_DIR / name, name, activate=False)
+    if active:
+        set_adapter(model, active)
+    return model.eval()

@@ -16,6 +16,12 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     add_quiet(p)
 
 
+def add_run_dir(p: argparse.ArgumentParser, made_by: str = "tune, prune or diff") -> None:
+    p.add_argument("run_dir", type=Path, help=f"a directory written by {made_by}")
+    p.add_argument("--no-check-base", dest="check_base", action="store_false",
+                   help="load the run's adapter or diff even if the base model differs from the one it was made on")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only results and errors")
 

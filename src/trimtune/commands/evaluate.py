@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .common import add_quiet, logger, show
+from .common import add_quiet, add_run_dir, logger, show
 
 
 def add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a run's model on its eval data (or other data via --set)",
                               description="Rebuilds the model a run saved and evaluates it; writes eval.json into the run directory.")
-    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune or diff")
+    add_run_dir(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="override the run's recipe, e.g. --set data.eval=test.csv")
     add_quiet(p)
@@ -21,7 +19,7 @@ def run(args) -> int:
     from ..core.io.atomic import write_json
     from ..recipes.run import evaluate_run, load_run
 
-    loaded = load_run(args.run_dir, args.overrides)
+    loaded = load_run(args.run_dir, args.overrides, check_base=args.check_base)
     loaders = loaded.loaders()
     if loaders.eval is None:
         raise ValueError("the run has no eval data (data.eval_fraction is 0 and no data.eval); pass --set data.eval=FILE")

@@ -3,17 +3,17 @@ diff and masks folded into plain weights, as a Hugging Face directory or one saf
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from .common import add_quiet, logger
+from .common import add_quiet, add_run_dir, logger
 
 DTYPES = ("float32", "float16", "bfloat16")
+EXPORT_KEY = "trimtune_export"  # in an exported file's metadata: --overwrite may replace only such a file
 
 
 def _add(subparsers, name: str, summary: str, formats: bool) -> None:
     p = subparsers.add_parser(name, help=summary, description=f"{summary}. The saved model needs no trimtune to load.")
-    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune or diff")
+    add_run_dir(p)
     p.add_argument("--out", type=Path, required=True, help="where to write the model")
     if formats:
         p.add_argument("--format", choices=("hf", "safetensors"), default="hf",
@@ -33,45 +33,68 @@ def add_export(subparsers) -> None:
     _add(subparsers, "export", "export a run's merged model as a plain Hugging Face directory or a safetensors file", formats=True)
 
 
-def merged_model(run_dir: Path, keep_sparsity: bool):
+def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
     import trimtune as tt
 
     from ..core.registry import method_for_config
     from ..core.state import state_of
     from ..recipes.run import load_run
 
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, check_base=check_base)
     configs = state_of(loaded.model).adapters
     prompts = [n for n, c in configs.items() if not method_for_config(c).mergeable]
     if prompts:
         raise ValueError(f"prompt/prefix adapters ({prompts}) are extra inputs, not weights, so they cannot be merged; "
                          "load the run's adapter/ with trimtune or peft instead")
-    tt.merge(loaded.model, keep_sparsity=keep_sparsity)
+    if state_of(loaded.model).active:  # a prune-only run has masks but no adapter to merge
+        tt.merge(loaded.model, keep_sparsity=keep_sparsity)
     return loaded, tt.unload(loaded.model, merge_adapters=True)
 
 
 def run(args) -> int:
     import torch
 
-    from ..core.io.atomic import atomic_directory, write_safetensors
+    from ..core.io.atomic import write_safetensors
+    from ..core.io.output_dir import OutputError, check_replaceable, output_directory
 
     fmt, dtype = getattr(args, "format", "hf"), getattr(torch, getattr(args, "dtype", "float32"))
-    if args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
-    loaded, model = merged_model(args.run_dir, keep_sparsity=not args.dense)
+    single_file = fmt == "safetensors" and args.out.suffix == ".safetensors"
+    if single_file:
+        _check_file_replaceable(args.out, args.overwrite, OutputError)
+    else:
+        check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
+    loaded, model = merged_model(args.run_dir, keep_sparsity=not args.dense, check_base=args.check_base)
     model = model.to(dtype)
     if fmt == "hf" and not hasattr(model, "save_pretrained"):
         fmt = "safetensors"  # a plain torch model (the digits CNN) has no HF directory form
-    if args.out.exists():
-        shutil.rmtree(args.out) if args.out.is_dir() else args.out.unlink()
-    if fmt == "hf":
-        with atomic_directory(args.out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            if loaded.tokenizer is not None:
-                loaded.tokenizer.save_pretrained(tmp)
+    state = {k: v for k, v in model.state_dict().items()}
+    if single_file:
+        write_safetensors(args.out, state, {"format": "pt", EXPORT_KEY: args.command})
     else:
-        path = args.out if args.out.suffix == ".safetensors" else args.out / "model.safetensors"
-        write_safetensors(path, {k: v for k, v in model.state_dict().items()})
+        with output_directory(args.out, args.overwrite, args.command, sources=[args.run_dir]) as tmp:
+            if fmt == "hf":
+                model.save_pretrained(tmp, safe_serialization=True)
+                if loaded.tokenizer is not None:
+                    loaded.tokenizer.save_pretrained(tmp)
+            else:
+                write_safetensors(tmp / "model.safetensors", state, {"format": "pt", EXPORT_KEY: args.command})
     logger(args)(f"merged model written to {args.out} ({fmt})")
     print(f"saved: {args.out}")
     return 0
+
+
+def _check_file_replaceable(path: Path, overwrite: bool, error) -> None:
+    """A single exported file is replaced only with --overwrite and only if trimtune wrote it."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise error(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            ours = EXPORT_KEY in (f.metadata() or {})
+    except Exception:  # not a safetensors file at all
+        ours = False
+    if not ours:
+        raise error(f"{path} exists and was not written by trimtune export; refusing to replace it (choose another --out)")

@@ -30,19 +30,23 @@ def add_runs(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..recipes.run import check_run_dir, prepare_run_dir, run_recipe
+    from ..core.io.output_dir import partial_path
+    from ..recipes.run import check_run_dir, finish_run_dir, prepare_run_dir, run_recipe
     from ..training.distributed import init_distributed
 
     recipe = load_recipe(args.recipe, args.overrides)
     _, fits, needs = RUNS[args.command]
     if not fits(recipe):
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
-    out = args.out or recipe.output
+    out = Path(args.out or recipe.output)
     if init_distributed().rank == 0:  # one process prepares the directory; the others wait for it
-        out = check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite)
+        check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite)
     _barrier()
-    summary = run_recipe(recipe, Path(out), quiet=args.quiet, log=logger(args), resume=args.resume)
+    # The run is built in .OUT.partial and swapped in when complete (see core/io/output_dir.py).
+    work = check_run_dir(out) if args.resume else partial_path(out)
+    summary = run_recipe(recipe, work, quiet=args.quiet, log=logger(args), resume=args.resume)
     if init_distributed().rank == 0:
+        finish_run_dir(work, out)
         show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})
     return 0
 

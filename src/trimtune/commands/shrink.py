@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_quiet, logger, show
+from .common import add_quiet, add_run_dir, logger, show
 
 
 def fraction(text: str) -> float:
@@ -24,7 +24,7 @@ def add_shrink(subparsers) -> None:
     p = subparsers.add_parser("shrink", help="physically remove heads, FFN units or channels of a run's model",
                               description="Rebuilds a run's model, shrinks it (shrink.json: per layer shape before -> after "
                               "and kept indices; params, bytes, MACs before/after) and saves it with its shrink history.")
-    p.add_argument("run_dir", type=Path, help="a directory written by tune, prune or diff")
+    add_run_dir(p)
     p.add_argument("--out", type=Path, required=True, help="directory for the shrunk model and shrink.json")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=fraction, help="fraction of each group's units to remove, by group magnitude (0 < RATIO < 1)")
@@ -39,29 +39,27 @@ def add_shrink(subparsers) -> None:
 
 def run(args) -> int:
     import json
-    import shutil
 
+    from ..api import save_shrunk, shrink
     from ..core.io.atomic import write_json
+    from ..core.io.output_dir import check_replaceable, output_directory
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
-    from ..shrinking import save_shrunk, shrink
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
-    loaded = load_run(args.run_dir)
+    check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
+    loaded = load_run(args.run_dir, check_base=args.check_base)
     loaders = loaded.loaders()
     inputs = example_inputs(loaders)
     before = evaluate_run(loaded.model, loaders)
     report = shrink(loaded.model, args.ratio or 0.0, example_inputs=inputs, structures=tuple(args.structures.split(",")),
                     from_masks=args.from_masks, round_to=args.round_to, measure_latency=args.latency)
     logger(args)(report.table())
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-    save_shrunk(loaded.model, args.out / "model")
-    write_json(args.out / "shrink.json", json.loads(report.to_json()))
+    after = evaluate_run(loaded.model, loaders)
     # source: the run this model was cut from, the default teacher when a tune recovers it by distillation
-    summary = {"labels": loaded.labels, "source": str(args.run_dir.resolve()), "before": before, "after": evaluate_run(loaded.model, loaders)}
-    write_json(args.out / "summary.json", summary)
+    summary = {"labels": loaded.labels, "source": str(args.run_dir.resolve()), "before": before, "after": after}
+    with output_directory(args.out, args.overwrite, "shrink", sources=[args.run_dir]) as tmp:
+        save_shrunk(loaded.model, tmp / "model")
+        write_json(tmp / "shrink.json", json.loads(report.to_json()))
+        write_json(tmp / "summary.json", summary)
     show("shrink", {label: [before, after] for label, before, after in report.totals()})
     return 0

@@ -17,6 +17,7 @@ from .modules_to_save import ModuleCopies
 from .registry import method_for_config
 from .state import hosts, layers, replace_module, state_of, wrap
 from .targets import select
+from .tuned_layer import TunedLayer
 
 
 def copies_at(model: nn.Module, name: str) -> ModuleCopies:
@@ -30,7 +31,7 @@ def copies_at(model: nn.Module, name: str) -> ModuleCopies:
             raise ValueError(f"modules_to_save entry {name!r} matches {len(matches)} modules ({matches[:5]}); name one module")
         name, module = matches[0], model.get_submodule(matches[0])
     if not isinstance(module, ModuleCopies):
-        module = ModuleCopies(module)
+        module = ModuleCopies(module).train(module.training)
         replace_module(model, name, module)
     return module
 
@@ -41,13 +42,21 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
     if name in state.adapters:
         raise ValueError(f"the model already has an adapter named {name!r}; use another name or delete_adapter first")
     method = method_for_config(config)
+    merged = sorted({n for _, layer in layers(model) for n in layer.merged})
+    if merged and (activate or not state.active):  # activating the new one would deactivate merged ones
+        raise ValueError(f"adapters {merged} are merged into the weights; unmerge(model) before adding adapter {name!r} "
+                         "(or add it with activate=False)")
     if method.apply is not None:
         method.apply(model, config, name)
     else:
         apply_weight_method(model, config, name, method.make_delta)
     state.adapters[name] = config
-    if activate or not state.active:
-        set_adapter(model, name)
+    try:
+        if activate or not state.active:
+            set_adapter(model, name)
+    except Exception:
+        delete_adapter(model, name)
+        raise
     return model
 
 
@@ -63,14 +72,36 @@ def apply_weight_method(model, config, name, make_delta) -> None:
 
 @contextlib.contextmanager
 def all_or_nothing(model: nn.Module, name: str):
-    """Adding adapter ``name`` inside the block: if it fails, every host drops what it got."""
+    """Adding adapter ``name`` inside the block: if it fails, every host drops what it got, and the
+    hosts the block created (wrappers, head copies, a prompt host) are taken out again."""
+    before = {host_name for host_name, _ in hosts(model)}
     try:
         yield
     except Exception:
         for _, host in hosts(model):
             if name in host.adapter_names():
                 host.delete_adapter(name)
+        take_out_new_hosts(model, before)
         raise
+
+
+def take_out_new_hosts(model: nn.Module, before: set[str]) -> None:
+    for host_name, host in list(hosts(model)):
+        if host_name not in before and not host.adapter_names():
+            _take_out(model, host_name, host)
+
+
+def _take_out(model: nn.Module, name: str, host) -> None:
+    """Put back what stood at ``name`` before an empty host was created there."""
+    if isinstance(host, TunedLayer):
+        if host.weight_mask is None:
+            replace_module(model, name, host.restore_base())
+    elif isinstance(host, ModuleCopies):
+        replace_module(model, name, host.original)
+    else:  # a host the model gained as a new attribute (the prompt host, VeRA's shared matrices)
+        host.detach()
+        parent_name, _, child = name.rpartition(".")
+        delattr(model.get_submodule(parent_name) if parent_name else model, child)
 
 
 def add_head_copies(model: nn.Module, name: str, modules_to_save) -> None:
@@ -81,13 +112,16 @@ def add_head_copies(model: nn.Module, name: str, modules_to_save) -> None:
 @contextlib.contextmanager
 def applied(model: nn.Module, config, name: str = "default", activate: bool = True):
     """Apply ``config`` as adapter ``name`` for the block to fill (from a file, say). If the block
-    fails, the adapter is removed and the previously active adapters come back: nothing half-loaded."""
+    fails, the adapter is removed, hosts it created are taken out and the previously active adapters
+    come back: nothing half-loaded."""
     previous = active_adapters(model)
+    before = {host_name for host_name, _ in hosts(model)}
     apply(model, config, name, activate=activate)
     try:
         yield
     except BaseException:
         delete_adapter(model, name)
+        take_out_new_hosts(model, before)
         if previous:
             set_adapter(model, previous)
         raise

@@ -63,7 +63,7 @@ def wrap(model: nn.Module, name: str) -> TunedLayer:
     module = model.get_submodule(name)
     if isinstance(module, TunedLayer):
         return module
-    layer = TunedLayer(module)
+    layer = TunedLayer(module).train(module.training)  # new modules join in the mode of what they replace
     layer.module_name = name  # for methods that treat layers differently by name (IA3's feed-forward set)
     replace_module(model, name, layer)
     return layer

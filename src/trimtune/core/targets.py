@@ -141,11 +141,14 @@ def _describe(spec: TargetSpec) -> str:
 
 
 def _candidates_hint(model: nn.Module, limit: int = 40) -> str:
-    suffixes: dict[str, str] = {}
+    # One entry per layer *position* (block numbers folded to N), so intermediate.dense and output.dense
+    # both appear, not one example per last name component.
+    positions: dict[str, str] = {}
     for name, module in candidate_modules(model):
         if kind_class_for(module) is not None:
-            suffixes.setdefault(name.split(".")[-1], f"{name} ({type(module).__name__})")
-    if not suffixes:
+            positions.setdefault(re.sub(r"\.\d+(?=\.|$)", ".N", name), type(module).__name__)
+    if not positions:
         return f"The model has no layer of a supported type ({', '.join(supported_types())})."
-    listed = "; ".join(list(suffixes.values())[:limit])
-    return f"Wrappable layers (one example per name): {listed}"
+    listed = "; ".join(f"{name} ({kind})" for name, kind in list(positions.items())[:limit])
+    more = f" (and {len(positions) - limit} more)" if len(positions) > limit else ""
+    return f"Wrappable layers (N: any block number): {listed}{more}"

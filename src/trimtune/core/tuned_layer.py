@@ -79,7 +79,7 @@ class TunedLayer(AdapterHost):
     def add_delta(self, name: str, delta: Delta) -> None:
         if name in self.deltas:
             raise ValueError(f"{self.describe()} already has an adapter named {name!r}; pick another name or delete it first")
-        self.deltas[name] = delta
+        self.deltas[name] = delta.train(self.training)  # e.g. no LoRA dropout on a model in eval()
         self._refresh()
 
     def delete_delta(self, name: str) -> None:

@@ -34,13 +34,26 @@ def read_records(path: str | Path, format: str = "auto", columns: tuple[str, ...
     readers = {"csv": _read_csv, "jsonl": read_jsonl, "text-dir": _read_text_dir, "hf": _read_hf}
     if format not in readers:
         raise ValueError(f"data format must be 'auto' or one of {FORMATS}, got {format!r}")
-    records = readers[format](path)
+    records = read_jsonl(path, required=columns[:0]) if format == "jsonl" else readers[format](path)
     if not records:
         raise ValueError(f"data file {path} holds no records")
     missing = [c for c in columns if c not in records[0]]
     if missing:
         raise ValueError(f"data file {path} has no column {missing}; its columns are {sorted(records[0])}")
+    for number, record in enumerate(records, 1):  # every record, not only the first (a JSONL line may lack a key)
+        gaps = [c for c in columns if record.get(c) is None]
+        if gaps:
+            where = f"line {_line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
+            raise ValueError(f"data file {path}, {where}: no {gaps} (every record needs {list(columns)})")
     return records
+
+
+def _line_of(path: Path, format: str, number: int) -> int:
+    """The file line of record ``number``: a CSV has its header first, a JSONL file may skip blank lines."""
+    if format == "csv":
+        return number + 1
+    lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    return lines[number - 1]
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -18,7 +18,6 @@ DENSITY = 0.005
 
 
 def run(ctx: DemoContext) -> None:
-
     settings = QUICK if ctx.quick else FULL
     _, _, _, model, train_loader, test_loader = text_task(ctx, settings)
 

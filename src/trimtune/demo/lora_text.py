@@ -45,7 +45,6 @@ def text_task(ctx: DemoContext, settings: dict):
 
 
 def run(ctx: DemoContext) -> None:
-
     settings = QUICK if ctx.quick else FULL
     train, test, tokenizer, model, train_loader, test_loader = text_task(ctx, settings)
     ctx.detail(f"  data: {len(train)} train / {len(test)} test reviews, {len(DEMO_LABELS)} classes {DEMO_LABELS}")

@@ -31,7 +31,6 @@ def _digits_accuracy(model, x, y) -> float:
 
 
 def _shrink_digits_cnn(ctx: DemoContext, settings: dict) -> dict:
-
     x_train, y_train, x_test, y_test = load_digits_split(seed=ctx.seed)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(ctx.seed))
@@ -51,7 +50,6 @@ def _shrink_digits_cnn(ctx: DemoContext, settings: dict) -> dict:
 
 
 def _shrink_minilm(ctx: DemoContext, settings: dict) -> dict:
-
     train, test = demo_split(seed=ctx.seed)
     if settings["n_train"]:
         train, test = train[: settings["n_train"]], test[: settings["n_train"]]

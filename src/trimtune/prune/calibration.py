@@ -66,7 +66,18 @@ def collect_taylor(
             layer.weight.requires_grad_(True)
             layer.weight.grad = None
         for batch in batches:
-            loss_fn(model, batch).backward()
+            loss = loss_fn(model, batch)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.requires_grad:
+                raise ValueError(
+                    "collect_taylor's loss_fn must return a scalar loss tensor computed with gradients (not under "
+                    f"torch.no_grad() or inference_mode, not .item()); got {type(loss).__name__}"
+                    f"{'' if not isinstance(loss, torch.Tensor) else f' of shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}'}"
+                )
+            loss.backward()
+            unreached = [n for n, layer in layers.items() if layer.weight.grad is None]
+            if unreached:
+                raise ValueError(f"collect_taylor's loss does not depend on the weights of {unreached[:5]}: "
+                                 "compute it from the model's output on the batch")
             with torch.no_grad():
                 for n, layer in layers.items():
                     s = (layer.weight * layer.weight.grad).abs()

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..core.io.atomic import write_safetensors
+from ..core.io.safetensors_files import read_safetensors
 from ..core.masks import pruned_structures
-from ..core.state import wrap
+from ..core.state import wrapped
 from ..core.tuned_layer import TunedLayer
 
 FORMAT = "trimtune.sparse/1"
@@ -64,29 +64,43 @@ def save_sparse(model: nn.Module, path: str | os.PathLike) -> dict[str, int]:
 
 @torch.no_grad()
 def load_sparse(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
-    """Load a ``save_sparse`` file into a model of the same architecture (wrapping its pruned layers)."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a trimtune sparse file (format {metadata.get('format')!r}, expected {FORMAT!r})")
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    """Load a ``save_sparse`` file into a model of the same architecture (wrapping its pruned layers).
+    Everything is checked against the model before anything changes: a file that does not fit
+    leaves the model as it was."""
+    metadata, tensors = _read(Path(path))
     layers = json.loads(metadata["layers"])
-    state = {}
+    state, masks = {}, {}
     for name, info in layers.items():
-        layer = wrap(model, name)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path} has pruned layer {name!r}, which this model does not have") from None
+        shape = tuple(module.weight.shape)
+        if shape != tuple(info["shape"]):
+            raise ValueError(f"{path}: layer {name} is {tuple(info['shape'])} in the file but {shape} in the model")
         key = f"{name}.weight"
-        if tuple(layer.weight.shape) != tuple(info["shape"]):
-            raise ValueError(f"{name}: the file's weight is {tuple(info['shape'])}, the model's {tuple(layer.weight.shape)}")
         if info["masked"]:
             keep = _unpack(tensors.pop(f"{key}.__bitmask"), info["shape"])
             weight = torch.zeros(info["shape"], dtype=tensors[f"{key}.__values"].dtype)
             weight[keep] = tensors.pop(f"{key}.__values")
-            state[key] = weight
-            layer.set_mask(keep.to(layer.weight.dtype))
-        layer.__dict__["pruned_structures"] = {k: list(v) for k, v in info["pruned"].items()}
+            state[key], masks[name] = weight, keep
     state.update(tensors)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("weight_mask")]
+    own = set(model.state_dict())
+    missing = [k for k in own - set(state) if not k.endswith("weight_mask")]
+    unexpected = sorted(set(state) - own)
     if strict and (missing or unexpected):
-        raise ValueError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {unexpected[:5]}")
+    with wrapped(model, list(layers)) as wrappers:
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        for name, info in layers.items():
+            if name in masks:
+                wrappers[name].set_mask(masks[name])
+            wrappers[name].__dict__["pruned_structures"] = {k: list(v) for k, v in info["pruned"].items()}
     return model
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    tensors, metadata = read_safetensors(path, "sparse file written by save_sparse")
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a trimtune sparse file (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    return metadata, tensors

@@ -152,7 +152,6 @@ def make_gate(layer, config: GateConfig) -> GateDelta:
 
 
 def _gates(model: nn.Module, name: str):
-
     found = [(n, layer, layer.deltas[name]) for n, layer in layers(model) if name in layer.deltas]
     if not found:
         raise KeyError(f"no gate adapter named {name!r} on this model")

@@ -121,7 +121,6 @@ class Heads(Granularity):
 
 
 def record_heads(layer) -> list[int]:
-
     return pruned_structures(layer).get("heads", [])
 
 

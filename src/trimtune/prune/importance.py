@@ -77,6 +77,10 @@ class Wanda:
     def __call__(self, name, layer):
         norms = _lookup(self.input_norms, name, "Wanda", "collect_input_norms over the same targets first")
         weight = layer.weight.detach()
+        inputs = layer.kind.weight_shape(weight)[1]
+        if norms.dim() != 1 or norms.numel() != inputs:
+            raise ValueError(f"Wanda: the input norms for {name} have shape {tuple(norms.shape)}, but the layer has "
+                             f"{inputs} input channels (one norm each); collect them with collect_input_norms on this model")
         shape = [1] * weight.dim()
         shape[layer.kind.in_dim] = -1
         return weight.abs() * norms.to(weight.device, weight.dtype).view(shape)

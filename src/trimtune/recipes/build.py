@@ -14,7 +14,7 @@ from ..data import load_demo_texts, text_loader
 from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
 from ..data.lm import lm_loader
-from ..models import LeNet, mean_pool_classifier, minilm_path
+from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
 from ..training import accuracy
 from ..training.batches import run_batch
 from .schema import DataSection, ModelSection, PruneSection, Recipe
@@ -60,7 +60,6 @@ def _records(section: DataSection, source: str, columns: tuple[str, ...], classi
 
 
 def model_dir(section: ModelSection) -> Path:
-
     if section.path == "minilm":
         return minilm_path()
     path = Path(section.path)
@@ -77,21 +76,20 @@ def model_dir(section: ModelSection) -> Path:
 def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
     """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time."""
     if section.path == "lenet":
-
         return LeNet(), None
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     path = model_dir(section)
     tokenizer = AutoTokenizer.from_pretrained(section.tokenizer or path)
     if section.task == "causal-lm":
-        return AutoModelForCausalLM.from_pretrained(path), tokenizer
+        return load_pretrained(AutoModelForCausalLM, path), tokenizer
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if section.pooling == "mean":
-
         model = mean_pool_classifier(path, len(labels))
         model.config.update({"id2label": id2label, "label2id": label2id})
         return model, tokenizer
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    model = load_pretrained(AutoModelForSequenceClassification, path, unused=("pooler.", "lm_head.", "cls."),
+                            new=("classifier.", "score."), num_labels=len(labels), id2label=id2label, label2id=label2id)
     if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer
@@ -106,7 +104,6 @@ class Loaders:
 
 
 def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
-
     section, seed = recipe.data, recipe.data.seed
     if section.train == IMAGE_BATCH:
         return _digit_loaders(section)

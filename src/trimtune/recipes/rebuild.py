@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .. import api as tt
+from ..core.io.output_dir import RUN_MARKER
+from ..core.io.safetensors_files import read_safetensors
 from ..core.registry import method_for_config
 from ..shrinking.files import HISTORY_FILE, load_shrunk
 from .build import Records, load_model, make_loaders, read_data
@@ -24,7 +26,7 @@ from .load import RESOLVED_NAME, load_recipe
 from .schema import ModelSection, Recipe
 
 ADAPTER = "default"  # the name a run's adapter has in the model
-MARKER = "trimtune_run.json"  # written first: only a directory holding it may be overwritten
+MARKER = RUN_MARKER  # written first: only a directory holding it may be overwritten
 SHRINK_FILE = "shrink.json"  # what `trimtune shrink --out DIR` writes, with DIR/model/ and summary.json
 
 
@@ -70,11 +72,10 @@ def parent_source(section: ModelSection) -> str | None:
     return str(_shrink_source(path)) if is_shrink_dir(path) else None
 
 
-def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
+def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = True) -> Run:
     """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
-    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere)."""
-    from safetensors.torch import load_file
-
+    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere); ``check_base=False``
+    loads the adapter even onto a base that differs from the one it was trained on (``--no-check-base``)."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a trimtune run directory (no {MARKER}); give the --out of a tune, prune or diff run")
@@ -85,17 +86,17 @@ def load_run(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = load_source(recipe.model, summary["labels"])
     if (run_dir / "model.safetensors").is_file():
-        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+        model.load_state_dict(read_safetensors(run_dir / "model.safetensors", "run's trained weights")[0])
     if (run_dir / "pruned.safetensors").is_file():
         tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
-    method = recipe.method.build() if recipe.method else None
+    method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         entry = method_for_config(method)
         if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
             entry.prepare_base(model, method)
-        load = entry.load or (lambda m, path: tt.load_adapter(m, path))
+        load = entry.load or tt.load_adapter
         if (run_dir / entry.artifact).is_dir():
-            load(model, run_dir / entry.artifact)
+            load(model, run_dir / entry.artifact, check_base=check_base)
     return Run(recipe, model.eval(), tokenizer, summary["labels"])
 
 

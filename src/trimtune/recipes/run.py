@@ -12,8 +12,6 @@ section the teacher is made right after loading (``recipes/teacher.py``) and its
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +20,7 @@ from torch import nn
 
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
+from ..core.io.output_dir import check_replaceable, fresh_partial, partial_path, swap_in
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
@@ -37,26 +36,27 @@ from .teacher import distiller, load_teacher
 
 
 def check_run_dir(path: str | Path) -> Path:
-    """An existing run directory to resume (refused if it is not one)."""
+    """Where ``--resume`` continues: the unfinished build of ``path`` (``.NAME.partial``) if there is
+    one, else ``path`` itself if it is a run directory."""
     path = Path(path)
-    if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
-    return path
+    partial = partial_path(path)
+    if (partial / MARKER).is_file():
+        return partial
+    if (path / MARKER).is_file():
+        return path
+    raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """An empty directory for the run; an existing non-empty one only with ``overwrite``, and only
-    if it is a run directory (so a mistyped path never deletes a user's files)."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"run directory {path} already exists; pass --overwrite to replace it, or choose another --out")
-        if not (path / MARKER).is_file():
-            raise FileExistsError(f"{path} exists and is not a trimtune run directory (no {MARKER}); refusing to overwrite it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / MARKER, {"format": "trimtune.run/1"})
-    return path
+    """The build directory of a new run into ``path``: checked first (an existing ``path`` is replaced
+    only with ``overwrite`` and only if trimtune wrote it), built beside it, swapped in by
+    ``finish_run_dir`` when complete; a failed run leaves ``path`` as it was and blocks no rerun."""
+    return fresh_partial(check_replaceable(path, overwrite), MARKER, {"format": "trimtune.run/1"})
+
+
+def finish_run_dir(work: Path, path: str | Path) -> None:
+    if Path(work) != Path(path):
+        swap_in(Path(work), Path(path))
 
 
 def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print, resume: bool = False) -> dict:
@@ -78,7 +78,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     if teacher is not None:
         teacher_metrics = evaluate_run(teacher, loaders)
         log(f"teacher: {_fmt(teacher_metrics)}")
-    method = recipe.method.build() if recipe.method else None
+    method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         tt.apply(model, method)
         trainable, total = tt.trainable_parameters(model)
@@ -102,7 +102,6 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         model = unwrap_model(model)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
     if teacher is not None:
@@ -174,7 +173,6 @@ def _metrics(result) -> dict:
 
 
 def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path) -> dict:
-
     saved = {}
     if recipe.prune:
         saved["sparse_file"] = tt.save_sparse(model, out / "pruned.safetensors")

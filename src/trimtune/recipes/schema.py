@@ -11,11 +11,12 @@ import dataclasses
 import difflib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import methods as _registers_every_method  # noqa: F401
 from ..core.config import ConfigError
 from ..core.registry import recipe_methods
+from ..models import minilm_path
 from ..prune import PruneConfig, PruneSchedule
 from ..training.distill import DistillConfig
 
@@ -27,13 +28,28 @@ def methods() -> dict[str, type]:
     return recipe_methods()
 
 
+def section_error(section: str, err: Exception, fields: list[str], renames: dict[str, str] | None = None) -> str:
+    """``section.field ...`` when the library's message starts with a field (renamed to the recipe's key),
+    else ``section: ...``."""
+    message = str(err)
+    first = message.split(" ", 1)[0].split("=", 1)[0].split("[", 1)[0]
+    renames = renames or {}
+    if first in renames:
+        return f"{section}.{renames[first]}{message[len(first):]}"
+    return f"{section}.{message}" if first in fields else f"{section}: {message}"
+
+
+def resolve_model_path(path: str):
+    return minilm_path() if path == "minilm" else path
+
+
 def did_you_mean(word: str, allowed) -> str:
     close = difflib.get_close_matches(word, list(allowed), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr: .inf is no learning rate
 
 
 class ModelSection(Section):
@@ -79,15 +95,12 @@ class MethodSection(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
 
-    @model_validator(mode="after")
-    def _build_config(self):
-        self.build()
-        return self
-
     def options(self) -> dict:
         return dict(self.model_extra or {})
 
-    def build(self):
+    def build(self, model: ModelSection | None = None):
+        """The method's config; ``model`` fills a ``tokenizer`` field the recipe leaves out with the model's
+        (prompt and prefix tuning's init: TEXT read their text with the model's own tokenizer)."""
         table = methods()
         if self.type not in table:
             raise ValueError(f"method.type must be one of {sorted(table)}, got {self.type!r}{did_you_mean(self.type, table)}")
@@ -96,10 +109,13 @@ class MethodSection(BaseModel):
         for key in self.options():
             if key not in fields:
                 raise ValueError(f"unknown key method.{key} for {self.type}{did_you_mean(key, fields)}; allowed: {fields}")
+        options = self.options()
+        if "tokenizer" in fields and "tokenizer" not in options and model is not None and model.task != "image-classification":
+            options["tokenizer"] = model.tokenizer or str(resolve_model_path(model.path))
         try:
-            return cls(**self.options())  # the dataclass's own validation names field, value and what is allowed
+            return cls(**options)  # the dataclass's own validation names field, value and what is allowed
         except ConfigError as err:
-            raise ValueError(f"method.{err}") from None
+            raise ValueError(section_error("method", err, fields)) from None
 
 
 class PruneSection(Section):
@@ -121,13 +137,21 @@ class PruneSection(Section):
 
     @model_validator(mode="after")
     def _library_checks(self):
-
         try:  # the library's own rules (granularity names, N:M with global scope, timing vs style)
             PruneConfig(amount=self.sparsity, granularity=self.granularity, scope=self.scope)
             PruneSchedule.for_timing(self.timing, self.sparsity, 1, self.schedule)
-        except ConfigError as err:
-            raise ValueError(f"prune.{err}") from None
+        except ConfigError as err:  # the library's field names are not the recipe's
+            raise ValueError(section_error("prune", err, list(type(self).model_fields), {"amount": "sparsity", "final": "sparsity"})) from None
         return self
+
+    @field_validator("granularity", mode="before")
+    @classmethod
+    def _quoted_n_m(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads an unquoted 2:4 as 2·60 + 4
+            n, m = divmod(value, 60)
+            raise ValueError(f"prune.granularity {value} is how YAML reads an unquoted {n}:{m} (as a base-60 number); "
+                             f'quote it: granularity: "{n}:{m}"')
+        return value
 
 
 class TrainSection(Section):
@@ -180,6 +204,12 @@ class Recipe(Section):
     distill: DistillSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
     output: str = "runs/run"
+
+    @model_validator(mode="after")
+    def _method_builds(self):
+        if self.method is not None:
+            self.method.build(self.model)  # refused here, at load, rather than after the data is read
+        return self
 
     @model_validator(mode="after")
     def _task_fits_data(self):

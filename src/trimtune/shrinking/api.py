@@ -70,6 +70,9 @@ def shrink(
         pruned[g] = pruned_from_masks(model, group) if from_masks else choose_pruned(group_importance(model, group), ratio, round_to)
         if from_masks and len(pruned[g]) >= group.size:
             raise ValueError(f"the masks of {group.name} prune all {group.size} units; a group cannot be emptied")
+    if not pruned and groups:
+        reasons = "; ".join(f"{g.name} ({g.blocked})" for g in groups if g.blocked) or "every group is protected"
+        raise ValueError(f"nothing can be shrunk: {reasons}")
     if from_masks and not any(len(p) for p in pruned.values()):
         raise ValueError(
             "no structure is entirely masked: shrink removes whole rows/channels/heads only; unstructured or "

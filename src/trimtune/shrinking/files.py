@@ -13,10 +13,12 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from ..core.input_deltas.host import HOST_ATTR as PROMPT_HOST
 from ..core.io.atomic import atomic_directory
+from ..core.io.safetensors_files import read_safetensors
 from . import transformer_groups as hf
 from .apply import replay
 
@@ -41,21 +43,31 @@ def record(model: nn.Module, history: list[dict]) -> None:
 
 
 def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the shrunk base (its new shapes and the replayable history). Adapters on it are not base
+    tensors: ``trimtune.save_shrunk`` writes them beside it, in their own files."""
     state = getattr(model, STATE_ATTR, None)
     if state is None:
         raise ValueError("this model was not shrunk by trimtune (no shrink history); save it the usual way")
+    base = base_state(model)
     with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=base)
         else:
             tensors, seen = {}, set()
-            for name, tensor in model.state_dict().items():
+            for name, tensor in base.items():
                 if tensor.data_ptr() not in seen:  # tied weights once
                     seen.add(tensor.data_ptr())
                     tensors[name] = tensor.contiguous()
             save_file(tensors, tmp / WEIGHTS_FILE)
         (tmp / HISTORY_FILE).write_text(json.dumps({"format": FORMAT, **state}))
     return Path(path)
+
+
+def base_state(model: nn.Module) -> dict:
+    """The model's state dict without adapter tensors or trimtune's own hosts: the shrunk base (the
+    wrappers keep it under its original keys) and its pruning masks."""
+    adapter_parts = (".deltas.", ".copies.", f"{PROMPT_HOST}.")
+    return {k: v for k, v in model.state_dict().items() if not any(part in f".{k}" for part in adapter_parts)}
 
 
 def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -83,7 +95,7 @@ def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     _load_tensors(model, path)
     state.pop("format")
     object.__setattr__(model, STATE_ATTR, state)
-    return model
+    return model.eval()  # as from_pretrained returns a model
 
 
 def _rebuild_hf(state: dict, path: Path) -> nn.Module:
@@ -108,7 +120,7 @@ def _load_tensors(model: nn.Module, path: Path) -> None:
         raise FileNotFoundError(f"{path} has no .safetensors weights")
     tensors = {}
     for file in files:
-        tensors.update(load_file(file))
+        tensors.update(read_safetensors(file, "shrunk model's weights file")[0])
     expected = model.state_dict()
     for name, tensor in tensors.items():
         if name in expected and expected[name].shape != tensor.shape:

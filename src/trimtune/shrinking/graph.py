@@ -92,8 +92,9 @@ def trace(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
         graph = _Tracer().trace(model)
     except Exception as err:  # fx raises many types; the message is what matters
         raise UntraceableError(
-            f"torch.fx cannot trace {type(model).__name__}: {err}. Hugging Face transformers are handled by "
-            "their own rules (shrink_transformer); for other models, protect or group the untraceable part."
+            f"torch.fx cannot trace {type(model).__name__}: {err}. Hugging Face transformers of the known types "
+            "(core/architectures.py) are shrunk from their block layout without tracing; for other models, make the "
+            "forward traceable (no data-dependent control flow), or prune with masks instead (prune + a structured granularity)"
         ) from err
     module = torch.fx.GraphModule(model, graph)
     ShapeProp(module).propagate(*example_inputs)
@@ -160,11 +161,8 @@ class _Propagation:
         elif _is_flatten(user):
             shape = source.meta["tensor_meta"].shape
             self.downstream(user, index_map.then(expand=int(torch.tensor(shape[2:]).prod().item()) if len(shape) > 2 else 1))
-        else:
-            raise UntraceableError(
-                f"cannot follow channels through {user.op} {user.target!r} (node {user.name}); "
-                "protect the layers that feed it (protected=[...]) or prune them manually"
-            )
+        else:  # an op whose channel mapping is unknown: removing these channels could break it, so keep them
+            self.blocked = self.blocked or f"its channels reach {user.op} {user.target!r} (node {user.name}), which shrink cannot follow"
 
     # ---- upstream: who else writes these channels (through a residual add) ----
     def upstream(self, node, index_map):

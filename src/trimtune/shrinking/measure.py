@@ -61,7 +61,6 @@ def _call(model, example_inputs):
 
 
 def _attention_macs(model, example_inputs, output) -> int:
-
     if not supports(model):
         return 0
     ids = example_inputs["input_ids"] if isinstance(example_inputs, dict) else example_inputs[0]

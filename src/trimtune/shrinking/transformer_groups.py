@@ -37,7 +37,6 @@ def _layers_prefix(model: nn.Module, layout: dict) -> tuple[str, nn.ModuleList]:
 
 
 def _width(module: nn.Module, dim: str) -> int:
-
     shell = module.base_layer if isinstance(module, TunedLayer) else module
     out_features, in_features = kind_class_for(shell)(shell).weight_shape(module.weight)
     return out_features if dim == "out" else in_features

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..core.config import ConfigError, check_positive_int
 from ..core.io.atomic import atomic_directory, write_json, write_safetensors
 from ..core.io.fingerprint import BaseMismatchError, check_fingerprint, fingerprint
+from ..core.io.safetensors_files import read_safetensors
 from ..core.state import state_of
 from .distributed import is_main_process, unwrap_model
 from .rng import capture_rng, restore_rng
@@ -102,7 +102,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     state = json.loads((path / STATE_FILE).read_text())
     if state.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{path} has checkpoint format {state.get('format')!r}; this trimtune reads format {FORMAT}")
-    return load_file(path / MODEL_FILE), decode(state, load_file(path / STATE_TENSORS))
+    tensors = read_safetensors(path / MODEL_FILE, "checkpoint's model file")[0]
+    return tensors, decode(state, read_safetensors(path / STATE_TENSORS, "checkpoint's optimizer-state file")[0])
 
 
 def model_state(model: nn.Module, full: bool = False) -> dict[str, torch.Tensor]:

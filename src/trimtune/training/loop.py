@@ -40,7 +40,8 @@ class NonFiniteLossError(FloatingPointError):
         last = f"the last finite step loss was {last_finite:.6g} at step {step - 1}" if last_finite is not None else "no step had finished"
         super().__init__(
             f"loss is {loss} at step {step}; {last}. Training stopped before updating the weights. "
-            "Try a lower learning rate, gradient clipping (clip=...), or check the data of that step."
+            "Try a lower learning rate, gradient clipping (train(..., clip=1.0); in a recipe train.clip_norm: 1.0), "
+            "or check the data of that step."
         )
 
 

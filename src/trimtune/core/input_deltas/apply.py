@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +36,11 @@ def text_token_ids(tokenizer, text: str, n: int, special_tokens: bool = True) ->
     """The ids of ``text``'s tokens, repeated or truncated to ``n`` (``tokenizer``: a path or a tokenizer object;
     ``special_tokens=False`` is passed on as ``add_special_tokens=False``: no [CLS]/[SEP] or BOS)."""
     if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # loaded only when a text init needs it (seconds to import)
+
+        if (os.path.isabs(tokenizer) or tokenizer.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(tokenizer)):
+            raise ConfigError(f"tokenizer {tokenizer!r} does not exist; give the directory of a saved tokenizer "
+                              "(the model's own directory usually holds one)")
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     ids = list((tokenizer(text) if special_tokens else tokenizer(text, add_special_tokens=False))["input_ids"])

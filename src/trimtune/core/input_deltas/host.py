@@ -102,7 +102,6 @@ class PromptHost(AdapterHost):
         return (), call
 
     def _start_checkpointed_call(self, model: nn.Module, prefix: list[InputDelta], batch: int, given) -> None:
-
         plain_tables = all(type(d).compute is InputDelta.compute for d in prefix)
         call = CheckpointedCall.start(model, lambda: _prefix_states(model, prefix, batch), reentrant_safe=plain_tables)
         if call is not None and given is not None:
@@ -188,6 +187,6 @@ def prompt_host(model: nn.Module) -> PromptHost:
     """The model's PromptHost, installed on first use."""
     host = getattr(model, HOST_ATTR, None)
     if host is None:
-        host = PromptHost(model)
+        host = PromptHost(model).train(model.training)
         model.add_module(HOST_ATTR, host)
     return host

@@ -127,3 +127,64 @@ def check_fingerprint(saved: dict, model: nn.Module, what: str = "this artifact"
                 f"or seed). {override}"
             )
 
+
+
+# ---- the tensors an artifact changes ----
+# The samples above rarely hit the entries an adapter or a 0.5 % diff changes, so a base that already
+# holds the change (the adapter merged and saved, say) would pass them. Each artifact therefore also
+# records, per weight it changes, the base weight's norm and its component along the artifact's own
+# dense change D (‖D‖ too). Loading recomputes both from the loaded artifact: a base holding the change
+# is off by ‖D‖ along D; a cast of the right base is off by far less.
+CHANGE_RTOL = 1e-2  # the norm of a changed tensor: a bf16 cast moves it ~1e-3
+
+
+@torch.no_grad()
+def dense_change(layer, delta) -> torch.Tensor | None:
+    """The change ``delta`` makes to ``layer``'s weight when merged (None: not a weight change)."""
+    if not delta.mergeable or not layer.weight.is_floating_point():
+        return None
+    weight = layer.weight.detach().clone()
+    bias = None if layer.bias is None else layer.bias.detach().clone()
+    try:
+        delta.merge_into(weight, bias, None)
+    except NotImplementedError:
+        return None
+    return (weight - layer.weight).float()
+
+
+@torch.no_grad()
+def change_fingerprint(model: nn.Module, adapter: str) -> dict[str, list[float]]:
+    """{layer: [‖W‖, ⟨W, D⟩/‖D‖, ‖D‖]} for each weight adapter ``adapter`` changes (D ≠ 0)."""
+    record = {}
+    for name, layer in layers(model):
+        if adapter not in layer.deltas or adapter in layer.merged:
+            continue
+        change = dense_change(layer, layer.deltas[adapter])
+        if change is None or float(change.norm()) == 0.0:
+            continue
+        weight = layer.weight.detach().float()
+        size = float(change.norm())
+        record[name] = [float(weight.norm()), float((weight * change).sum()) / size, size]
+    return record
+
+
+def check_changes(saved: dict[str, list[float]], model: nn.Module, adapter: str, what: str) -> None:
+    """Refuse a base whose changed tensors are not those the artifact was made on (e.g. it already holds it)."""
+    current = change_fingerprint(model, adapter)
+    for name, (norm, along, size) in saved.items():
+        if name not in current:
+            continue
+        now_norm, now_along, _ = current[name]
+        if abs(now_along - along) > 0.5 * size:
+            raise BaseMismatchError(
+                f"{what} changes {name}, but that weight already differs from the base it was made on along the "
+                f"artifact's own change ({now_along - along:+.4g} of a change of size {size:.4g}): the artifact looks "
+                "merged into this model already (loading it would apply it twice). Load it onto the original base; "
+                "if you are sure, load with check_base=False."
+            )
+        if not math.isclose(now_norm, norm, rel_tol=CHANGE_RTOL):
+            raise BaseMismatchError(
+                f"{what} changes {name}, whose norm was {norm:.6g} in the base it was made on but is {now_norm:.6g} "
+                "here: that weight was changed since. Load it onto the original base; if you are sure, load with "
+                "check_base=False."
+            )

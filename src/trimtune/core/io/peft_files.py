@@ -15,14 +15,14 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..adapters import adapter_config, applied
 from ..state import hosts, layers
 from .atomic import atomic_directory, write_json, write_safetensors
-from .fingerprint import check_fingerprint, fingerprint
+from .fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
 from .peft_format import PREFIX, FormatError, bias_tensors, to_peft_config
+from .safetensors_files import UnreadableFileError, read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -36,7 +36,8 @@ def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
     carriers = _layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
     tensors = adapter_tensors(model, config, name)
-    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(fingerprint(model), sort_keys=True)}
+    record = {**fingerprint(model), "changes": change_fingerprint(model, name)}
+    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(record, sort_keys=True)}
     with atomic_directory(path) as tmp:
         write_safetensors(tmp / WEIGHTS_FILE, tensors, metadata)
         write_json(tmp / CONFIG_FILE, peft_config)
@@ -47,10 +48,13 @@ def load_weight_adapter(model: nn.Module, path: Path, name: str, config, check_b
     """Add weight-delta adapter ``name`` described by ``config`` and fill it from ``path``'s tensors."""
     config = _fit_modules_to_save(model, config)
     tensors, metadata = read_tensors(path / WEIGHTS_FILE)
-    if check_base and FINGERPRINT_KEY in metadata:
-        check_fingerprint(json.loads(metadata[FINGERPRINT_KEY]), model, f"the adapter in {path}")
+    saved = json.loads(metadata[FINGERPRINT_KEY]) if check_base and FINGERPRINT_KEY in metadata else None
+    if saved is not None:
+        check_fingerprint(saved, model, f"the adapter in {path}")
     with applied(model, config, name, activate=activate):
         _copy_into(adapter_tensors(model, config, name), tensors, path / WEIGHTS_FILE)
+        if saved is not None:  # now that the adapter's change is known: refuse a base that already holds it
+            check_changes(saved.get("changes", {}), model, name, f"the adapter in {path}")
     return config
 
 
@@ -85,10 +89,9 @@ def read_tensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not file.is_file():
         raise FileNotFoundError(f"{file} is missing: an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise FormatError(f"{file} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+        return read_safetensors(file, "adapter weights file")
+    except UnreadableFileError as err:
+        raise FormatError(str(err)) from err
 
 
 def _fit_modules_to_save(model: nn.Module, config):

@@ -28,7 +28,6 @@ WARN_AFTER_FORWARDS = 10
 
 
 def adalora_deltas(model: nn.Module, name: str) -> list[tuple[str, AdaLoraDelta]]:
-
     named = ((n, layer.deltas[name]) for n, layer in layers(model) if name in layer.deltas)
     return [(n, delta) for n, delta in named if isinstance(delta, AdaLoraDelta)]
 
@@ -139,7 +138,6 @@ class RankAllocator:
 
 
 def allocators(model: nn.Module, name: str | None = None) -> list[RankAllocator]:
-
     found = [cb for n, cb in state_of(model).callbacks.items() if isinstance(cb, RankAllocator) and name in (None, n)]
     if not found:
         raise ValueError(f"the model has no AdaLoRA adapter{'' if name is None else f' named {name!r}'}")

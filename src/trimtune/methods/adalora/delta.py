@@ -84,7 +84,6 @@ class AdaLoraConfig:
 
     # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
     def to_peft_dict(self, layers: dict) -> dict:
-
         c = self
         # peft refuses a file without a usable schedule; an untrained adapter gets the shortest valid one.
         total_step = c.total_step or c.tinit + c.tfinal + 1
@@ -104,7 +103,6 @@ class AdaLoraConfig:
 
     @classmethod
     def from_peft_dict(cls, d: dict) -> AdaLoraConfig:
-
         fields = {"init_r", "target_r", "lora_alpha", "lora_dropout", "target_modules", "tinit", "tfinal", "deltaT",
                   "beta1", "beta2", "orth_reg_weight", "total_step", "rank_pattern", "modules_to_save"}
         # r is LoraConfig's field that AdaLoRA ignores; the rest only describe peft's own layout.

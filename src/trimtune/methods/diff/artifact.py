@@ -28,7 +28,7 @@ from torch import nn
 
 from ...core.adapters import applied
 from ...core.io.atomic import atomic_directory, write_bytes, write_json
-from ...core.io.fingerprint import check_fingerprint, fingerprint
+from ...core.io.fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
 from ...core.io.peft_format import FormatError
 from ...core.layer_kinds import kind_class_for
 from ...core.modules_to_save import ModuleCopies
@@ -91,7 +91,7 @@ def save_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     record = {
         "format": FORMAT,
         "version": VERSION,
-        "base_fingerprint": fingerprint(model),
+        "base_fingerprint": {**fingerprint(model), "changes": change_fingerprint(model, name)},
         "density": kept / total,
         "kept": kept,
         "total": total,
@@ -144,6 +144,8 @@ def load_diff(model: nn.Module, path: str | os.PathLike, name: str = "default", 
             delta.to_sparse(keep, {t: values for t, (_, values) in sparse[layer_name].items()})
         for module_name, copy in _head_copies(model, name).items():
             copy.load_state_dict(heads[module_name])
+        if check_base:  # a base that already holds this diff (merged and saved) would get it twice
+            check_changes(record["base_fingerprint"].get("changes", {}), model, name, f"the diff in {path}")
     return config
 
 

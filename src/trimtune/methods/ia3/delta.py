@@ -71,7 +71,6 @@ class IA3Config:
 
     @classmethod
     def from_peft_dict(cls, d: dict) -> IA3Config:
-
         check_fields(d, {"target_modules", "feedforward_modules", "init_ia3_weights", "modules_to_save", "fan_in_fan_out"}, cls.peft_type)
         return cls(
             targets=targets_from_peft(d.get("target_modules")),

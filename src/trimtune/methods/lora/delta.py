@@ -84,7 +84,6 @@ class LoraConfig:
 
     # ---- PEFT adapter files (convention: trimtune/io/peft_format.py) ----
     def to_peft_dict(self, layers: dict) -> dict:
-
         return {
             "r": self.r,
             "lora_alpha": int(self.alpha) if float(self.alpha).is_integer() else self.alpha,
@@ -103,7 +102,6 @@ class LoraConfig:
 
     @classmethod
     def from_peft_dict(cls, d: dict) -> LoraConfig:
-
         init = d.get("init_lora_weights", True)
         if init not in (True, False, "gaussian"):
             # PiSSA, OLoRA, LoftQ, ... rewrite the base weights: this adapter needs that rewritten base.

@@ -15,7 +15,7 @@ def projections_of(model: nn.Module) -> VeraProjections:
     """The model's ``VeraProjections`` module, registered on first use."""
     holder = getattr(model, HOLDER, None)
     if holder is None:
-        holder = VeraProjections()
+        holder = VeraProjections().train(model.training)
         model.add_module(HOLDER, holder)
     elif not isinstance(holder, VeraProjections):
         raise ValueError(f"the model already has an attribute {HOLDER!r} ({type(holder).__name__}); VeRA keeps its "
