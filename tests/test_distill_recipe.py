@@ -72,4 +72,4 @@ def test_distill_without_training_is_refused(tmp_path, capsys):
 
 def test_unknown_hidden_layer_names_the_module(tmp_path, capsys):
     code, _, err = main(capsys, "tune", recipe(tmp_path, "bad", distill={"hidden_layers": ["fc9"]}), "--out", tmp_path / "run")
-    assert code == 1 and "hidden_layers: student has no module 'fc9'" in err
+    assert code == 2 and "hidden_layers: student has no module 'fc9'" in err
