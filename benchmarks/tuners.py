@@ -9,6 +9,7 @@ of the training steps in a fresh child process per variant (``_harness.peak_memo
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/tuners.py            # speed/memory table
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/tuners.py --quality --threads 1  # demo accuracy per method
+    ... --quality --side peft                                               # the same with peft's implementation
     ... --small / --quick                                                   # smaller / tiny shapes
     ... --only "IA3@llama" "Prompt tuning 20"  --skip ...                   # some entries, in this order
     ... --step-only --threads 1 --small                                     # step wall + CPU medians only
@@ -398,15 +399,128 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
 }
 
 
-def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None) -> list[list[object]]:
+# ---- peft's implementation of the same methods, on the same model, loop, batches and lr ----
+HEAD, QV = ["classifier"], ["query", "value"]
+LABEL_WORDS = "food good food bad service good service bad"
+
+
+def _peft_quality_configs(total_steps: int) -> dict[str, tuple[Callable, int, dict]]:
+    """method -> (peft config factory, virtual tokens the head's pooling leaves out, extra options).
+    Same settings as ``QUALITY`` where peft has them; peft's prefix tuning has no label-word init."""
+    import peft
+
+    lora = lambda **kw: peft.LoraConfig(r=8, lora_alpha=16, target_modules=QV, modules_to_save=HEAD, **kw)  # noqa: E731
+    return {
+        "LoRA r=8": (lora, 0, {}),
+        "DoRA r=8": (lambda: lora(use_dora=True), 0, {}),
+        "VeRA r=256": (lambda: peft.VeraConfig(r=256, target_modules=QV, modules_to_save=HEAD), 0, {}),
+        "IA3": (lambda: peft.IA3Config(modules_to_save=HEAD), 0, {}),  # peft's BERT defaults: key, value, output.dense
+        "AdaLoRA 12->8": (lambda: peft.AdaLoraConfig(init_r=12, target_r=8, lora_alpha=16, tinit=20, tfinal=40, orth_reg_weight=0.1,
+                                                     # peft refuses a schedule longer than the run (--quick's 2 steps)
+                                                     total_step=max(total_steps, 61), target_modules=QV, modules_to_save=HEAD), 0, {"adalora": True}),
+        "QLoRA NF4 r=8": (lora, 0, {"four_bit": "float32"}),
+        "QLoRA NF4 r=8 bf16 compute": (lora, 0, {"four_bit": "bfloat16"}),
+        "Prompt tuning 50": (lambda: peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=50, prompt_tuning_init="TEXT",
+                                                             prompt_tuning_init_text=LABEL_WORDS,
+                                                             tokenizer_name_or_path=str(tt_minilm())), 50, {}),
+        "P-tuning MLP 20": (lambda: peft.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=20, encoder_hidden_size=128), 20, {}),
+        "Prefix tuning 20": (lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20), 0, {}),
+        "Prefix tuning 20 + MLP": (lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20, prefix_projection=True,
+                                                                   encoder_hidden_size=128), 0, {}),
+    }
+
+
+class _PeftMeanPool(nn.Module):
+    """The demo's mean-pooling MiniLM as peft drives it: peft's prefix tuning hands ``past_key_values``
+    and an attention mask lengthened by the prefix; the pooling reads the text's part of that mask. Its
+    prompt methods prepend virtual tokens, which ``num_virtual_tokens`` leaves out of the pooling
+    (what trimtune's hook does), so both libraries train the same head on the same representation."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.encoder, self.classifier, self.dropout = inner.encoder, inner.classifier, inner.dropout
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    @property
+    def device(self):
+        return self.classifier.weight.device
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, past_key_values=None,
+                num_virtual_tokens=0, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        from trimtune.models import mean_pool, text_positions
+
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions", "output_hidden_states", "return_dict")}
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if past_key_values is not None or num_virtual_tokens:  # the text keeps its own positions, as in trimtune
+            kwargs["position_ids"] = text_positions(reference, num_virtual_tokens)
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
+        mask = attention_mask[:, -hidden.shape[1]:] if attention_mask is not None else None  # the prefix's ones are not text
+        logits = self.classifier(self.dropout(mean_pool(hidden, mask, skip=num_virtual_tokens)))
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class _Prompted(nn.Module):
+    """peft's model, called with ``num_virtual_tokens`` (peft passes extra keywords on to the base model)."""
+
+    def __init__(self, model, virtual: int):
+        super().__init__()
+        self.model, self.virtual = model, virtual
+
+    def forward(self, **batch):
+        return self.model(**batch, num_virtual_tokens=self.virtual) if self.virtual else self.model(**batch)
+
+
+class _AdaLoraBudget:
+    """peft's AdaLoRA rank update: after the optimizer step, before the gradients are cleared."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def after_optimizer_step(self, ctx) -> None:
+        self.peft_model.base_model.update_and_allocate(ctx.step - 1)
+
+
+def peft_quality_model(method: str, inner, total_steps: int):
+    """(model to train, callbacks) with peft's ``method`` applied to ``inner`` (the demo classifier)."""
+    import peft
+
+    table = _peft_quality_configs(total_steps)
+    if method not in table:
+        raise KeyError(f"peft has no {method}")
+    make, virtual, extra = table[method]
+    base = _PeftMeanPool(inner)
+    if extra.get("four_bit"):
+        from _peft_parity import to_bnb_linear4bit
+
+        to_bnb_linear4bit(base.encoder, tt.QuantConfig(compute_dtype=extra["four_bit"]), skip=())
+    model = peft.get_peft_model(base, make())
+    callbacks = [_AdaLoraBudget(model)] if extra.get("adalora") else []
+    return _Prompted(model, virtual), callbacks
+
+
+def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None, side: str = "ours") -> list[list[object]]:
     """The demo's recipe (MiniLM + mean-pooling head, AdamW, one warm-up epoch then linear decay) for
-    every method, one run per split seed; ``lr`` overrides the table's learning rate (sweeps)."""
+    every method, one run per split seed; ``lr`` overrides the table's learning rate (sweeps).
+    ``side="peft"``: peft's implementation of the method instead (same model, loop, batches, lr)."""
     from trimtune.data import DEMO_LABELS, demo_split, text_loader
     from trimtune.demo.lora_text import load_model, text_schedule
 
     rows = []
     for method, (make_config, default_lr) in QUALITY.items():
         if only and method not in only:
+            continue
+        if side == "peft" and method not in _peft_quality_configs(1):
             continue
         rate, accuracies, seconds = lr or default_lr, [], 0.0
         for seed in seeds:
@@ -415,15 +529,21 @@ def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None) -> l
                 train, test = train[:32], test[:32]
             torch.manual_seed(seed)
             tokenizer, model = load_model()
-            tt.apply(model, make_config())
             loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
-            result = tt.train(model, loader, epochs=epochs, lr=rate, scheduler=text_schedule(epochs, loader), progress=False)
+            callbacks = []
+            if side == "peft":
+                model, callbacks = peft_quality_model(method, model, epochs * len(loader))
+            else:
+                tt.apply(model, make_config())
+            result = tt.train(model, loader, epochs=epochs, lr=rate, scheduler=text_schedule(epochs, loader), callbacks=callbacks,
+                              progress=False)
             accuracies.append(tt.evaluate(model, text_loader(test, tokenizer, DEMO_LABELS, 64), tt.accuracy)["accuracy"])
             seconds += result.wall_time
-            print(f"{method} lr {rate:g} seed {seed}: accuracy {accuracies[-1]:.3f} ({result.wall_time:.0f} s)", flush=True)
+            print(f"{side} {method} lr {rate:g} seed {seed}: accuracy {accuracies[-1]:.3f} ({result.wall_time:.0f} s)", flush=True)
         mean = sum(accuracies) / len(accuracies)
         spread = f"{100 * mean:.1f} (min {100 * min(accuracies):.1f}, max {100 * max(accuracies):.1f})"
-        rows.append([method, tt.trainable_parameters(model)[0], rate, spread, " / ".join(f"{100 * a:.1f}" for a in accuracies),
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows.append([method, trainable, rate, spread, " / ".join(f"{100 * a:.1f}" for a in accuracies),
                      seconds / len(seeds)])
     return rows
 
@@ -448,6 +568,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="--quality: demo split seeds")
     parser.add_argument("--lr", type=float, help="--quality: one learning rate for the methods run (a sweep)")
+    parser.add_argument("--side", choices=("ours", "peft"), default="ours", help="--quality: trimtune's methods or peft's")
     parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all); --quality: method names")
     parser.add_argument("--skip", nargs="*", default=[], help="entries not to run, by method or method@model")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -461,7 +582,7 @@ def main() -> None:
     _harness.PRELOAD += ["bitsandbytes", "trimtune", "transformers.models.llama.modeling_llama",
                          "transformers.models.bert.modeling_bert"]
     if args.quality:
-        rows = quality(1 if args.quick else args.epochs, args.seeds, args.quick, args.only, args.lr)
+        rows = quality(1 if args.quick else args.epochs, args.seeds, args.quick, args.only, args.lr, args.side)
         print(markdown_table(["method", "trainable", "lr", "test accuracy % mean (min, max)", "per seed", "train s / run"], rows))
     else:
         rows = []

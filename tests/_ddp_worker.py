@@ -13,7 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 import trimtune as tt
-from trimtune.training.distributed import distributed_loader, distributed_model, init_distributed
+from trimtune.training.distributed import (
+    distributed_loader,
+    distributed_model,
+    init_distributed,
+)
 
 PER_RANK_BATCH, EXAMPLES, EPOCHS = 4, 32, 2
 
@@ -59,4 +63,6 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     info, trained = run(out, PER_RANK_BATCH)
     save_file(final_state(trained), out / f"rank{info.rank}.safetensors")
-    torch.distributed.destroy_process_group()
+    from _worker_exit import leave
+
+    leave()

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _worker_exit import leave
 
 import trimtune as tt
 from trimtune.training.distributed import distributed_loader, init_distributed
@@ -212,14 +213,7 @@ def main(argv: list[str]) -> None:
         except ValueError as error:
             if rank == 0:
                 (out / "refused.txt").write_text(str(error))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()  # every rank done before the group goes (gloo aborts on a peer's early teardown)
-        torch.distributed.destroy_process_group()
-    # All files are written. Leave without the interpreter's teardown: gloo's threads sometimes abort
-    # there ("terminate called without an active exception", ~1 run in 5 on this machine) after the work is done.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave()
 
 
 if __name__ == "__main__":

@@ -148,10 +148,19 @@ def test_digits_prune_shrink_report(tmp_path, capsys):
     figures = result_line(result.stdout, "shrink")
     assert figures["params"][1] < 0.5 * figures["params"][0]
     assert (small / "model" / "shrink_history.json").is_file()
-    for run_dir, plots in ((run, ["loss.png", "sparsity.png"]), (small, ["shrink.png"])):
+    story = json.loads((run / "prune_story.json").read_text())  # timing "after": dense phase, ramp, recovery
+    assert 0 < story["begin"] < story["end"] < 14 and story["dense"]["step"] == story["begin"] - 1
+    assert story["pruned"]["step"] == story["end"]
+    trace = [s for _, s in story["sparsity_trace"]]
+    assert trace[story["begin"] - 1] == 0 and trace == sorted(trace) and trace[-1] > 0.65  # the ramp, never un-pruned
+    assert story["size"]["shrunk"]["macs_after"] < 0.5 * story["size"]["shrunk"]["macs_before"]  # whole units: real MACs
+    for run_dir, plots in ((run, ["accuracy.png", "timeline.png", "size.png", "loss.png", "sparsity.png"]), (small, ["shrink.png"])):
         code, out, _ = main(capsys, "report", run_dir)
         assert code == 0 and result_line(out, "report")["plots"] == plots
     assert "| params |" in (small / "report" / "report.md").read_text()
+    report = (run / "report" / "report.md").read_text()
+    assert f"| dense | {100 * story['dense']['accuracy']:.2f} % | step {story['begin'] - 1}, before pruning began |" in report
+    assert "| fc1 | 64×128 | 70.3 % | 45 of 64 |" in report
 
 
 def test_llama_prompt_and_qlora(tmp_path, capsys, llama_dir):

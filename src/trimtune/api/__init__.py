@@ -44,6 +44,8 @@ from ..training import (
     CheckpointError,
     CheckpointMismatchError,
     ClipConfig,
+    DistillConfig,
+    Distiller,
     MetricsLogger,
     NonFiniteLossError,
     TrainContext,

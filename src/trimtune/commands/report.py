@@ -9,8 +9,10 @@ from .common import add_quiet, show
 
 def add_report(subparsers) -> None:
     p = subparsers.add_parser("report", help="write a Markdown/HTML report with plots of a run directory",
-                              description="Plots what RUN_DIR holds (loss curve, sparsity per layer, shrink before/after, "
-                              "AdaLoRA ranks) into RUN_DIR/report/ with report.md or .html and report.json.")
+                              description="Plots what RUN_DIR holds into RUN/report/ with report.md or .html and report.json: for a "
+                              "pruning run, accuracy dense vs pruned vs recovered (and the teacher's), accuracy and sparsity "
+                              "over the steps, size and speed dense vs pruned, what each layer lost; also the loss curve, "
+                              "sparsity per layer, shrink before/after, AdaLoRA ranks.")
     p.add_argument("run_dir", type=Path, help="a directory written by tune, prune, diff or shrink")
     p.add_argument("--format", choices=("md", "html", "both"), default="md", help="report document (default: %(default)s)")
     add_quiet(p)

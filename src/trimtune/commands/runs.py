@@ -11,7 +11,8 @@ from .llm_prune import add_llm_arguments, run_llm
 
 RUNS = {
     "tune": ("fine-tune with any method (LoRA, AdaLoRA, QLoRA, IA3, bottleneck, prompt, P-, prefix tuning, diff)",
-             lambda r: r.method is not None, "a `method:` section (e.g. method: {type: lora, r: 8})"),
+             lambda r: r.method is not None or r.distill is not None,
+             "a `method:` section (e.g. method: {type: lora, r: 8}), or a `distill:` section to train the whole model"),
     "prune": ("mask pruning with any importance, granularity and schedule (optionally with a tuning method)",
               lambda r: r.prune is not None, "a `prune:` section (e.g. prune: {sparsity: 0.5})"),
     "diff": ("diff pruning: train a sparse task diff over the frozen base and save it",

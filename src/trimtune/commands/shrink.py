@@ -55,9 +55,11 @@ def run(args) -> int:
                     from_masks=args.from_masks, round_to=args.round_to, measure_latency=args.latency)
     logger(args)(report.table())
     after = evaluate_run(loaded.model, loaders)
+    # source: the run this model was cut from, the default teacher when a tune recovers it by distillation
+    summary = {"labels": loaded.labels, "source": str(args.run_dir.resolve()), "before": before, "after": after}
     with output_directory(args.out, args.overwrite, "shrink", sources=[args.run_dir]) as tmp:
         save_shrunk(loaded.model, tmp / "model")
         write_json(tmp / "shrink.json", json.loads(report.to_json()))
-        write_json(tmp / "summary.json", {"labels": loaded.labels, "before": before, "after": after})
+        write_json(tmp / "summary.json", summary)
     show("shrink", {label: [before, after] for label, before, after in report.totals()})
     return 0

@@ -5,13 +5,13 @@ directory (for eval, merge, export and shrink).
 A run directory holds ``trimtune_run.json`` (the marker), ``recipe.yaml`` (resolved), ``summary.json`` (labels, figures),
 ``metrics.json`` (losses, evaluations) and, as the run made them: ``adapter/`` (PEFT format),
 ``diff/`` (sparse diff), ``pruned.safetensors`` (masked weights, compressed), ``model.safetensors``
-(all weights, when the base itself was trained), ``sparsity.json``, ``adalora_ranks.json``.
+(all weights, when the base itself was trained), ``sparsity.json``, ``prune_story.json`` (dense /
+pruned evals, sparsity per step, size dense vs pruned), ``adalora_ranks.json``. With a ``distill``
+section the teacher is made right after loading (``recipes/teacher.py``) and its metrics go into the summary.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,20 +20,19 @@ from torch import nn
 
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
-from ..core.io.output_dir import RUN_MARKER, check_replaceable, fresh_partial, partial_path, swap_in
-from ..core.io.safetensors_files import read_safetensors
+from ..core.io.output_dir import check_replaceable, fresh_partial, partial_path, swap_in
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
 from ..training.distributed import distributed_loader, init_distributed, parallel_model, unwrap_model
 from ..training.fsdp import is_sharded
 from ..training.loop import _total_steps
-from .build import Loaders, Records, load_model, make_loaders, prune_config, read_data
-from .load import RESOLVED_NAME, load_recipe, save_recipe
+from .build import Loaders, example_inputs, make_loaders, prune_config, read_data
+from .load import save_recipe
+from .rebuild import ADAPTER, MARKER, Run, load_run, load_source  # noqa: F401  (load_run, Run: re-exported)
 from .schema import Recipe
-
-ADAPTER = "default"  # the name a run's adapter has in the model
-MARKER = RUN_MARKER  # written first: only a directory holding it may be overwritten
+from .story import PruneStory, size_figures
+from .teacher import distiller, load_teacher
 
 
 def check_run_dir(path: str | Path) -> Path:
@@ -71,10 +70,14 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         save_recipe(recipe, out)
     records = read_data(recipe)
     torch.manual_seed(recipe.train.seed)
-    model, tokenizer = load_model(recipe.model, records.labels)
+    model, tokenizer = load_source(recipe.model, records.labels)
     loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
+    teacher = load_teacher(recipe, model, records.labels) if recipe.distill else None  # before the method and pruning
+    if teacher is not None:
+        teacher_metrics = evaluate_run(teacher, loaders)
+        log(f"teacher: {_fmt(teacher_metrics)}")
     method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
         tt.apply(model, method)
@@ -82,7 +85,9 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         log(f"{recipe.method.type}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f} %)")
     t = recipe.train
     steps = _total_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
-    callbacks = _callbacks(recipe, model, method, loaders, steps)
+    callbacks, story = _callbacks(recipe, model, method, loaders, steps)
+    if teacher is not None:
+        callbacks.append(distiller(recipe, model, teacher, loaders))
     result = None
     if steps:
         logger = tt.MetricsLogger(out / "metrics.csv", out / "tensorboard" if t.tensorboard else None, every=t.log_every)
@@ -100,6 +105,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     elif recipe.prune:
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
+    if teacher is not None:
+        summary["teacher"] = teacher_metrics
     if method is not None and method_for_config(method).finish is not None:
         entries, message = method_for_config(method).finish(model, ADAPTER, method)
         summary.update(entries)
@@ -112,6 +119,10 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     if info.rank != 0:
         return summary
     summary.update(_save_artifacts(model, recipe, method, out, method_files=not sharded))
+    if recipe.prune:
+        record = story.record if story is not None else {}
+        size = size_figures(model, example_inputs(loaders), summary.get("sparse_file") or {})
+        write_json(out / "prune_story.json", {**record, "size": size})
     write_json(out / "metrics.json", _metrics(result))
     write_json(out / "summary.json", summary)
     return summary
@@ -136,15 +147,17 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
 
 
 def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
-    callbacks = []
+
+    callbacks, story = [], None
     if recipe.prune and steps:
         p = recipe.prune
         schedule = PruneSchedule.for_timing(p.timing, p.sparsity, steps, p.schedule, rounds=p.rounds)
-        callbacks.append(PruningCallback(prune_config(p, model, loaders), schedule))
+        story = PruneStory(schedule, lambda m: evaluate_run(m, loaders))  # after the pruning callback: sees each step pruned
+        callbacks += [PruningCallback(prune_config(p, model, loaders), schedule), story]
     hooks = method_for_config(method).callbacks if method is not None else None
     if hooks is not None:
         callbacks.extend(hooks(model, ADAPTER, method, recipe.train))
-    return callbacks
+    return callbacks, story
 
 
 def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
@@ -183,45 +196,3 @@ def _save_method_files(model: nn.Module, method, out: Path) -> None:
     """The adapter, or the method's own files such as a diff (a collective under FSDP: every rank calls it)."""
     if method is not None:
         tt.save_adapter(model, out / method_for_config(method).artifact)  # the method's own files, or peft's
-
-
-@dataclass
-class Run:
-    recipe: Recipe
-    model: nn.Module
-    tokenizer: object
-    labels: list[str] | None
-
-    def loaders(self) -> Loaders:
-        """The recipe's data as the run saw it (its labels, in its order)."""
-        records = read_data(self.recipe)
-        return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer)
-
-
-def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = True) -> Run:
-    """The model as the run left it (base, masks, adapter or diff, trained weights); ``overrides``
-    change the recipe's data (e.g. ``data.eval=other.csv`` to evaluate elsewhere); ``check_base=False``
-    loads the adapter even onto a base that differs from the one it was trained on (``--no-check-base``)."""
-
-    run_dir = Path(run_dir)
-    if not (run_dir / MARKER).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a trimtune run directory (no {MARKER}); give the --out of a tune, prune or diff run")
-    if not (run_dir / "summary.json").is_file():
-        raise FileNotFoundError(f"the run in {run_dir} did not finish (no summary.json); run it again with --overwrite")
-    recipe = load_recipe(run_dir / RESOLVED_NAME, overrides)
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    torch.manual_seed(recipe.train.seed)
-    model, tokenizer = load_model(recipe.model, summary["labels"])
-    if (run_dir / "model.safetensors").is_file():
-        model.load_state_dict(read_safetensors(run_dir / "model.safetensors", "run's trained weights")[0])
-    if (run_dir / "pruned.safetensors").is_file():
-        tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
-    method = recipe.method.build(recipe.model) if recipe.method else None
-    if method is not None:
-        entry = method_for_config(method)
-        if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
-            entry.prepare_base(model, method)
-        load = entry.load or tt.load_adapter
-        if (run_dir / entry.artifact).is_dir():
-            load(model, run_dir / entry.artifact, check_base=check_base)
-    return Run(recipe, model.eval(), tokenizer, summary["labels"])

@@ -19,6 +19,7 @@ from ..core.registry import recipe_methods
 from ..models import minilm_path
 from ..prune import PruneConfig, PruneSchedule
 from ..prune.sequential import SequentialConfig
+from ..training.distill import DistillConfig
 
 
 def methods() -> dict[str, type]:
@@ -214,12 +215,38 @@ class OneShotSection(Section):
         return value
 
 
+class DistillSection(Section):
+    """Recover by learning from a frozen teacher: loss (1 − alpha)·task + alpha·T²·KL(teacher ‖ student)
+    + hidden_weight · MSE over ``hidden_layers``. teacher: a run directory, a ``trimtune shrink`` output
+    or a Hugging Face directory; default: the run a shrunk ``model.path`` was cut from, else the model
+    as loaded, before the method and pruning."""
+
+    teacher: str | None = None
+    alpha: float = 0.5
+    temperature: float = 2.0
+    hidden_layers: list[str | list[str]] = Field(default_factory=list, description="module names (or [student, teacher] pairs) whose outputs are matched")
+    hidden_weight: float = 1.0
+    cache_teacher: bool = True
+
+    @model_validator(mode="after")
+    def _library_checks(self):
+        self.build()
+        return self
+
+    def build(self) -> DistillConfig:
+        try:
+            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight, self.cache_teacher)
+        except ConfigError as err:
+            raise ValueError(f"distill.{err}") from None
+
+
 class Recipe(Section):
     model: ModelSection
     data: DataSection | None = None
     oneshot: OneShotSection | None = None
     method: MethodSection | None = None
     prune: PruneSection | None = None
+    distill: DistillSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     output: str = "runs/run"
@@ -233,7 +260,7 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _data_or_oneshot(self):
         if self.oneshot is not None:
-            extra = [name for name in ("data", "method", "prune") if getattr(self, name) is not None]
+            extra = [name for name in ("data", "method", "prune", "distill") if getattr(self, name) is not None]
             if extra:
                 raise ValueError(f"a oneshot: recipe prunes a model directory block by block; it takes no {extra} section(s)")
         elif self.data is None:
@@ -250,4 +277,6 @@ class Recipe(Section):
         if self.distributed.strategy == "fsdp" and (self.prune or self.method is None):
             what = "prune" if self.prune else "training the whole model (no method)"
             raise ValueError(f"distributed.strategy 'fsdp' trains adapters (a method section, no prune section); {what} runs with strategy 'ddp'")
+        if self.distill is not None and not (self.train.epochs or self.train.max_steps):
+            raise ValueError("distill needs training: set train.epochs or train.max_steps above 0")
         return self

@@ -11,6 +11,7 @@ from .checkpoint import (
     read_checkpoint,
 )
 from .clip import ClipConfig, clip_gradients
+from .distill import DistillConfig, Distiller
 from .distributed import DistributedInfo, distributed_loader, distributed_model, init_distributed, is_main_process
 from .evaluate import accuracy, evaluate
 from .loop import NonFiniteLossError, TrainResult, train
@@ -23,6 +24,8 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ClipConfig",
+    "DistillConfig",
+    "Distiller",
     "DistributedInfo",
     "MetricsLogger",
     "NonFiniteLossError",

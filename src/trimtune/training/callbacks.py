@@ -4,7 +4,11 @@ A callback is any object; it implements the hooks it needs (subclassing ``Callba
 Every hook receives the ``TrainContext`` first. One optimizer step runs:
 
     for each micro-batch (grad_accum of them):
-        loss = data loss + Σ loss_term(ctx)          regularisers (L1, group lasso, orthogonality)
+        output = model(batch)
+        on_forward(ctx, batch, output)               the batch (on the device) and its BatchOutput
+                                                   (loss, logits, labels): distillation's teacher input
+        loss = data loss + Σ loss_term(ctx)          regularisers (L1, group lasso, orthogonality),
+                                                   distillation
         backward
     clip gradients
     before_optimizer_step(ctx)                     final gradients at the weights they were taken at:
@@ -15,6 +19,9 @@ Every hook receives the ``TrainContext`` first. One optimizer step runs:
     scheduler.step();  optimizer.zero_grad()
     on_step_end(ctx, step, loss)                   logging, checkpoints; set ctx.stop to end early
     on_eval(ctx, step, metrics)                    only when an evaluation ran at this step
+
+A callback that owns parameters to train (distillation's width maps) returns them from
+``trainable_parameters()``; the default optimizer includes them (a caller's optimizer must).
 
 ``on_train_start(ctx)`` runs once before the first batch, ``on_train_end(ctx, result)`` once after
 the last step (not when training stops with an error). For each hook, callbacks run in the order given.
@@ -28,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-HOOKS = ("on_train_start", "loss_term", "before_optimizer_step", "after_optimizer_step", "on_step_end", "on_eval", "on_train_end")
+HOOKS = ("on_train_start", "on_forward", "loss_term", "before_optimizer_step", "after_optimizer_step", "on_step_end", "on_eval", "on_train_end")
 
 
 @dataclass
@@ -50,6 +57,9 @@ class Callback:
     """No-op hooks to subclass; override the ones you need."""
 
     def on_train_start(self, ctx: TrainContext) -> None: ...
+
+    def on_forward(self, ctx: TrainContext, batch, output) -> None:
+        """After the model ran on one micro-batch (``output``: a ``BatchOutput``), before its loss terms."""
 
     def loss_term(self, ctx: TrainContext) -> torch.Tensor | None:
         """An extra term added to the loss of every micro-batch (None for nothing)."""
@@ -80,6 +90,11 @@ class CallbackList:
             method = getattr(callback, hook, None)
             if method is not None:
                 method(*args)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters callbacks own and train (``trainable_parameters()``), for the default optimizer."""
+        found = (getattr(c, "trainable_parameters", None) for c in self.callbacks)
+        return [p for params in found if params is not None for p in params()]
 
     def loss_terms(self, ctx: TrainContext) -> list[torch.Tensor]:
         terms = (getattr(c, "loss_term", None) for c in self.callbacks)

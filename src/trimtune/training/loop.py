@@ -107,14 +107,15 @@ def train(
     if device is not None:
         model.to(device)
     device = model_device(model)
-    optimizer = optimizer or default_optimizer(model, lr or DEFAULT_LR)
+    # Callbacks a tuning method needs every step (AdaLoRA's rank update) run without being asked for.
+    hooks = CallbackList([*state_of(unwrap_model(model)).callbacks.values(), *callbacks])
+    # A callback's own parameters (distillation's width maps) train with the model's.
+    optimizer = optimizer or default_optimizer(model, lr or DEFAULT_LR, hooks.trainable_parameters())
     total_steps = _total_steps(train_data, epochs, max_steps, grad_accum)
     if callable(scheduler) and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         scheduler = scheduler(optimizer, total_steps)
     clip = as_clip_config(clip)
     precision = MixedPrecision(autocast, device)
-    # Callbacks a tuning method needs every step (AdaLoRA's rank update) run without being asked for.
-    hooks = CallbackList([*state_of(unwrap_model(model)).callbacks.values(), *callbacks])
     ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps)
     result = TrainResult()
     position = DataPosition()
@@ -164,8 +165,8 @@ def train(
     return result
 
 
-def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def default_optimizer(model: nn.Module, lr: float, extra: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra)
     if not params:
         raise ValueError("the model has no trainable parameters: apply an adapter (trimtune.apply) or unfreeze some")
     return torch.optim.AdamW(params, lr=lr)
@@ -180,7 +181,10 @@ def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
         sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
         with sync:
             with precision.autocast():
-                loss = run_batch(model, to_device(batch, device), loss_fn).loss
+                batch = to_device(batch, device)
+                output = run_batch(model, batch, loss_fn)
+                loss = output.loss
+                hooks.call("on_forward", ctx, batch, output)  # distillation reads the inputs and logits
                 if loss is None:
                     raise ValueError("the batch gave no loss: dict batches need 'labels' (the model returns .loss), (inputs, targets) batches need loss_fn")
                 loss = sum(hooks.loss_terms(ctx), loss)

@@ -1,0 +1,219 @@
+"""Recovering a pruned MiniLM on the demo reviews, with and without distillation from the dense model.
+
+Per split seed: the dense model is all-MiniLM-L6-v2 (mean pooling) tuned with LoRA (r=8, query|value,
+classifier trained), 12 epochs — the demo's setting. It is merged; that dense model is both the
+teacher and where every pruned student starts:
+
+- shrink 25 % / 50 % of heads and FFN units per layer (by magnitude, removed for real), then LoRA
+  (same settings) with plain task loss, or with distillation (KL at T=2, alpha=0.5, from the dense model);
+- Wanda 2:4 (8 calibration batches) on every encoder Linear, then LoRA with ``follow_mask`` (stays 2:4),
+  without / with distillation.
+
+Also times a distillation step against a plain step (same batch, 2 threads unless --threads) and
+reports peak RSS of each in a fresh child.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/recovery.py --threads 1 --seeds 0 1 2 3 4
+    ... --quick                          # seconds: 32 examples, 1 epoch
+    ... --step-only                      # only the step time / memory comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import markdown_table, peak_memory_mb, set_threads  # noqa: E402
+
+import trimtune as tt  # noqa: E402
+from trimtune.data import DEMO_LABELS, demo_split, text_loader  # noqa: E402
+from trimtune.prune import PruneConfig, Wanda, collect_input_norms, prune  # noqa: E402
+
+LORA = dict(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"])
+DISTILL = dict(alpha=0.5, temperature=2.0)
+ENCODER_LINEARS = r"encoder\.layer\.\d+\..*(query|key|value|dense)$"  # every Linear of the 6 blocks
+VARIANTS = ["dense LoRA", "shrink 25 %", "shrink 25 % + distill", "shrink 50 %", "shrink 50 % + distill",
+            "Wanda 2:4", "Wanda 2:4 + distill"]
+
+
+def data(seed: int, quick: bool):
+    from transformers import AutoTokenizer
+
+    from trimtune.models import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    train, test = demo_split(seed=seed)
+    if quick:
+        train, test = train[:32], test[:32]
+    return tokenizer, text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed), text_loader(test, tokenizer, DEMO_LABELS, 64)
+
+
+def tune(model, loader, test, epochs: int, teacher=None) -> float:
+    """LoRA (follow_mask on pruned layers) for ``epochs``, distilling from ``teacher`` when given."""
+    tt.apply(model, tt.LoraConfig(**LORA, follow_mask=True))
+    callbacks = [tt.Distiller(model, teacher, tt.DistillConfig(**DISTILL))] if teacher is not None else []
+    tt.train(model, loader, epochs=epochs, lr=1e-3, scheduler=tt.linear_schedule(), callbacks=callbacks, progress=False)
+    return tt.evaluate(model, test, tt.accuracy)["accuracy"]
+
+
+def dense_model(loader, test, epochs: int):
+    from trimtune.models import minilm_classifier
+
+    model = minilm_classifier(len(DEMO_LABELS))
+    accuracy = tune(model, loader, test, epochs)
+    tt.merge(model)
+    return tt.unload(model, merge_adapters=True).eval(), accuracy
+
+
+def inputs_of(loader) -> dict:
+    batch = next(iter(loader))
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def shrunk(dense, ratio: float, loader):
+    model = copy.deepcopy(dense)
+    tt.shrink(model, ratio, example_inputs=inputs_of(loader), measure=False)
+    return model
+
+
+def two_four(dense, loader):
+    model = copy.deepcopy(dense)
+    batches = [inputs_of([b]) for b, _ in zip(loader, range(8))]
+    norms = collect_input_norms(model, batches, targets=ENCODER_LINEARS)
+    prune(model, PruneConfig(amount=0.5, importance=Wanda(norms), granularity="2:4", targets=ENCODER_LINEARS))
+    return model
+
+
+def one_seed(seed: int, epochs: int, quick: bool) -> dict:
+    torch.manual_seed(seed)
+    tokenizer, loader, test = data(seed, quick)
+    dense, dense_acc = dense_model(loader, test, epochs)
+    results = {"dense LoRA": dense_acc}
+    students = {"shrink 25 %": lambda: shrunk(dense, 0.25, loader), "shrink 50 %": lambda: shrunk(dense, 0.5, loader),
+                "Wanda 2:4": lambda: two_four(dense, loader)}
+    for name, make in students.items():
+        for distill in (False, True):
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            student = make()
+            label = name + (" + distill" if distill else "")
+            if not distill:
+                results[f"{name} (before recovery)"] = tt.evaluate(student, test, tt.accuracy)["accuracy"]
+            results[label] = tune(student, loader, test, epochs, teacher=dense if distill else None)
+            print(f"seed {seed} {label}: {results[label]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return results
+
+
+def step_costs(threads: int, rounds: int = 9) -> dict:
+    """Median wall time of a plain LoRA step and a distillation step on the same batch (MiniLM, 16 x 64),
+    interleaved round by round so a shared machine's load falls on both alike."""
+    from trimtune.models import minilm_classifier
+
+    torch.manual_seed(0)
+    set_threads(threads)
+    teacher = minilm_classifier(len(DEMO_LABELS)).eval()
+    steps = {variant: make_step(variant, teacher) for variant in VARIANT_STEPS}
+    for step in steps.values():
+        step(), step()  # warm-up
+    times = {variant: [] for variant in steps}
+    for _ in range(rounds):
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[variant].append(time.perf_counter() - start)
+    out = {f"{v}_ms": 1000 * statistics.median(t) for v, t in times.items()}
+    for variant in VARIANT_STEPS[1:]:
+        out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["plain_ms"]
+    return out
+
+
+# distill: the teacher runs every step (the first epoch); distill-cached: its logits for this batch are
+# cached (every later epoch of a classification run)
+VARIANT_STEPS = ("plain", "distill", "distill-cached")
+
+
+def make_step(variant: str, teacher):
+    """One optimizer step of LoRA on MiniLM, plain or with logit distillation from ``teacher``."""
+    from trimtune.training.batches import run_batch
+
+    model = copy.deepcopy(teacher)
+    tt.apply(model, tt.LoraConfig(**LORA))
+    config = tt.DistillConfig(**DISTILL, cache_teacher=variant == "distill-cached")
+    distiller = tt.Distiller(model, teacher, config) if variant != "plain" else None
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (16, 64), generator=g), "attention_mask": torch.ones(16, 64, dtype=torch.long),
+             "labels": torch.randint(0, 4, (16,), generator=g)}
+
+    def step():
+        output = run_batch(model.train(), batch)
+        loss = output.loss + (distiller.distill_term(batch, output) if distiller else 0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build_step(variant: str):  # module level: runs in the memory child
+    from trimtune.models import minilm_classifier
+
+    torch.manual_seed(0)
+    return make_step(variant, minilm_classifier(len(DEMO_LABELS)).eval())
+
+
+def peak_memory(threads: int) -> dict:
+    """Per variant, in a fresh child: (peak RSS growth over 3 steps, the peak including the model(s))."""
+    import _harness
+
+    _harness.THREADS = threads
+    _harness.PRELOAD += ["trimtune", "transformers.models.bert.modeling_bert"]
+    out = {}
+    for variant in VARIANT_STEPS:
+        growth, total = peak_memory_mb(build_step, variant, calls=3, with_model=True)
+        out[f"{variant}_peak_growth_mb"], out[f"{variant}_peak_with_models_mb"] = growth, total
+    return out
+
+
+def summary(per_seed: dict[int, dict]) -> str:
+    rows = []
+    names = [n for n in next(iter(per_seed.values()))]
+    for name in names:
+        values = [100 * r[name] for r in per_seed.values()]
+        rows.append([name, f"{statistics.mean(values):.1f}", f"{min(values):.1f} – {max(values):.1f}", " ".join(f"{v:.1f}" for v in values)])
+    return markdown_table(["variant", "test accuracy % mean", "min – max", "per seed " + ",".join(map(str, per_seed))], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--step-only", action="store_true")
+    parser.add_argument("--json", help="write the per-seed results here")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    if args.step_only:
+        costs = step_costs(args.threads)
+        costs.update(peak_memory(args.threads))
+        print(json.dumps(costs, indent=1))
+        return
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(per_seed, f, indent=1)
+    print(summary(per_seed))
+
+
+if __name__ == "__main__":
+    main()

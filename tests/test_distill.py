@@ -1,0 +1,162 @@
+"""Distillation for recovery (training/distill.py): the loss is the formula, α=0 is plain training,
+the teacher never learns, hidden-state maps train across a width-changing shrink, bad fields are named."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import trimtune as tt
+from trimtune.core.config import ConfigError
+from trimtune.training.distill import DistillConfig, Distiller
+
+
+def mlp(seed=0, hidden=16, dropout=0.0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 3))
+
+
+def data(n=24, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True,
+                                       generator=torch.Generator().manual_seed(2))
+
+
+def test_loss_is_the_hand_computed_mix():
+    student, teacher = mlp(0), mlp(1)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
+    alpha, T = 0.3, 2.5
+    with torch.no_grad():
+        s, t = student(x), teacher(x)
+        p_t = torch.softmax(t / T, -1)
+        kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, -1))).sum(-1).mean()
+        expected = (1 - alpha) * F.cross_entropy(s, y) + alpha * T * T * kl
+    distiller = Distiller(student, teacher, DistillConfig(alpha=alpha, temperature=T))
+    result = tt.train(student, [(x, y)], max_steps=1, optimizer=torch.optim.SGD(student.parameters(), lr=0.1),
+                      loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+    assert result.losses[0] == pytest.approx(expected.item(), rel=1e-5)
+    assert kl.item() > 1e-3  # the two models disagree, so the soft term is really in the loss
+
+
+def test_alpha_zero_is_plain_training_exactly():
+    def run(distill):
+        model = mlp(0, dropout=0.2)
+        callbacks = [Distiller(model, mlp(5), DistillConfig(alpha=0.0))] if distill else []
+        torch.manual_seed(3)
+        result = tt.train(model, data(), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, callbacks=callbacks, progress=False)
+        return result.losses, model.state_dict()
+
+    plain_losses, plain = run(False)
+    losses, distilled = run(True)
+    assert losses == plain_losses
+    assert all(torch.equal(plain[k], distilled[k]) for k in plain)
+
+
+def test_distillation_changes_training_and_the_teacher_never_learns():
+    student, teacher = mlp(0), mlp(1)
+    before = copy.deepcopy(teacher.state_dict())
+    distiller = Distiller(student, teacher, DistillConfig(alpha=0.7, hidden_layers=["0"]), example_batch=next(iter(data())))
+    teacher.train()  # even a caller's .train() does not turn the teacher's dropout/batch-norm updates on
+    tt.train(student, data(), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+    assert not teacher.training
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    plain = mlp(0)
+    tt.train(plain, data(), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, progress=False)
+    assert not torch.allclose(plain[0].weight, student[0].weight)
+
+
+def test_hidden_state_map_trains_across_a_width_changing_shrink():
+    teacher = mlp(0, hidden=16)
+    student = copy.deepcopy(teacher)
+    tt.shrink(student, 0.5, example_inputs=(torch.randn(2, 4),), measure=False)
+    assert student[0].out_features == 8
+    distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, hidden_layers=["0"], hidden_weight=1.0),
+                          example_batch=next(iter(data())))
+    map_ = distiller.maps["0"]
+    assert (map_.in_features, map_.out_features) == (8, 16)
+    assert [id(p) for p in distiller.trainable_parameters()] == [id(map_.weight)]
+    start = map_.weight.detach().clone()
+    keys = set(student.state_dict())
+    x = torch.randn(64, 4)
+
+    def mse():
+        with torch.no_grad():
+            return F.mse_loss(map_(student[0](x)), teacher[0](x)).item()
+
+    first = mse()
+    tt.train(student, data(n=64), epochs=20, lr=1e-2, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+    assert not torch.equal(start, map_.weight)
+    assert mse() < 0.5 * first
+    assert set(student.state_dict()) == keys  # the maps are the callback's: saved files stay clean
+    with pytest.raises(ValueError, match="does not train the distillation maps"):
+        own = torch.optim.SGD(student.parameters(), lr=0.1)
+        tt.train(student, data(), max_steps=1, optimizer=own, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+
+
+def test_distillation_on_hf_style_batches_with_an_adapter():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(config)
+    student = copy.deepcopy(teacher)
+    tt.apply(student, tt.LoraConfig(r=2, targets=["query", "value"], modules_to_save=["classifier"]))
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 50, (4, 6), generator=g), "attention_mask": torch.ones(4, 6, dtype=torch.long),
+                "labels": torch.randint(0, 3, (4,), generator=g)} for _ in range(3)]
+    distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, hidden_layers=["bert.encoder.layer.1"]), example_batch=batches[0])
+    assert len(distiller.maps) == 0  # same width: states are compared directly
+    result = tt.train(student, batches, epochs=1, lr=1e-3, callbacks=[distiller], progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_cached_teacher_logits_give_the_same_training_with_one_teacher_pass_per_example():
+    def run(cache):
+        student, teacher = mlp(0), mlp(1)
+        distiller = Distiller(student, teacher, DistillConfig(alpha=0.6, cache_teacher=cache))
+        result = tt.train(student, data(), epochs=3, lr=1e-2, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+        return result.losses, student.state_dict(), distiller.teacher_calls
+
+    losses, weights, calls = run(True)
+    plain_losses, plain_weights, plain_calls = run(False)
+    assert (calls, plain_calls) == (3, 9)  # 3 batches an epoch: the teacher runs in the first epoch only
+    assert losses == plain_losses and all(torch.equal(weights[k], plain_weights[k]) for k in weights)
+
+
+def test_row_keys_ignore_padding():
+    from trimtune.training.distill import row_keys
+
+    short = {"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 0]])}
+    long = {"input_ids": torch.tensor([[5, 6, 0, 0, 0], [5, 7, 0, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])}
+    assert row_keys(short)[0] == row_keys(long)[0] != row_keys(long)[1]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"alpha": 1.5}, "alpha must be a number in [0, 1]"),
+    ({"temperature": 0}, "temperature must be a positive number"),
+    ({"hidden_weight": -1}, "hidden_weight must be a number >= 0"),
+    ({"hidden_layers": "0"}, "hidden_layers must be a list"),
+    ({"hidden_layers": [["0"]]}, "[student_name, teacher_name] pair"),
+    ({"cache_teacher": "yes"}, "cache_teacher must be true or false"),
+])
+def test_bad_fields_are_named(fields, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        DistillConfig(**fields)
+
+
+def test_bad_layers_and_teachers_are_refused():
+    student = mlp(0)
+    with pytest.raises(ConfigError, match="student has no module 'nope'"):
+        Distiller(student, mlp(1), DistillConfig(hidden_layers=["nope"]), example_batch=next(iter(data())))
+    with pytest.raises(ValueError, match="example_batch"):
+        Distiller(student, mlp(1), DistillConfig(hidden_layers=["0"]))
+    with pytest.raises(ValueError, match="shares parameters with the student"):
+        Distiller(student, student, DistillConfig())
+    with pytest.raises(ValueError, match="logits .* differ"):
+        wide = nn.Sequential(nn.Linear(4, 5))
+        tt.train(student, data(), max_steps=1, loss_fn=F.cross_entropy, callbacks=[Distiller(student, wide)], progress=False)

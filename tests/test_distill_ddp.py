@@ -1,0 +1,32 @@
+"""Distillation under DDP: 2 CPU processes (gloo, torchrun), each with its own teacher, end with the
+student and the width map 1 process gets from the same global batches (the map's gradients are
+averaged across processes as DDP averages the student's)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _ddp_distill_worker import PER_RANK_BATCH, run
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_two_processes_distill_like_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "tests" / "_ddp_distill_worker.py"), str(tmp_path / "ddp")]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    expected = run(tmp_path / "single", 2 * PER_RANK_BATCH)
+    ranks = [load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
+    assert "map.0.weight" in expected
+    for name, value in expected.items():
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(ranks[0][name], value, atol=1e-5, rtol=0, msg=name)
