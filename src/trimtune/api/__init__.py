@@ -8,6 +8,7 @@ training. Importing it registers every method.
 from .. import methods  # noqa: F401  (registers every method)
 from ..core.adapters import active_adapters, adapter_config, apply, delete_adapter, disable_adapters, set_adapter
 from ..core.config import ConfigError
+from ..core.registry import METHODS as _registered_methods
 from ..core.four_bit import QuantConfig
 from ..core.input_deltas.apply import fold
 from ..core.io.fingerprint import BaseMismatchError
@@ -17,14 +18,12 @@ from ..core.tuned_layer import TunedLayer
 from ..methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from ..methods.bottleneck import BottleneckConfig
 from ..methods.diff import DiffConfig, diff_penalty, load_diff, project_diffs, save_diff
-from ..methods.dora import DoraConfig
 from ..methods.ia3 import IA3Config
 from ..methods.lora import LoraConfig
 from ..methods.p_tuning import PTuningConfig
 from ..methods.prefix import PrefixTuningConfig
 from ..methods.prompt_tuning import PromptTuningConfig
 from ..methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
-from ..methods.vera import VeraConfig
 from ..prune import (
     GateConfig,
     PruneConfig,
@@ -60,5 +59,8 @@ from ..training import (
 from ..training.perplexity import perplexity
 from .adapters import merge, print_trainable_parameters, trainable_parameters, unload, unmerge
 from .files import load_adapter, load_shrunk, save_adapter, save_shrunk
+
+# Every registered method's config is public (tt.DoraConfig, tt.VeraConfig, ...): a new method adds no line here.
+globals().update({method.config.__name__: method.config for method in _registered_methods.values()})
 
 __all__ = sorted(n for n in dir() if not n.startswith("_") and n not in ("methods", "adapters", "files"))
