@@ -61,7 +61,18 @@ def run(args) -> int:
     if init_distributed().rank == 0:
         finish_run_dir(work, out)
         show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})
+    _leave_group()
     return 0
+
+
+def _leave_group() -> None:
+    """Every rank done, then the process group closes before the interpreter's teardown (gloo's threads
+    can abort there when a peer's group is still open)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _barrier() -> None:

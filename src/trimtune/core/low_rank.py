@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .delta import sliced
 from .dropped_low_rank import dropped_low_rank
 from .layer_kinds import LayerKind
 
@@ -22,6 +23,18 @@ def add_low_rank(kind: LayerKind, y, x, a, b, scale: float, dropout: float = 0.0
     if kind.linear_layout and training and y.dtype == x.dtype == a.dtype == b.dtype:
         return dropped_low_rank(y, x, a, b, scale, dropout)
     return composed_low_rank(kind, y, x, a, b, scale, dropout)
+
+
+def slice_factors(delta, dim: str, keep: torch.Tensor) -> None:
+    """Structured pruning of a factor pair: A (``lora_A``) reads the input units, B (``lora_B``) writes
+    the output units (canonical layout), so removing units slices one of them."""
+    with torch.no_grad():
+        if dim == "out":
+            delta.lora_B = sliced(delta.lora_B, 0, keep)
+        elif dim == "in":
+            delta.lora_A = sliced(delta.lora_A, 1, keep)
+        else:
+            raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
 
 
 def composed_low_rank(kind: LayerKind, y, x, a, b, scale: float, dropout: float = 0.0):

@@ -7,7 +7,8 @@ optimizer's tensors in ``sharded/`` instead of the trainer-state files:
   offsets of its slices in its safetensors metadata). DCP reshards on load, so a checkpoint of 2
   processes resumes on 1 or 4, and one written by 1 process (``CheckpointConfig(sharded=True)``)
   resumes on 2. We use DCP's safetensors storage (``HuggingFaceStorageWriter/Reader``) rather
-  than its default one, whose ``.metadata`` file is read with ``pickle.load``: nothing is unpickled.
+  than its default one, whose ``.metadata`` file is Python-serialised (reading it could run code):
+  everything a resume reads is safetensors or JSON.
 - ``model.safetensors``: the complete trainable state, gathered (every rank's slice), for tools that
   read one file; ``trainer_state.json`` + ``trainer_state.safetensors``: step, data position, RNG,
   scheduler, losses, the optimizer's param groups (its per-parameter tensors are in ``sharded/``).

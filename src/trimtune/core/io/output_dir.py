@@ -67,8 +67,12 @@ def fresh_partial(path: Path, marker: str, record: dict) -> Path:
 
 
 def swap_in(new: Path, path: Path) -> None:
-    """Put the complete directory ``new`` at ``path``; the previous one goes only after that."""
+    """Put the complete directory ``new`` at ``path``; the previous one goes only after that, and only
+    if trimtune wrote it (checked again here: a resumed run's ``--out`` may have appeared meanwhile)."""
     old = None
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not written_by_trimtune(path):
+        raise OutputError(f"{path} exists and was not written by trimtune; the finished output is kept in {new} "
+                          "(move it where you want it)")
     if path.exists():
         old = path.parent / f".{path.name}.replaced-{os.getpid()}"
         os.replace(path, old)

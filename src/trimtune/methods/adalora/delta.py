@@ -18,10 +18,11 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ...core.config import ConfigError, check_fraction, check_positive, check_positive_int
-from ...core.delta import Delta, sliced
+from ...core.delta import Delta
 from ...core.io.gather import whole
 from ...core.io.peft_format import check_fields, peft_target_modules, targets_from_peft
 from ...core.layer_kinds import GPT2Conv1DKind, LayerKind, LinearKind
+from ...core.low_rank import slice_factors
 from ...core.targets import TargetSpec
 
 
@@ -179,13 +180,7 @@ class AdaLoraDelta(Delta):
         self.lora_E.masked_fill_(drop, 0.0)
 
     def slice_(self, dim, keep):
-        with torch.no_grad():
-            if dim == "out":
-                self.lora_B = sliced(self.lora_B, 0, keep)
-            elif dim == "in":
-                self.lora_A = sliced(self.lora_A, 1, keep)
-            else:
-                raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
+        slice_factors(self, dim, keep)
         self.sensitivity = {}  # the statistics were for the old shapes
 
     def extra_repr(self):

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ...core.config import ConfigError, check_choice, check_fraction, check_positive, check_positive_int
-from ...core.delta import Delta, sliced
+from ...core.delta import Delta
 from ...core.io.peft_format import check_fields, peft_target_modules, targets_from_peft
 from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
-from ...core.low_rank import add_low_rank
+from ...core.low_rank import add_low_rank, slice_factors
 from ...core.targets import TargetSpec, by_regex
 
 
@@ -173,14 +173,7 @@ class LoraDelta(Delta):
         return self.kind.factors_to_weight(self.lora_A, self.lora_B) * self.scale
 
     def slice_(self, dim, keep):
-        # A reads the input units, B writes the output units (canonical layout).
-        with torch.no_grad():
-            if dim == "out":
-                self.lora_B = sliced(self.lora_B, 0, keep)
-            elif dim == "in":
-                self.lora_A = sliced(self.lora_A, 1, keep)
-            else:
-                raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
+        slice_factors(self, dim, keep)
 
     def extra_repr(self):
         return f"r={self.r}, scale={self.scale:g}, dropout={self.dropout:g}"
