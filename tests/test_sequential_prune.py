@@ -120,6 +120,41 @@ def test_magnitude_and_owl_run(tiny_llama):
     assert owl.sparsity == pytest.approx(0.5, abs=0.01)  # ... and kept the mean
 
 
+class _UsersClassifier(torch.nn.Module):
+    """A user's own head around a Hugging Face base model: no ``base_model`` attribute."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.config = encoder, encoder.config
+        self.head = torch.nn.Linear(encoder.config.hidden_size, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.mean(1))
+
+
+def test_blocks_found_inside_a_users_wrapper(tiny_bert_mlm):
+    wrapped = _UsersClassifier(copy.deepcopy(tiny_bert_mlm.bert))
+    samples = torch.randint(3, 100, (4, 24), generator=torch.Generator().manual_seed(5))
+    prune_sequential(tiny_bert_mlm, samples, SequentialConfig(method="sparsegpt", sparsity="2:4", blocksize=16))
+    report = prune_sequential(wrapped, samples, SequentialConfig(method="sparsegpt", sparsity="2:4", blocksize=16))
+    assert report.layers[0].name.startswith("encoder.encoder.layer.0.")
+    want = {n.removeprefix("bert."): t for n, t in masked_state(tiny_bert_mlm).items()}
+    got = {n.removeprefix("encoder."): t for n, t in masked_state(wrapped).items()}
+    assert set(got) == set(want) and len(got) >= 8
+    for name in want:
+        assert torch.equal(got[name][1], want[name][1]) and torch.allclose(got[name][0], want[name][0], atol=1e-6), name
+
+
+def test_model_without_the_blocks_is_a_clear_error():
+    from transformers import BertConfig
+
+    class Odd(torch.nn.Module):
+        config = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+
+    with pytest.raises(UnknownLayoutError, match=r"Odd has no submodule 'encoder.layer'"):
+        prune_sequential(Odd(), torch.ones(1, 4, dtype=torch.long), SequentialConfig())
+
+
 def test_unknown_layout_lists_known_types():
     from transformers import OPTConfig, OPTForCausalLM
 

@@ -36,14 +36,22 @@ class BlockLayout:
         return f"{self.blocks}.{index}"
 
 
-def _base_prefix(model: nn.Module) -> str:
-    base = getattr(model, "base_model", model)
-    if base is model:
-        return ""
-    for name, module in model.named_modules():
-        if module is base:
-            return f"{name}."
-    raise UnknownLayoutError(f"{type(model).__name__}.base_model is not one of its submodules")
+def _base_prefix(model: nn.Module, blocks: str) -> str:
+    """The dotted prefix of the base model that holds ``blocks``: ``model.base_model`` for a Hugging
+    Face head class, else the shallowest submodule where the path resolves (a user's own wrapper
+    such as ``self.encoder = AutoModel...``)."""
+    base = getattr(model, "base_model", None)
+    candidates = [base] if isinstance(base, nn.Module) else []
+    for module in [*candidates, *(m for _, m in model.named_modules())]:
+        try:
+            module.get_submodule(blocks)
+        except AttributeError:
+            continue
+        return next(f"{name}." if name else "" for name, m in model.named_modules() if m is module)
+    raise UnknownLayoutError(
+        f"{type(model).__name__} has no submodule {blocks!r} (where its model type keeps the transformer blocks), "
+        "neither at its root, under base_model, nor in any submodule"
+    )
 
 
 def model_type_of(config) -> str:
@@ -59,7 +67,7 @@ def model_type_of(config) -> str:
 def layout_of(model: nn.Module) -> BlockLayout:
     model_type = model_type_of(getattr(model, "config", None))
     arch = ARCHITECTURES[model_type]
-    prefix = _base_prefix(model)
+    prefix = _base_prefix(model, arch.blocks)
 
     def full(path):
         return f"{prefix}{path}" if path else None
