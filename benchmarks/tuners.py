@@ -509,10 +509,13 @@ def peft_quality_model(method: str, inner, total_steps: int):
     return _Prompted(model, virtual), callbacks
 
 
-def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None, side: str = "ours") -> list[list[object]]:
+def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None, side: str = "ours",
+            reseed: bool = False) -> list[list[object]]:
     """The demo's recipe (MiniLM + mean-pooling head, AdamW, one warm-up epoch then linear decay) for
     every method, one run per split seed; ``lr`` overrides the table's learning rate (sweeps).
-    ``side="peft"``: peft's implementation of the method instead (same model, loop, batches, lr)."""
+    ``side="peft"``: peft's implementation of the method instead (same model, loop, batches, lr).
+    ``reseed``: seed torch's generator again just before training, so that both libraries draw the
+    same dropout masks whatever random numbers their setup consumed."""
     from trimtune.data import DEMO_LABELS, demo_split, text_loader
     from trimtune.demo.lora_text import load_model, text_schedule
 
@@ -535,6 +538,8 @@ def quality(epochs: int, seeds: list[int], quick: bool, only=None, lr=None, side
                 model, callbacks = peft_quality_model(method, model, epochs * len(loader))
             else:
                 tt.apply(model, make_config())
+            if reseed:
+                torch.manual_seed(seed)
             result = tt.train(model, loader, epochs=epochs, lr=rate, scheduler=text_schedule(epochs, loader), callbacks=callbacks,
                               progress=False)
             accuracies.append(tt.evaluate(model, text_loader(test, tokenizer, DEMO_LABELS, 64), tt.accuracy)["accuracy"])
@@ -569,6 +574,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="--quality: demo split seeds")
     parser.add_argument("--lr", type=float, help="--quality: one learning rate for the methods run (a sweep)")
     parser.add_argument("--side", choices=("ours", "peft"), default="ours", help="--quality: trimtune's methods or peft's")
+    parser.add_argument("--reseed", action="store_true",
+                        help="--quality: seed the generator again just before training (same dropout draws on both sides)")
     parser.add_argument("--only", nargs="*", help="entries to run, by method or method@model (default all); --quality: method names")
     parser.add_argument("--skip", nargs="*", default=[], help="entries not to run, by method or method@model")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -582,7 +589,7 @@ def main() -> None:
     _harness.PRELOAD += ["bitsandbytes", "trimtune", "transformers.models.llama.modeling_llama",
                          "transformers.models.bert.modeling_bert"]
     if args.quality:
-        rows = quality(1 if args.quick else args.epochs, args.seeds, args.quick, args.only, args.lr, args.side)
+        rows = quality(1 if args.quick else args.epochs, args.seeds, args.quick, args.only, args.lr, args.side, args.reseed)
         print(markdown_table(["method", "trainable", "lr", "test accuracy % mean (min, max)", "per seed", "train s / run"], rows))
     else:
         rows = []
