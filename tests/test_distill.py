@@ -160,3 +160,45 @@ def test_bad_layers_and_teachers_are_refused():
     with pytest.raises(ValueError, match="logits .* differ"):
         wide = nn.Sequential(nn.Linear(4, 5))
         tt.train(student, data(), max_steps=1, loss_fn=F.cross_entropy, callbacks=[Distiller(student, wide)], progress=False)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _InterruptAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, ctx, step, loss):
+        if step == self.step:
+            raise _Interrupt(step)
+
+
+def test_resume_restores_the_width_maps_exactly(tmp_path):
+    """A checkpoint holds the distillation maps (the callback's own parameters), so a resumed run
+    continues with the trained maps and ends where an uninterrupted one does."""
+    teacher = mlp(0, hidden=16)
+    shrunk = copy.deepcopy(teacher)
+    tt.shrink(shrunk, 0.5, example_inputs=(torch.randn(2, 4),), measure=False)
+
+    def run(directory, interrupt=None, resume=False, map_seed=0):
+        student = copy.deepcopy(shrunk)
+        torch.manual_seed(map_seed)  # a fresh process draws other initial maps: the checkpoint must not care
+        distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, hidden_layers=["0"]), example_batch=next(iter(data())))
+        callbacks = [distiller, *([_InterruptAt(interrupt)] if interrupt else [])]
+        result = tt.train(student, data(n=48), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, callbacks=callbacks, progress=False,
+                          checkpoint=tt.CheckpointConfig(directory, every=2), resume=resume)
+        return result, student, distiller.maps["0"].weight.detach().clone()
+
+    expected, whole, whole_map = run(tmp_path / "whole")
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "cut", interrupt=7)
+    result, resumed, resumed_map = run(tmp_path / "cut", resume=True, map_seed=99)
+    assert result.losses == pytest.approx(expected.losses, abs=1e-6)
+    torch.testing.assert_close(resumed_map, whole_map, atol=1e-6, rtol=0)
+    torch.testing.assert_close(resumed[0].weight, whole[0].weight, atol=1e-6, rtol=0)
+    with pytest.raises(tt.CheckpointMismatchError, match="callback parameters"):
+        student = copy.deepcopy(shrunk)
+        tt.train(student, data(n=48), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, progress=False,
+                 checkpoint=tt.CheckpointConfig(tmp_path / "cut"), resume=True)

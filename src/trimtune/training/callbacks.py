@@ -30,7 +30,7 @@ the last step (not when training stops with an error). For each hook, callbacks 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -51,6 +51,8 @@ class TrainContext:
     total_steps: int | None = None
     stop: bool = False  # a hook sets this to end training after the current step
     grad_norm: float | None = None  # the last step's gradient norm before clipping (only when clipping)
+    # parameters callbacks own and train (distillation's width maps): checkpoints save and restore them
+    callback_parameters: list[nn.Parameter] = field(default_factory=list)
 
 
 class Callback:

@@ -203,6 +203,7 @@ class Checkpointer:
     def restore(self, path: Path, ctx, position, result, scaler) -> None:
         tensors, state = read_checkpoint(path)
         check_run(state["run"], self.fingerprint, ctx.model, path)
+        restore_callback_parameters(state.get("callback_parameters", []), path, ctx)  # before the optimizer: it checks they match
         load_model_state(ctx.model, tensors, f"checkpoint {path}")
         ctx.optimizer.load_state_dict(state["optimizer"])
         restore_trainer_state(state, path, ctx, position, result, scaler)
@@ -221,6 +222,7 @@ class Checkpointer:
             "losses": result.losses,
             "grad_norms": result.grad_norms,
             "eval_history": [[step, metrics] for step, metrics in result.eval_history],
+            "callback_parameters": [p.detach().cpu().clone() for p in ctx.callback_parameters],
             "run": self.fingerprint,
         }
 
@@ -254,6 +256,20 @@ def _differing_keys(a, b, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [k for key in sorted(set(a) | set(b)) for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [prefix.rstrip(".") or "the whole config"] if a != b else []
+
+
+@torch.no_grad()
+def restore_callback_parameters(saved: list, path, ctx) -> None:
+    """Callbacks' own trained parameters (distillation's width maps) back to their saved values."""
+    shapes = [tuple(t.shape) for t in saved]
+    wanted = [tuple(p.shape) for p in ctx.callback_parameters]
+    if shapes != wanted:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} holds callback parameters of shapes {shapes}, this run's callbacks train {wanted} "
+            "(e.g. distillation's hidden_layers differ); resume with the same callbacks"
+        )
+    for param, value in zip(ctx.callback_parameters, saved):
+        param.copy_(value.to(param.device, param.dtype))
 
 
 def restore_trainer_state(state: dict, path, ctx, position, result, scaler) -> None:

@@ -17,8 +17,9 @@ callback's own parameters, not the student's (so saved models and adapters never
 container model such as ``nn.Sequential`` gets no extra child): ``trainable_parameters()`` hands them
 to ``train``'s default optimizer (a caller's own optimizer must include ``distiller.maps``; training
 refuses to start otherwise), and under DDP their gradients are averaged across processes before each
-optimizer step, as DDP does for the student's. They are not clipped with the student's gradients and
-not saved in checkpoints (a resumed run starts them again, like other callbacks' state).
+optimizer step, as DDP does for the student's. They are not clipped with the student's gradients.
+Checkpoints hold them (``TrainContext.callback_parameters``), so a resumed run continues with the
+trained maps; the teacher-logit cache is not saved (a resumed run asks the teacher again).
 """
 
 from __future__ import annotations

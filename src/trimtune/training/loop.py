@@ -110,13 +110,14 @@ def train(
     # Callbacks a tuning method needs every step (AdaLoRA's rank update) run without being asked for.
     hooks = CallbackList([*state_of(unwrap_model(model)).callbacks.values(), *callbacks])
     # A callback's own parameters (distillation's width maps) train with the model's.
-    optimizer = optimizer or default_optimizer(model, lr or DEFAULT_LR, hooks.trainable_parameters())
+    callback_parameters = hooks.trainable_parameters()
+    optimizer = optimizer or default_optimizer(model, lr or DEFAULT_LR, callback_parameters)
     total_steps = _total_steps(train_data, epochs, max_steps, grad_accum)
     if callable(scheduler) and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         scheduler = scheduler(optimizer, total_steps)
     clip = as_clip_config(clip)
     precision = MixedPrecision(autocast, device)
-    ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps)
+    ctx = TrainContext(model, optimizer, scheduler, total_steps=total_steps, callback_parameters=callback_parameters)
     result = TrainResult()
     position = DataPosition()
     resume_from = _resume_path(resume, checkpoint.dir) if resume else None

@@ -43,6 +43,7 @@ from .checkpoint import (
     CheckpointMismatchError,
     check_run,
     model_state,
+    restore_callback_parameters,
     restore_trainer_state,
 )
 from .fsdp import is_sharded
@@ -110,6 +111,7 @@ class ShardedCheckpointer(Checkpointer):
             raise CheckpointMismatchError(f"{path} has checkpoint format {state.get('format')!r}; this trimtune reads format {FORMAT}")
         state = decode(state, read_safetensors(path / STATE_TENSORS, "checkpoint's optimizer-state file")[0])
         check_run(state["run"], self.fingerprint, ctx.model, path)
+        restore_callback_parameters(state.get("callback_parameters", []), path, ctx)
         _load_training_tensors(ctx.model, ctx.optimizer, path / SHARDED_DIR, state["optimizer"]["param_groups"])
         restore_trainer_state(state, path, ctx, position, result, scaler)
         self.last_saved = ctx.step
