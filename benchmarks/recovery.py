@@ -4,10 +4,17 @@ Per split seed: the dense model is all-MiniLM-L6-v2 (mean pooling) tuned with Lo
 classifier trained), 12 epochs — the demo's setting. It is merged; that dense model is both the
 teacher and where every pruned student starts:
 
-- shrink 25 % / 50 % of heads and FFN units per layer (by magnitude, removed for real), then LoRA
-  (same settings) with plain task loss, or with distillation (KL at T=2, alpha=0.5, from the dense model);
-- Wanda 2:4 (8 calibration batches) on every encoder Linear, then LoRA with ``follow_mask`` (stays 2:4),
-  without / with distillation.
+- shrink 25 % / 50 % of heads and FFN units per layer, removed for real, chosen by group magnitude
+  (``shrink``'s default) or, "activation-aware", by Wanda scores summed per head and per FFN unit
+  (``prune`` with head / column granularity and the calibration batches' input norms, then
+  ``shrink(from_masks=True)``);
+- 2:4 on every encoder Linear by Wanda or by SparseGPT (the sequential pipeline, which also updates
+  the kept weights), then LoRA with ``follow_mask`` (stays 2:4);
+
+each recovered by LoRA (same settings) with plain task loss, or with distillation (KL at T=2,
+alpha=0.5, from the dense model). Calibration data comes from the training reviews only, the same
+for every student of a seed: the first 8 batches of an unshuffled loader (Wanda, activation-aware
+shrink) and 32 windows of 128 tokens of the concatenated training texts (SparseGPT).
 
 Also times a distillation step against a plain step (same batch, 2 threads unless --threads) and
 reports peak RSS of each in a fresh child.
@@ -15,6 +22,7 @@ reports peak RSS of each in a fresh child.
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/recovery.py --threads 1 --seeds 0 1 2 3 4
     ... --quick                          # seconds: 32 examples, 1 epoch
     ... --step-only                      # only the step time / memory comparison
+    ... --only "shrink 50 %" ...         # some students only (names as in STUDENTS)
 """
 
 from __future__ import annotations
@@ -35,24 +43,34 @@ from _harness import markdown_table, peak_memory_mb, set_threads  # noqa: E402
 import trimtune as tt  # noqa: E402
 from trimtune.data import DEMO_LABELS, demo_split, text_loader  # noqa: E402
 from trimtune.prune import PruneConfig, Wanda, collect_input_norms, prune  # noqa: E402
+from trimtune.prune.sequential import SequentialConfig, prune_sequential  # noqa: E402
 
 LORA = dict(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"])
 DISTILL = dict(alpha=0.5, temperature=2.0)
 ENCODER_LINEARS = r"encoder\.layer\.\d+\..*(query|key|value|dense)$"  # every Linear of the 6 blocks
-VARIANTS = ["dense LoRA", "shrink 25 %", "shrink 25 % + distill", "shrink 50 %", "shrink 50 % + distill",
-            "Wanda 2:4", "Wanda 2:4 + distill"]
+HEAD_LINEARS = r"layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)$"  # a head's rows and columns
+FFN_OUT = r"layer\.\d+\.output\.dense$"  # an FFN unit is one input column of the down projection
 
 
-def data(seed: int, quick: bool):
-    from transformers import AutoTokenizer
+class Data:
+    """One split seed's loaders, and its calibration data (from the training reviews only)."""
 
-    from trimtune.models import minilm_path
+    def __init__(self, seed: int, quick: bool):
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    train, test = demo_split(seed=seed)
-    if quick:
-        train, test = train[:32], test[:32]
-    return tokenizer, text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed), text_loader(test, tokenizer, DEMO_LABELS, 64)
+        from trimtune.models import minilm_path
+
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        train, test = demo_split(seed=seed)
+        if quick:
+            train, test = train[:32], test[:32]
+        self.loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
+        self.test = text_loader(test, tokenizer, DEMO_LABELS, 64)
+        fixed = text_loader(train, tokenizer, DEMO_LABELS, 16)  # unshuffled: the same batches for every student
+        self.batches = [inputs_of([b]) for b, _ in zip(fixed, range(8))]
+        ids = torch.tensor(tokenizer("\n".join(r["text"] for r in train), add_special_tokens=False, verbose=False)["input_ids"])
+        starts = torch.randint(0, len(ids) - 128 + 1, (32,), generator=torch.Generator().manual_seed(seed))
+        self.windows = torch.stack([ids[s:s + 128] for s in starts.tolist()])
 
 
 def tune(model, loader, test, epochs: int, teacher=None) -> float:
@@ -77,36 +95,60 @@ def inputs_of(loader) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def shrunk(dense, ratio: float, loader):
+def shrunk(dense, ratio: float, data: Data):
     model = copy.deepcopy(dense)
-    tt.shrink(model, ratio, example_inputs=inputs_of(loader), measure=False)
+    tt.shrink(model, ratio, example_inputs=data.batches[0], measure=False)
     return model
 
 
-def two_four(dense, loader):
+def shrunk_by_activations(dense, ratio: float, data: Data):
+    """Heads and FFN units chosen by their summed Wanda scores (|W| times the input norm), not magnitude."""
     model = copy.deepcopy(dense)
-    batches = [inputs_of([b]) for b, _ in zip(loader, range(8))]
-    norms = collect_input_norms(model, batches, targets=ENCODER_LINEARS)
+    norms = collect_input_norms(model, data.batches, targets=f"{HEAD_LINEARS}|{FFN_OUT}")
+    prune(model, PruneConfig(amount=ratio, importance=Wanda(norms), granularity="heads", targets=HEAD_LINEARS))
+    prune(model, PruneConfig(amount=ratio, importance=Wanda(norms), granularity="columns", targets=FFN_OUT))
+    tt.shrink(model, from_masks=True, measure=False)
+    return model
+
+
+def two_four(dense, data: Data):
+    model = copy.deepcopy(dense)
+    norms = collect_input_norms(model, data.batches, targets=ENCODER_LINEARS)
     prune(model, PruneConfig(amount=0.5, importance=Wanda(norms), granularity="2:4", targets=ENCODER_LINEARS))
     return model
 
 
-def one_seed(seed: int, epochs: int, quick: bool) -> dict:
+def two_four_sparsegpt(dense, data: Data):
+    model = copy.deepcopy(dense)
+    prune_sequential(model, data.windows, SequentialConfig(method="sparsegpt", sparsity="2:4"))
+    return model
+
+
+STUDENTS = {
+    "shrink 25 %": lambda dense, data: shrunk(dense, 0.25, data),
+    "shrink 50 %": lambda dense, data: shrunk(dense, 0.5, data),
+    "shrink 50 %, activation-aware": lambda dense, data: shrunk_by_activations(dense, 0.5, data),
+    "Wanda 2:4": two_four,
+    "SparseGPT 2:4": two_four_sparsegpt,
+}
+
+
+def one_seed(seed: int, epochs: int, quick: bool, only=None) -> dict:
     torch.manual_seed(seed)
-    tokenizer, loader, test = data(seed, quick)
-    dense, dense_acc = dense_model(loader, test, epochs)
+    data = Data(seed, quick)
+    dense, dense_acc = dense_model(data.loader, data.test, epochs)
     results = {"dense LoRA": dense_acc}
-    students = {"shrink 25 %": lambda: shrunk(dense, 0.25, loader), "shrink 50 %": lambda: shrunk(dense, 0.5, loader),
-                "Wanda 2:4": lambda: two_four(dense, loader)}
-    for name, make in students.items():
+    for name, make in STUDENTS.items():
+        if only and name not in only:
+            continue
         for distill in (False, True):
             torch.manual_seed(seed)
             start = time.perf_counter()
-            student = make()
+            student = make(dense, data)
             label = name + (" + distill" if distill else "")
             if not distill:
-                results[f"{name} (before recovery)"] = tt.evaluate(student, test, tt.accuracy)["accuracy"]
-            results[label] = tune(student, loader, test, epochs, teacher=dense if distill else None)
+                results[f"{name} (before recovery)"] = tt.evaluate(student, data.test, tt.accuracy)["accuracy"]
+            results[label] = tune(student, data.loader, data.test, epochs, teacher=dense if distill else None)
             print(f"seed {seed} {label}: {results[label]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     return results
 
@@ -199,8 +241,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--step-only", action="store_true")
     parser.add_argument("--json", help="write the per-seed results here")
+    parser.add_argument("--only", nargs="*", help=f"students to run (default all): {', '.join(STUDENTS)}")
     args = parser.parse_args()
     set_threads(args.threads)
+    unknown = set(args.only or ()) - set(STUDENTS)
+    if unknown:
+        raise SystemExit(f"--only: no student named {sorted(unknown)}; students are {list(STUDENTS)}")
     if args.step_only:
         costs = step_costs(args.threads)
         costs.update(peak_memory(args.threads))
@@ -208,7 +254,7 @@ def main() -> None:
         return
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick)
+        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick, args.only)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(per_seed, f, indent=1)
