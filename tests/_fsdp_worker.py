@@ -8,7 +8,8 @@
 ``train`` shards the adapted model (2 processes), trains with ``trimtune.train`` on the same global
 batches as 1 process, saves the adapter (``save_adapter`` / ``save_diff``) to OUT_DIR/adapter and the
 losses to OUT_DIR/losses.json. ``fill`` writes a rank-specific value into each rank's local shard of
-every trainable tensor and saves: the file must hold every rank's values. ``ckpt`` trains LoRA with
+every trainable tensor and saves: the file must hold every rank's values; then it checks two
+refusals (masks differing between ranks, a pruning schedule on a sharded model). ``ckpt`` trains LoRA with
 sharded checkpoints, optionally resuming, or killing the last rank with SIGKILL after step STEP.
 """
 
@@ -59,7 +60,7 @@ def method_config(method: str, arch: str):
     head = ["classifier"] if arch.startswith("bert") else []
     if method == "lora":
         return tt.LoraConfig(r=4, init="gaussian", modules_to_save=head)
-    if method == "qlora":  # the 4-bit base stays whole on every rank (fsdp.packed_4bit_parameters)
+    if method == "qlora":  # the 4-bit base is sharded too (stored as plain tensors: core/plain_four_bit.py)
         return tt.QLoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "dora":
         return tt.DoraConfig(r=4, init="gaussian", modules_to_save=head)
@@ -117,6 +118,9 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
     if info.world_size > 1:
         shard_model(model)
+        if method == "qlora":
+            (out / f"four_bit_rank{info.rank}.json").parent.mkdir(parents=True, exist_ok=True)
+            (out / f"four_bit_rank{info.rank}.json").write_text(json.dumps(four_bit_storage(model)))
     loader = distributed_loader(dataset(arch), per_rank_batch, shuffle=True, seed=3)
     losses = tt.train(model, loader, max_steps=max_steps, lr=1e-2, progress=False).losses
     if method == "diff":  # project to the exact density, fine-tune the kept entries, save
@@ -135,6 +139,33 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     else:
         tt.save_adapter(model, out / "adapter")
     return model, losses
+
+
+def four_bit_storage(model) -> dict:
+    """{tensor name: [bytes this rank holds (its storage, padding included), bytes of the whole
+    tensor]} for every tensor of a 4-bit base; under "replicated" the bytes that grow with the base
+    yet stay whole on every rank (the nested scales of double quantisation, 1/256 of the scales; the
+    fixed 256-entry code tables are left out); under "whole_left" the number of bitsandbytes
+    Params4bit objects still alive (each would hold a whole packed weight)."""
+    import gc
+
+    from bitsandbytes.nn import Params4bit
+
+    from trimtune.core.plain_four_bit import ABSMAX, is_plain_4bit
+    from trimtune.core.state import layers
+
+    record, replicated = {}, 0
+    for name, layer in layers(model):
+        if not is_plain_4bit(layer):
+            continue
+        for key in ("weight", ABSMAX):
+            param = getattr(layer, key)
+            record[f"{name}.{key}"] = [param.to_local().untyped_storage().nbytes(), param.numel() * param.element_size()]
+        nested = layer.quant_template.state2
+        replicated += 0 if nested is None else nested.absmax.numel() * nested.absmax.element_size()
+    gc.collect()
+    whole_left = sum(isinstance(o, Params4bit) for o in gc.get_objects())
+    return {"tensors": record, "replicated": replicated, "whole_left": whole_left}
 
 
 @torch.no_grad()
@@ -213,6 +244,14 @@ def main(argv: list[str]) -> None:
         except ValueError as error:
             if rank == 0:
                 (out / "refused.txt").write_text(str(error))
+        from trimtune.prune import PruneConfig, PruneSchedule, PruningCallback
+
+        try:  # masks that change during training (a pruning schedule) are refused at the start, before any step
+            pruning = PruningCallback(PruneConfig(amount=0.5), PruneSchedule(0.5, "cubic", begin=0, end=2))
+            tt.train(model, distributed_loader(dataset(arch), PER_RANK_BATCH), max_steps=2, lr=1e-2, progress=False, callbacks=[pruning])
+        except tt.ConfigError as error:
+            if rank == 0:
+                (out / "pruning_refused.txt").write_text(str(error))
     leave()
 
 

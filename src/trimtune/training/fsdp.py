@@ -14,7 +14,8 @@ them (``module._parameters[name]``), and every delta reads its factors as ``self
 wrapper's per-stage caches hold delta *modules*, never parameter objects, so the forward always
 sees the live (unsharded) tensors. Buffers are not sharded by FSDP2: pruning masks stay whole and,
 built from the same seed or weights, identical on every rank (``check_replicated`` verifies that).
-Tied embeddings (GPT-2, tied Llama) share one Parameter; both users sit in the root unit.
+Tied embeddings (GPT-2, tied Llama) share one Parameter; both users sit in the root unit. A 4-bit
+(QLoRA) base is sharded too, once stored as plain tensors (``store_4bit_bases_plain``).
 
 Everything that reads a whole tensor (saving, AdaLoRA's budget, checkpoints) gathers it with
 ``full_tensor()`` — a collective, so every rank must make the same call.
@@ -33,6 +34,9 @@ from torch.distributed.tensor import DTensor
 
 from ..core.architectures import ARCHITECTURES, architecture_of, model_type
 from ..core.config import ConfigError
+from ..core.four_bit import is_4bit
+from ..core.plain_four_bit import store_plain
+from ..core.state import layers
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -80,10 +84,10 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
     if mesh is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device, (dist.get_world_size(),))
-    kept_whole = packed_4bit_parameters(model)
+    store_4bit_bases_plain(model)
     for unit in [*embedding_units(model), *blocks]:
-        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
 
 
@@ -104,17 +108,16 @@ def embedding_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def packed_4bit_parameters(model: nn.Module) -> set[nn.Parameter]:
-    """The bitsandbytes 4-bit weights of a QLoRA base, which FSDP2 must leave whole on every rank.
-
-    Why they cannot be sharded: FSDP2 all-gathers a parameter's shards into a plain tensor, which
-    drops the ``quant_state`` (block scales, shape, dtype) that bitsandbytes' ``Params4bit`` carries
-    as a Python attribute, and ``Params4bit`` does not implement FSDP2's all-gather extension
-    (``fsdp_pre_all_gather`` / ``fsdp_post_all_gather``, as torchao's NF4Tensor does); bnb's
-    ``quant_storage`` only helps FSDP1's flat parameters. So the packed base (1/8 of fp32) is
-    replicated, frozen and never communicated, while LoRA, its optimizer state and every other
-    parameter (embeddings, norms, head) are sharded."""
-    return {p for p in model.parameters() if getattr(p, "quant_state", None) is not None}
+def store_4bit_bases_plain(model: nn.Module) -> list[str]:
+    """Make every 4-bit (QLoRA) base shardable: bitsandbytes' ``Params4bit`` carries its block
+    scales as a Python attribute, which FSDP2's sharding and all-gather drop; stored as plain frozen
+    tensors (packed codes and scales, ``core/plain_four_bit.py``) both are sharded like any other
+    parameter and the layer rebuilds the quantisation state around the gathered ones in its forward.
+    Returns the names of the layers changed."""
+    names = [name for name, layer in layers(model) if is_4bit(layer.weight)]
+    for name in names:
+        store_plain(model.get_submodule(name))
+    return names
 
 
 @torch.no_grad()
