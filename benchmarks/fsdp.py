@@ -42,7 +42,8 @@ BEGIN, END = "<!-- fsdp:begin -->", "<!-- fsdp:end -->"
 COMMAND = "PYTHONPATH=src python benchmarks/fsdp.py"
 FULL = dict(hidden=1024, layers=16, heads=16, kv_heads=4, ffn=2816, vocab=8192, seq=64, steps=3)
 QUICK = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=256, seq=16, steps=2)
-VARIANTS = [("1 process", 1, "ddp"), ("DDP x 2", 2, "ddp"), ("FSDP2 x 2", 2, "fsdp")]
+# (row, processes, strategy); "fsdp+layers": FSDP2 with a unit per wrapped layer too (shard_model(layer_units=True))
+VARIANTS = [("1 process", 1, "ddp"), ("DDP x 2", 2, "ddp"), ("FSDP2 x 2", 2, "fsdp"), ("FSDP2 x 2, a unit per layer", 2, "fsdp+layers")]
 GLOBAL_BATCH = 2
 
 
@@ -71,7 +72,7 @@ def worker(size: dict, strategy: str, out: Path) -> None:
                          max_position_embeddings=size["seq"], pad_token_id=0)
     model = LlamaForCausalLM(config)
     tt.apply(model, tt.LoraConfig(r=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    model = parallel_model(model, info, strategy)
+    model = parallel_model(model, info, strategy.removesuffix("+layers"), layer_units=strategy.endswith("+layers"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     per_rank = GLOBAL_BATCH // info.world_size
     ids = torch.randint(3, size["vocab"], (GLOBAL_BATCH, size["seq"]), generator=torch.Generator().manual_seed(1))
@@ -153,7 +154,7 @@ def section(size: dict, rows: list[list]) -> str:
         f"Conditions: {when}, {platform.machine()}, {os.cpu_count()} cores (shared; load average {os.getloadavg()[0]:.1f} at the end), "
         f"torch {torch.__version__}, gloo, 1 thread per process, processes started by torchrun; train peak = VmHWM reset after "
         "the model was built, adapted and wrapped (DDP) or sharded (FSDP2), so it is what training needs resident; "
-        "MALLOC_MMAP_THRESHOLD_=65536 so freed weights leave the RSS.\n{END}"
+        f"MALLOC_MMAP_THRESHOLD_=65536 so freed weights leave the RSS.\n{END}"
     )
 
 

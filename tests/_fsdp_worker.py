@@ -32,10 +32,13 @@ CKPT_STEPS = 6
 
 
 def build_base(arch: str):
-    """A tiny random model, dropout off, identical in every process. ``<arch>+gc``: with activation
+    """A tiny random model, dropout off, identical in every process (``<arch>+units``: the same, sharded
+    with a unit per wrapped layer). ``<arch>+gc``: with activation
     (gradient) checkpointing, non-reentrant."""
     import transformers as tr
 
+    if arch.endswith("+units"):  # the same model; shard_model(layer_units=True) makes each wrapped layer a unit
+        return build_base(arch.removesuffix("+units"))
     if arch.endswith("+gc"):
         model = build_base(arch.removesuffix("+gc"))
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -117,7 +120,7 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     info = init_distributed()
     model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
     if info.world_size > 1:
-        shard_model(model)
+        shard_model(model, layer_units=arch.endswith("+units"))
         if method == "qlora":
             (out / f"four_bit_rank{info.rank}.json").parent.mkdir(parents=True, exist_ok=True)
             (out / f"four_bit_rank{info.rank}.json").write_text(json.dumps(four_bit_storage(model)))

@@ -176,10 +176,12 @@ class DistributedSection(Section):
     """How several processes (torchrun / accelerate launch) share the work. strategy "ddp": each
     process keeps the whole model and gradients are all-reduced; "fsdp": FSDP2 shards every
     parameter across the processes, one unit per transformer block (``block_classes``: the block
-    class names for architectures trimtune does not know). One process ignores it."""
+    class names for architectures trimtune does not know; ``layer_units``: also a unit per wrapped
+    layer, so a process holds one layer whole at a time rather than one block). One process ignores it."""
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     block_classes: list[str] | None = None
+    layer_units: bool = False
 
 
 class OneShotSection(Section):
