@@ -219,7 +219,7 @@ def test_4bit_base_stored_plain_computes_the_same_and_keeps_its_fingerprint(quan
     model = build_base("llama")
     tt.apply(model, tt.QLoraConfig(r=4, init="gaussian", quant_type=quant_type, double_quant=double_quant))
     ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(5))
-    before, print_before = model(input_ids=ids).logits, fingerprint(model)
+    before, print_before, counts_before = model(input_ids=ids).logits, fingerprint(model), tt.trainable_parameters(model)
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
     model(inputs_embeds=embeds).logits.sum().backward()
     grad_before = embeds.grad.clone()
@@ -228,7 +228,7 @@ def test_4bit_base_stored_plain_computes_the_same_and_keeps_its_fingerprint(quan
     assert type(q_proj.weight) is torch.nn.Parameter and q_proj.weight.dtype == torch.uint8
     assert not getattr(q_proj, ABSMAX).requires_grad and q_proj.quant_template.absmax is None
     torch.testing.assert_close(model(input_ids=ids).logits, before, atol=0, rtol=0)
-    assert fingerprint(model) == print_before
+    assert fingerprint(model) == print_before and tt.trainable_parameters(model) == counts_before
     embeds.grad = None
     model(inputs_embeds=embeds).logits.sum().backward()
     torch.testing.assert_close(embeds.grad, grad_before, atol=0, rtol=0)
