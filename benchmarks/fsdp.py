@@ -19,6 +19,7 @@ blocks back to the kernel (``MALLOC_MMAP_THRESHOLD_``), so the RSS shows what FS
 
     PYTHONPATH=src python benchmarks/fsdp.py                # full run, writes docs/benchmarks.md
     PYTHONPATH=src python benchmarks/fsdp.py --quick        # tiny model, seconds, prints only
+    PYTHONPATH=src python benchmarks/fsdp.py --qlora        # the same with QLoRA's 4-bit base, prints only
 """
 
 from __future__ import annotations
@@ -65,13 +66,16 @@ def worker(size: dict, strategy: str, out: Path) -> None:
 
     torch.set_num_threads(1)
     info = init_distributed()
+    if size.get("method") == "qlora":
+        import bitsandbytes  # noqa: F401  (~46 MiB of code and libraries: part of the runtime, not of the model)
     runtime = _status_mib("VmRSS")  # python, torch, transformers, gloo: before any model exists
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=size["hidden"], num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
                          num_key_value_heads=size["kv_heads"], intermediate_size=size["ffn"], vocab_size=size["vocab"],
                          max_position_embeddings=size["seq"], pad_token_id=0)
     model = LlamaForCausalLM(config)
-    tt.apply(model, tt.LoraConfig(r=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    method = tt.QLoraConfig if size.get("method") == "qlora" else tt.LoraConfig  # QLoRA: every projection stored in 4 bits (NF4)
+    tt.apply(model, method(r=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     model = parallel_model(model, info, strategy.removesuffix("+layers"), layer_units=strategy.endswith("+layers"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     per_rank = GLOBAL_BATCH // info.world_size
@@ -177,15 +181,18 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--hidden", type=int, help="override the hidden size (FFN scales with it)")
     parser.add_argument("--layers", type=int, help="override the number of layers")
+    parser.add_argument("--qlora", action="store_true", help="QLoRA (4-bit NF4 base) instead of LoRA; prints, writes nothing")
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     if args.hidden:
         size.update(hidden=args.hidden, ffn=args.hidden * 11 // 4)
     if args.layers:
         size["layers"] = args.layers
+    if args.qlora:
+        size["method"] = "qlora"
     rows = measure(size)
     print(table(rows))
-    if not (args.quick or args.no_write):
+    if not (args.quick or args.no_write or args.qlora):
         write_doc(section(size, rows))
     return 0
 

@@ -65,6 +65,8 @@ def method_config(method: str, arch: str):
         return tt.LoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "qlora":  # the 4-bit base is sharded too (stored as plain tensors: core/plain_four_bit.py)
         return tt.QLoraConfig(r=4, init="gaussian", modules_to_save=head)
+    if method == "qlora-512":  # one scale per 512 weights: k/v_proj have 1 block, so rank 1's slice of its scales is empty
+        return tt.QLoraConfig(r=4, init="gaussian", blocksize=512, modules_to_save=head)
     if method == "dora":
         return tt.DoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "vera":  # the shared random pair is a buffer: whole on every rank, like a mask
