@@ -7,14 +7,17 @@ reports its own figures:
 
 - runtime MiB: resident set before any model exists (python, torch, transformers, gloo): the same
   in every variant, and part of every peak;
+- build peak MiB: the high-water mark of the resident set (``VmHWM``) up to there: building,
+  adapting, wrapping or sharding;
 - model MiB: resident set after the model is built, adapted and wrapped/sharded (RSS);
 - train peak MiB: the kernel's high-water mark of the resident set (``VmHWM``, reset once the model
   is ready, see ``_harness``) over the training steps: what the process needs to train;
 - step ms: median wall time of the timed steps.
 
-Building the model still holds the whole model once per process before ``shard_model`` (random
-init on CPU); a model that does not fit one process would be built on the meta device or loaded
-shard by shard, so the build is not part of the comparison. glibc is told to give large freed
+The FSDP2 variants build the model on the meta device, shard it, then give each rank memory for
+its slices only (``materialize``: random values), as a model that does not fit one process must be
+built; the others build it whole on the CPU. (With ``--qlora`` every variant builds it whole:
+quantising needs the real weights.) glibc is told to give large freed
 blocks back to the kernel (``MALLOC_MMAP_THRESHOLD_``), so the RSS shows what FSDP freed.
 
     PYTHONPATH=src python benchmarks/fsdp.py                # full run, writes docs/benchmarks.md
@@ -25,8 +28,10 @@ blocks back to the kernel (``MALLOC_MMAP_THRESHOLD_``), so the RSS shows what FS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -73,10 +78,16 @@ def worker(size: dict, strategy: str, out: Path) -> None:
     config = LlamaConfig(hidden_size=size["hidden"], num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
                          num_key_value_heads=size["kv_heads"], intermediate_size=size["ffn"], vocab_size=size["vocab"],
                          max_position_embeddings=size["seq"], pad_token_id=0)
-    model = LlamaForCausalLM(config)
+    # FSDP2 builds on the meta device (no memory), shards, then gives each rank only its slices;
+    # QLoRA's quantisation needs real weights, so a QLoRA model is built whole first
+    meta = strategy.startswith("fsdp") and info.world_size > 1 and size.get("method") != "qlora"
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = LlamaForCausalLM(config)
     method = tt.QLoraConfig if size.get("method") == "qlora" else tt.LoraConfig  # QLoRA: every projection stored in 4 bits (NF4)
     tt.apply(model, method(r=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     model = parallel_model(model, info, strategy.removesuffix("+layers"), layer_units=strategy.endswith("+layers"))
+    if meta:
+        materialize(model, config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     per_rank = GLOBAL_BATCH // info.world_size
     ids = torch.randint(3, size["vocab"], (GLOBAL_BATCH, size["seq"]), generator=torch.Generator().manual_seed(1))
@@ -86,6 +97,7 @@ def worker(size: dict, strategy: str, out: Path) -> None:
 
     gc.collect()
     resident = _status_mib("VmRSS")
+    build_peak = _status_mib("VmHWM")  # building, adapting, wrapping or sharding (and materialising)
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the peak from here on is training's
         f.write("5")
     times = []
@@ -96,14 +108,37 @@ def worker(size: dict, strategy: str, out: Path) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(1e3 * (time.perf_counter() - start))
-    record = {"rank": info.rank, "runtime_mib": runtime, "model_mib": resident, "peak_mib": _status_mib("VmHWM"),
-              "step_ms": statistics.median(times[1:] or times)}  # the first step allocates optimizer state
+    if not math.isfinite(loss.item()):
+        raise RuntimeError(f"{strategy}: the loss is {loss.item()} (a slice left uninitialised?)")
+    record = {"rank": info.rank, "runtime_mib": runtime, "build_peak_mib": build_peak, "model_mib": resident,
+              "peak_mib": _status_mib("VmHWM"), "step_ms": statistics.median(times[1:] or times)}  # the first step allocates optimizer state
     (out / f"rank{info.rank}.json").write_text(json.dumps(record))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # every rank done before the group goes (gloo aborts on a peer's early teardown)
         torch.distributed.destroy_process_group()
     sys.stdout.flush()  # the record is written; skip the interpreter teardown, where gloo's threads sometimes abort
     os._exit(0)
+
+
+def materialize(model, config) -> None:
+    """Memory for a model sharded on the meta device, each rank only its slices, with random values
+    (the figures are memory and time, not quality): LoRA's B zero, norms one, rotary frequencies
+    recomputed (a non-persistent buffer ``to_empty`` leaves uninitialised)."""
+    import torch
+
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            local = param.to_local()
+            if "lora_B" in name:
+                local.zero_()
+            elif local.dim() >= 2:
+                local.normal_(0.0, 0.02)
+            else:
+                local.fill_(1.0)
+        rotary = type(model.model.rotary_emb)(config)
+        for name, buffer in rotary.named_buffers():
+            getattr(model.model.rotary_emb, name).copy_(buffer)
 
 
 # ---- the driver ----
@@ -131,13 +166,13 @@ def measure(size: dict) -> list[list]:
         ddp_ms = step if name.startswith("DDP") else ddp_ms
         runtime = max(r["runtime_mib"] for r in ranks)
         single_runtime = single_runtime or runtime
-        rows.append([name, round(runtime), round(max(r["model_mib"] for r in ranks)), round(peak), round(peak / single_peak, 2),
+        rows.append([name, round(runtime), round(max(r["build_peak_mib"] for r in ranks)), round(max(r["model_mib"] for r in ranks)), round(peak), round(peak / single_peak, 2),
                      round((peak - runtime) / (single_peak - single_runtime), 2), round(step), round(step / ddp_ms, 2) if ddp_ms else "-"])
     return rows
 
 
 def table(rows: list[list]) -> str:
-    headers = ["variant", "runtime MiB", "model MiB / process", "train peak MiB / process", "peak vs 1 process",
+    headers = ["variant", "runtime MiB", "build peak MiB / process", "model MiB / process", "train peak MiB / process", "peak vs 1 process",
                "peak above runtime vs 1 process", "step ms", "step vs DDP x 2"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
@@ -158,6 +193,8 @@ def section(size: dict, rows: list[list]) -> str:
         f"Conditions: {when}, {platform.machine()}, {os.cpu_count()} cores (shared; load average {os.getloadavg()[0]:.1f} at the end), "
         f"torch {torch.__version__}, gloo, 1 thread per process, processes started by torchrun; train peak = VmHWM reset after "
         "the model was built, adapted and wrapped (DDP) or sharded (FSDP2), so it is what training needs resident; "
+        "build peak = VmHWM up to that reset (the FSDP2 variants build on the meta device and materialise only their slices "
+        "after sharding, random values); "
         f"MALLOC_MMAP_THRESHOLD_=65536 so freed weights leave the RSS.\n{END}"
     )
 

@@ -39,6 +39,8 @@ def build_base(arch: str):
 
     if arch.endswith("+units"):  # the same model; shard_model(layer_units=True) makes each wrapped layer a unit
         return build_base(arch.removesuffix("+units"))
+    if arch.endswith("+meta"):  # the same model; 2 processes build it on the meta device (built_on_meta)
+        return build_base(arch.removesuffix("+meta"))
     if arch.endswith("+gc"):
         model = build_base(arch.removesuffix("+gc"))
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -105,6 +107,29 @@ def build_model(method: str, arch: str, mask_seed: int | None = None):
     return model
 
 
+def built_on_meta(method: str, arch: str):
+    """``build_model(method, arch)`` built on the meta device and sharded before it has any memory,
+    then given the values of the whole model slice by slice (as loading a checkpoint would; the
+    whole reference is the test's shortcut to the same values as 1 process)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+    )
+
+    from trimtune.training.fsdp import shard_model
+
+    reference = build_model(method, arch)
+    with torch.device("meta"):
+        model = build_base(arch)
+    tt.apply(model, method_config(method, arch))
+    shard_model(model)
+    model.to_empty(device="cpu")
+    set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
+    for name, buffer in reference.named_buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
+        model.get_buffer(name).copy_(buffer)
+    return model
+
+
 def dataset(arch: str):
     generator = torch.Generator().manual_seed(1)
     examples = []
@@ -120,8 +145,11 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     from trimtune.training.fsdp import shard_model
 
     info = init_distributed()
-    model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
-    if info.world_size > 1:
+    if arch.endswith("+meta") and info.world_size > 1:
+        model = built_on_meta(method, arch)
+    else:
+        model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
+    if info.world_size > 1 and not arch.endswith("+meta"):
         shard_model(model, layer_units=arch.endswith("+units"))
         if method == "qlora":
             (out / f"four_bit_rank{info.rank}.json").parent.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, arch", [
-    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("lora", "llama+units"), ("adalora", "llama+units"), ("qlora-512", "llama+units"),
+    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("lora", "llama+units"), ("adalora", "llama+units"), ("qlora-512", "llama+units"), ("lora", "llama+meta"),
     ("bottleneck", "bert"), ("prompt", "gpt2"), ("p-tuning", "llama"), ("dora", "llama"), ("vera", "llama"),
 ])
 def test_other_methods_two_processes_equal_one(tmp_path, method, arch):

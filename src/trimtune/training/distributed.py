@@ -84,7 +84,8 @@ def parallel_model(model: nn.Module, info: DistributedInfo, strategy: str = "ddp
         raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "ddp" or info.world_size == 1:
         return distributed_model(model, info)
-    model.to(info.device)
+    if not any(p.is_meta for p in model.parameters()):  # a meta model gets its memory after sharding (to_empty)
+        model.to(info.device)
     return shard_model(model, block_classes, layer_units=layer_units)
 
 

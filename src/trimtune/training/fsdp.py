@@ -72,6 +72,11 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
     ``layer_units``: also make each wrapped layer inside a block (its frozen weight with its deltas)
     a unit of its own, so a process holds one layer whole at a time instead of one block: less
     memory (a Llama MLP projection is ~1/4 of its block), more and smaller all-gathers.
+
+    A model that does not fit one process is built on the meta device (``with torch.device("meta")``,
+    then ``trimtune.apply``), sharded here without memory, then materialised by the caller:
+    ``model.to_empty(device=...)`` and each rank filling its slices (``set_model_state_dict`` from a
+    checkpoint, or an init), non-persistent buffers (rotary frequencies) included.
     """
     if not dist.is_initialized():
         raise ConfigError("shard_model needs a process group: launch with torchrun and call init_distributed() first")
@@ -136,7 +141,8 @@ def check_replicated(model: nn.Module) -> None:
     """Raise if the ranks do not hold the same parameters and buffers (e.g. a pruning mask drawn
     without a seed): FSDP2 shards rank r's copy as rank r's slice, so differing copies would
     silently mix. Compares one checksum per tensor across ranks."""
-    named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if not isinstance(t, DTensor)]
+    # meta tensors (a model built on the meta device, materialised after sharding) have no values yet
+    named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if not isinstance(t, DTensor) and not t.is_meta]
     if not named:
         return
     sums = torch.stack([t.detach().double().sum() + t.detach().double().abs().sum() for _, t in named])
