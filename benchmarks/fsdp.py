@@ -23,6 +23,7 @@ blocks back to the kernel (``MALLOC_MMAP_THRESHOLD_``), so the RSS shows what FS
     PYTHONPATH=src python benchmarks/fsdp.py                # full run, writes docs/benchmarks.md
     PYTHONPATH=src python benchmarks/fsdp.py --quick        # tiny model, seconds, prints only
     PYTHONPATH=src python benchmarks/fsdp.py --qlora        # the same with QLoRA's 4-bit base, prints only
+    PYTHONPATH=src python benchmarks/fsdp.py --trace        # plus RSS at every block of a step, prints only
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ def worker(size: dict, strategy: str, out: Path) -> None:
     build_peak = _status_mib("VmHWM")  # building, adapting, wrapping or sharding (and materialising)
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the peak from here on is training's
         f.write("5")
+    trace = _trace_units(getattr(model, "module", model)) if size.get("trace") else []  # DDP: the model inside
     times = []
     for _ in range(size["steps"]):
+        trace.clear()  # the last step's trace is kept
         start = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
@@ -111,13 +114,30 @@ def worker(size: dict, strategy: str, out: Path) -> None:
     if not math.isfinite(loss.item()):
         raise RuntimeError(f"{strategy}: the loss is {loss.item()} (a slice left uninitialised?)")
     record = {"rank": info.rank, "runtime_mib": runtime, "build_peak_mib": build_peak, "model_mib": resident,
-              "peak_mib": _status_mib("VmHWM"), "step_ms": statistics.median(times[1:] or times)}  # the first step allocates optimizer state
+              "peak_mib": _status_mib("VmHWM"), "step_ms": statistics.median(times[1:] or times),  # the first step allocates optimizer state
+              "trace": trace}
     (out / f"rank{info.rank}.json").write_text(json.dumps(record))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # every rank done before the group goes (gloo aborts on a peer's early teardown)
         torch.distributed.destroy_process_group()
     sys.stdout.flush()  # the record is written; skip the interpreter teardown, where gloo's threads sometimes abort
     os._exit(0)
+
+
+def _trace_units(model) -> list:
+    """Record (module, event, VmRSS MiB, VmHWM MiB) at the start and end of the forward of the input
+    embedding, every decoder block and the head, and at the start of their backward: where the
+    memory goes during a step (``--trace``)."""
+    trace = []
+    modules = [("embed", model.get_input_embeddings()), *((f"block {i}", b) for i, b in enumerate(model.model.layers)),
+               ("head", model.get_output_embeddings())]
+    for name, module in modules:
+        def record(event, name=name):
+            return lambda *args: trace.append((name, event, round(_status_mib("VmRSS")), round(_status_mib("VmHWM"))))
+        module.register_forward_pre_hook(record("forward start"))
+        module.register_forward_hook(record("forward end"))
+        module.register_full_backward_pre_hook(record("backward start"))
+    return trace
 
 
 def materialize(model, config) -> None:
@@ -166,6 +186,9 @@ def measure(size: dict) -> list[list]:
         ddp_ms = step if name.startswith("DDP") else ddp_ms
         runtime = max(r["runtime_mib"] for r in ranks)
         single_runtime = single_runtime or runtime
+        if size.get("trace"):
+            print(f"\n{name}, rank 0, last step (module, event, VmRSS MiB, VmHWM MiB):")
+            print("\n".join(" ".join(map(str, line)) for line in ranks[0]["trace"]))
         rows.append([name, round(runtime), round(max(r["build_peak_mib"] for r in ranks)), round(max(r["model_mib"] for r in ranks)), round(peak), round(peak / single_peak, 2),
                      round((peak - runtime) / (single_peak - single_runtime), 2), round(step), round(step / ddp_ms, 2) if ddp_ms else "-"])
     return rows
@@ -219,6 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, help="override the hidden size (FFN scales with it)")
     parser.add_argument("--layers", type=int, help="override the number of layers")
     parser.add_argument("--qlora", action="store_true", help="QLoRA (4-bit NF4 base) instead of LoRA; prints, writes nothing")
+    parser.add_argument("--trace", action="store_true", help="also print RSS / VmHWM at every block of rank 0's last step; writes nothing")
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     if args.hidden:
@@ -227,9 +251,11 @@ def main(argv=None) -> int:
         size["layers"] = args.layers
     if args.qlora:
         size["method"] = "qlora"
+    if args.trace:
+        size["trace"] = True
     rows = measure(size)
     print(table(rows))
-    if not (args.quick or args.no_write or args.qlora):
+    if not (args.quick or args.no_write or args.qlora or args.trace):
         write_doc(section(size, rows))
     return 0
 
