@@ -8,7 +8,8 @@
 ``train`` shards the adapted model (2 processes), trains with ``trimtune.train`` on the same global
 batches as 1 process, saves the adapter (``save_adapter`` / ``save_diff``) to OUT_DIR/adapter and the
 losses to OUT_DIR/losses.json. ``fill`` writes a rank-specific value into each rank's local shard of
-every trainable tensor and saves: the file must hold every rank's values. ``ckpt`` trains LoRA with
+every trainable tensor and saves: the file must hold every rank's values; then it checks two
+refusals (masks differing between ranks, a pruning schedule on a sharded model). ``ckpt`` trains LoRA with
 sharded checkpoints, optionally resuming, or killing the last rank with SIGKILL after step STEP.
 """
 
@@ -31,10 +32,15 @@ CKPT_STEPS = 6
 
 
 def build_base(arch: str):
-    """A tiny random model, dropout off, identical in every process. ``<arch>+gc``: with activation
+    """A tiny random model, dropout off, identical in every process (``<arch>+units``: the same, sharded
+    with a unit per wrapped layer). ``<arch>+gc``: with activation
     (gradient) checkpointing, non-reentrant."""
     import transformers as tr
 
+    if arch.endswith("+units"):  # the same model; shard_model(layer_units=True) makes each wrapped layer a unit
+        return build_base(arch.removesuffix("+units"))
+    if arch.endswith("+meta"):  # the same model; 2 processes build it on the meta device (built_on_meta)
+        return build_base(arch.removesuffix("+meta"))
     if arch.endswith("+gc"):
         model = build_base(arch.removesuffix("+gc"))
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -59,8 +65,10 @@ def method_config(method: str, arch: str):
     head = ["classifier"] if arch.startswith("bert") else []
     if method == "lora":
         return tt.LoraConfig(r=4, init="gaussian", modules_to_save=head)
-    if method == "qlora":  # the 4-bit base stays whole on every rank (fsdp.packed_4bit_parameters)
+    if method == "qlora":  # the 4-bit base is sharded too (stored as plain tensors: core/plain_four_bit.py)
         return tt.QLoraConfig(r=4, init="gaussian", modules_to_save=head)
+    if method == "qlora-512":  # one scale per 512 weights: k/v_proj have 1 block, so rank 1's slice of its scales is empty
+        return tt.QLoraConfig(r=4, init="gaussian", blocksize=512, modules_to_save=head)
     if method == "dora":
         return tt.DoraConfig(r=4, init="gaussian", modules_to_save=head)
     if method == "vera":  # the shared random pair is a buffer: whole on every rank, like a mask
@@ -99,6 +107,29 @@ def build_model(method: str, arch: str, mask_seed: int | None = None):
     return model
 
 
+def built_on_meta(method: str, arch: str):
+    """``build_model(method, arch)`` built on the meta device and sharded before it has any memory,
+    then given the values of the whole model slice by slice (as loading a checkpoint would; the
+    whole reference is the test's shortcut to the same values as 1 process)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+    )
+
+    from trimtune.training.fsdp import shard_model
+
+    reference = build_model(method, arch)
+    with torch.device("meta"):
+        model = build_base(arch)
+    tt.apply(model, method_config(method, arch))
+    shard_model(model)
+    model.to_empty(device="cpu")
+    set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
+    for name, buffer in reference.named_buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
+        model.get_buffer(name).copy_(buffer)
+    return model
+
+
 def dataset(arch: str):
     generator = torch.Generator().manual_seed(1)
     examples = []
@@ -114,9 +145,15 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     from trimtune.training.fsdp import shard_model
 
     info = init_distributed()
-    model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
-    if info.world_size > 1:
-        shard_model(model)
+    if arch.endswith("+meta") and info.world_size > 1:
+        model = built_on_meta(method, arch)
+    else:
+        model = build_model(method, arch, mask_seed=4 if (method, arch) == ("lora", "bert") else None)
+    if info.world_size > 1 and not arch.endswith("+meta"):
+        shard_model(model, layer_units=arch.endswith("+units"))
+        if method == "qlora":
+            (out / f"four_bit_rank{info.rank}.json").parent.mkdir(parents=True, exist_ok=True)
+            (out / f"four_bit_rank{info.rank}.json").write_text(json.dumps(four_bit_storage(model)))
     loader = distributed_loader(dataset(arch), per_rank_batch, shuffle=True, seed=3)
     losses = tt.train(model, loader, max_steps=max_steps, lr=1e-2, progress=False).losses
     if method == "diff":  # project to the exact density, fine-tune the kept entries, save
@@ -135,6 +172,33 @@ def train_run(method: str, arch: str, out: Path, per_rank_batch: int, resume: bo
     else:
         tt.save_adapter(model, out / "adapter")
     return model, losses
+
+
+def four_bit_storage(model) -> dict:
+    """{tensor name: [bytes this rank holds (its storage, padding included), bytes of the whole
+    tensor]} for every tensor of a 4-bit base; under "replicated" the bytes that grow with the base
+    yet stay whole on every rank (the nested scales of double quantisation, 1/256 of the scales; the
+    fixed 256-entry code tables are left out); under "whole_left" the number of bitsandbytes
+    Params4bit objects still alive (each would hold a whole packed weight)."""
+    import gc
+
+    from bitsandbytes.nn import Params4bit
+
+    from trimtune.core.plain_four_bit import ABSMAX, is_plain_4bit
+    from trimtune.core.state import layers
+
+    record, replicated = {}, 0
+    for name, layer in layers(model):
+        if not is_plain_4bit(layer):
+            continue
+        for key in ("weight", ABSMAX):
+            param = getattr(layer, key)
+            record[f"{name}.{key}"] = [param.to_local().untyped_storage().nbytes(), param.numel() * param.element_size()]
+        nested = layer.quant_template.state2
+        replicated += 0 if nested is None else nested.absmax.numel() * nested.absmax.element_size()
+    gc.collect()
+    whole_left = sum(isinstance(o, Params4bit) for o in gc.get_objects())
+    return {"tensors": record, "replicated": replicated, "whole_left": whole_left}
 
 
 @torch.no_grad()
@@ -213,6 +277,14 @@ def main(argv: list[str]) -> None:
         except ValueError as error:
             if rank == 0:
                 (out / "refused.txt").write_text(str(error))
+        from trimtune.prune import PruneConfig, PruneSchedule, PruningCallback
+
+        try:  # masks that change during training (a pruning schedule) are refused at the start, before any step
+            pruning = PruningCallback(PruneConfig(amount=0.5), PruneSchedule(0.5, "cubic", begin=0, end=2))
+            tt.train(model, distributed_loader(dataset(arch), PER_RANK_BATCH), max_steps=2, lr=1e-2, progress=False, callbacks=[pruning])
+        except tt.ConfigError as error:
+            if rank == 0:
+                (out / "pruning_refused.txt").write_text(str(error))
     leave()
 
 

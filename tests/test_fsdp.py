@@ -66,13 +66,42 @@ def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, arch", [
-    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("qlora", "llama"),
+    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("lora", "llama+units"), ("adalora", "llama+units"), ("qlora-512", "llama+units"), ("lora", "llama+meta"),
     ("bottleneck", "bert"), ("prompt", "gpt2"), ("p-tuning", "llama"), ("dora", "llama"), ("vera", "llama"),
 ])
 def test_other_methods_two_processes_equal_one(tmp_path, method, arch):
     two, one, sharded, single, _ = two_vs_one(method, arch, tmp_path)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
     assert_same_files(sharded, single)
+
+
+@pytest.mark.slow
+def test_qlora_shards_its_4bit_base_and_two_processes_equal_one(tmp_path):
+    """The packed codes and block scales of the 4-bit base are split between the ranks (each holds
+    half, padding aside; no whole Params4bit left), training equals 1 process, and the adapter loads
+    on a 1-process 4-bit base (same fingerprint) with the 1-process model's logits."""
+    from _fsdp_worker import build_base
+
+    two, one, sharded, single, model = two_vs_one("qlora", "llama", tmp_path)
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
+    assert_same_files(sharded, single)
+    records = [json.loads((tmp_path / "two" / f"four_bit_rank{r}.json").read_text()) for r in range(2)]
+    assert records[0]["tensors"].keys() == records[1]["tensors"].keys()
+    assert len(records[0]["tensors"]) == 2 * 14  # codes and scales of 7 projections x 2 blocks
+    total = sum(whole for _, whole in records[0]["tensors"].values())
+    for record in records:
+        assert record["whole_left"] == 0
+        for name, (local, whole) in record["tensors"].items():
+            assert local <= -(-whole // 2) + 16, name  # half, rounded up, plus FSDP2's row padding
+        held = sum(local for local, _ in record["tensors"].values())
+        assert 0.45 * total <= held <= 0.55 * total
+        assert record["replicated"] < 0.1 * held  # what stays whole (nested scales) is small
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(5))
+    reloaded = build_base("llama")
+    tt.quantize_base(reloaded)
+    tt.load_adapter(reloaded, sharded)  # checks the fingerprint: the sharded base describes itself as the whole one
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -117,6 +146,8 @@ def test_saved_adapter_holds_every_ranks_shard(tmp_path):
         torch.testing.assert_close(param.detach(), expected_fill(param.shape, 2), atol=0, rtol=0, msg=name)
         assert (param < 2000).any() and (param >= 2000).any(), name  # both ranks' values arrived
     assert "weight_mask" in (tmp_path / "refused.txt").read_text()  # ranks with different masks were refused
+    refusal = (tmp_path / "pruning_refused.txt").read_text()
+    assert "prune.schedule" in refusal and "prune before sharding" in refusal
 
 
 def test_block_modules_finds_transformer_blocks_and_takes_a_given_class():
@@ -175,3 +206,38 @@ def test_kill_9_of_one_rank_then_resume_and_resume_on_other_world_sizes(tmp_path
     checkpointed(tmp_path / "d" / "ckpt", tmp_path / "d", "kill=5", nproc=1, ok=False)
     assert tt.latest_checkpoint(tmp_path / "d" / "ckpt").name == "step-00000004"
     assert_same_run(checkpointed(tmp_path / "d" / "ckpt", tmp_path / "d", "resume"), reference, atol=1e-5)  # 1 -> 2
+
+
+@pytest.mark.parametrize(("quant_type", "double_quant"), [("nf4", True), ("fp4", False)])
+def test_4bit_base_stored_plain_computes_the_same_and_keeps_its_fingerprint(quant_type, double_quant):
+    """What shard_model does to a 4-bit base before sharding, in one process: same outputs, same
+    gradients into the input, same fingerprint; the scales become a frozen parameter."""
+    from trimtune.core.io.fingerprint import fingerprint
+    from trimtune.core.plain_four_bit import ABSMAX
+    from trimtune.training.fsdp import store_4bit_bases_plain
+
+    model = build_base("llama")
+    tt.apply(model, tt.QLoraConfig(r=4, init="gaussian", quant_type=quant_type, double_quant=double_quant))
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(5))
+    before, print_before, counts_before = model(input_ids=ids).logits, fingerprint(model), tt.trainable_parameters(model)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    model(inputs_embeds=embeds).logits.sum().backward()
+    grad_before = embeds.grad.clone()
+    assert len(store_4bit_bases_plain(model)) == 14
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert type(q_proj.weight) is torch.nn.Parameter and q_proj.weight.dtype == torch.uint8
+    assert not getattr(q_proj, ABSMAX).requires_grad and q_proj.quant_template.absmax is None
+    torch.testing.assert_close(model(input_ids=ids).logits, before, atol=0, rtol=0)
+    assert fingerprint(model) == print_before and tt.trainable_parameters(model) == counts_before
+    embeds.grad = None
+    model(inputs_embeds=embeds).logits.sum().backward()
+    torch.testing.assert_close(embeds.grad, grad_before, atol=0, rtol=0)
+
+
+def test_4bit_base_packed_for_the_cpu_kernel_is_refused_before_sharding():
+    from trimtune.core.plain_four_bit import store_plain
+
+    layer = build_model("qlora", "llama").model.layers[0].self_attn.q_proj
+    layer.weight.quant_state.packing_format_for_cpu = True  # what pack_4bit_for_cpu leaves (needs AVX512-BF16 to do for real)
+    with pytest.raises(ValueError, match="pack_4bit_for_cpu"):
+        store_plain(layer)

@@ -14,17 +14,20 @@ import pytest
 from trimtune import cli
 from trimtune.recipes.load import RecipeError, load_recipe
 from test_cli import SRC
-from test_cli_resume import adapter, assert_same, recipe  # noqa: F401  (recipe is a fixture)
+from test_cli_resume import LAUNCHERS, adapter, assert_same, recipe  # noqa: F401  (recipe is a fixture)
 
 FSDP = ["--set", "distributed.strategy=fsdp"]
 
 
-def torchrun_tune(recipe_path, out, *extra, nproc=2):
-    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def torchrun_tune(recipe_path, out, *extra, nproc=2, launcher=None):
+    """``trimtune tune`` with strategy fsdp on ``nproc`` processes started by torchrun, or by one of
+    ``test_cli_resume.LAUNCHERS`` (2 processes)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(out.parent / "hf")}  # no user accelerate config file can change the launch
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "trimtune", "tune", str(recipe_path), "--out", str(out), "--quiet", *FSDP, *extra]
+    start = LAUNCHERS[launcher] if launcher else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    command = [*start, "-m", "trimtune", "tune", str(recipe_path), "--out", str(out), "--quiet", *FSDP, *extra]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -46,6 +49,20 @@ def test_fsdp_recipe_on_two_processes_ends_like_one_and_resumes_on_one(tmp_path,
     shutil.rmtree(cut / "adapter")
     assert cli.main(["tune", str(recipe), "--out", str(cut), "--resume", "--quiet", *FSDP]) == 0
     assert_same(adapter(cut), adapter(two), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_recipe_launched_by_accelerate_ends_like_torchrun(tmp_path, recipe):  # noqa: F811
+    """accelerate launch (its torch.distributed launcher, gloo without GPUs) starts the processes and
+    nothing more: trimtune shards (the checkpoints are DCP shards, one file per rank) and the adapter
+    is the one torchrun's run writes."""
+    by_torchrun, by_accelerate = tmp_path / "torchrun", tmp_path / "accelerate"
+    torchrun_tune(recipe, by_torchrun)
+    torchrun_tune(recipe, by_accelerate, launcher="accelerate")
+    assert json.loads((by_accelerate / "summary.json").read_text())["processes"] == 2
+    last = max(p for p in (by_accelerate / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert len(list((last / "sharded").glob("*.safetensors"))) == 2
+    assert_same(adapter(by_accelerate), adapter(by_torchrun), atol=0)
 
 
 def test_fsdp_strategy_refuses_prune_and_whole_model_runs(recipe):  # noqa: F811

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from ..core.four_bit import logical_numel
 from ..core.modules_to_save import ModuleCopies
+from ..core.plain_four_bit import ABSMAX, is_plain_4bit
 from ..core.state import forget_state, hosts, layers, replace_module, state_of
 
 
@@ -86,12 +88,24 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = total = 0
+    stored_plain = plain_4bit_counts(model)
     for param in model.parameters():
-        count = logical_numel(param)  # a 4-bit weight counts its parameters, not its bytes
+        count = stored_plain.get(id(param), logical_numel(param))  # a 4-bit weight counts its parameters, not its bytes
         total += count
         if param.requires_grad:
             trainable += count
     return trainable, total
+
+
+def plain_4bit_counts(model: nn.Module) -> dict[int, int]:
+    """{id(parameter): count} for 4-bit bases stored as plain tensors (for FSDP2): the packed codes
+    count the weights they stand for, the block scales nothing (quantisation state, as in a Params4bit)."""
+    counts = {}
+    for _, layer in layers(model):
+        if is_plain_4bit(layer):
+            counts[id(layer.weight)] = math.prod(layer.quant_template.shape)
+            counts[id(getattr(layer, ABSMAX))] = 0
+    return counts
 
 
 def print_trainable_parameters(model: nn.Module) -> None:

@@ -17,6 +17,7 @@ from .adapter_host import AdapterHost
 from .delta import STAGES, Delta
 from .four_bit import dequantize_base, is_4bit
 from .layer_kinds import kind_class_for, supported_types
+from .plain_four_bit import live_weight
 
 
 class TunedLayer(AdapterHost):
@@ -49,7 +50,7 @@ class TunedLayer(AdapterHost):
     def forward(self, x):
         for delta in self._scale_input:
             x = delta.scale_input(x)
-        weight, bias = self.weight, self.bias
+        weight, bias = live_weight(self), self.bias  # a 4-bit base sharded by FSDP2 gets its quant state back
         for delta in self._weight_delta:
             weight = weight + delta.weight_delta()
             extra_bias = delta.bias_delta()

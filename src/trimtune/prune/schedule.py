@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core.config import ConfigError, check_choice, check_fraction, check_positive_int
 from ..core.masks import enforce_masks
+from ..training.fsdp import is_sharded
 from .api import PruneConfig, prune
 
 
@@ -96,6 +97,18 @@ class Pruner:
         return True
 
 
+# Why not under FSDP2: pruning and mask enforcement read and write whole weights, which FSDP2 holds
+# as 1/N slices (DTensors) on each rank; a global top-k over slices would need gathers of every
+# weight at every pruning step. Masks fixed before sharding need no callback: they are buffers,
+# whole and identical on every rank (shard_model checks), applied in every forward to a frozen base.
+SHARDED_REFUSAL = (
+    "PruningCallback cannot run on a model sharded with FSDP2 (shard_model / recipe distributed.strategy 'fsdp'): "
+    "masks that change during training (a pruning schedule, recipe prune.schedule / prune.timing) are not supported "
+    "under FSDP. What works: prune before sharding (trimtune.prune(model, ...), then shard_model): the masks stay "
+    "fixed and every forward applies them, no callback needed; or train with distributed.strategy 'ddp'"
+)
+
+
 class PruningCallback:
     """``trimtune.train`` callback for masked fine-tuning and scheduled pruning: prunes by the
     schedule before each step (if given), re-applies the masks to the weights and their optimizer
@@ -109,6 +122,8 @@ class PruningCallback:
         self.pruner: Pruner | None = None
 
     def on_train_start(self, ctx) -> None:
+        if is_sharded(ctx.model):
+            raise ConfigError(SHARDED_REFUSAL)
         if self.schedule is not None:
             self.pruner = Pruner(ctx.model, self.config, self.schedule)
             self.pruner.step(ctx.step)

@@ -94,7 +94,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None,
                                          sharded=True if recipe.distributed.strategy == "fsdp" else None)  # resumable on any world size
         result = tt.train(
-            parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
+            parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes,
+                           recipe.distributed.layer_units), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
             grad_accum=t.grad_accum, scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm,
             eval_data=loaders.eval if t.eval_every else None, eval_every=t.eval_every, metric=loaders.metric,
             loss_fn=loaders.loss_fn, callbacks=[*callbacks, logger], progress=not quiet and info.rank == 0,
@@ -130,8 +131,10 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
 
 def _run_config(recipe: Recipe) -> dict:
     """What a checkpoint must agree with to be resumed: the recipe minus where and how often to
-    write (those may change between an interrupted run and its resumption)."""
-    return recipe.model_dump(mode="json", exclude={"output": True, "train": {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard"}})
+    write, and how FSDP cuts units (memory only; the results and the sharded checkpoints do not
+    depend on it): those may change between an interrupted run and its resumption."""
+    return recipe.model_dump(mode="json", exclude={"output": True, "train": {"checkpoint_every", "keep_checkpoints", "log_every", "tensorboard"},
+                                                   "distributed": {"layer_units"}})
 
 
 def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:

@@ -176,10 +176,12 @@ class DistributedSection(Section):
     """How several processes (torchrun / accelerate launch) share the work. strategy "ddp": each
     process keeps the whole model and gradients are all-reduced; "fsdp": FSDP2 shards every
     parameter across the processes, one unit per transformer block (``block_classes``: the block
-    class names for architectures trimtune does not know). One process ignores it."""
+    class names for architectures trimtune does not know; ``layer_units``: also a unit per wrapped
+    layer, so a process holds one layer whole at a time rather than one block). One process ignores it."""
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     block_classes: list[str] | None = None
+    layer_units: bool = False
 
 
 class OneShotSection(Section):
@@ -274,9 +276,13 @@ class Recipe(Section):
         images = self.model.task == "image-classification"
         if images != (self.data.train == "digits"):
             raise ValueError("model.task 'image-classification' goes with data.train 'digits' (and only it)")
-        if self.distributed.strategy == "fsdp" and (self.prune or self.method is None):
-            what = "prune" if self.prune else "training the whole model (no method)"
-            raise ValueError(f"distributed.strategy 'fsdp' trains adapters (a method section, no prune section); {what} runs with strategy 'ddp'")
+        if self.distributed.strategy == "fsdp" and self.prune:
+            raise ValueError("distributed.strategy 'fsdp' trains adapters (a method section, no prune section): masks that change "
+                             "during training (prune.schedule / prune.timing) are not supported under FSDP; run the prune section "
+                             "with strategy 'ddp', or prune before sharding from the Python API (prune, then shard_model: fixed masks)")
+        if self.distributed.strategy == "fsdp" and self.method is None:
+            raise ValueError("distributed.strategy 'fsdp' trains adapters (a method section); training the whole model (no method) "
+                             "runs with strategy 'ddp'")
         if self.distill is not None and not (self.train.epochs or self.train.max_steps):
             raise ValueError("distill needs training: set train.epochs or train.max_steps above 0")
         return self

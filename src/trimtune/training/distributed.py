@@ -75,16 +75,18 @@ def distributed_model(model: nn.Module, info: DistributedInfo) -> nn.Module:
 STRATEGIES = ("ddp", "fsdp")
 
 
-def parallel_model(model: nn.Module, info: DistributedInfo, strategy: str = "ddp", block_classes=None) -> nn.Module:
+def parallel_model(model: nn.Module, info: DistributedInfo, strategy: str = "ddp", block_classes=None, layer_units: bool = False) -> nn.Module:
     """``model`` ready for training on ``info.world_size`` processes: "ddp" wraps it in
     DistributedDataParallel (a full copy per process), "fsdp" shards it in place with FSDP2
-    (``fsdp.shard_model``: each process holds 1/N of every parameter). One process: unchanged."""
+    (``fsdp.shard_model``: each process holds 1/N of every parameter; ``layer_units``: a unit per
+    wrapped layer too). One process: unchanged."""
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "ddp" or info.world_size == 1:
         return distributed_model(model, info)
-    model.to(info.device)
-    return shard_model(model, block_classes)
+    if not any(p.is_meta for p in model.parameters()):  # a meta model gets its memory after sharding (to_empty)
+        model.to(info.device)
+    return shard_model(model, block_classes, layer_units=layer_units)
 
 
 def distributed_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False, **loader_kwargs) -> DataLoader:

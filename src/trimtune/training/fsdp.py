@@ -14,7 +14,8 @@ them (``module._parameters[name]``), and every delta reads its factors as ``self
 wrapper's per-stage caches hold delta *modules*, never parameter objects, so the forward always
 sees the live (unsharded) tensors. Buffers are not sharded by FSDP2: pruning masks stay whole and,
 built from the same seed or weights, identical on every rank (``check_replicated`` verifies that).
-Tied embeddings (GPT-2, tied Llama) share one Parameter; both users sit in the root unit.
+Tied embeddings (GPT-2, tied Llama) share one Parameter; both users sit in the root unit. A 4-bit
+(QLoRA) base is sharded too, once stored as plain tensors (``store_4bit_bases_plain``).
 
 Everything that reads a whole tensor (saving, AdaLoRA's budget, checkpoints) gathers it with
 ``full_tensor()`` — a collective, so every rank must make the same call.
@@ -33,6 +34,9 @@ from torch.distributed.tensor import DTensor
 
 from ..core.architectures import ARCHITECTURES, architecture_of, model_type
 from ..core.config import ConfigError
+from ..core.four_bit import is_4bit
+from ..core.plain_four_bit import store_plain
+from ..core.state import layers
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -56,7 +60,8 @@ def block_modules(model: nn.Module, block_classes: Iterable[type | str] | None =
     return [b for b in blocks if id(b) not in inside]
 
 
-def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = None, *, mesh=None, reshard_after_forward: bool = True) -> nn.Module:
+def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = None, *, mesh=None, reshard_after_forward: bool = True,
+                layer_units: bool = False) -> nn.Module:
     """Shard ``model`` (already adapted with ``trimtune.apply``) with FSDP2 across the processes of
     the default group: one unit per transformer block, the input embedding and the output head
     (unless tied), and the root for the rest. Returns the same module
@@ -64,6 +69,14 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
 
     ``block_classes``: the block types (or class names) to make units of, for architectures
     trimtune does not know. Raises ``ConfigError`` when no block is found, naming what to pass.
+    ``layer_units``: also make each wrapped layer inside a block (its frozen weight with its deltas)
+    a unit of its own, so a process holds one layer whole at a time instead of one block: less
+    memory (a Llama MLP projection is ~1/4 of its block), more and smaller all-gathers.
+
+    A model that does not fit one process is built on the meta device (``with torch.device("meta")``,
+    then ``trimtune.apply``), sharded here without memory, then materialised by the caller:
+    ``model.to_empty(device=...)`` and each rank filling its slices (``set_model_state_dict`` from a
+    checkpoint, or an init), non-persistent buffers (rotary frequencies) included.
     """
     if not dist.is_initialized():
         raise ConfigError("shard_model needs a process group: launch with torchrun and call init_distributed() first")
@@ -80,11 +93,18 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
     if mesh is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device, (dist.get_world_size(),))
-    kept_whole = packed_4bit_parameters(model)
-    for unit in [*embedding_units(model), *blocks]:
-        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=kept_whole)
+    store_4bit_bases_plain(model)
+    inner = layers_inside(model, blocks) if layer_units else []
+    for unit in [*embedding_units(model), *inner, *blocks]:  # inner units first: FSDP2 nests from the leaves up
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
+
+
+def layers_inside(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
+    """The wrapped layers (``TunedLayer``: a frozen weight with its deltas) inside ``blocks``."""
+    inside = {id(m) for b in blocks for m in b.modules()}
+    return [layer for _, layer in layers(model) if id(layer) in inside]
 
 
 def embedding_units(model: nn.Module) -> list[nn.Module]:
@@ -104,17 +124,16 @@ def embedding_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def packed_4bit_parameters(model: nn.Module) -> set[nn.Parameter]:
-    """The bitsandbytes 4-bit weights of a QLoRA base, which FSDP2 must leave whole on every rank.
-
-    Why they cannot be sharded: FSDP2 all-gathers a parameter's shards into a plain tensor, which
-    drops the ``quant_state`` (block scales, shape, dtype) that bitsandbytes' ``Params4bit`` carries
-    as a Python attribute, and ``Params4bit`` does not implement FSDP2's all-gather extension
-    (``fsdp_pre_all_gather`` / ``fsdp_post_all_gather``, as torchao's NF4Tensor does); bnb's
-    ``quant_storage`` only helps FSDP1's flat parameters. So the packed base (1/8 of fp32) is
-    replicated, frozen and never communicated, while LoRA, its optimizer state and every other
-    parameter (embeddings, norms, head) are sharded."""
-    return {p for p in model.parameters() if getattr(p, "quant_state", None) is not None}
+def store_4bit_bases_plain(model: nn.Module) -> list[str]:
+    """Make every 4-bit (QLoRA) base shardable: bitsandbytes' ``Params4bit`` carries its block
+    scales as a Python attribute, which FSDP2's sharding and all-gather drop; stored as plain frozen
+    tensors (packed codes and scales, ``core/plain_four_bit.py``) both are sharded like any other
+    parameter and the layer rebuilds the quantisation state around the gathered ones in its forward.
+    Returns the names of the layers changed."""
+    names = [name for name, layer in layers(model) if is_4bit(layer.weight)]
+    for name in names:
+        store_plain(model.get_submodule(name))
+    return names
 
 
 @torch.no_grad()
@@ -122,7 +141,8 @@ def check_replicated(model: nn.Module) -> None:
     """Raise if the ranks do not hold the same parameters and buffers (e.g. a pruning mask drawn
     without a seed): FSDP2 shards rank r's copy as rank r's slice, so differing copies would
     silently mix. Compares one checksum per tensor across ranks."""
-    named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if not isinstance(t, DTensor)]
+    # meta tensors (a model built on the meta device, materialised after sharding) have no values yet
+    named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if not isinstance(t, DTensor) and not t.is_meta]
     if not named:
         return
     sums = torch.stack([t.detach().double().sum() + t.detach().double().abs().sum() for _, t in named])

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from ..plain_four_bit import ABSMAX, is_plain_4bit
 from ..state import hosts, layers
 from .gather import model_class, unsharded, whole
 
@@ -32,21 +33,30 @@ class BaseMismatchError(ValueError):
 
 
 def base_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) of the base model's own parameters, adapters excluded, sorted by name."""
-    adapter_ids = set()
+    """(name, tensor) of the base model's own parameters, adapters excluded, sorted by name. The
+    block scales of a 4-bit base stored as plain tensors (for FSDP2) are part of its quantisation
+    state, which a ``Params4bit`` carries unlisted: excluded too, so sharding changes nothing here."""
+    excluded = set()
     for _, host in hosts(model):
         for name in host.adapter_names():
-            adapter_ids.update(id(p) for p in host.trainable_parameters(name))
+            excluded.update(id(p) for p in host.trainable_parameters(name))
+    excluded.update(id(getattr(layer, ABSMAX)) for _, layer in layers(model) if is_plain_4bit(layer))
     return sorted(
         (name, param)
         for name, param in model.named_parameters()
-        if ".deltas." not in name and ".copies." not in name and id(param) not in adapter_ids
+        if ".deltas." not in name and ".copies." not in name and id(param) not in excluded
     )
 
 
-def _logical_shape(param: torch.Tensor) -> tuple[int, ...]:
-    quant_state = getattr(param, "quant_state", None)  # a packed 4-bit weight: its unpacked shape
-    return tuple(quant_state.shape) if quant_state is not None else tuple(param.shape)
+def _logical_shapes(model: nn.Module, params: list[tuple[str, torch.Tensor]]) -> dict[str, tuple[int, ...]]:
+    """{name: shape}, a packed 4-bit weight by its unpacked shape (from its ``quant_state``, or from
+    its layer's ``quant_template`` once stored as plain tensors for FSDP2)."""
+    plain = {f"{name}.weight": tuple(layer.quant_template.shape) for name, layer in layers(model) if is_plain_4bit(layer)}
+    shapes = {}
+    for name, param in params:
+        quant_state = getattr(param, "quant_state", None)
+        shapes[name] = plain.get(name) or (tuple(quant_state.shape) if quant_state is not None else tuple(param.shape))
+    return shapes
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -57,11 +67,12 @@ def fingerprint(model: nn.Module) -> dict:
             "unmerge(model) first (or load with check_base=False)"
         )
     params = base_parameters(model)
-    listing = "\n".join(f"{name}:{list(_logical_shape(p))}" for name, p in params)
+    shapes = _logical_shapes(model, params)
+    listing = "\n".join(f"{name}:{list(shapes[name])}" for name, _ in params)
     return {
         "architecture": model_class(model).__name__,
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
-        "num_parameters": sum(math.prod(_logical_shape(p)) for _, p in params),
+        "num_parameters": sum(math.prod(shape) for shape in shapes.values()),
         "shapes_sha256": hashlib.sha256(listing.encode()).hexdigest(),
         "samples": _samples(params),
         "masks_sha256": _masks_hash(model),
