@@ -74,6 +74,15 @@ def test_cli_prune_then_perplexity(llama_dir, text_file, tmp_path, capsys):
     assert pruned["perplexity"] != dense["perplexity"]
 
 
+def test_cli_magnitude_needs_no_calibration_file(llama_dir, tmp_path, capsys):
+    assert main(["prune", "--model", str(llama_dir), "--method", "magnitude", "--out", str(tmp_path / "mag"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "mag" / "sparsity_report.json").read_text())["total"]["sparsity"] == 0.5
+    capsys.readouterr()
+    assert main(["prune", "--model", str(llama_dir), "--method", "wanda", "--out", str(tmp_path / "w")]) != 0
+    assert "--calib FILE is required with --model --method wanda" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--seqlen", "100"], "seqlen 100 is longer than the model's 64 positions"),
     (["--nsamples", "0"], "nsamples must be an integer >= 1"),

@@ -188,7 +188,7 @@ class OneShotSection(Section):
 
     method: Literal["magnitude", "wanda", "sparsegpt"] = "sparsegpt"
     sparsity: float | str = 0.5
-    calib: str
+    calib: str | None = None  # required by wanda and sparsegpt (checked when the run starts)
     nsamples: int = Field(128, ge=1)
     seqlen: int = Field(2048, ge=1)
     seed: int = 0

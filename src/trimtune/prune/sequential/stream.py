@@ -226,16 +226,18 @@ def _check_out(out: Path, model_dir: Path) -> None:
         raise FileExistsError(f"output directory {out} already exists; choose a new --out (nothing is overwritten)")
 
 
-def prune_directory(model_dir, out, samples: torch.Tensor, config: SequentialConfig, progress: str | None = None,
+def prune_directory(model_dir, out, samples: torch.Tensor | None, config: SequentialConfig, progress: str | None = None,
                     max_shard_bytes: int = 1 << 28, on_block: Callable[[int], None] | None = None) -> SparsityReport:
     """Prune the safetensors model in ``model_dir`` block by block from disk into a new directory ``out``.
-    ``on_block(i)`` is called once block i is written (benchmarks time blocks with it)."""
+    ``on_block(i)`` is called once block i is written (benchmarks time blocks with it). Magnitude reads
+    no ``samples`` (None is fine): it loads, prunes and writes each block without any forward pass."""
     model_dir, out = Path(model_dir), Path(out)
     _check_out(out, model_dir)
     checkpoint = Checkpoint(model_dir)
     model = empty_model(model_dir)
     layout = layout_of(model)
-    check_samples(samples, model)
+    if config.needs_calibration:
+        check_samples(samples, model)
     check_widths(model, layout, config)
     blocks = blocks_of(model, layout)
     block_keys = {k for k in checkpoint.shard_of if k.startswith(f"{layout.blocks}.")}
