@@ -280,6 +280,21 @@ def llmc_run(source: Path, ours: Path, theirs: Path) -> dict:
 
 
 # ---------------------------------------------------------------- docs
+def _render_memory(m: dict) -> list[str]:
+    first = m["rows"][0]["layers"]
+    return ["", f"Streaming from disk: random-weight fp32 Llama (hidden 2048, FFN 5632, 32 heads / 4 KV, vocab 32000), "
+            f"{m['method']} 50 %, calibration {m['calibration']}; each run in its own process, peak = that process's VmHWM "
+            "over the whole run (imports, skeleton, every block, every shard written), 2 threads.", "",
+            f"| layers | size on disk | peak memory (VmHWM) | peak / {first}-layer peak | peak / model size | total s |",
+            "|---|---|---|---|---|---|"] + [_memory_row(r, m["rows"][0]["run"]["vmhwm_mb"]) for r in m["rows"]]
+
+
+def _memory_row(r: dict, base: float) -> str:
+    run = r["run"]
+    return (f"| {r['layers']} | {r['size_gb']:.2f} GB | {run['vmhwm_mb']:.0f} MB | {run['vmhwm_mb'] / base:.2f} | "
+            f"{run['vmhwm_mb'] / (r['size_gb'] * 1000):.3f} | {run['total_s']:.0f} |")
+
+
 def render(results: dict) -> str:
     lines = ["## Block-by-block LLM pruning (`benchmarks/llm_prune.py`, issue #16)", ""]
     q = results.get("quality")
@@ -302,18 +317,8 @@ def render(results: dict) -> str:
             calib = [s["calib_errors"][n] / w["calib_errors"][n] for n in s["calib_errors"]]
             lines += ["", f"The same ratio on the calibration windows themselves (what SparseGPT minimises): worst {max(calib):.3f}, "
                       f"median {sorted(calib)[len(calib) // 2]:.3f}; above 0.5 on {sum(r > 0.5 for r in calib)} of {len(calib)} layers."]
-    m = results.get("memory")
-    if m:
-        lines += ["", f"Streaming from disk: random-weight fp32 Llama (hidden 2048, FFN 5632, 32 heads / 4 KV, vocab 32000), "
-                  f"{m['method']} 50 %, calibration {m['calibration']}; each run in its own process, peak = that process's VmHWM "
-                  "over the whole run (imports, skeleton, every block, every shard written), 2 threads.", "",
-                  "| layers | size on disk | peak memory (VmHWM) | peak / 4-layer peak | peak / model size | total s |",
-                  "|---|---|---|---|---|---|"]
-        base = m["rows"][0]["run"]["vmhwm_mb"]
-        for r in m["rows"]:
-            run = r["run"]
-            lines.append(f"| {r['layers']} | {r['size_gb']:.2f} GB | {run['vmhwm_mb']:.0f} MB | {run['vmhwm_mb'] / base:.2f} | "
-                         f"{run['vmhwm_mb'] / (r['size_gb'] * 1000):.3f} | {run['total_s']:.0f} |")
+    for key in sorted(k for k in results if k.startswith("memory")):  # "memory" (Wanda), "memory_sparsegpt", ...
+        lines += _render_memory(results[key])
     sp = results.get("speed")
     if sp:
         lines += ["", f"Speed at that width ({sp['layers']}-layer directory, {sp['size_gb']:.2f} GB; calibration {sp['calibration']}, "
@@ -363,13 +368,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--docs", action="store_true", help="rewrite this benchmark's section of docs/benchmarks.md")
     parser.add_argument("--depths", default="4,8,22", help="layer counts for the memory part (default: %(default)s)")
+    parser.add_argument("--method", default="wanda", choices=("wanda", "sparsegpt", "magnitude"),
+                        help="pruning method of the memory part (default: %(default)s)")
     args = parser.parse_args()
     _harness.set_threads()
     results = {}
     if args.part in ("quality", "all"):
         results["quality"] = quality_part()
     if args.part in ("memory", "all"):
-        results["memory"] = memory_part(tuple(int(d) for d in args.depths.split(",")))
+        key = "memory" if args.method == "wanda" else f"memory_{args.method}"
+        results[key] = memory_part(tuple(int(d) for d in args.depths.split(",")), args.method)
     if args.part in ("speed", "all"):
         results["speed"] = speed_part()
     print(json.dumps(results, indent=2, default=str))
