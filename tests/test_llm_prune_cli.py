@@ -91,6 +91,7 @@ def test_cli_magnitude_needs_no_calibration_file(llama_dir, tmp_path, capsys):
     (["--sparsity", "0.5:4"], "sparsity must be a fraction in [0, 1) or 'N:M'"),
     (["--sparsity", "3:2"], "0 < N < M"),
     (["--method", "magnitude", "--owl"], "owl needs calibration activations"),
+    (["--method", "wanda", "--selection", "reference"], "selection 'reference' is SparseGPT's mask choice"),
 ])
 def test_cli_bad_input_names_the_problem_and_writes_nothing(llama_dir, text_file, tmp_path, capsys, extra, message):
     (tmp_path / "EMPTY").write_text("  \n")

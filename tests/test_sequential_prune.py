@@ -204,3 +204,16 @@ def test_magnitude_ignores_samples_and_wanda_still_needs_them(tiny_llama):
     assert all(torch.equal(a[n][1], b[n][1]) for n in a)
     with pytest.raises(ValueError, match="calibration samples must be a LongTensor"):
         prune_sequential(copy.deepcopy(with_samples), None, SequentialConfig(method="wanda", sparsity=0.5))
+
+
+def test_sparsegpt_reference_selection_reaches_every_layer(tiny_llama):
+    """selection="reference" prunes int(entries · s) + 1 per column block of every layer (random weights: no ties)."""
+    torch.manual_seed(5)
+    samples = torch.randint(3, 100, (2, 16))
+    exact = prune_sequential(copy.deepcopy(tiny_llama), samples, SequentialConfig("sparsegpt", 0.5, blocksize=16))
+    ref = prune_sequential(tiny_llama, samples, SequentialConfig("sparsegpt", 0.5, blocksize=16, selection="reference"))
+    for e, r in zip(exact.layers, ref.layers):
+        rows, columns = e.shape
+        blocks = -(-columns // 16)
+        assert e.zeros == round(rows * 16 * 0.5) * blocks, e.name
+        assert r.zeros == (int(rows * 16 * 0.5) + 1) * blocks, r.name

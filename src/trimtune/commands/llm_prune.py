@@ -21,6 +21,9 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows (default: %(default)s)")
     g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (default: %(default)s)")
     g.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening, fraction of the mean Hessian diagonal (default: %(default)s)")
+    g.add_argument("--selection", default="exact", choices=("exact", "reference"),
+                   help="SparseGPT's unstructured mask per column block: exact = round(sparsity x entries); reference = the "
+                        "reference code's and llm-compressor's <= threshold (one entry more, plus ties) (default: %(default)s)")
     g.add_argument("--owl", action="store_true", help="OWL: per-block sparsity from outlier ratios (wanda, sparsegpt)")
     g.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold, multiples of the block mean (default: %(default)s)")
     g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's largest change of a block's sparsity (default: %(default)s)")
@@ -36,7 +39,8 @@ def run_llm(args) -> int:
 
     if args.out is None:
         raise ValueError("--out is required with --model: the new directory for the pruned model")
-    config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda)
+    config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda,
+                              args.selection)
     samples = None  # magnitude needs no activations: no calibration text is read
     if config.needs_calibration:
         if args.calib is None:
