@@ -170,3 +170,22 @@ def test_selection_is_checked():
         SequentialConfig("wanda", 0.5, selection="reference")
     with pytest.raises(ConfigError, match="selection"):
         SequentialConfig("sparsegpt", 0.5, selection="threshold")
+
+
+def test_in_place_updates_the_weight_itself_and_leaves_it_on_failure():
+    x = calibration(32, dead=(5,))
+    torch.manual_seed(6)
+    weight = torch.randn(8, 32)
+    hessian = Hessian(32)
+    hessian.add(x)
+    copied, keep = sparsegpt(weight, hessian.matrix, 0.5, blocksize=8)
+    target = weight.clone()
+    updated, keep_in_place = sparsegpt(target, hessian.matrix, 0.5, blocksize=8, in_place=True)
+    assert updated.data_ptr() == target.data_ptr()
+    assert torch.equal(updated, copied) and torch.equal(keep_in_place, keep)
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    untouched = torch.tensor([[0.5, -1.5], [2.0, 0.25]])
+    before = untouched.clone()
+    with pytest.raises(ValueError, match="not positive definite"):
+        sparsegpt(untouched, indefinite, 0.5, blocksize=2, percdamp=0.0, in_place=True)
+    assert torch.equal(untouched, before)

@@ -107,10 +107,13 @@ def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float, 
 def sparsegpt(
     weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | None = None, n: int = 0, m: int = 0,
     blocksize: int = 128, percdamp: float = 0.01, consume: bool = False, selection: str = "exact",
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune a canonical (out, in) ``weight`` given its inputs' Hessian. ``sparsity`` (unstructured) or
     ``n:m`` (keep n of every m inputs). Returns the updated float32 weight and the keep mask (1 = kept).
     ``consume=True`` lets the kernel overwrite a float32 ``hessian`` instead of copying it (saves memory).
+    ``in_place=True`` updates a float32 ``weight`` itself and returns it (no copy of the layer); it is
+    touched only after the factorisation succeeded, so a non-positive-definite Hessian leaves it as it was.
     ``selection``: "exact" or "reference" (the reference code's ``<=`` threshold; module docstring)."""
     check_positive_int("blocksize", blocksize)
     check_choice("selection", selection, SELECTIONS)
@@ -120,12 +123,10 @@ def sparsegpt(
         check_nm(n, m, weight.shape[1], blocksize, "sparsegpt")
     elif sparsity is None or not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity must be a fraction in [0, 1) or give n:m, got {sparsity!r}")
-    w = weight.detach().float().clone()
     h = hessian.float() if consume else hessian.float().clone()
     del hessian
     dead = torch.diag(h) == 0  # inputs that were always zero: nothing to learn, prune them first
     h[dead, dead] = 1
-    w[:, dead] = 0
     # U = upper Cholesky factor of (H + λI)⁻¹. Each intermediate is dropped as soon as the next
     # exists: for a 5632-wide layer one matrix is 127 MB, so at most two are alive at a time.
     lower = _damped_cholesky(h, percdamp)
@@ -134,6 +135,9 @@ def sparsegpt(
     del lower
     u = torch.linalg.cholesky(inverse, upper=True)
     del inverse
+    # Made only now, so the weight's copy (46 MB for a 5632 x 2048 layer) is not alive beside two n x n matrices.
+    w = weight.detach() if in_place and weight.dtype == torch.float32 else weight.detach().float().clone()
+    w[:, dead] = 0
     pruned = torch.zeros_like(w, dtype=torch.bool)
     columns = w.shape[1]
     for start in range(0, columns, blocksize):
@@ -176,6 +180,6 @@ def sparsegpt_layer(
     canon = layer.kind.to_canonical(layer.weight.detach())
     if m:
         check_nm(n, m, canon.shape[1], blocksize, name or layer.describe())
-    new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True, selection=selection)
-    layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))
+    new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True, selection=selection, in_place=True)
+    layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))  # in place already for float32: a no-op
     set_canonical_mask(layer, keep)
