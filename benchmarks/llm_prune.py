@@ -7,13 +7,15 @@
    pruned and dense mean-pooled sentence embeddings.
 2. ``memory``: random-weight Llama directories (hidden 2048, FFN 5632, 32 heads / 4 KV heads, vocab
    32000, fp32) with 4, 8 and 22 layers written under /tmp (deleted after), each streamed (Wanda,
-   4 x 128 tokens) in its own process; the figure is that process's VmHWM over the whole run.
+   4 x 128 tokens; ``--method sparsegpt`` for SparseGPT) in its own process; the figure is that
+   process's VmHWM over the whole run.
 3. ``speed``: seconds per block and peak for SparseGPT and Wanda on a 3-layer directory of that width
    with 16 x 256 calibration tokens.
    On the same directory and tokens, llm-compressor's ``oneshot`` SparseGPTModifier in its own process
    from the separate venv /work/venv-llmc (if it exists): time, VmHWM, share of agreeing mask entries.
 
-    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py [--part quality|memory|speed|all] [--out F.json] [--docs [--merge F.json]]
+    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py [--part quality|memory|speed|all|none]
+        [--method wanda|sparsegpt|magnitude] [--depths 4,8,22] [--out F.json] [--docs [--merge F.json ...]]
 """
 
 from __future__ import annotations
@@ -280,6 +282,21 @@ def llmc_run(source: Path, ours: Path, theirs: Path) -> dict:
 
 
 # ---------------------------------------------------------------- docs
+def _render_memory(m: dict) -> list[str]:
+    first = m["rows"][0]["layers"]
+    return ["", f"Streaming from disk: random-weight fp32 Llama (hidden 2048, FFN 5632, 32 heads / 4 KV, vocab 32000), "
+            f"{m['method']} 50 %, calibration {m['calibration']}; each run in its own process, peak = that process's VmHWM "
+            "over the whole run (imports, skeleton, every block, every shard written), 2 threads.", "",
+            f"| layers | size on disk | peak memory (VmHWM) | peak / {first}-layer peak | peak / model size | total s |",
+            "|---|---|---|---|---|---|"] + [_memory_row(r, m["rows"][0]["run"]["vmhwm_mb"]) for r in m["rows"]]
+
+
+def _memory_row(r: dict, base: float) -> str:
+    run = r["run"]
+    return (f"| {r['layers']} | {r['size_gb']:.2f} GB | {run['vmhwm_mb']:.0f} MB | {run['vmhwm_mb'] / base:.2f} | "
+            f"{run['vmhwm_mb'] / (r['size_gb'] * 1000):.3f} | {run['total_s']:.0f} |")
+
+
 def render(results: dict) -> str:
     lines = ["## Block-by-block LLM pruning (`benchmarks/llm_prune.py`, issue #16)", ""]
     q = results.get("quality")
@@ -296,24 +313,14 @@ def render(results: dict) -> str:
         s, w = by[("sparsegpt", "2:4", False)], by[("wanda", "2:4", False)]
         ratios = [s["errors"][n] / w["errors"][n] for n in s["errors"]]
         lines += ["", f"2:4 targets: SparseGPT cosine − Wanda cosine = {s['cosine'] - w['cosine']:+.4f} (target ≥ +0.05); "
-                  f"SparseGPT / Wanda layer error: worst {max(ratios):.3f}, median {sorted(ratios)[len(ratios) // 2]:.3f} "
+                  f"SparseGPT / Wanda layer error on the demo texts: worst {max(ratios):.4f}, median {sorted(ratios)[len(ratios) // 2]:.4f} "
                   f"(target ≤ 0.5 on every layer: {'met' if max(ratios) <= 0.5 else 'missed on ' + str(sum(r > 0.5 for r in ratios)) + ' of ' + str(len(ratios)) + ' layers'})."]
         if "calib_errors" in s:
             calib = [s["calib_errors"][n] / w["calib_errors"][n] for n in s["calib_errors"]]
-            lines += ["", f"The same ratio on the calibration windows themselves (what SparseGPT minimises): worst {max(calib):.3f}, "
-                      f"median {sorted(calib)[len(calib) // 2]:.3f}; above 0.5 on {sum(r > 0.5 for r in calib)} of {len(calib)} layers."]
-    m = results.get("memory")
-    if m:
-        lines += ["", f"Streaming from disk: random-weight fp32 Llama (hidden 2048, FFN 5632, 32 heads / 4 KV, vocab 32000), "
-                  f"{m['method']} 50 %, calibration {m['calibration']}; each run in its own process, peak = that process's VmHWM "
-                  "over the whole run (imports, skeleton, every block, every shard written), 2 threads.", "",
-                  "| layers | size on disk | peak memory (VmHWM) | peak / 4-layer peak | peak / model size | total s |",
-                  "|---|---|---|---|---|---|"]
-        base = m["rows"][0]["run"]["vmhwm_mb"]
-        for r in m["rows"]:
-            run = r["run"]
-            lines.append(f"| {r['layers']} | {r['size_gb']:.2f} GB | {run['vmhwm_mb']:.0f} MB | {run['vmhwm_mb'] / base:.2f} | "
-                         f"{run['vmhwm_mb'] / (r['size_gb'] * 1000):.3f} | {run['total_s']:.0f} |")
+            lines += ["", f"The same ratio on the calibration windows themselves (what SparseGPT minimises): worst {max(calib):.4f}, "
+                      f"median {sorted(calib)[len(calib) // 2]:.4f}; above 0.5 on {sum(r > 0.5 for r in calib)} of {len(calib)} layers."]
+    for key in sorted(k for k in results if k.startswith("memory")):  # "memory" (Wanda), "memory_sparsegpt", ...
+        lines += _render_memory(results[key])
     sp = results.get("speed")
     if sp:
         lines += ["", f"Speed at that width ({sp['layers']}-layer directory, {sp['size_gb']:.2f} GB; calibration {sp['calibration']}, "
@@ -338,7 +345,8 @@ def render(results: dict) -> str:
     if notes:
         lines += ["", "Notes on this run:", ""] + [f"- {n}" for n in notes]
     lines += ["", "Command: `PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py --part all --docs` "
-              "(parts: `--part quality|memory|speed`, each `--out F.json`; `--docs --merge F.json ...` renders them together).", ""]
+              "(parts: `--part quality|memory|speed`, `--part memory --method sparsegpt --depths 4,8` for SparseGPT's memory table, "
+              "each `--out F.json`; `--part none --docs --merge F.json ...` renders them together).", ""]
     return "\n".join(lines)
 
 
@@ -358,18 +366,22 @@ def main() -> None:
         stream_child(*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all", choices=("quality", "memory", "speed", "all"))
+    parser.add_argument("--part", default="all", choices=("quality", "memory", "speed", "all", "none"),
+                        help="none: measure nothing (with --docs --merge: render earlier results)")
     parser.add_argument("--merge", type=Path, action="append", default=[], help="earlier --out JSON files to include in --docs")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--docs", action="store_true", help="rewrite this benchmark's section of docs/benchmarks.md")
     parser.add_argument("--depths", default="4,8,22", help="layer counts for the memory part (default: %(default)s)")
+    parser.add_argument("--method", default="wanda", choices=("wanda", "sparsegpt", "magnitude"),
+                        help="pruning method of the memory part (default: %(default)s)")
     args = parser.parse_args()
     _harness.set_threads()
     results = {}
     if args.part in ("quality", "all"):
         results["quality"] = quality_part()
     if args.part in ("memory", "all"):
-        results["memory"] = memory_part(tuple(int(d) for d in args.depths.split(",")))
+        key = "memory" if args.method == "wanda" else f"memory_{args.method}"
+        results[key] = memory_part(tuple(int(d) for d in args.depths.split(",")), args.method)
     if args.part in ("speed", "all"):
         results["speed"] = speed_part()
     print(json.dumps(results, indent=2, default=str))

@@ -74,6 +74,15 @@ def test_cli_prune_then_perplexity(llama_dir, text_file, tmp_path, capsys):
     assert pruned["perplexity"] != dense["perplexity"]
 
 
+def test_cli_magnitude_needs_no_calibration_file(llama_dir, tmp_path, capsys):
+    assert main(["prune", "--model", str(llama_dir), "--method", "magnitude", "--out", str(tmp_path / "mag"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "mag" / "sparsity_report.json").read_text())["total"]["sparsity"] == 0.5
+    capsys.readouterr()
+    assert main(["prune", "--model", str(llama_dir), "--method", "wanda", "--out", str(tmp_path / "w")]) != 0
+    assert "--calib FILE is required with --model --method wanda" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--seqlen", "100"], "seqlen 100 is longer than the model's 64 positions"),
     (["--nsamples", "0"], "nsamples must be an integer >= 1"),
@@ -82,6 +91,7 @@ def test_cli_prune_then_perplexity(llama_dir, text_file, tmp_path, capsys):
     (["--sparsity", "0.5:4"], "sparsity must be a fraction in [0, 1) or 'N:M'"),
     (["--sparsity", "3:2"], "0 < N < M"),
     (["--method", "magnitude", "--owl"], "owl needs calibration activations"),
+    (["--method", "wanda", "--selection", "reference"], "selection 'reference' is SparseGPT's mask choice"),
 ])
 def test_cli_bad_input_names_the_problem_and_writes_nothing(llama_dir, text_file, tmp_path, capsys, extra, message):
     (tmp_path / "EMPTY").write_text("  \n")

@@ -199,3 +199,56 @@ def test_public_api_exposes_the_pipeline():
     import trimtune as tt
 
     assert {"SequentialConfig", "prune_sequential", "prune_directory", "perplexity"} <= set(tt.__all__)
+
+
+def _count_forwards(model, blocks_path):
+    """Forward calls of every block and of the embeddings (what a capture would run)."""
+    counts = {"blocks": 0, "embeddings": 0}
+    for block in model.get_submodule(blocks_path):
+        block.register_forward_pre_hook(lambda m, a: counts.__setitem__("blocks", counts["blocks"] + 1))
+    model.get_input_embeddings().register_forward_pre_hook(lambda m, a: counts.__setitem__("embeddings", counts["embeddings"] + 1))
+    return counts
+
+
+@pytest.mark.parametrize("sparsity", [0.5, "2:4"])
+def test_magnitude_runs_no_forward_and_equals_pruning_each_layer_by_hand(tiny_llama, sparsity):
+    from trimtune.prune import Magnitude
+
+    hand = copy.deepcopy(tiny_llama)
+    n_m = tuple(map(int, sparsity.split(":"))) if isinstance(sparsity, str) else None
+    for i, block in enumerate(hand.model.layers):
+        for n in linear_names(block):
+            prune(hand, PruneConfig(amount=0.0 if n_m else sparsity, importance=Magnitude(), granularity=NM(*n_m) if n_m else Element(),
+                                    targets=lambda c, m, name=f"model.layers.{i}.{n}": c == name))
+    counts = _count_forwards(tiny_llama, "model.layers")
+    report = prune_sequential(tiny_llama, None, SequentialConfig(method="magnitude", sparsity=sparsity))
+    assert counts == {"blocks": 0, "embeddings": 0}
+    got, want = masked_state(tiny_llama), masked_state(hand)
+    assert set(got) == set(want) and len(got) >= 8
+    for name in want:
+        assert torch.equal(got[name][1], want[name][1]), name
+        assert torch.equal(got[name][0], want[name][0]), name
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_magnitude_ignores_samples_and_wanda_still_needs_them(tiny_llama):
+    with_samples = copy.deepcopy(tiny_llama)
+    prune_sequential(with_samples, torch.randint(3, 100, (2, 16)), SequentialConfig(method="magnitude", sparsity=0.5))
+    prune_sequential(tiny_llama, None, SequentialConfig(method="magnitude", sparsity=0.5))
+    a, b = masked_state(with_samples), masked_state(tiny_llama)
+    assert all(torch.equal(a[n][1], b[n][1]) for n in a)
+    with pytest.raises(ValueError, match="calibration samples must be a LongTensor"):
+        prune_sequential(copy.deepcopy(with_samples), None, SequentialConfig(method="wanda", sparsity=0.5))
+
+
+def test_sparsegpt_reference_selection_reaches_every_layer(tiny_llama):
+    """selection="reference" prunes int(entries · s) + 1 per column block of every layer (random weights: no ties)."""
+    torch.manual_seed(5)
+    samples = torch.randint(3, 100, (2, 16))
+    exact = prune_sequential(copy.deepcopy(tiny_llama), samples, SequentialConfig("sparsegpt", 0.5, blocksize=16))
+    ref = prune_sequential(tiny_llama, samples, SequentialConfig("sparsegpt", 0.5, blocksize=16, selection="reference"))
+    for e, r in zip(exact.layers, ref.layers):
+        rows, columns = e.shape
+        blocks = -(-columns // 16)
+        assert e.zeros == round(rows * 16 * 0.5) * blocks, e.name
+        assert r.zeros == (int(rows * 16 * 0.5) + 1) * blocks, r.name

@@ -12,7 +12,7 @@ from trimtune.prune import sparsity_report
 from trimtune.prune.sparsegpt import Hessian, sparsegpt, sparsegpt_layer
 
 
-def reference(weight, x, sparsity=None, n=0, m=0, blocksize=128, percdamp=0.01):
+def reference(weight, x, sparsity=None, n=0, m=0, blocksize=128, percdamp=0.01, selection="exact"):
     w = weight.double().clone()
     h = 2 * x.double().t() @ x.double() / x.shape[0]
     dead = torch.diag(h) == 0
@@ -30,11 +30,16 @@ def reference(weight, x, sparsity=None, n=0, m=0, blocksize=128, percdamp=0.01):
         if not m and j % blocksize == 0:  # adaptive mask: chosen at each block start from the current weights
             end = min(j + blocksize, columns)
             score = w[:, j:end] ** 2 / d[j:end]
-            k = round(sparsity * score.numel())
-            order = torch.argsort(score.flatten().float(), stable=True)[:k]
-            block = torch.zeros(score.numel(), dtype=torch.bool)
-            block[order] = True
-            pruned[:, j:end] = block.view(score.shape)
+            if selection == "reference":  # IST-DASLab/sparsegpt fasterprune: sort, index int(numel * sparsity), <=
+                flat = score.flatten().float()
+                thresh = torch.sort(flat)[0][int(flat.numel() * sparsity)]
+                pruned[:, j:end] = (flat <= thresh).view(score.shape)
+            else:
+                k = round(sparsity * score.numel())
+                order = torch.argsort(score.flatten().float(), stable=True)[:k]
+                block = torch.zeros(score.numel(), dtype=torch.bool)
+                block[order] = True
+                pruned[:, j:end] = block.view(score.shape)
         if m and j % m == 0:
             for row in range(w.shape[0]):
                 score = [w[row, j + t] ** 2 / d[j + t] for t in range(m)]
@@ -120,3 +125,67 @@ def test_nm_width_not_multiple_of_m_names_layer():
     with pytest.raises(ConfigError, match=r"proj: input width 30 is not a multiple of M=4"):
         sparsegpt_layer(layer, hessian, n=2, m=4, name="proj")
     assert layer.weight_mask is None
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.7, 0.3])
+def test_reference_selection_matches_the_reference_code_with_dead_inputs(sparsity):
+    x = calibration(48)
+    torch.manual_seed(4)
+    weight = torch.randn(12, 48)
+    hessian = Hessian(48)
+    hessian.add(x)
+    new, keep = sparsegpt(weight, hessian.matrix, sparsity, blocksize=16, selection="reference")
+    ref_w, ref_keep = reference(weight, x, sparsity, blocksize=16, selection="reference")
+    assert torch.equal(keep, ref_keep)
+    assert (new - ref_w).abs().max() <= 1e-5
+    exact = sparsegpt(weight, hessian.matrix, sparsity, blocksize=16)[1]
+    per_block = [(keep[:, j:j + 16] == 0).sum().item() for j in range(0, 48, 16)]
+    exact_per_block = [(exact[:, j:j + 16] == 0).sum().item() for j in range(0, 48, 16)]
+    assert per_block == [int(12 * 16 * sparsity) + 1] * 3  # random scores: no ties, one more than int(numel * s)
+    assert exact_per_block == [round(12 * 16 * sparsity)] * 3
+
+
+@pytest.mark.parametrize("selection", ["exact", "reference"])
+def test_tied_scores_exact_counts_and_reference_takes_every_tie(selection):
+    """Equal, uncorrelated channels (diagonal H: no update crosses columns) and integer weights: many
+    scores tie at the threshold. "exact" takes them by position, "reference" all of them."""
+    x = torch.cat([torch.eye(16), -torch.eye(16)]) * 2.0
+    weight = torch.tensor([[float((r + c) % 3) + 1 for c in range(16)] for r in range(6)])
+    hessian = Hessian(16)
+    hessian.add(x)
+    new, keep = sparsegpt(weight, hessian.matrix, 0.5, blocksize=8, selection=selection)
+    ref_w, ref_keep = reference(weight, x, 0.5, blocksize=8, selection=selection)
+    assert torch.equal(keep, ref_keep)
+    assert (new - ref_w).abs().max() <= 1e-5
+    pruned = int((keep == 0).sum())
+    assert pruned == (48 if selection == "exact" else 64)  # ties at the threshold: 2 x 32 entries of the value 2
+
+
+def test_selection_is_checked():
+    from trimtune.prune.sequential import SequentialConfig
+
+    with pytest.raises(ConfigError, match="selection must be one of"):
+        sparsegpt(torch.randn(4, 8), torch.eye(8), 0.5, blocksize=8, selection="loose")
+    with pytest.raises(ConfigError, match="selection 'reference' is SparseGPT's mask choice; method 'wanda' has none"):
+        SequentialConfig("wanda", 0.5, selection="reference")
+    with pytest.raises(ConfigError, match="selection"):
+        SequentialConfig("sparsegpt", 0.5, selection="threshold")
+
+
+def test_in_place_updates_the_weight_itself_and_leaves_it_on_failure():
+    x = calibration(32, dead=(5,))
+    torch.manual_seed(6)
+    weight = torch.randn(8, 32)
+    hessian = Hessian(32)
+    hessian.add(x)
+    copied, keep = sparsegpt(weight, hessian.matrix, 0.5, blocksize=8)
+    target = weight.clone()
+    updated, keep_in_place = sparsegpt(target, hessian.matrix, 0.5, blocksize=8, in_place=True)
+    assert updated.data_ptr() == target.data_ptr()
+    assert torch.equal(updated, copied) and torch.equal(keep_in_place, keep)
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    untouched = torch.tensor([[0.5, -1.5], [2.0, 0.25]])
+    before = untouched.clone()
+    with pytest.raises(ValueError, match="not positive definite"):
+        sparsegpt(untouched, indefinite, 0.5, blocksize=2, percdamp=0.0, in_place=True)
+    assert torch.equal(untouched, before)

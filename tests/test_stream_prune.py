@@ -103,3 +103,20 @@ def test_refuses_existing_out_and_unknown_layout(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="seqlen 200 is longer than the model's 128 positions"):
         prune_directory(source, tmp_path / "out", torch.ones(1, 200, dtype=torch.long), SequentialConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_streamed_magnitude_reads_no_calibration_and_equals_in_memory(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    source = saved(tiny_llama, tmp_path / "in")
+    config = SequentialConfig("magnitude", 0.5)
+    report = prune_directory(source, tmp_path / "out", None, config)
+    memory = AutoModelForCausalLM.from_pretrained(source).eval()
+    assert prune_sequential(memory, None, config).to_dict() == report.to_dict()
+    make_permanent(memory)
+    expected = {k: v for k, v in memory.state_dict().items() if not k.endswith("weight_mask")}
+    for key, tensor in output_tensors(tmp_path / "out").items():
+        assert torch.equal(tensor, expected[key]), key
+    with pytest.raises(ValueError, match="calibration samples must be a LongTensor"):
+        prune_directory(source, tmp_path / "out2", None, SequentialConfig("sparsegpt", 0.5))
+    assert not (tmp_path / "out2").exists()

@@ -15,12 +15,15 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", type=Path, help="Hugging Face model directory with safetensors weights (llama, mistral, qwen2, gpt2, bert)")
     g.add_argument("--method", default="sparsegpt", choices=("magnitude", "wanda", "sparsegpt"), help="default: %(default)s")
     g.add_argument("--sparsity", default="0.5", help="fraction of weights to prune per layer, or N:M such as 2:4 (default: %(default)s)")
-    g.add_argument("--calib", type=Path, help="local text file the calibration windows are drawn from")
+    g.add_argument("--calib", type=Path, help="local text file the calibration windows are drawn from (wanda, sparsegpt; magnitude reads none)")
     g.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)")
     g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows (default: %(default)s)")
     g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (default: %(default)s)")
     g.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening, fraction of the mean Hessian diagonal (default: %(default)s)")
+    g.add_argument("--selection", default="exact", choices=("exact", "reference"),
+                   help="SparseGPT's unstructured mask per column block: exact = round(sparsity x entries); reference = the "
+                        "reference code's and llm-compressor's <= threshold (one entry more, plus ties) (default: %(default)s)")
     g.add_argument("--owl", action="store_true", help="OWL: per-block sparsity from outlier ratios (wanda, sparsegpt)")
     g.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold, multiples of the block mean (default: %(default)s)")
     g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's largest change of a block's sparsity (default: %(default)s)")
@@ -36,13 +39,16 @@ def run_llm(args) -> int:
 
     if args.out is None:
         raise ValueError("--out is required with --model: the new directory for the pruned model")
-    if args.calib is None:
-        raise ValueError("--calib FILE is required with --model: a local text file to draw calibration windows from")
-    config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda)
-    check_counts(args.nsamples, args.seqlen)
-    check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    samples = calibration_samples(args.calib, tokenizer, args.nsamples, args.seqlen, args.seed)
+    config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda,
+                              args.selection)
+    samples = None  # magnitude needs no activations: no calibration text is read
+    if config.needs_calibration:
+        if args.calib is None:
+            raise ValueError(f"--calib FILE is required with --model --method {args.method}: a local text file to draw calibration windows from")
+        check_counts(args.nsamples, args.seqlen)
+        check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        samples = calibration_samples(args.calib, tokenizer, args.nsamples, args.seqlen, args.seed)
     report = prune_directory(args.model, args.out, samples, config, progress=None if args.quiet else "pruning blocks")
     if not args.quiet:
         print(report.table(), flush=True)

@@ -88,4 +88,4 @@ def oneshot_arguments(recipe, args):
 
     section = recipe.oneshot.model_dump()
     return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet,
-                              **{**section, "calib": Path(section["calib"])})
+                              **{**section, "calib": Path(section["calib"]) if section["calib"] else None})

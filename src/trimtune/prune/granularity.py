@@ -18,6 +18,7 @@ import torch
 from ..core.config import ConfigError, check_positive_int
 from ..core.masks import canonical_mask, record_pruned, set_canonical_mask
 from ..core.tuned_layer import TunedLayer
+from .row_selection import lowest_per_row
 
 
 @dataclass
@@ -45,17 +46,13 @@ class Units:
             return alive_idx[drop]
         return alive_idx[torch.topk(scores, k, largest=False).indices]
 
-
     def _select_per_row(self, k: int) -> torch.Tensor:
         """Each row prunes ``k / alive`` of its own surviving units, lowest scores first."""
-        scores = self.scores.float().view(self.rows, -1).masked_fill(~self.alive.view(self.rows, -1), -float("inf"))
-        alive_per_row = self.alive.view(self.rows, -1).sum(1)
-        dead = scores.shape[1] - alive_per_row
+        alive = self.alive.view(self.rows, -1)
+        alive_per_row = alive.sum(1)
+        dead = alive.shape[1] - alive_per_row
         quota = dead + torch.round(alive_per_row * (k / max(int(alive_per_row.sum()), 1))).long()
-        rank = torch.empty_like(scores, dtype=torch.long)
-        rank.scatter_(1, scores.argsort(dim=1, stable=True), torch.arange(scores.shape[1]).expand_as(scores).contiguous())
-        chosen = (rank < quota.unsqueeze(1)).flatten() & self.alive
-        return chosen.nonzero().flatten()
+        return lowest_per_row(self.scores.view(self.rows, -1), alive, quota).view(-1).nonzero().flatten()
 
 
 def reduce(scores: torch.Tensor, p: float, dims) -> torch.Tensor:

@@ -83,7 +83,7 @@ class Wanda:
                              f"{inputs} input channels (one norm each); collect them with collect_input_norms on this model")
         shape = [1] * weight.dim()
         shape[layer.kind.in_dim] = -1
-        return weight.abs() * norms.to(weight.device, weight.dtype).view(shape)
+        return weight.abs().mul_(norms.to(weight.device, weight.dtype).view(shape))  # in place: one layer-sized tensor, not two
 
 
 class Taylor:

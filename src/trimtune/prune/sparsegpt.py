@@ -10,16 +10,26 @@ why the kernel factors once and never inverts a sub-matrix. The mask is chosen b
 selection); N:M, per group of M consecutive columns when the loop reaches the group.
 
 Everything works in the canonical layout (out, in); GPT-2's Conv1D stores (in, out) and is
-transposed in and out by the layer kind. Differences from the reference code, on purpose: the
-unstructured mask prunes exactly ``round(sparsity · block size)`` entries per block (the reference's
-``<= threshold`` prunes one more), and ``n`` counts tokens, not sequences (H's scale cancels out).
+transposed in and out by the layer kind. ``n`` counts tokens, not sequences (H's scale cancels out).
+
+Unstructured mask selection, per column block (``selection``):
+
+- ``"exact"`` (default): exactly ``round(sparsity · entries)`` lowest scores of the block, ties
+  broken by position (a stable sort), so a layer's sparsity is what was asked for.
+- ``"reference"``: the choice of the reference code (IST-DASLab/sparsegpt ``fasterprune``) and of
+  llm-compressor: ``thresh`` = the score at 0-based index ``int(entries · sparsity)`` of the sorted
+  block, and every entry with ``score <= thresh`` is pruned, so ``int(entries · sparsity) + 1``
+  entries (more on ties; at least one even at sparsity 0). Use it to reproduce their masks.
+
+N:M groups are chosen the same way in both (``topk(largest=False)`` of each group of M, as the
+reference code does), so ``selection`` only changes unstructured pruning.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..core.config import ConfigError, check_positive_int
+from ..core.config import ConfigError, check_choice, check_positive_int
 from ..core.masks import set_canonical_mask
 from ..core.tuned_layer import TunedLayer
 
@@ -75,9 +85,17 @@ def _damped_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     return lower
 
 
-def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """True = pruned: the ``round(sparsity · numel)`` lowest ``w² / d²`` of the block."""
+SELECTIONS = ("exact", "reference")
+
+
+def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float, selection: str = "exact") -> torch.Tensor:
+    """True = pruned: the ``round(sparsity · numel)`` lowest ``w² / d²`` of the block ("exact"), or
+    every score at or below the reference code's threshold ("reference"; see the module docstring)."""
     score = (w.pow(2) / d.pow(2).unsqueeze(0)).flatten()
+    if selection == "reference":
+        # torch.sort(score)[0][int(numel * sparsity)] of the reference code; kthvalue counts from 1
+        thresh = torch.kthvalue(score, int(score.numel() * sparsity) + 1).values
+        return (score <= thresh).view_as(w)
     k = round(sparsity * score.numel())
     pruned = torch.zeros_like(score, dtype=torch.bool)
     if k:
@@ -88,24 +106,27 @@ def _unstructured_block_mask(w: torch.Tensor, d: torch.Tensor, sparsity: float) 
 @torch.no_grad()
 def sparsegpt(
     weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | None = None, n: int = 0, m: int = 0,
-    blocksize: int = 128, percdamp: float = 0.01, consume: bool = False,
+    blocksize: int = 128, percdamp: float = 0.01, consume: bool = False, selection: str = "exact",
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune a canonical (out, in) ``weight`` given its inputs' Hessian. ``sparsity`` (unstructured) or
     ``n:m`` (keep n of every m inputs). Returns the updated float32 weight and the keep mask (1 = kept).
-    ``consume=True`` lets the kernel overwrite a float32 ``hessian`` instead of copying it (saves memory)."""
+    ``consume=True`` lets the kernel overwrite a float32 ``hessian`` instead of copying it (saves memory).
+    ``in_place=True`` updates a float32 ``weight`` itself and returns it (no copy of the layer); it is
+    touched only after the factorisation succeeded, so a non-positive-definite Hessian leaves it as it was.
+    ``selection``: "exact" or "reference" (the reference code's ``<=`` threshold; module docstring)."""
     check_positive_int("blocksize", blocksize)
+    check_choice("selection", selection, SELECTIONS)
     if percdamp < 0:
         raise ConfigError(f"percdamp must be >= 0 (a fraction of the mean Hessian diagonal), got {percdamp!r}")
     if n or m:
         check_nm(n, m, weight.shape[1], blocksize, "sparsegpt")
     elif sparsity is None or not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity must be a fraction in [0, 1) or give n:m, got {sparsity!r}")
-    w = weight.detach().float().clone()
     h = hessian.float() if consume else hessian.float().clone()
     del hessian
     dead = torch.diag(h) == 0  # inputs that were always zero: nothing to learn, prune them first
     h[dead, dead] = 1
-    w[:, dead] = 0
     # U = upper Cholesky factor of (H + λI)⁻¹. Each intermediate is dropped as soon as the next
     # exists: for a 5632-wide layer one matrix is 127 MB, so at most two are alive at a time.
     lower = _damped_cholesky(h, percdamp)
@@ -114,21 +135,24 @@ def sparsegpt(
     del lower
     u = torch.linalg.cholesky(inverse, upper=True)
     del inverse
+    # Made only now, so the weight's copy (46 MB for a 5632 x 2048 layer) is not alive beside two n x n matrices.
+    w = weight.detach() if in_place and weight.dtype == torch.float32 else weight.detach().float().clone()
+    w[:, dead] = 0
     pruned = torch.zeros_like(w, dtype=torch.bool)
     columns = w.shape[1]
     for start in range(0, columns, blocksize):
         end = min(start + blocksize, columns)
-        _prune_block(w, u, pruned, start, end, sparsity, n, m)
+        _prune_block(w, u, pruned, start, end, sparsity, n, m, selection)
     return w, (~pruned).float()
 
 
-def _prune_block(w, u, pruned, start, end, sparsity, n, m) -> None:
+def _prune_block(w, u, pruned, start, end, sparsity, n, m, selection) -> None:
     """Columns [start, end): prune and update inside the block, then push the block's accumulated
     error onto the columns after it in one matrix product (the lazy batch update)."""
     block = w[:, start:end].clone()
     u_block = u[start:end, start:end]
     d = torch.diag(u_block)
-    mask = _unstructured_block_mask(block, d, sparsity) if not m else torch.zeros_like(block, dtype=torch.bool)
+    mask = _unstructured_block_mask(block, d, sparsity, selection) if not m else torch.zeros_like(block, dtype=torch.bool)
     errors = torch.zeros_like(block)
     for i in range(end - start):
         if m and i % m == 0:
@@ -148,7 +172,7 @@ def _prune_block(w, u, pruned, start, end, sparsity, n, m) -> None:
 @torch.no_grad()
 def sparsegpt_layer(
     layer: TunedLayer, hessian: Hessian, sparsity: float | None = None, n: int = 0, m: int = 0,
-    blocksize: int = 128, percdamp: float = 0.01, name: str = "",
+    blocksize: int = 128, percdamp: float = 0.01, name: str = "", selection: str = "exact",
 ) -> None:
     """Run SparseGPT on a wrapped layer: writes the repaired weight and the mask (so reports see it)."""
     if hessian.tokens == 0:
@@ -156,6 +180,6 @@ def sparsegpt_layer(
     canon = layer.kind.to_canonical(layer.weight.detach())
     if m:
         check_nm(n, m, canon.shape[1], blocksize, name or layer.describe())
-    new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True)
-    layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))
+    new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True, selection=selection, in_place=True)
+    layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))  # in place already for float32: a no-op
     set_canonical_mask(layer, keep)

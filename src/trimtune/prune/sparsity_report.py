@@ -78,9 +78,11 @@ def _indices(values: list[int], limit: int) -> str:
     return f"{len(values)}: [{shown}{', …' if len(values) > limit else ''}]"
 
 
-def _effective_weight(layer: TunedLayer) -> torch.Tensor:
-    weight = layer.weight.detach()
-    return weight * layer.weight_mask if layer.weight_mask is not None else weight
+def _zeros(layer: TunedLayer) -> torch.Tensor:
+    """Where the effective weight W ⊙ M is zero, as bool ops (no float copy of the weight: on a
+    streamed LLM block that copy was the run's peak)."""
+    zero = layer.weight.detach() == 0
+    return zero | ~layer.weight_mask.bool() if layer.weight_mask is not None else zero
 
 
 @torch.no_grad()
@@ -93,10 +95,9 @@ def sparsity_report(model: nn.Module, only_pruned: bool = True) -> SparsityRepor
         record = pruned_structures(layer)
         if only_pruned and layer.weight_mask is None and not record:
             continue
-        canon = layer.kind.to_canonical(_effective_weight(layer))
-        zero = canon == 0
+        zero = layer.kind.to_canonical(_zeros(layer))
         rows_zero = zero.flatten(1).all(dim=1).nonzero().flatten().tolist()
-        cols_zero = zero.transpose(0, 1).flatten(1).all(dim=1).nonzero().flatten().tolist() if canon.dim() > 1 else []
+        cols_zero = zero.transpose(0, 1).flatten(1).all(dim=1).nonzero().flatten().tolist() if zero.dim() > 1 else []
         rows.append(LayerSparsity(
             name, list(layer.weight.shape), int(zero.sum()), zero.numel(), rows_zero, cols_zero, record.get("heads", []),
         ))

@@ -190,7 +190,7 @@ class OneShotSection(Section):
 
     method: Literal["magnitude", "wanda", "sparsegpt"] = "sparsegpt"
     sparsity: float | str = 0.5
-    calib: str
+    calib: str | None = None  # required by wanda and sparsegpt (checked when the run starts)
     nsamples: int = Field(128, ge=1)
     seqlen: int = Field(2048, ge=1)
     seed: int = 0
@@ -199,11 +199,12 @@ class OneShotSection(Section):
     owl: bool = False
     owl_m: float = Field(5.0, gt=0.0)
     owl_lambda: float = Field(0.08, ge=0.0)
+    selection: Literal["exact", "reference"] = "exact"
 
     @model_validator(mode="after")
     def _library_checks(self):
         try:
-            SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda)
+            SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda, self.selection)
         except ConfigError as err:
             raise ValueError(section_error("oneshot", err, list(type(self).model_fields))) from None
         return self

@@ -95,7 +95,8 @@ def prune_block(block: nn.Module, calls: BlockCalls, config: SequentialConfig, s
             hessian = hessians.pop(name)
             if any(h is hessian for h in hessians.values()):
                 hessian = hessian.copy()  # a later layer shares it: the kernel consumes its own copy
-            sparsegpt_layer(layer, hessian, None if n_m else sparsity, n, m, config.blocksize, config.percdamp, f"{prefix}{name}")
+            sparsegpt_layer(layer, hessian, None if n_m else sparsity, n, m, config.blocksize, config.percdamp, f"{prefix}{name}",
+                            selection=config.selection)
         return
     if config.method == "wanda":
         importance, per_output = Wanda(wanda_norms(block, names, calls)), True

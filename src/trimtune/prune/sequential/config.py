@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ...core.config import ConfigError, check_choice, check_positive_int
+from ..sparsegpt import SELECTIONS
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -15,7 +16,10 @@ class SequentialConfig:
     """method: magnitude, wanda or sparsegpt. sparsity: a fraction in [0, 1) of each layer's weights
     to prune, or "N:M" (keep N of every M consecutive inputs, e.g. "2:4"). blocksize / percdamp:
     SparseGPT's column block and dampening (fraction of the mean Hessian diagonal). owl: per-block
-    sparsity from outlier ratios (Wanda scores above owl_m × mean), within sparsity ± owl_lambda."""
+    sparsity from outlier ratios (Wanda scores above owl_m × mean), within sparsity ± owl_lambda.
+    selection: SparseGPT's unstructured mask per column block, "exact" (round(sparsity · entries)) or
+    "reference" (the reference code's and llm-compressor's ``<= threshold``: one entry more, plus ties;
+    see ``trimtune.prune.sparsegpt``)."""
 
     method: str = "sparsegpt"
     sparsity: float | str = 0.5
@@ -24,9 +28,13 @@ class SequentialConfig:
     owl: bool = False
     owl_m: float = 5.0
     owl_lambda: float = 0.08
+    selection: str = "exact"
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
+        check_choice("selection", self.selection, SELECTIONS)
+        if self.selection != "exact" and self.method != "sparsegpt":
+            raise ConfigError(f"selection {self.selection!r} is SparseGPT's mask choice; method {self.method!r} has none")
         check_positive_int("blocksize", self.blocksize)
         if not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
             raise ConfigError(f"percdamp must be a number >= 0, got {self.percdamp!r}")

@@ -69,15 +69,19 @@ def check_widths(model: nn.Module, layout: BlockLayout, config: SequentialConfig
                 raise ValueError(f"{layout.block_name(i)}.{name}: input width {columns} is not a multiple of M={m} for {n}:{m} sparsity")
 
 
-def walk(model: nn.Module, samples: torch.Tensor, visit: Callable[[int, nn.Module, BlockCalls], None],
-         source: BlockSource | None = None, progress: str | None = None) -> None:
-    """Capture block 0's inputs, then per block: load, ``visit``, rerun to make the next inputs, release."""
+def walk(model: nn.Module, samples: torch.Tensor | None, visit: Callable[[int, nn.Module, BlockCalls | None], None],
+         source: BlockSource | None = None, progress: str | None = None, forward: bool = True) -> None:
+    """Capture block 0's inputs, then per block: load, ``visit``, rerun to make the next inputs, release.
+    ``forward=False`` (magnitude needs no activations): nothing is captured or run, ``visit`` gets
+    ``None`` for the calls; the blocks still come and go one at a time, so memory stays bounded."""
     source = source or BlockSource()
     layout = layout_of(model)
     blocks = blocks_of(model, layout)
-    source.before_capture(model)
-    calls = capture(model, blocks[0], samples)
-    source.after_capture(model)
+    calls = None
+    if forward:
+        source.before_capture(model)
+        calls = capture(model, blocks[0], samples)
+        source.after_capture(model)
     indices = range(len(blocks))
     if progress:
         indices = tqdm(indices, desc=progress, unit="block")
@@ -85,7 +89,7 @@ def walk(model: nn.Module, samples: torch.Tensor, visit: Callable[[int, nn.Modul
         block = blocks[i]
         source.load(i, block)
         visit(i, block, calls)
-        if i + 1 < len(blocks):
+        if forward and i + 1 < len(blocks):
             run_block(block, calls)
         source.release(i, block)
 
@@ -105,14 +109,16 @@ def block_report(block: nn.Module, prefix: str) -> list[LayerSparsity]:
     return rows
 
 
-def prune_sequential(model: nn.Module, samples: torch.Tensor, config: SequentialConfig,
+def prune_sequential(model: nn.Module, samples: torch.Tensor | None, config: SequentialConfig,
                      source: BlockSource | None = None, progress: str | None = None,
                      on_block: Callable[[int, nn.Module], None] | None = None) -> SparsityReport:
-    """Prune ``model``'s blocks in order on calibration ``samples`` (token ids, (nsamples, seqlen)).
+    """Prune ``model``'s blocks in order on calibration ``samples`` (token ids, (nsamples, seqlen); magnitude
+    reads none, so they may be None there and no forward pass is run).
     In memory the layers keep trimtune masks (``make_permanent`` folds them). ``on_block(i, block)``
     runs after block i is pruned (the streaming writer saves it there). Returns the sparsity report."""
     layout = layout_of(model)
-    check_samples(samples, model)
+    if config.needs_calibration:
+        check_samples(samples, model)
     check_widths(model, layout, config)
     model.eval()
     sparsities = owl_block_sparsities(model, samples, config, source, progress) if config.owl else None
@@ -125,5 +131,5 @@ def prune_sequential(model: nn.Module, samples: torch.Tensor, config: Sequential
         if on_block is not None:
             on_block(i, block)
 
-    walk(model, samples, visit, source, progress)
+    walk(model, samples, visit, source, progress, forward=config.needs_calibration)
     return SparsityReport(rows)
