@@ -137,14 +137,14 @@ def layer_errors(pruned, dense, batches) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- random Llama directories
-def write_random_llama(path: Path, layers: int, seed: int = 0) -> float:
+def write_random_llama(path: Path, layers: int, seed: int = 0, width: dict | None = None) -> float:
     """A fp32 Llama directory with random weights, one shard per block (written without ever
     holding the model). Returns its size in GB."""
     from accelerate import init_empty_weights
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=2048, tie_word_embeddings=False, **WIDE)
+    config = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=2048, tie_word_embeddings=False, **(width or WIDE))
     with init_empty_weights():
         skeleton = LlamaForCausalLM(config)
     shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
@@ -167,7 +167,7 @@ def write_random_llama(path: Path, layers: int, seed: int = 0) -> float:
     return total / 1e9
 
 
-def stream_child(model_dir: str, out: str, method: str, sparsity: str, nsamples: str, seqlen: str) -> None:
+def stream_child(model_dir: str, out: str, method: str, sparsity: str, nsamples: str, seqlen: str, selection: str = "exact") -> None:
     """Runs in its own process: the streaming prune of one directory; prints JSON with VmHWM and times."""
     from trimtune.prune.sequential import SequentialConfig
     from trimtune.prune.sequential.stream import prune_directory
@@ -175,7 +175,7 @@ def stream_child(model_dir: str, out: str, method: str, sparsity: str, nsamples:
     _harness.set_threads()
     samples = torch.randint(0, WIDE["vocab_size"], (int(nsamples), int(seqlen)), generator=torch.Generator().manual_seed(0))
     marks = [time.perf_counter()]
-    report = prune_directory(model_dir, out, samples, SequentialConfig(method, sparsity), on_block=lambda i: marks.append(time.perf_counter()))
+    report = prune_directory(model_dir, out, samples, SequentialConfig(method, sparsity, selection=selection), on_block=lambda i: marks.append(time.perf_counter()))
     block_seconds = [b - a for a, b in zip(marks[1:-1], marks[2:])]  # block 0 also pays capture and the non-block shards
     print(json.dumps({"vmhwm_mb": _harness._status_kib("VmHWM") / 1024, "total_s": time.perf_counter() - marks[0],
                       "block_s": sorted(block_seconds)[len(block_seconds) // 2], "blocks": len(marks) - 1, "sparsity": report.sparsity}))
@@ -253,32 +253,63 @@ print(json.dumps({"vmhwm_mb": hwm / 1024, "total_s": time.perf_counter() - start
 """
 
 
-def llmc_run(source: Path, ours: Path, theirs: Path) -> dict:
+def llmc_run(source: Path, ours: Path, theirs: Path, nsamples: int = NSAMPLES, seqlen: int = SEQLEN) -> dict:
     """llm-compressor's oneshot SparseGPT in its own process (separate venv); masks compared with ``ours``."""
     if not LLMC_PYTHON.exists():
         return {"skipped": f"{LLMC_PYTHON} not found"}
-    from safetensors import safe_open
-
     from trimtune.models import minilm_path
 
-    done = subprocess.run([str(LLMC_PYTHON), "-c", LLMC_SCRIPT, str(source), str(theirs), str(NSAMPLES), str(SEQLEN), str(minilm_path())],
+    done = subprocess.run([str(LLMC_PYTHON), "-c", LLMC_SCRIPT, str(source), str(theirs), str(nsamples), str(seqlen), str(minilm_path())],
                           env={**os.environ, "OMP_NUM_THREADS": str(_harness.THREADS)}, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1][:300]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(agreement(ours, theirs))
+    return result
+
+
+def agreement(ours: Path, theirs: Path) -> dict:
+    """Share of block weight entries whose kept/pruned state is the same in both outputs, and the
+    largest difference between the weights both kept, relative to the layer's largest weight."""
+    from safetensors import safe_open
+
     their_map = {}
     for f in theirs.glob("*.safetensors"):
         with safe_open(str(f), "pt") as h:
             their_map.update((k, f) for k in h.keys())
     agree = total = 0
+    worst = 0.0
+    per_layer = {}
     for key, shard in json.loads((ours / "model.safetensors.index.json").read_text())["weight_map"].items():
         if ".layers." in key and key.endswith("proj.weight"):
             with safe_open(str(ours / shard), "pt") as a, safe_open(str(their_map[key]), "pt") as b:
-                x, y = a.get_tensor(key) != 0, b.get_tensor(key) != 0
-            agree += int((x == y).sum())
+                x, y = a.get_tensor(key), b.get_tensor(key)
+            both = (x != 0) & (y != 0)
+            same = int(((x != 0) == (y != 0)).sum())
+            per_layer[key] = same / x.numel()
+            agree += same
             total += x.numel()
-    result["mask_agreement"] = agree / total
-    return result
+            worst = max(worst, float(((x - y).abs() * both).max() / x.abs().max()))
+    return {"mask_agreement": agree / total, "kept_weight_max_rel_diff": worst, "per_layer": per_layer}
+
+
+SMALL = {"hidden_size": 512, "intermediate_size": 1408, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 32000}
+
+
+def agreement_part(layers: int = 2, nsamples: int = 16, seqlen: int = 128) -> dict:
+    """trimtune's SparseGPT (50 %) with each mask selection against llm-compressor's on one small
+    random Llama directory and the same calibration tokens: how many mask entries agree."""
+    source, exact, reference, theirs = _scratch("agree", "agree_exact", "agree_reference", "agree_llmc")
+    try:
+        write_random_llama(source, layers, width=SMALL)
+        runs = {sel: _child(source, out, "sparsegpt", "0.5", nsamples, seqlen, sel) for sel, out in (("exact", exact), ("reference", reference))}
+        llmc = llmc_run(source, reference, theirs, nsamples, seqlen)
+        if "mask_agreement" in llmc:
+            runs["exact"].update(agreement(exact, theirs))
+            runs["reference"].update(agreement(reference, theirs))
+        return {"layers": layers, "width": SMALL, "calibration": f"{nsamples} x {seqlen} random tokens", "runs": runs, "llmc": llmc}
+    finally:
+        _scratch("agree", "agree_exact", "agree_reference", "agree_llmc")
 
 
 # ---------------------------------------------------------------- docs
@@ -341,6 +372,7 @@ def render(results: dict) -> str:
                       f"({ours['total_s'] / c['total_s']:.2f}x) and {ours['vmhwm_mb']:.0f} MB ({ours['vmhwm_mb'] / c['vmhwm_mb']:.2f}x); "
                       f"masks agree on {100 * c['mask_agreement']:.3f} % of entries (the reference code's `<= threshold` "
                       "prunes one entry more per column block than trimtune's exact count, and the updates then drift apart)."]
+    lines += _render_agreement(results.get("agreement"))
     notes = results.get("notes", [])
     if notes:
         lines += ["", "Notes on this run:", ""] + [f"- {n}" for n in notes]
@@ -348,6 +380,26 @@ def render(results: dict) -> str:
               "(parts: `--part quality|memory|speed`, `--part memory --method sparsegpt --depths 4,8` for SparseGPT's memory table, "
               "each `--out F.json`; `--part none --docs --merge F.json ...` renders them together).", ""]
     return "\n".join(lines)
+
+
+def _render_agreement(a: dict | None) -> list[str]:
+    if not a:
+        return []
+    if "mask_agreement" not in a["runs"]["exact"]:
+        return ["", f"Mask agreement with llm-compressor: {a['llmc'].get('skipped') or a['llmc'].get('error')}"]
+    width = a["width"]
+    lines = ["", f"Mask agreement with llm-compressor 0.14 (`oneshot`, SparseGPTModifier 50 %, block 128, dampening 0.01, "
+             f"sequential pipeline, separate venv) on a {a['layers']}-layer random Llama (hidden {width['hidden_size']}, FFN "
+             f"{width['intermediate_size']}, {width['num_attention_heads']} / {width['num_key_value_heads']} heads), the same "
+             f"{a['calibration']}: share of block weight entries pruned or kept alike, overall and per block.", "",
+             "| trimtune selection | all layers | block 0, worst layer | block 1.., worst layer | kept weights, largest difference / layer max |",
+             "|---|---|---|---|---|"]
+    for selection, run in a["runs"].items():
+        first = [v for k, v in run["per_layer"].items() if ".layers.0." in k]
+        rest = [v for k, v in run["per_layer"].items() if ".layers.0." not in k]
+        lines.append(f"| {selection} | {100 * run['mask_agreement']:.3f} % | {100 * min(first):.3f} % | {100 * min(rest):.3f} % | "
+                     f"{run['kept_weight_max_rel_diff']:.3f} |")
+    return lines
 
 
 def write_docs(results: dict) -> None:
@@ -366,7 +418,7 @@ def main() -> None:
         stream_child(*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all", choices=("quality", "memory", "speed", "all", "none"),
+    parser.add_argument("--part", default="all", choices=("quality", "memory", "speed", "agreement", "all", "none"),
                         help="none: measure nothing (with --docs --merge: render earlier results)")
     parser.add_argument("--merge", type=Path, action="append", default=[], help="earlier --out JSON files to include in --docs")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -384,6 +436,8 @@ def main() -> None:
         results[key] = memory_part(tuple(int(d) for d in args.depths.split(",")), args.method)
     if args.part in ("speed", "all"):
         results["speed"] = speed_part()
+    if args.part in ("agreement", "all"):
+        results["agreement"] = agreement_part()
     print(json.dumps(results, indent=2, default=str))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
