@@ -217,11 +217,13 @@ def speed_part(layers: int = 3) -> dict:
     source, out, wanda_out, theirs = _scratch("speed", "speed_out", "speed_wanda", "speed_llmc")
     try:
         size = write_random_llama(source, layers)
-        runs = {"sparsegpt": _child(source, out, "sparsegpt", "0.5", NSAMPLES, SEQLEN)}
+        # the reference selection: llm-compressor's mask choice, so "same masks" can be checked
+        runs = {"sparsegpt": _child(source, out, "sparsegpt", "0.5", NSAMPLES, SEQLEN, "reference")}
         print(f"  speed sparsegpt {runs['sparsegpt']}", file=sys.stderr, flush=True)
         runs["wanda"] = _child(source, wanda_out, "wanda", "0.5", NSAMPLES, SEQLEN)
         print(f"  speed wanda {runs['wanda']}", file=sys.stderr, flush=True)
-        result = {"layers": layers, "size_gb": size, "calibration": f"{NSAMPLES} x {SEQLEN} random tokens", "runs": runs}
+        result = {"layers": layers, "size_gb": size, "calibration": f"{NSAMPLES} x {SEQLEN} random tokens", "runs": runs,
+                  "selection": "reference"}
         result["llmc"] = llmc_run(source, out, theirs)
         print(f"  llmc {result['llmc']}", file=sys.stderr, flush=True)
         return result
@@ -370,8 +372,10 @@ def render(results: dict) -> str:
                       f"pipeline, separate venv) on the same directory and tokens, own process: {c['total_s']:.0f} s and "
                       f"{c['vmhwm_mb']:.0f} MB peak (load + prune + save) vs trimtune's streaming run {ours['total_s']:.0f} s "
                       f"({ours['total_s'] / c['total_s']:.2f}x) and {ours['vmhwm_mb']:.0f} MB ({ours['vmhwm_mb'] / c['vmhwm_mb']:.2f}x); "
-                      f"masks agree on {100 * c['mask_agreement']:.3f} % of entries (the reference code's `<= threshold` "
-                      "prunes one entry more per column block than trimtune's exact count, and the updates then drift apart)."]
+                      f"masks agree on {100 * c['mask_agreement']:.3f} % of entries"
+                      + (" (trimtune with `selection='reference'`, llm-compressor's mask choice)." if sp.get("selection") == "reference"
+                         else " (trimtune's default exact count per column block; the reference code's `<= threshold` prunes one "
+                              "entry more, and the updates then drift apart).")]
     lines += _render_agreement(results.get("agreement"))
     notes = results.get("notes", [])
     if notes:
