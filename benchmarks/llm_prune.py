@@ -357,7 +357,7 @@ def render(results: dict) -> str:
     sp = results.get("speed")
     if sp:
         lines += ["", f"Speed at that width ({sp['layers']}-layer directory, {sp['size_gb']:.2f} GB; calibration {sp['calibration']}, "
-                  "not the issue's 128 x 512, which would take hours on 2 CPU cores; seconds per block = median "
+                  "seconds per block = median "
                   "over blocks 1.., block 0 also pays the capture and the non-block shards):", "",
                   "| method | s per block | total s | peak memory (VmHWM) |", "|---|---|---|---|"]
         for method, run in sp["runs"].items():
