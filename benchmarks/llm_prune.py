@@ -305,10 +305,10 @@ def agreement_part(layers: int = 2, nsamples: int = 16, seqlen: int = 128) -> di
     try:
         write_random_llama(source, layers, width=SMALL)
         runs = {sel: _child(source, out, "sparsegpt", "0.5", nsamples, seqlen, sel) for sel, out in (("exact", exact), ("reference", reference))}
-        llmc = llmc_run(source, reference, theirs, nsamples, seqlen)
+        llmc = llmc_run(source, reference, theirs, nsamples, seqlen)  # compared with the reference run
         if "mask_agreement" in llmc:
+            runs["reference"].update({k: llmc[k] for k in ("mask_agreement", "kept_weight_max_rel_diff", "per_layer")})
             runs["exact"].update(agreement(exact, theirs))
-            runs["reference"].update(agreement(reference, theirs))
         return {"layers": layers, "width": SMALL, "calibration": f"{nsamples} x {seqlen} random tokens", "runs": runs, "llmc": llmc}
     finally:
         _scratch("agree", "agree_exact", "agree_reference", "agree_llmc")

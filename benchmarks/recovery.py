@@ -67,7 +67,7 @@ class Data:
         self.loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
         self.test = text_loader(test, tokenizer, DEMO_LABELS, 64)
         fixed = text_loader(train, tokenizer, DEMO_LABELS, 16)  # unshuffled: the same batches for every student
-        self.batches = [inputs_of([b]) for b, _ in zip(fixed, range(8))]
+        self.batches = [{k: v for k, v in b.items() if k != "labels"} for b, _ in zip(fixed, range(8))]
         ids = torch.tensor(tokenizer("\n".join(r["text"] for r in train), add_special_tokens=False, verbose=False)["input_ids"])
         starts = torch.randint(0, len(ids) - 128 + 1, (32,), generator=torch.Generator().manual_seed(seed))
         self.windows = torch.stack([ids[s:s + 128] for s in starts.tolist()])
@@ -88,11 +88,6 @@ def dense_model(loader, test, epochs: int):
     accuracy = tune(model, loader, test, epochs)
     tt.merge(model)
     return tt.unload(model, merge_adapters=True).eval(), accuracy
-
-
-def inputs_of(loader) -> dict:
-    batch = next(iter(loader))
-    return {k: v for k, v in batch.items() if k != "labels"}
 
 
 def shrunk(dense, ratio: float, data: Data):

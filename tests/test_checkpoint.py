@@ -11,20 +11,9 @@ from torch.utils.data import DataLoader
 import trimtune as tt
 from trimtune.training.checkpoint import list_checkpoints, read_checkpoint
 
+from _training_helpers import Interrupt, InterruptAt
+
 STEPS_PER_EPOCH, EPOCHS = 6, 2
-
-
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, ctx, step, loss):
-        if step == self.step:
-            raise Interrupt(step)
 
 
 def _data():

@@ -12,6 +12,8 @@ import trimtune as tt
 from trimtune.core.config import ConfigError
 from trimtune.training.distill import DistillConfig, Distiller
 
+from _training_helpers import Interrupt, InterruptAt
+
 
 def mlp(seed=0, hidden=16, dropout=0.0):
     torch.manual_seed(seed)
@@ -162,19 +164,6 @@ def test_bad_layers_and_teachers_are_refused():
         tt.train(student, data(), max_steps=1, loss_fn=F.cross_entropy, callbacks=[Distiller(student, wide)], progress=False)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _InterruptAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, ctx, step, loss):
-        if step == self.step:
-            raise _Interrupt(step)
-
-
 def test_resume_restores_the_width_maps_exactly(tmp_path):
     """A checkpoint holds the distillation maps (the callback's own parameters), so a resumed run
     continues with the trained maps and ends where an uninterrupted one does."""
@@ -186,13 +175,13 @@ def test_resume_restores_the_width_maps_exactly(tmp_path):
         student = copy.deepcopy(shrunk)
         torch.manual_seed(map_seed)  # a fresh process draws other initial maps: the checkpoint must not care
         distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, hidden_layers=["0"]), example_batch=next(iter(data())))
-        callbacks = [distiller, *([_InterruptAt(interrupt)] if interrupt else [])]
+        callbacks = [distiller, *([InterruptAt(interrupt)] if interrupt else [])]
         result = tt.train(student, data(n=48), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, callbacks=callbacks, progress=False,
                           checkpoint=tt.CheckpointConfig(directory, every=2), resume=resume)
         return result, student, distiller.maps["0"].weight.detach().clone()
 
     expected, whole, whole_map = run(tmp_path / "whole")
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         run(tmp_path / "cut", interrupt=7)
     result, resumed, resumed_map = run(tmp_path / "cut", resume=True, map_seed=99)
     assert result.losses == pytest.approx(expected.losses, abs=1e-6)

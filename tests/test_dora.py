@@ -14,6 +14,7 @@ import trimtune as tt
 from trimtune.core.state import layers
 
 from _peft_parity import assert_parity, copy_from_peft
+from _training_helpers import adamw_losses
 
 SPECS = {  # fixture -> (trimtune targets, peft target_modules); None: the architecture's default (q/v)
     "minilm": (["query", "value"], ["query", "value"]),
@@ -108,18 +109,9 @@ def test_training_losses_match_peft(tiny_llama):
     batches = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 100, (4, 2, 8))]
     losses = []
     for model in (ours, theirs):
-        model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         assert len(params) == 3 * 4  # A, B and the magnitude on 2 layers x (q, v)
-        optimizer = torch.optim.AdamW(params, lr=1e-2)
-        run = []
-        for batch in batches:
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            run.append(loss.item())
-        losses.append(run)
+        losses.append(adamw_losses(model, batches, lr=1e-2))
     assert losses[0][0] != losses[0][-1]  # it trains
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=0)
 

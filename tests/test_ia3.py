@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from _peft_parity import assert_parity, copy_from_peft, logits, peft_model
+from _training_helpers import adamw_losses
 from peft import IA3Config as PeftIA3Config
 
 import trimtune as tt
@@ -122,18 +123,8 @@ def test_training_matches_peft_step_by_step(minilm_path, token_ids):
     labels = torch.tensor([0, 1] * (len(token_ids) // 2) + [0] * (len(token_ids) % 2))
     losses = []
     for model in (ours, theirs):
-        model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         assert sum(p.numel() for p in params) == 6 * (384 + 384 + 384 + 1536) + 2 * 384 + 2  # per layer k, v, both output.dense inputs; head
-        optimizer = torch.optim.AdamW(params, lr=1e-2)
-        torch.manual_seed(7)
-        run = []
-        for _ in range(6):
-            loss = model(input_ids=token_ids, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            run.append(loss.item())
-        losses.append(run)
+        losses.append(adamw_losses(model, [{"input_ids": token_ids, "labels": labels}] * 6, lr=1e-2, seed=7))
     assert losses[0][0] != losses[0][-1]  # it trains
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=0)

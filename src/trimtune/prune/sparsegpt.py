@@ -181,5 +181,6 @@ def sparsegpt_layer(
     if m:
         check_nm(n, m, canon.shape[1], blocksize, name or layer.describe())
     new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True, selection=selection, in_place=True)
-    layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))  # in place already for float32: a no-op
+    if new.data_ptr() != layer.weight.data_ptr():  # a float32 weight was updated in place already
+        layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))
     set_canonical_mask(layer, keep)

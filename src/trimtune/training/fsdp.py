@@ -130,10 +130,10 @@ def store_4bit_bases_plain(model: nn.Module) -> list[str]:
     tensors (packed codes and scales, ``core/plain_four_bit.py``) both are sharded like any other
     parameter and the layer rebuilds the quantisation state around the gathered ones in its forward.
     Returns the names of the layers changed."""
-    names = [name for name, layer in layers(model) if is_4bit(layer.weight)]
-    for name in names:
-        store_plain(model.get_submodule(name))
-    return names
+    packed = [(name, layer) for name, layer in layers(model) if is_4bit(layer.weight)]
+    for _, layer in packed:
+        store_plain(layer)
+    return [name for name, _ in packed]
 
 
 @torch.no_grad()

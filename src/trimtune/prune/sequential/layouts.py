@@ -38,16 +38,16 @@ class BlockLayout:
 
 def _base_prefix(model: nn.Module, blocks: str) -> str:
     """The dotted prefix of the base model that holds ``blocks``: ``model.base_model`` for a Hugging
-    Face head class, else the shallowest submodule where the path resolves (a user's own wrapper
-    such as ``self.encoder = AutoModel...``)."""
+    Face head class, else the first module (the root, then its submodules in order) where the path
+    resolves (a user's own wrapper such as ``self.encoder = AutoModel...``)."""
     base = getattr(model, "base_model", None)
-    candidates = [base] if isinstance(base, nn.Module) else []
-    for module in [*candidates, *(m for _, m in model.named_modules())]:
+    named = sorted(model.named_modules(), key=lambda item: item[1] is not base)  # stable: base first, then module order
+    for name, module in named:
         try:
             module.get_submodule(blocks)
         except AttributeError:
             continue
-        return next(f"{name}." if name else "" for name, m in model.named_modules() if m is module)
+        return f"{name}." if name else ""
     raise UnknownLayoutError(
         f"{type(model).__name__} has no submodule {blocks!r} (where its model type keeps the transformer blocks), "
         "neither at its root, under base_model, nor in any submodule"

@@ -1,0 +1,36 @@
+"""Small training helpers shared by tests: an AdamW loop that records losses, and a callback that
+interrupts a run at a given step (to test resuming)."""
+
+import torch
+
+
+def adamw_losses(model, batches, lr: float = 1e-2, seed: int | None = None) -> list[float]:
+    """Train ``model``'s trainable parameters with AdamW on ``batches`` (keyword dicts for the model,
+    one optimizer step each); ``seed`` seeds the generator first (the dropout draws). Returns the losses."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    if seed is not None:
+        torch.manual_seed(seed)
+    losses = []
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt:
+    """A ``train`` callback raising ``Interrupt`` at the end of step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, ctx, step, loss):
+        if step == self.step:
+            raise Interrupt(step)
