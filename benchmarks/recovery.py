@@ -11,8 +11,10 @@ teacher and where every pruned student starts:
 - 2:4 on every encoder Linear by Wanda or by SparseGPT (the sequential pipeline, which also updates
   the kept weights), then LoRA with ``follow_mask`` (stays 2:4);
 
-each recovered by LoRA (same settings) with plain task loss, or with distillation (KL at T=2,
-alpha=0.5, from the dense model). Calibration data comes from the training reviews only, the same
+each recovered by LoRA (same settings) with plain task loss, with distillation (KL at T=2,
+alpha=0.5, from the dense model), or with distillation on a transfer set: the KL also covers one
+perturbed copy of each batch (30 % of its tokens swapped, ``DistillConfig.augment``) that the
+teacher labels. Calibration data comes from the training reviews only, the same
 for every student of a seed: the first 8 batches of an unshuffled loader (Wanda, activation-aware
 shrink) and 32 windows of 128 tokens of the concatenated training texts (SparseGPT).
 
@@ -23,6 +25,7 @@ reports peak RSS of each in a fresh child.
     ... --quick                          # seconds: 32 examples, 1 epoch
     ... --step-only                      # only the step time / memory comparison
     ... --only "shrink 50 %" ...         # some students only (names as in STUDENTS)
+    ... --variants augmented             # some recoveries only (names as in RECOVERIES)
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from trimtune.prune.sequential import SequentialConfig, prune_sequential  # noqa
 
 LORA = dict(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"])
 DISTILL = dict(alpha=0.5, temperature=2.0)
+# how each student recovers: the label's suffix and the distillation settings (None: plain task loss)
+RECOVERIES = {"plain": ("", None), "distill": (" + distill", DISTILL), "augmented": (" + distill, augmented", {**DISTILL, "augment": 0.3})}
 ENCODER_LINEARS = r"encoder\.layer\.\d+\..*(query|key|value|dense)$"  # every Linear of the 6 blocks
 HEAD_LINEARS = r"layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)$"  # a head's rows and columns
 FFN_OUT = r"layer\.\d+\.output\.dense$"  # an FFN unit is one input column of the down projection
@@ -73,10 +78,10 @@ class Data:
         self.windows = torch.stack([ids[s:s + 128] for s in starts.tolist()])
 
 
-def tune(model, loader, test, epochs: int, teacher=None) -> float:
+def tune(model, loader, test, epochs: int, teacher=None, distill=None) -> float:
     """LoRA (follow_mask on pruned layers) for ``epochs``, distilling from ``teacher`` when given."""
     tt.apply(model, tt.LoraConfig(**LORA, follow_mask=True))
-    callbacks = [tt.Distiller(model, teacher, tt.DistillConfig(**DISTILL))] if teacher is not None else []
+    callbacks = [tt.Distiller(model, teacher, tt.DistillConfig(**distill))] if teacher is not None else []
     tt.train(model, loader, epochs=epochs, lr=1e-3, scheduler=tt.linear_schedule(), callbacks=callbacks, progress=False)
     return tt.evaluate(model, test, tt.accuracy)["accuracy"]
 
@@ -128,7 +133,7 @@ STUDENTS = {
 }
 
 
-def one_seed(seed: int, epochs: int, quick: bool, only=None) -> dict:
+def one_seed(seed: int, epochs: int, quick: bool, only=None, recoveries=tuple(RECOVERIES)) -> dict:
     torch.manual_seed(seed)
     data = Data(seed, quick)
     dense, dense_acc = dense_model(data.loader, data.test, epochs)
@@ -136,14 +141,15 @@ def one_seed(seed: int, epochs: int, quick: bool, only=None) -> dict:
     for name, make in STUDENTS.items():
         if only and name not in only:
             continue
-        for distill in (False, True):
+        for recovery in recoveries:
+            suffix, distill = RECOVERIES[recovery]
             torch.manual_seed(seed)
             start = time.perf_counter()
             student = make(dense, data)
-            label = name + (" + distill" if distill else "")
-            if not distill:
+            label = name + suffix
+            if distill is None:
                 results[f"{name} (before recovery)"] = tt.evaluate(student, data.test, tt.accuracy)["accuracy"]
-            results[label] = tune(student, data.loader, data.test, epochs, teacher=dense if distill else None)
+            results[label] = tune(student, data.loader, data.test, epochs, teacher=dense if distill else None, distill=distill)
             print(f"seed {seed} {label}: {results[label]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     return results
 
@@ -237,6 +243,7 @@ def main() -> None:
     parser.add_argument("--step-only", action="store_true")
     parser.add_argument("--json", help="write the per-seed results here")
     parser.add_argument("--only", nargs="*", help=f"students to run (default all): {', '.join(STUDENTS)}")
+    parser.add_argument("--variants", nargs="+", choices=list(RECOVERIES), default=list(RECOVERIES), help="recoveries to run (default all)")
     args = parser.parse_args()
     set_threads(args.threads)
     unknown = set(args.only or ()) - set(STUDENTS)
@@ -249,7 +256,7 @@ def main() -> None:
         return
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick, args.only)
+        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick, args.only, args.variants)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(per_seed, f, indent=1)

@@ -1,10 +1,12 @@
 """One rank of the distillation data-parallel test (tests/test_distill_ddp.py), started by torchrun:
 
-    torchrun --standalone --nproc_per_node 2 tests/_ddp_distill_worker.py OUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/_ddp_distill_worker.py OUT_DIR [augmented]
 
 A shrunk MLP student (16 -> 8 hidden units) learns from its own teacher copy (each rank holds one)
 with logit and hidden-state distillation through a learned 8 -> 16 map. Each rank writes the
-student's weights and the map to OUT_DIR/rank<r>.safetensors.
+student's weights and the map to OUT_DIR/rank<r>.safetensors. With ``augmented``: a bag-of-tokens
+classifier distils on perturbed copies of its token batches (the copies run the unwrapped student,
+so their gradients must still reach DDP's all-reduce).
 """
 
 import copy
@@ -44,8 +46,33 @@ def run(out: Path, batch: int) -> dict[str, torch.Tensor]:
     return state
 
 
+class BagOfTokens(nn.Module):
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed, self.head = nn.Embedding(40, 8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+def run_augmented(out: Path, batch: int) -> dict[str, torch.Tensor]:
+    info = init_distributed()
+    student, teacher = BagOfTokens(0), BagOfTokens(1)
+    g = torch.Generator().manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randint(0, 40, (EXAMPLES, 6), generator=g), torch.randint(0, 3, (EXAMPLES,), generator=g))
+    loader = distributed_loader(data, batch, shuffle=True, seed=0)
+    distiller = tt.Distiller(student, teacher, tt.DistillConfig(alpha=0.5, augment=0.5, augment_copies=2), example_batch=next(iter(loader)))
+    torch.manual_seed(10 + info.rank)  # each rank perturbs its own examples differently
+    tt.train(distributed_model(student, info), loader, epochs=EPOCHS, lr=1e-2, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+    state = {f"student.{k}": v.detach().clone().contiguous() for k, v in student.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, out / f"rank{info.rank}.safetensors")
+    return state
+
+
 if __name__ == "__main__":
     from _worker_exit import leave
 
-    run(Path(sys.argv[1]), PER_RANK_BATCH)
+    (run_augmented if sys.argv[2:] == ["augmented"] else run)(Path(sys.argv[1]), PER_RANK_BATCH)
     leave()

@@ -2,6 +2,7 @@
 the teacher never learns, hidden-state maps train across a width-changing shrink, bad fields are named."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -99,7 +100,8 @@ def test_hidden_state_map_trains_across_a_width_changing_shrink():
         tt.train(student, data(), max_steps=1, optimizer=own, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
 
 
-def test_distillation_on_hf_style_batches_with_an_adapter():
+@pytest.mark.parametrize("augment", [0.0, 0.3])
+def test_distillation_on_hf_style_batches_with_an_adapter(augment):
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3)
@@ -110,11 +112,13 @@ def test_distillation_on_hf_style_batches_with_an_adapter():
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(0, 50, (4, 6), generator=g), "attention_mask": torch.ones(4, 6, dtype=torch.long),
                 "labels": torch.randint(0, 3, (4,), generator=g)} for _ in range(3)]
-    distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, hidden_layers=["bert.encoder.layer.1"]), example_batch=batches[0])
+    config = DistillConfig(alpha=0.5, hidden_layers=["bert.encoder.layer.1"], augment=augment)
+    distiller = Distiller(student, teacher, config, example_batch=batches[0])
     assert len(distiller.maps) == 0  # same width: states are compared directly
     result = tt.train(student, batches, epochs=1, lr=1e-3, callbacks=[distiller], progress=False)
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert all(p.grad is None for p in teacher.parameters())
+    assert distiller.teacher_calls == 1 + 3 * (2 if augment else 1)  # the maps' probe, then each batch (and its copy)
 
 
 def test_cached_teacher_logits_give_the_same_training_with_one_teacher_pass_per_example():
@@ -145,9 +149,11 @@ def test_row_keys_ignore_padding():
     ({"hidden_layers": "0"}, "hidden_layers must be a list"),
     ({"hidden_layers": [["0"]]}, "[student_name, teacher_name] pair"),
     ({"cache_teacher": "yes"}, "cache_teacher must be true or false"),
+    ({"augment": 1.0}, "augment must be a share of tokens in [0, 1)"),
+    ({"augment_copies": 0}, "augment_copies must be an integer >= 1"),
 ])
 def test_bad_fields_are_named(fields, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         DistillConfig(**fields)
 
 
@@ -191,3 +197,86 @@ def test_resume_restores_the_width_maps_exactly(tmp_path):
         student = copy.deepcopy(shrunk)
         tt.train(student, data(n=48), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, progress=False,
                  checkpoint=tt.CheckpointConfig(tmp_path / "cut"), resume=True)
+
+
+class BagOfTokens(nn.Module):
+    def __init__(self, seed, dropout=0.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed, self.drop, self.head = nn.Embedding(40, 8), nn.Dropout(dropout), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.drop(self.embed(ids).mean(1)))
+
+
+def token_data(n=24, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids, y = torch.randint(0, 40, (n, 7), generator=g), torch.randint(0, 3, (n,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, y), batch_size=8, shuffle=True,
+                                       generator=torch.Generator().manual_seed(2))
+
+
+def test_augmented_loss_is_the_hand_computed_mix_over_the_batch_and_its_copies():
+    from trimtune.training.token_swap import swap_tokens
+
+    student, teacher = BagOfTokens(0), BagOfTokens(1)
+    ids, y = torch.randint(0, 40, (5, 9), generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 1, 0])
+    alpha, T = 0.4, 2.0
+
+    def kl(x):
+        p_t = torch.softmax(teacher(x) / T, -1)
+        return (p_t * (torch.log(p_t) - torch.log_softmax(student(x) / T, -1))).sum(-1).mean()
+
+    torch.manual_seed(7)
+    with torch.no_grad():
+        copies = [swap_tokens(ids, None, 0.3) for _ in range(2)]
+        assert all(not torch.equal(c, ids) for c in copies)
+        soft = (kl(ids) + kl(copies[0]) + kl(copies[1])) / 3
+        expected = (1 - alpha) * F.cross_entropy(student(ids), y) + alpha * T * T * soft
+    distiller = Distiller(student, teacher, DistillConfig(alpha=alpha, temperature=T, augment=0.3, augment_copies=2))
+    torch.manual_seed(7)
+    result = tt.train(student, [(ids, y)], max_steps=1, optimizer=torch.optim.SGD(student.parameters(), lr=0.1),
+                      loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+    assert result.losses[0] == pytest.approx(expected.item(), rel=1e-5)
+    assert distiller.teacher_calls == 3  # the batch and its two copies
+
+
+def test_copies_are_labelled_by_the_teacher_every_step_and_change_training():
+    def run(augment):
+        student, teacher = BagOfTokens(0, dropout=0.1), BagOfTokens(1)
+        distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, augment=augment))
+        torch.manual_seed(3)
+        tt.train(student, token_data(), epochs=3, lr=1e-2, loss_fn=F.cross_entropy, callbacks=[distiller], progress=False)
+        return student.embed.weight.detach(), distiller.teacher_calls
+
+    plain, plain_calls = run(0.0)
+    augmented, calls = run(0.3)
+    assert (plain_calls, calls) == (3, 3 + 9)  # the batches' logits are cached after epoch 1, the copies never are
+    assert not torch.allclose(plain, augmented)
+
+
+def test_augmented_resume_perturbs_as_the_uninterrupted_run(tmp_path):
+    def run(directory, interrupt=None, resume=False):
+        student, teacher = BagOfTokens(0, dropout=0.1), BagOfTokens(1)
+        distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, augment=0.3))
+        torch.manual_seed(99 if resume else 3)  # a fresh process's generator: the checkpoint's must win
+        result = tt.train(student, token_data(n=48), epochs=2, lr=1e-2, loss_fn=F.cross_entropy,
+                          callbacks=[distiller, *([InterruptAt(interrupt)] if interrupt else [])], progress=False,
+                          checkpoint=tt.CheckpointConfig(directory, every=2), resume=resume)
+        return result, student
+
+    expected, whole = run(tmp_path / "whole")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "cut", interrupt=7)
+    result, resumed = run(tmp_path / "cut", resume=True)
+    assert result.losses == pytest.approx(expected.losses, abs=1e-6)
+    torch.testing.assert_close(resumed.embed.weight, whole.embed.weight, atol=1e-6, rtol=0)
+
+
+def test_augment_needs_token_inputs():
+    student = mlp(0)
+    with pytest.raises(ValueError, match="augment > 0 needs token-id inputs"):
+        Distiller(student, mlp(1), DistillConfig(augment=0.2), example_batch=next(iter(data())))
+    with pytest.raises(ValueError, match="augment > 0 needs token-id inputs"):
+        tt.train(student, data(), max_steps=1, loss_fn=F.cross_entropy, callbacks=[Distiller(student, mlp(1), DistillConfig(augment=0.2))],
+                 progress=False)

@@ -9,24 +9,39 @@ from pathlib import Path
 
 import pytest
 import torch
-from _ddp_distill_worker import PER_RANK_BATCH, run
+from _ddp_distill_worker import PER_RANK_BATCH, BagOfTokens, run
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_two_processes_distill_like_one(tmp_path):
+def two_ranks(out: Path, *mode: str) -> list[dict[str, torch.Tensor]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "tests" / "_ddp_distill_worker.py"), str(tmp_path / "ddp")]
+               str(ROOT / "tests" / "_ddp_distill_worker.py"), str(out), *mode]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    return [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_processes_distill_like_one(tmp_path):
+    ranks = two_ranks(tmp_path / "ddp")
     expected = run(tmp_path / "single", 2 * PER_RANK_BATCH)
-    ranks = [load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
     assert "map.0.weight" in expected
     for name, value in expected.items():
         torch.testing.assert_close(ranks[0][name], ranks[1][name], atol=0, rtol=0, msg=name)
         torch.testing.assert_close(ranks[0][name], value, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_perturbed_copies_train_in_step_across_processes(tmp_path):
+    """Each rank perturbs its own examples and runs the copies through the unwrapped student; their
+    gradients still join DDP's average, so both ranks hold the same student, unlike before training."""
+    ranks = two_ranks(tmp_path / "ddp", "augmented")
+    untrained = BagOfTokens(0).state_dict()
+    for name, value in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], value, atol=0, rtol=0, msg=name)
+    assert not torch.allclose(ranks[0]["student.embed.weight"], untrained["embed.weight"])

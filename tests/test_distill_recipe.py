@@ -58,6 +58,7 @@ def test_a_run_directory_as_model_path_continues_from_that_run(tmp_path, capsys)
 @pytest.mark.parametrize("distill, message", [
     ({"alpha": 2}, "distill.alpha must be a number in [0, 1], got 2"),
     ({"temperature": -1}, "distill.temperature must be a positive number"),
+    ({"augment": 1}, "distill.augment must be a share of tokens in [0, 1), got 1"),
     ({"hidden_layer": ["fc1"]}, "did you mean 'hidden_layers'?"),
 ])
 def test_bad_distill_fields_are_usage_errors(tmp_path, capsys, distill, message):

@@ -220,7 +220,8 @@ class OneShotSection(Section):
 
 class DistillSection(Section):
     """Recover by learning from a frozen teacher: loss (1 − alpha)·task + alpha·T²·KL(teacher ‖ student)
-    + hidden_weight · MSE over ``hidden_layers``. teacher: a run directory, a ``trimtune shrink`` output
+    + hidden_weight · MSE over ``hidden_layers``; with ``augment`` the KL also covers perturbed copies
+    of each batch that the teacher labels. teacher: a run directory, a ``trimtune shrink`` output
     or a Hugging Face directory; default: the run a shrunk ``model.path`` was cut from, else the model
     as loaded, before the method and pruning."""
 
@@ -230,6 +231,8 @@ class DistillSection(Section):
     hidden_layers: list[str | list[str]] = Field(default_factory=list, description="module names (or [student, teacher] pairs) whose outputs are matched")
     hidden_weight: float = 1.0
     cache_teacher: bool = True
+    augment: float = Field(0.0, description="share of tokens swapped in the perturbed copies the teacher labels (0: none)")
+    augment_copies: int = 1
 
     @model_validator(mode="after")
     def _library_checks(self):
@@ -238,7 +241,8 @@ class DistillSection(Section):
 
     def build(self) -> DistillConfig:
         try:
-            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight, self.cache_teacher)
+            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight, self.cache_teacher,
+                                 self.augment, self.augment_copies)
         except ConfigError as err:
             raise ValueError(f"distill.{err}") from None
 

@@ -5,6 +5,13 @@ The loss of every micro-batch becomes
 
     (1 − α) · task  +  α · T² · KL(softmax(teacher / T) ‖ softmax(student / T))  +  β · mean_l MSE(map_l(s_l), t_l)
 
+With ``augment`` > 0 the KL is the mean over the batch and ``augment_copies`` perturbed copies of it
+(a share of the tokens swapped, ``token_swap``): the teacher labels the copies, which carry no task
+label, so a small labelled set becomes a larger transfer set (TinyBERT's data augmentation). On the
+training examples themselves a teacher tuned on them is near one-hot and teaches little beyond the
+labels; on perturbed text its soft outputs are informative. Each copy costs a student forward and
+backward and a teacher forward (copies are never cached).
+
 The T² keeps the soft term's gradient on the task loss's scale whatever the temperature (Hinton et
 al. 2015). The last term is optional hidden-state distillation between chosen student and teacher
 modules; when a shrink changed a module's width, a learned linear map takes the student's states to
@@ -37,6 +44,7 @@ from .batches import BatchOutput, run_batch, to_device
 from .callbacks import Callback, TrainContext
 from .distributed import unwrap_model
 from .evaluate import model_device
+from .token_swap import perturbed_copy
 
 
 @dataclass
@@ -47,13 +55,18 @@ class DistillConfig:
     of their mean MSE. cache_teacher: keep the teacher's logits per example (keyed by the example's
     unpadded inputs) and reuse them when the example comes again, e.g. in the next epoch; the teacher is
     frozen and in eval mode, so they would come out the same. Only for per-example logits
-    (classification) and logit distillation: hidden states change with every student step's needs."""
+    (classification) and logit distillation: hidden states change with every student step's needs.
+    augment: share of each example's tokens swapped in the perturbed copies the teacher labels, in
+    [0, 1); 0 (the default) makes no copies. augment_copies: copies per micro-batch. Token-id inputs
+    only; the copies are matched on logits, not hidden states."""
 
     alpha: float = 0.5
     temperature: float = 2.0
     hidden_layers: Sequence[str | Sequence[str]] = field(default_factory=tuple)
     hidden_weight: float = 1.0
     cache_teacher: bool = True
+    augment: float = 0.0
+    augment_copies: int = 1
 
     def __post_init__(self):
         check_fraction("alpha", self.alpha, closed_right=True)
@@ -62,6 +75,10 @@ class DistillConfig:
             raise ConfigError(f"hidden_weight must be a number >= 0, got {self.hidden_weight!r}")
         if not isinstance(self.cache_teacher, bool):
             raise ConfigError(f"cache_teacher must be true or false, got {self.cache_teacher!r}")
+        if isinstance(self.augment, bool) or not isinstance(self.augment, (int, float)) or not 0 <= self.augment < 1:
+            raise ConfigError(f"augment must be a share of tokens in [0, 1), got {self.augment!r}")
+        if isinstance(self.augment_copies, bool) or not isinstance(self.augment_copies, int) or self.augment_copies < 1:
+            raise ConfigError(f"augment_copies must be an integer >= 1, got {self.augment_copies!r}")
         if isinstance(self.hidden_layers, str):
             raise ConfigError(f"hidden_layers must be a list of module names, got the string {self.hidden_layers!r}")
         self.hidden_layers = tuple(_layer_pair(entry) for entry in self.hidden_layers)
@@ -98,6 +115,8 @@ class Distiller(Callback):
         self._teacher_handles = [m.register_forward_hook(_capture(self._teacher_states, n)) for n, m in t_modules.items()]
         self._s_modules = s_modules
         self.maps = self._make_maps(example_batch) if self.config.hidden_layers else nn.ModuleDict()
+        if self.config.augment and example_batch is not None:
+            perturbed_copy(example_batch, self.config.augment)  # token-id inputs, or a clear error now
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.maps.parameters())
@@ -145,18 +164,27 @@ class Distiller(Callback):
         teacher_logits = self.teacher_forward(batch)
         mask = _token_mask(batch, output.logits)
         kl = soft_kl(output.logits, teacher_logits, c.temperature, mask)
-        term = c.alpha * (c.temperature**2 * kl)
+        term = c.hidden_weight * self._hidden_mse(mask) if c.hidden_layers else 0  # before copies overwrite the states
+        if c.augment and c.alpha > 0:  # at alpha 0 the copies would weigh nothing: skip their forwards
+            kl = (kl + sum(self._copy_kl(batch) for _ in range(c.augment_copies))) / (1 + c.augment_copies)
+        term = term + c.alpha * (c.temperature**2 * kl)
         if output.loss is not None:
             term = term - c.alpha * output.loss
         elif c.alpha < 1:
             raise ValueError("distillation with alpha < 1 needs the task loss, but the batch gave none")
-        if c.hidden_layers:
-            term = term + c.hidden_weight * self._hidden_mse(mask)
         return term
 
+    def _copy_kl(self, batch) -> torch.Tensor:
+        """KL on one perturbed copy of the batch: the student learns the teacher's outputs on it."""
+        copy = perturbed_copy(batch, self.config.augment)
+        teacher_logits = self.teacher_forward(copy, cache=False)
+        student_logits = run_batch(self.student, copy).logits
+        self._student_states.clear()
+        return soft_kl(student_logits, teacher_logits, self.config.temperature, _token_mask(copy, student_logits))
+
     @torch.no_grad()
-    def teacher_forward(self, batch) -> torch.Tensor:
-        caching = self.config.cache_teacher and not self.config.hidden_layers
+    def teacher_forward(self, batch, cache: bool = True) -> torch.Tensor:
+        caching = cache and self.config.cache_teacher and not self.config.hidden_layers
         keys = row_keys(batch) if caching else None
         if keys is not None and all(k in self._logits_cache for k in keys):
             return torch.stack([self._logits_cache[k] for k in keys]).to(model_device(self.student))
