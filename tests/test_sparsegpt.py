@@ -51,7 +51,7 @@ def reference(weight, x, sparsity=None, n=0, m=0, blocksize=128, percdamp=0.01, 
                 err = w[row, j] / d[j]
                 w[row, j:] -= err * inverses[j][0, :]
                 w[row, j] = 0.0
-    return w.float(), (~pruned).float()
+    return w.float(), ~pruned
 
 
 def calibration(columns, tokens=200, dead=(3, 17)):
