@@ -178,17 +178,20 @@ def step_costs(threads: int, rounds: int = 9) -> dict:
 
 
 # distill: the teacher runs every step (the first epoch); distill-cached: its logits for this batch are
-# cached (every later epoch of a classification run)
-VARIANT_STEPS = ("plain", "distill", "distill-cached")
+# cached (every later epoch of a classification run); augmented: cached, plus one perturbed copy the
+# student and the teacher both run (every epoch: copies are never cached)
+VARIANT_STEPS = ("plain", "distill", "distill-cached", "augmented")
 
 
 def make_step(variant: str, teacher):
-    """One optimizer step of LoRA on MiniLM, plain or with logit distillation from ``teacher``."""
+    """One optimizer step of LoRA on MiniLM, plain or with logit distillation from ``teacher`` (on the
+    batch, or on the batch and one perturbed copy of it)."""
     from trimtune.training.batches import run_batch
 
     model = copy.deepcopy(teacher)
     tt.apply(model, tt.LoraConfig(**LORA))
-    config = tt.DistillConfig(**DISTILL, cache_teacher=variant == "distill-cached")
+    settings = RECOVERIES["augmented" if variant == "augmented" else "distill"][1]
+    config = tt.DistillConfig(**settings, cache_teacher=variant != "distill")
     distiller = tt.Distiller(model, teacher, config) if variant != "plain" else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     g = torch.Generator().manual_seed(0)
