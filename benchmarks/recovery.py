@@ -26,6 +26,7 @@ reports peak RSS of each in a fresh child.
     ... --step-only                      # only the step time / memory comparison
     ... --only "shrink 50 %" ...         # some students only (names as in STUDENTS)
     ... --variants augmented             # some recoveries only (names as in RECOVERIES)
+    ... --validate --distill temperature=4   # choose settings on a validation split of the training reviews
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from trimtune.prune.sequential import SequentialConfig, prune_sequential  # noqa
 LORA = dict(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"])
 DISTILL = dict(alpha=0.5, temperature=2.0)
 # how each student recovers: the label's suffix and the distillation settings (None: plain task loss)
-RECOVERIES = {"plain": ("", None), "distill": (" + distill", DISTILL), "augmented": (" + distill, augmented", {**DISTILL, "augment": 0.3})}
+RECOVERIES = {"plain": ("", None), "distill": (" + distill", dict(DISTILL)), "augmented": (" + distill, augmented", {**DISTILL, "augment": 0.3})}
 ENCODER_LINEARS = r"encoder\.layer\.\d+\..*(query|key|value|dense)$"  # every Linear of the 6 blocks
 HEAD_LINEARS = r"layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)$"  # a head's rows and columns
 FFN_OUT = r"layer\.\d+\.output\.dense$"  # an FFN unit is one input column of the down projection
@@ -60,13 +61,15 @@ FFN_OUT = r"layer\.\d+\.output\.dense$"  # an FFN unit is one input column of th
 class Data:
     """One split seed's loaders, and its calibration data (from the training reviews only)."""
 
-    def __init__(self, seed: int, quick: bool):
+    def __init__(self, seed: int, quick: bool, validate: bool = False):
         from transformers import AutoTokenizer
 
         from trimtune.models import minilm_path
 
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         train, test = demo_split(seed=seed)
+        if validate:  # choosing settings: hold out a fifth of the training reviews, never look at the test set
+            train, test = validation_split(train)
         if quick:
             train, test = train[:32], test[:32]
         self.loader = text_loader(train, tokenizer, DEMO_LABELS, 16, shuffle=True, seed=seed)
@@ -76,6 +79,16 @@ class Data:
         ids = torch.tensor(tokenizer("\n".join(r["text"] for r in train), add_special_tokens=False, verbose=False)["input_ids"])
         starts = torch.randint(0, len(ids) - 128 + 1, (32,), generator=torch.Generator().manual_seed(seed))
         self.windows = torch.stack([ids[s:s + 128] for s in starts.tolist()])
+
+
+def validation_split(train: list[dict], fraction: float = 0.2) -> tuple[list[dict], list[dict]]:
+    """(rest, validation): the first ``fraction`` of each label's training reviews (already shuffled
+    by the split seed) held out, the rest in their order."""
+    held = set()
+    for label in DEMO_LABELS:
+        members = [i for i, r in enumerate(train) if r["label"] == label]
+        held.update(members[:round(len(members) * fraction)])
+    return [r for i, r in enumerate(train) if i not in held], [r for i, r in enumerate(train) if i in held]
 
 
 def tune(model, loader, test, epochs: int, teacher=None, distill=None) -> float:
@@ -133,9 +146,9 @@ STUDENTS = {
 }
 
 
-def one_seed(seed: int, epochs: int, quick: bool, only=None, recoveries=tuple(RECOVERIES)) -> dict:
+def one_seed(seed: int, epochs: int, quick: bool, only=None, recoveries=tuple(RECOVERIES), validate: bool = False) -> dict:
     torch.manual_seed(seed)
-    data = Data(seed, quick)
+    data = Data(seed, quick, validate)
     dense, dense_acc = dense_model(data.loader, data.test, epochs)
     results = {"dense LoRA": dense_acc}
     for name, make in STUDENTS.items():
@@ -237,6 +250,16 @@ def summary(per_seed: dict[int, dict]) -> str:
     return markdown_table(["variant", "test accuracy % mean", "min – max", "per seed " + ",".join(map(str, per_seed))], rows)
 
 
+def override_distillation(pairs: list[str]) -> None:
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in tt.DistillConfig.__dataclass_fields__ or not value:
+            raise SystemExit(f"--distill: expected KEY=VALUE with a DistillConfig field, got {pair!r}")
+        value = int(value) if value.isdigit() else float(value)
+        for recovery in ("distill", "augmented") if key != "augment" else ("augmented",):
+            RECOVERIES[recovery][1][key] = value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -247,6 +270,10 @@ def main() -> None:
     parser.add_argument("--json", help="write the per-seed results here")
     parser.add_argument("--only", nargs="*", help=f"students to run (default all): {', '.join(STUDENTS)}")
     parser.add_argument("--variants", nargs="+", choices=list(RECOVERIES), default=list(RECOVERIES), help="recoveries to run (default all)")
+    parser.add_argument("--validate", action="store_true", help="train on 80 %% of the training reviews, report accuracy on the other 20 %% "
+                        "(to choose settings without the test set)")
+    parser.add_argument("--distill", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override distillation settings of the distill and augmented recoveries, e.g. temperature=4 augment=0.15")
     args = parser.parse_args()
     set_threads(args.threads)
     unknown = set(args.only or ()) - set(STUDENTS)
@@ -257,9 +284,10 @@ def main() -> None:
         costs.update(peak_memory(args.threads))
         print(json.dumps(costs, indent=1))
         return
+    override_distillation(args.distill)
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick, args.only, args.variants)
+        per_seed[seed] = one_seed(seed, 1 if args.quick else args.epochs, args.quick, args.only, args.variants, args.validate)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(per_seed, f, indent=1)
