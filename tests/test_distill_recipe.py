@@ -74,3 +74,9 @@ def test_distill_without_training_is_refused(tmp_path, capsys):
 def test_unknown_hidden_layer_names_the_module(tmp_path, capsys):
     code, _, err = main(capsys, "tune", recipe(tmp_path, "bad", distill={"hidden_layers": ["fc9"]}), "--out", tmp_path / "run")
     assert code == 2 and "hidden_layers: student has no module 'fc9'" in err
+
+
+def test_augment_on_image_inputs_names_the_field(tmp_path, capsys):
+    code, _, err = main(capsys, "tune", recipe(tmp_path, "bad", distill={"augment": 0.3}), "--out", tmp_path / "run")
+    assert code == 1 and "augment > 0 needs token-id inputs" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

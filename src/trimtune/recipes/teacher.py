@@ -25,7 +25,8 @@ def load_teacher(recipe: Recipe, model: nn.Module, labels: list[str] | None) -> 
 
 
 def distiller(recipe: Recipe, model: nn.Module, teacher: nn.Module, loaders: Loaders) -> Distiller:
-    """The callback; hidden-state layers read their widths from one training batch."""
+    """The callback; hidden-state layers read their widths from one training batch, and ``augment``
+    checks on it that the inputs are token ids (refused before training starts)."""
     config = recipe.distill.build()
-    example = next(iter(loaders.train)) if config.hidden_layers else None
+    example = next(iter(loaders.train)) if config.hidden_layers or config.augment else None
     return Distiller(model, teacher, config, example_batch=example)
