@@ -257,7 +257,9 @@ def override_distillation(pairs: list[str]) -> None:
             raise SystemExit(f"--distill: expected KEY=VALUE with a DistillConfig field, got {pair!r}")
         value = int(value) if value.isdigit() else float(value)
         for recovery in ("distill", "augmented") if key != "augment" else ("augmented",):
-            RECOVERIES[recovery][1][key] = value
+            suffix, settings = RECOVERIES[recovery]
+            settings[key] = value
+            RECOVERIES[recovery] = (f"{suffix}, {key}={value}", settings)  # results of other settings keep their own names
 
 
 def main() -> None:
