@@ -80,3 +80,21 @@ def test_augment_on_image_inputs_names_the_field(tmp_path, capsys):
     code, _, err = main(capsys, "tune", recipe(tmp_path, "bad", distill={"augment": 0.3}), "--out", tmp_path / "run")
     assert code == 1 and "augment > 0 needs token-id inputs" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_tune_after_shrinking_an_adapted_run(tmp_path, capsys):
+    """A shrink of a LoRA run holds the base and the shrunk adapter in separate files; tuning it again
+    rebuilds both (the adapter folded in) and starts where the shrink ended, the LoRA run teaching."""
+    lora, small, recovered = tmp_path / "lora", tmp_path / "small", tmp_path / "recovered"
+    method = {"type": "lora", "r": 4, "targets": "conv2|fc1"}
+    code, _, err = main(capsys, "tune", recipe(tmp_path, "lora", method=method), "--out", lora, "--quiet")
+    assert code == 0, err
+    code, _, err = main(capsys, "shrink", lora, "--ratio", "0.5", "--out", small, "--quiet")
+    assert code == 0, err
+    code, _, err = main(capsys, "tune", recipe(tmp_path, "recover", model={"path": str(small), "task": "image-classification"},
+                                               method=method, distill={"alpha": 0.5}, train={"epochs": 1}), "--out", recovered, "--quiet")
+    assert code == 0, err
+    summary, shrunk, source = (json.loads((d / "summary.json").read_text()) for d in (recovered, small, lora))
+    assert summary["before"] == pytest.approx(shrunk["after"])  # the shrunk model with its shrunk adapter
+    assert shrunk["after"] != pytest.approx(shrunk["before"])  # (the shrink did change it)
+    assert summary["teacher"] == pytest.approx(source["after"])
