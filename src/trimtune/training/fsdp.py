@@ -69,6 +69,9 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
 
     ``block_classes``: the block types (or class names) to make units of, for architectures
     trimtune does not know. Raises ``ConfigError`` when no block is found, naming what to pass.
+    Every refusal (no process group, no block, ranks holding different values) comes before anything
+    changes. A failure inside ``fully_shard`` itself (e.g. a device the mesh does not cover) leaves the
+    model partly sharded, with 4-bit bases in plain storage: FSDP2 has no way back, so rebuild it.
     ``layer_units``: also make each wrapped layer inside a block (its frozen weight with its deltas)
     a unit of its own, so a process holds one layer whole at a time instead of one block: less
     memory (a Llama MLP projection is ~1/4 of its block), more and smaller all-gathers.
