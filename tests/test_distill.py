@@ -280,3 +280,25 @@ def test_augment_needs_token_inputs():
     with pytest.raises(ValueError, match="augment > 0 needs token-id inputs"):
         tt.train(student, data(), max_steps=1, loss_fn=F.cross_entropy, callbacks=[Distiller(student, mlp(1), DistillConfig(augment=0.2))],
                  progress=False)
+
+
+def test_augmented_distillation_of_a_causal_lm_with_padding():
+    """Per-token logits: the copies keep the batch's attention mask, so padding teaches nothing there either."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=60, n_positions=16, pad_token_id=0)
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(config)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.transformer.h[1].mlp.c_fc.weight.mul_(0.5)  # the student differs, so the KL is not zero
+    tt.apply(student, tt.LoraConfig(r=2, targets=["c_attn"]))
+    ids = torch.randint(1, 60, (4, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 8, dtype=torch.long)
+    mask[2:, 5:] = 0
+    batch = {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    distiller = Distiller(student, teacher, DistillConfig(alpha=0.5, augment=0.3), example_batch=batch)
+    torch.manual_seed(2)
+    result = tt.train(student, [batch] * 3, epochs=1, lr=1e-3, callbacks=[distiller], progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert distiller.teacher_calls == 3 + 3  # per-token logits are never cached; each step's copy too
