@@ -26,7 +26,8 @@ reports peak RSS of each in a fresh child.
     ... --step-only                      # only the step time / memory comparison
     ... --only "shrink 50 %" ...         # some students only (names as in STUDENTS)
     ... --variants augmented             # some recoveries only (names as in RECOVERIES)
-    ... --validate --distill temperature=4   # choose settings on a validation split of the training reviews
+    ... --variants distill augmented --distill alpha=0.2   # other distillation settings (named in the results)
+    ... --validate                       # scores on a fifth of the training reviews held out: for choosing settings
 """
 
 from __future__ import annotations
