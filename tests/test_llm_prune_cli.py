@@ -135,3 +135,38 @@ def test_the_same_prune_as_a_recipe(llama_dir, text_file, tmp_path, capsys):
     recipe.write_text(f"model: {{path: {llama_dir}}}\noneshot: {{sparsity: '2:4', calib: {text_file}}}\ndata: {{train: demo}}\n")
     assert main(["prune", str(recipe), "--out", str(tmp_path / "bad")]) == 2
     assert "takes no ['data'] section" in capsys.readouterr().err
+
+
+
+def test_tune_after_a_one_shot_prune_distills_from_the_dense_directory(llama_dir, tmp_path, capsys):
+    """`trimtune prune --model` records the directory it pruned; a later `trimtune tune` with a distill
+    section takes that dense model as its teacher, not the pruned model it starts from."""
+    from pathlib import Path
+
+    import yaml
+
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", str(llama_dir), "--method", "magnitude", "--out", str(pruned), "--quiet"]) == 0
+    assert json.loads((pruned / "pruned_from.json").read_text()) == {"source": str(llama_dir.resolve())}
+
+    def tune(model_dir, name):
+        recipe = {"model": {"path": str(model_dir), "task": "causal-lm"},
+                  "data": {"train": str(Path(__file__).resolve().parents[1] / "examples" / "data" / "lm_texts"), "eval_fraction": 0.34,
+                           "batch_size": 2, "max_length": 32},
+                  "method": {"type": "lora", "r": 2, "targets": "q_proj|v_proj"}, "train": {"max_steps": 1, "lr": 1e-3}, "distill": {}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+        code = main(["tune", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name), "--quiet"])
+        assert code == 0, capsys.readouterr().err
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    dense, recovered = tune(llama_dir, "dense"), tune(pruned, "recovered")
+    assert dense["teacher"] == pytest.approx(dense["before"])  # a dense start teaches itself (a copy as loaded)
+    assert recovered["teacher"] == pytest.approx(dense["before"])  # the pruned start learns from the dense directory
+    assert recovered["before"]["loss"] != pytest.approx(dense["before"]["loss"])
+    (tmp_path / "moved").mkdir()
+    llama_dir.rename(tmp_path / "moved" / "llama")
+    try:
+        assert main(["tune", str(tmp_path / "recovered.yaml"), "--out", str(tmp_path / "again"), "--quiet"]) == 1
+        assert "was pruned from" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    finally:
+        (tmp_path / "moved" / "llama").rename(llama_dir)

@@ -20,6 +20,7 @@ from .. import api as tt
 from ..core.io.output_dir import RUN_MARKER
 from ..core.io.safetensors_files import read_safetensors
 from ..core.registry import method_for_config
+from ..prune.sequential.stream import SOURCE_FILE
 from ..shrinking.files import HISTORY_FILE, load_shrunk
 from .build import Records, load_model, make_loaders, read_data
 from .load import RESOLVED_NAME, load_recipe
@@ -67,9 +68,17 @@ def load_source(section: ModelSection, labels: list[str] | None) -> tuple[nn.Mod
 
 
 def parent_source(section: ModelSection) -> str | None:
-    """The model a shrink output was cut from (its source run), or None for other sources."""
+    """The dense model a smaller one came from: the run a shrink output was cut from, or the directory
+    a ``trimtune prune --model`` output was pruned from; None for other sources."""
     path = Path(section.path)
-    return str(_shrink_source(path)) if is_shrink_dir(path) else None
+    if is_shrink_dir(path):
+        return str(_shrink_source(path))
+    if (path / SOURCE_FILE).is_file():
+        source = Path(json.loads((path / SOURCE_FILE).read_text(encoding="utf-8"))["source"])
+        if not source.is_dir():
+            raise FileNotFoundError(f"{path} was pruned from {source}, which is gone; set distill.teacher to the dense model")
+        return str(source)
+    return None
 
 
 def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = True) -> Run:

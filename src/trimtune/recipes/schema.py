@@ -222,8 +222,9 @@ class DistillSection(Section):
     """Recover by learning from a frozen teacher: loss (1 − alpha)·task + alpha·T²·KL(teacher ‖ student)
     + hidden_weight · MSE over ``hidden_layers``; with ``augment`` the KL also covers perturbed copies
     of each batch that the teacher labels. teacher: a run directory, a ``trimtune shrink`` output
-    or a Hugging Face directory; default: the run a shrunk ``model.path`` was cut from, else the model
-    as loaded, before the method and pruning."""
+    or a Hugging Face directory; default: the run a shrunk ``model.path`` was cut from (or the directory a
+    ``trimtune prune --model`` output was pruned from), else the model as loaded, before the method and
+    pruning."""
 
     teacher: str | None = None
     alpha: float = 0.5

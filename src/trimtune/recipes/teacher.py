@@ -14,7 +14,8 @@ from .schema import Recipe
 
 def load_teacher(recipe: Recipe, model: nn.Module, labels: list[str] | None) -> nn.Module:
     """``distill.teacher`` when given (a run, a shrink output or a HF directory); else the run a shrink
-    output was cut from; else a copy of the model as loaded, before the method and any pruning.
+    output was cut from, or the directory a one-shot prune output was pruned from; else a copy of the
+    model as loaded, before the method and any pruning.
     Call it right after loading, so the copy is the dense model."""
     source = recipe.distill.teacher or parent_source(recipe.model)
     if source is None:

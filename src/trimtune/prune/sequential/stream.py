@@ -9,7 +9,8 @@ activations, whatever the depth.
 The output is built in a temporary directory beside the target and renamed into place only when
 complete (``io.atomic.atomic_directory``): a failure (disk full, bad input) leaves no output at all.
 It holds sharded safetensors with ``model.safetensors.index.json``, the input's other files (config,
-tokenizer) and ``sparsity_report.json``.
+tokenizer), ``sparsity_report.json`` and ``pruned_from.json`` (the source directory, which a later
+``trimtune tune`` with a ``distill`` section takes as its teacher).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .pipeline import BlockSource, check_samples, check_widths, prune_sequential
 
 INDEX = "model.safetensors.index.json"
 REPORT = "sparsity_report.json"
+SOURCE_FILE = "pruned_from.json"  # the dense directory this one was pruned from: a recovery run's default teacher
 
 
 class Checkpoint:
@@ -276,11 +278,12 @@ def prune_directory(model_dir, out, samples: torch.Tensor | None, config: Sequen
         writer.finish()
         _copy_other_files(model_dir, tmp)
         atomic.write_bytes(tmp / REPORT, (report.to_json() + "\n").encode())
+        atomic.write_bytes(tmp / SOURCE_FILE, (json.dumps({"source": str(model_dir.resolve())}) + "\n").encode())
     return report
 
 
 def _copy_other_files(source: Path, target: Path) -> None:
     """config.json, generation_config.json, tokenizer files: everything but the weights."""
     for path in source.iterdir():
-        if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX and path.name != REPORT:
+        if path.is_file() and not path.name.endswith(".safetensors") and path.name not in (INDEX, REPORT, SOURCE_FILE):
             shutil.copy2(path, target / path.name)
