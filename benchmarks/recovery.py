@@ -242,13 +242,13 @@ def peak_memory(threads: int) -> dict:
     return out
 
 
-def summary(per_seed: dict[int, dict]) -> str:
+def summary(per_seed: dict[int, dict], scored_on: str = "test") -> str:
     rows = []
     names = [n for n in next(iter(per_seed.values()))]
     for name in names:
         values = [100 * r[name] for r in per_seed.values()]
         rows.append([name, f"{statistics.mean(values):.1f}", f"{min(values):.1f} – {max(values):.1f}", " ".join(f"{v:.1f}" for v in values)])
-    return markdown_table(["variant", "test accuracy % mean", "min – max", "per seed " + ",".join(map(str, per_seed))], rows)
+    return markdown_table(["variant", f"{scored_on} accuracy % mean", "min – max", "per seed " + ",".join(map(str, per_seed))], rows)
 
 
 def override_distillation(pairs: list[str]) -> None:
@@ -294,7 +294,7 @@ def main() -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(per_seed, f, indent=1)
-    print(summary(per_seed))
+    print(summary(per_seed, "validation" if args.validate else "test"))
 
 
 if __name__ == "__main__":
