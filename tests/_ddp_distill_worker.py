@@ -25,6 +25,8 @@ from trimtune.training.distributed import (
     init_distributed,
 )
 
+from _training_helpers import BagOfTokens
+
 PER_RANK_BATCH, EXAMPLES, EPOCHS = 4, 32, 2
 
 
@@ -44,16 +46,6 @@ def run(out: Path, batch: int) -> dict[str, torch.Tensor]:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, out / f"rank{info.rank}.safetensors")
     return state
-
-
-class BagOfTokens(nn.Module):
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed, self.head = nn.Embedding(40, 8), nn.Linear(8, 3)
-
-    def forward(self, ids):
-        return self.head(self.embed(ids).mean(1))
 
 
 def run_augmented(out: Path, batch: int) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
-"""Small training helpers shared by tests: an AdamW loop that records losses, and a callback that
-interrupts a run at a given step (to test resuming)."""
+"""Small training helpers shared by tests: an AdamW loop that records losses, a callback that
+interrupts a run at a given step (to test resuming), and a tiny token classifier."""
 
 import torch
+from torch import nn
 
 
 def adamw_losses(model, batches, lr: float = 1e-2, seed: int | None = None) -> list[float]:
@@ -34,3 +35,15 @@ class InterruptAt:
     def on_step_end(self, ctx, step, loss):
         if step == self.step:
             raise Interrupt(step)
+
+
+class BagOfTokens(nn.Module):
+    """A token classifier small enough for exact tests: mean of 8-wide embeddings of 40 tokens, 3 classes."""
+
+    def __init__(self, seed: int, dropout: float = 0.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed, self.drop, self.head = nn.Embedding(40, 8), nn.Dropout(dropout), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.drop(self.embed(ids).mean(1)))

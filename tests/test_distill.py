@@ -13,7 +13,7 @@ import trimtune as tt
 from trimtune.core.config import ConfigError
 from trimtune.training.distill import DistillConfig, Distiller
 
-from _training_helpers import Interrupt, InterruptAt
+from _training_helpers import BagOfTokens, Interrupt, InterruptAt
 
 
 def mlp(seed=0, hidden=16, dropout=0.0):
@@ -197,16 +197,6 @@ def test_resume_restores_the_width_maps_exactly(tmp_path):
         student = copy.deepcopy(shrunk)
         tt.train(student, data(n=48), epochs=2, lr=1e-2, loss_fn=F.cross_entropy, progress=False,
                  checkpoint=tt.CheckpointConfig(tmp_path / "cut"), resume=True)
-
-
-class BagOfTokens(nn.Module):
-    def __init__(self, seed, dropout=0.0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed, self.drop, self.head = nn.Embedding(40, 8), nn.Dropout(dropout), nn.Linear(8, 3)
-
-    def forward(self, ids):
-        return self.head(self.drop(self.embed(ids).mean(1)))
 
 
 def token_data(n=24, seed=1):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _ddp_distill_worker import PER_RANK_BATCH, BagOfTokens, run
+from _ddp_distill_worker import PER_RANK_BATCH, run
+from _training_helpers import BagOfTokens
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,7 @@ import trimtune as tt
 from trimtune.core.state import layers
 
 from _peft_parity import assert_parity, copy_from_peft
+from _training_helpers import adamw_losses
 
 SPECS = {  # fixture -> targets (the same names for both); down_proj makes the shared A wider than q/v need
     "minilm": ["query", "value"],
@@ -114,18 +115,9 @@ def test_training_losses_match_peft(tiny_llama):
     batches = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 100, (4, 2, 8))]
     losses = []
     for model in (ours, theirs):
-        model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         assert len(params) == 2 * 6  # λ_b and λ_d on 2 layers x (q, v, down); A and B stay frozen
-        optimizer = torch.optim.AdamW(params, lr=1e-2)
-        run = []
-        for batch in batches:
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            run.append(loss.item())
-        losses.append(run)
+        losses.append(adamw_losses(model, batches))
     assert losses[0][0] != losses[0][-1]
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=0)
 
