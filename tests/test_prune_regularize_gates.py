@@ -6,7 +6,6 @@ from torch import nn
 
 import trimtune
 from trimtune import ConfigError
-from trimtune.core.state import wrap
 from trimtune.prune import (
     GateConfig,
     gates_to_masks,

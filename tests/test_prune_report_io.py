@@ -1,6 +1,5 @@
 """Report (indices of zero structures, table, JSON), sparse storage, and the training callback."""
 
-import copy
 import json
 
 import pytest
