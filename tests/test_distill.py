@@ -264,6 +264,10 @@ def test_augmented_resume_perturbs_as_the_uninterrupted_run(tmp_path):
 
 
 def test_augment_needs_token_inputs():
+    student, teacher, batch = BagOfTokens(0), BagOfTokens(1), next(iter(token_data()))
+    state = torch.get_rng_state()
+    Distiller(student, teacher, DistillConfig(augment=0.2), example_batch=batch)
+    assert torch.equal(torch.get_rng_state(), state)  # the check draws nothing: training's random stream is as without it
     student = mlp(0)
     with pytest.raises(ValueError, match="augment > 0 needs token-id inputs"):
         Distiller(student, mlp(1), DistillConfig(augment=0.2), example_batch=next(iter(data())))

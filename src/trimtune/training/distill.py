@@ -44,7 +44,7 @@ from .batches import BatchOutput, run_batch, to_device
 from .callbacks import Callback, TrainContext
 from .distributed import unwrap_model
 from .evaluate import model_device
-from .token_swap import perturbed_copy
+from .token_swap import perturbed_copy, token_inputs
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Distiller(Callback):
         self._s_modules = s_modules
         self.maps = self._make_maps(example_batch) if self.config.hidden_layers else nn.ModuleDict()
         if self.config.augment and example_batch is not None:
-            perturbed_copy(example_batch, self.config.augment)  # token-id inputs, or a clear error now
+            token_inputs(example_batch)  # token-id inputs, or a clear error now
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.maps.parameters())

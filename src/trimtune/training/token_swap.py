@@ -21,14 +21,23 @@ def perturbed_copy(batch, share: float):
     which each replaceable token is replaced with probability ``share`` by a token drawn uniformly from
     the batch's replaceable tokens. Labels are left out: a perturbed example's label is the teacher's
     to give. Raises ValueError when the batch carries no token ids."""
-    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-    if isinstance(inputs, Mapping) and _is_token_ids(inputs.get("input_ids")):
+    inputs = token_inputs(batch)
+    if isinstance(inputs, Mapping):
         fields = {k: v for k, v in inputs.items() if k != "labels"}
         return {**fields, "input_ids": swap_tokens(inputs["input_ids"], inputs.get("attention_mask"), share)}
-    if _is_token_ids(inputs):
-        return swap_tokens(inputs, None, share), None
-    raise ValueError("distillation with augment > 0 needs token-id inputs (a batch with a 2-D integer 'input_ids', "
-                     "or an (ids, targets) pair of integer ids) to make perturbed copies from; set augment: 0 for other inputs")
+    return swap_tokens(inputs, None, share), None
+
+
+def token_inputs(batch):
+    """The batch's inputs (a mapping with a 2-D integer ``input_ids``, or a tensor of ids); raises
+    ValueError naming what is needed otherwise. Draws nothing: a check before training changes no
+    random stream."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+    ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else inputs
+    if not (isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point() and not ids.is_complex()):
+        raise ValueError("distillation with augment > 0 needs token-id inputs (a batch with a 2-D integer 'input_ids', "
+                         "or an (ids, targets) pair of integer ids) to make perturbed copies from; set augment: 0 for other inputs")
+    return inputs
 
 
 def swap_tokens(ids: torch.Tensor, attention_mask: torch.Tensor | None, share: float) -> torch.Tensor:
@@ -42,10 +51,6 @@ def swap_tokens(ids: torch.Tensor, attention_mask: torch.Tensor | None, share: f
     swapped = ids.clone()
     swapped[chosen] = pool[torch.randint(pool.numel(), (int(chosen.sum()),), device=ids.device)]
     return swapped
-
-
-def _is_token_ids(value) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim == 2 and not value.is_floating_point() and not value.is_complex()
 
 
 def _inner_positions(ids: torch.Tensor, attention_mask) -> torch.Tensor:
