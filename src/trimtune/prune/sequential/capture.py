@@ -91,6 +91,13 @@ def capture(model: nn.Module, first_block: nn.Module, samples: torch.Tensor) -> 
     return BlockCalls(calls, hidden)
 
 
+def token_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of an activation ``x`` (batch, seq, features) that belong to real tokens, as a 2-D
+    (tokens, features) tensor: what every statistic (Hessians, norms, means) must see, so padding
+    never enters one. Every recorded call holds real tokens only today (one unpadded sample per call)."""
+    return x.reshape(-1, x.shape[-1])
+
+
 def _output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
