@@ -31,6 +31,8 @@ class Architecture:
     o: str | None = None
     ffn_up: tuple[str, ...] = ()  # up (and gate) projections: their outputs are the FFN units
     ffn_down: str | None = None
+    attn_norm: str | None = None  # the norm whose output feeds attention (pre-norm decoders)
+    ffn_norm: str | None = None  # the norm whose output feeds the FFN
     grouped_query_config: bool = False  # the config states num_key_value_heads and head_dim (Llama family)
     # Around the blocks, relative to the base model (``model.base_model``), for block-by-block pruning:
     embeddings: tuple[str, ...] = ()  # the modules that run before block 0 (made real to capture its inputs)
@@ -60,6 +62,7 @@ _LLAMA = Architecture(
     blocks="layers", block_class="LlamaDecoderLayer", attention="self_attn",
     q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
     ffn_up=("mlp.gate_proj", "mlp.up_proj"), ffn_down="mlp.down_proj", grouped_query_config=True,
+    attn_norm="input_layernorm", ffn_norm="post_attention_layernorm",
     embeddings=("embed_tokens",), final_norm="norm", rotary="rotary_emb",
     lora=("q_proj", "v_proj"), ia3=("k_proj", "v_proj", "down_proj"), ia3_feedforward=("down_proj",),
     houlsby=["o_proj", "down_proj"], pfeiffer=["down_proj"],
@@ -75,7 +78,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                           houlsby=["o_proj", "down_proj"], pfeiffer=["down_proj"]),
     "gpt2": Architecture(
         blocks="h", block_class="GPT2Block", attention="attn", qkv="attn.c_attn", o="attn.c_proj",
-        ffn_up=("mlp.c_fc",), ffn_down="mlp.c_proj", embeddings=("wte", "wpe"), final_norm="ln_f",
+        ffn_up=("mlp.c_fc",), ffn_down="mlp.c_proj", embeddings=("wte", "wpe"), final_norm="ln_f", attn_norm="ln_1", ffn_norm="ln_2",
         lora=("c_attn",), ia3=("c_attn", "mlp.c_proj"), ia3_feedforward=("mlp.c_proj",),
         houlsby=["attn.c_proj", "mlp.c_proj"], pfeiffer=["mlp.c_proj"],
     ),

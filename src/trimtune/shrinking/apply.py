@@ -10,7 +10,7 @@ from torch import nn
 from ..core.layer_kinds import kind_class_for
 from ..core.tuned_layer import TunedLayer
 from .graph import Group
-from .slicing import slice_module
+from ..core.slicing import slice_module
 
 
 def _dim_size(module: nn.Module, dim: str) -> int:

@@ -23,7 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..core.layer_kinds import kind_class_for
 from ..core.modules_to_save import ModuleCopies
 from ..core.tuned_layer import TunedLayer
-from .slicing import _NORMS, is_depthwise
+from ..core.slicing import _NORMS, is_depthwise
 
 
 class UntraceableError(RuntimeError):

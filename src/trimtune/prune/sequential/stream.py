@@ -159,7 +159,7 @@ class ShardWriter:
         atomic.write_json(self.directory / INDEX, {"metadata": {"total_size": self.size}, "weight_map": dict(sorted(self.weight_map.items()))})
 
 
-def _group(keys: list[str], slices: dict, limit: int) -> list[list[str]]:
+def group_by_size(keys: list[str], slices: dict, limit: int) -> list[list[str]]:
     """Non-block tensors in shards of at most ``limit`` bytes (a bigger tensor gets its own)."""
     groups, current, size = [], [], 0
     for key in keys:
@@ -215,7 +215,7 @@ _MALLOPT = _glibc("mallopt")
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 
 
-def _map_large_buffers() -> None:
+def map_large_buffers() -> None:
     """Every buffer from 1 MiB up gets its own mapping, given back to the OS when freed. glibc serves
     smaller buffers than its mmap threshold from the heap, and raises that threshold (up to 32 MB)
     each time a mapped buffer is freed; a block's temporaries (scores, indices, masks: 1 to 46 MB)
@@ -234,9 +234,12 @@ def _return_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _check_out(out: Path, model_dir: Path) -> None:
+def check_out(out: Path, model_dir: Path) -> None:
+    """The output is a new directory, neither the input nor inside it."""
     if out.resolve() == model_dir.resolve():
         raise ValueError(f"--out {out} is the input model directory; write the pruned model elsewhere")
+    if model_dir.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out} is inside the input model directory {model_dir}; write the pruned model elsewhere")
     if out.exists():
         raise FileExistsError(f"output directory {out} already exists; choose a new --out (nothing is overwritten)")
 
@@ -245,11 +248,11 @@ def prune_directory(model_dir, out, samples: torch.Tensor | None, config: Sequen
                     max_shard_bytes: int = 1 << 28, on_block: Callable[[int], None] | None = None) -> SparsityReport:
     """Prune the safetensors model in ``model_dir`` block by block from disk into a new directory ``out``.
     ``on_block(i)`` is called once block i is written (benchmarks time blocks with it). On glibc it
-    fixes the allocator's mmap threshold at 1 MiB for the process (``_map_large_buffers``: why). Magnitude reads
+    fixes the allocator's mmap threshold at 1 MiB for the process (``map_large_buffers``: why). Magnitude reads
     no ``samples`` (None is fine): it loads, prunes and writes each block without any forward pass."""
     model_dir, out = Path(model_dir), Path(out)
-    _check_out(out, model_dir)
-    _map_large_buffers()
+    check_out(out, model_dir)
+    map_large_buffers()
     checkpoint = Checkpoint(model_dir)
     model = empty_model(model_dir)
     layout = layout_of(model)
@@ -260,7 +263,7 @@ def prune_directory(model_dir, out, samples: torch.Tensor | None, config: Sequen
     block_keys = {k for k in checkpoint.shard_of if k.startswith(f"{layout.blocks}.")}
     rest = [k for k in checkpoint.shard_of if k not in block_keys]
     slices = checkpoint.slices()
-    groups = _group(rest, slices, max_shard_bytes)
+    groups = group_by_size(rest, slices, max_shard_bytes)
     with atomic.atomic_directory(out) as tmp:
         writer = ShardWriter(tmp, len(groups) + len(blocks))
         for group in groups:  # embeddings, final norm, head: copied byte for byte, never loaded
@@ -276,13 +279,13 @@ def prune_directory(model_dir, out, samples: torch.Tensor | None, config: Sequen
 
         report = prune_sequential(model, samples, config, DiskBlocks(checkpoint, layout), progress, on_block=save)
         writer.finish()
-        _copy_other_files(model_dir, tmp)
+        copy_other_files(model_dir, tmp)
         atomic.write_bytes(tmp / REPORT, (report.to_json() + "\n").encode())
         atomic.write_bytes(tmp / SOURCE_FILE, (json.dumps({"source": str(model_dir.resolve())}) + "\n").encode())
     return report
 
 
-def _copy_other_files(source: Path, target: Path) -> None:
+def copy_other_files(source: Path, target: Path) -> None:
     """config.json, generation_config.json, tokenizer files: everything but the weights."""
     for path in source.iterdir():
         if path.is_file() and not path.name.endswith(".safetensors") and path.name not in (INDEX, REPORT, SOURCE_FILE):

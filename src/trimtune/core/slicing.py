@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.layer_kinds import kind_class_for
-from ..core.masks import reindex_pruned
-from ..core.tuned_layer import TunedLayer
+from .layer_kinds import kind_class_for
+from .masks import reindex_pruned
+from .tuned_layer import TunedLayer
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
