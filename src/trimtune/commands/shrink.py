@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from .common import add_quiet, add_run_dir, logger, show
+from .llm_shrink import add_llm_shrink_arguments, run_llm_shrink
 
 
 def fraction(text: str) -> float:
@@ -24,9 +25,9 @@ def add_shrink(subparsers) -> None:
     p = subparsers.add_parser("shrink", help="physically remove heads, FFN units or channels of a run's model",
                               description="Rebuilds a run's model, shrinks it (shrink.json: per layer shape before -> after "
                               "and kept indices; params, bytes, MACs before/after) and saves it with its shrink history.")
-    add_run_dir(p)
+    add_run_dir(p, optional=True)
     p.add_argument("--out", type=Path, required=True, help="directory for the shrunk model and shrink.json")
-    how = p.add_mutually_exclusive_group(required=True)
+    how = p.add_mutually_exclusive_group()
     how.add_argument("--ratio", type=fraction, help="fraction of each group's units to remove, by group magnitude (0 < RATIO < 1)")
     how.add_argument("--from-masks", action="store_true", help="remove exactly the units a structured `prune` run zeroed")
     p.add_argument("--structures", default="heads,ffn", help="transformers: which of heads,ffn to shrink (default: %(default)s)")
@@ -34,10 +35,21 @@ def add_shrink(subparsers) -> None:
     p.add_argument("--latency", action="store_true", help="also time the model before and after")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_quiet(p)
+    add_llm_shrink_arguments(p)
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    if args.model is not None:
+        if args.run_dir is not None or args.ratio is not None or args.from_masks:
+            raise ValueError("give either RUN_DIR (with --ratio or --from-masks) or --model DIR (with --heads/--ffn/--hidden/--drop-layers), not both")
+        return run_llm_shrink(args)
+    if args.run_dir is None or (args.ratio is None and not args.from_masks):
+        raise ValueError("`trimtune shrink` needs RUN_DIR with --ratio or --from-masks, or --model DIR with --heads/--ffn/--hidden/--drop-layers")
+    return run_run_dir(args)
+
+
+def run_run_dir(args) -> int:
     import json
 
     from ..api import save_shrunk, shrink

@@ -92,6 +92,15 @@ def _layer_pair(entry) -> tuple[str, str]:
     raise ConfigError(f"hidden_layers entries must be a module name or a [student_name, teacher_name] pair, got {entry!r}")
 
 
+def _check_vocabularies(student: nn.Module, teacher: nn.Module) -> None:
+    """Both read the same token ids (and a causal LM's logits are compared entry by entry): a teacher
+    with another vocabulary would be fed ids that mean other tokens to it, or fail mid-training."""
+    sizes = [getattr(getattr(m, "config", None), "vocab_size", None) for m in (student, teacher)]
+    if None not in sizes and sizes[0] != sizes[1]:
+        raise ValueError(f"the teacher's vocabulary has {sizes[1]} tokens (config vocab_size), the student's {sizes[0]}: "
+                         "distil from a teacher with the student's tokenizer (distill.teacher)")
+
+
 class Distiller(Callback):
     """The distillation callback for ``train``. ``example_batch`` (one training batch) is needed only
     with ``hidden_layers``: it tells the widths of the chosen modules, so the maps exist before the
@@ -102,6 +111,7 @@ class Distiller(Callback):
         student = unwrap_model(student)
         if _shares_parameters(student, teacher):
             raise ValueError("the teacher shares parameters with the student; pass a frozen copy (copy.deepcopy(model) before pruning)")
+        _check_vocabularies(student, teacher)
         self.teacher = teacher.to(model_device(student)).eval().requires_grad_(False)
         self.student = student
         self._student_states: dict[str, torch.Tensor] = {}

@@ -1,0 +1,56 @@
+"""``trimtune shrink --model DIR --heads 0.25 --ffn 0.25 --hidden 0.1 --drop-layers 4 --calib FILE --out DIR``:
+make a causal LM directory physically smaller (fewer heads, FFN channels, hidden channels, blocks),
+chosen from calibration text and repaired, one block in memory at a time
+(``trimtune.prune.structured``). The output is a plain Hugging Face directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import show
+
+
+def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("structured shrinking of a causal LM directory, block by block (instead of RUN_DIR)")
+    g.add_argument("--model", type=Path, help="Hugging Face causal LM directory with safetensors weights (llama, mistral, qwen2; gpt2: ffn and depth)")
+    g.add_argument("--heads", type=float, default=0.0, help="fraction of attention heads to remove from every block (default: 0)")
+    g.add_argument("--ffn", type=float, default=0.0, help="fraction of FFN channels to remove from every block (default: 0)")
+    g.add_argument("--hidden", type=float, default=0.0, help="fraction of hidden (embedding) channels to remove everywhere (default: 0)")
+    g.add_argument("--drop-layers", type=int, default=0, help="whole blocks to remove (default: 0)")
+    g.add_argument("--importance", default="fluctuation", choices=("activation", "fluctuation", "wanda"), help="structure scores (default: %(default)s)")
+    g.add_argument("--depth-metric", default="block-influence", choices=("block-influence", "angular"), help="block scores (default: %(default)s)")
+    g.add_argument("--repair", default="lstsq", choices=("none", "bias", "lstsq"), help="repair of o_proj/down_proj (default: %(default)s)")
+    g.add_argument("--gqa", default="kv", choices=("kv", "query"),
+                   help="grouped-query attention: remove whole KV groups, or the same number of query heads per group (default: %(default)s)")
+    g.add_argument("--percdamp", type=float, default=0.01, help="least-squares dampening, fraction of the mean diagonal (default: %(default)s)")
+    g.add_argument("--calib", type=Path, help="local text file the calibration windows are drawn from")
+    g.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)")
+    g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows (default: %(default)s)")
+
+
+def run_llm_shrink(args) -> int:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..api import StructuredConfig, shrink_llm_directory
+    from ..prune.sequential.calib_text import calibration_samples, check_counts
+    from ..prune.sequential.pipeline import check_seqlen
+    from ..prune.structured.plan import check_plan
+
+    if args.overwrite:
+        raise ValueError("--overwrite is not taken with --model: the shrunk model goes to a new --out, and nothing is replaced")
+    config = StructuredConfig(args.heads, args.ffn, args.hidden, args.drop_layers, args.importance, args.depth_metric,
+                              args.repair, args.gqa, args.percdamp)
+    check_plan(AutoConfig.from_pretrained(args.model), config)  # before the calibration text is read
+    if args.calib is None:
+        raise ValueError("--calib FILE is required with --model: a local text file to draw calibration windows from")
+    check_counts(args.nsamples, args.seqlen)
+    check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
+    samples = calibration_samples(args.calib, AutoTokenizer.from_pretrained(args.model), args.nsamples, args.seqlen, args.seed)
+    report = shrink_llm_directory(args.model, args.out, samples, config, progress=None if args.quiet else "shrinking blocks")
+    if not args.quiet:
+        print(report.table(), flush=True)
+    show("result", {"out": str(args.out), "before": report.before, "after": report.after,
+                    "non_embedding_removed": round(report.removed_fraction, 6), "dropped_blocks": report.dropped_blocks})
+    return 0
