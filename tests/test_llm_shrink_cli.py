@@ -116,3 +116,24 @@ def test_a_teacher_with_another_vocabulary_is_refused(gqa_llama, tmp_path):
                                          num_key_value_heads=2, vocab_size=50))
     with pytest.raises(ValueError, match="vocabulary has 50 tokens"):
         Distiller(student, other)
+
+
+def test_the_same_shrink_as_a_recipe(gqa_llama, text_file, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    recipe = tmp_path / "shrink.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(gqa_llama), "task": "causal-lm"},
+        "shrink": {"ffn": 0.5, "drop_layers": 1, "calib": str(text_file), "nsamples": 4, "seqlen": 32},
+        "output": str(tmp_path / "from_recipe"),
+    }))
+    assert main(["shrink", str(recipe), "--quiet"]) == 0
+    flags = tmp_path / "from_flags"
+    assert main(shrink_args(gqa_llama, text_file, flags, "--ffn", "0.5", "--drop-layers", "1", "--quiet")) == 0
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "from_recipe").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(flags).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the recipe is exactly the flags
+    capsys.readouterr()
+    recipe.write_text(yaml.safe_dump({"model": {"path": str(gqa_llama)}, "shrink": {"ffn": 1.5, "calib": str(text_file)}}))
+    assert main(["shrink", str(recipe), "--out", str(tmp_path / "bad")]) == 2
+    assert "ffn must be a fraction in [0, 1)" in capsys.readouterr().err

@@ -38,6 +38,8 @@ def run_llm_shrink(args) -> int:
     from ..prune.sequential.pipeline import check_seqlen
     from ..prune.structured.plan import check_plan
 
+    if args.out is None:
+        raise ValueError("--out is required with --model: the new directory for the shrunk model")
     if args.overwrite:
         raise ValueError("--overwrite is not taken with --model: the shrunk model goes to a new --out, and nothing is replaced")
     config = StructuredConfig(args.heads, args.ffn, args.hidden, args.drop_layers, args.importance, args.depth_metric,

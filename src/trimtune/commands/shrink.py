@@ -25,8 +25,8 @@ def add_shrink(subparsers) -> None:
     p = subparsers.add_parser("shrink", help="physically remove heads, FFN units or channels of a run's model",
                               description="Rebuilds a run's model, shrinks it (shrink.json: per layer shape before -> after "
                               "and kept indices; params, bytes, MACs before/after) and saves it with its shrink history.")
-    add_run_dir(p, optional=True)
-    p.add_argument("--out", type=Path, required=True, help="directory for the shrunk model and shrink.json")
+    add_run_dir(p, made_by="tune, prune or diff (or a YAML recipe with a shrink: section)", optional=True)
+    p.add_argument("--out", type=Path, help="directory for the shrunk model (required, except for a recipe with an output)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--ratio", type=fraction, help="fraction of each group's units to remove, by group magnitude (0 < RATIO < 1)")
     how.add_argument("--from-masks", action="store_true", help="remove exactly the units a structured `prune` run zeroed")
@@ -40,6 +40,8 @@ def add_shrink(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.run_dir is not None and args.run_dir.suffix in (".yaml", ".yml") and args.run_dir.is_file():
+        return run_llm_shrink(recipe_arguments(args))
     if args.model is not None:
         if args.run_dir is not None or args.ratio is not None or args.from_masks:
             raise ValueError("give either RUN_DIR (with --ratio or --from-masks) or --model DIR (with --heads/--ffn/--hidden/--drop-layers), not both")
@@ -47,6 +49,18 @@ def run(args) -> int:
     if args.run_dir is None or (args.ratio is None and not args.from_masks):
         raise ValueError("`trimtune shrink` needs RUN_DIR with --ratio or --from-masks, or --model DIR with --heads/--ffn/--hidden/--drop-layers")
     return run_run_dir(args)
+
+
+def recipe_arguments(args):
+    """The ``trimtune shrink --model ...`` arguments a recipe with a ``shrink:`` section stands for."""
+    from ..recipes.load import RecipeError, load_recipe
+
+    recipe = load_recipe(args.run_dir, [])
+    if recipe.shrink is None:
+        raise RecipeError(f"`trimtune shrink RECIPE` needs a shrink: section in {args.run_dir} (e.g. shrink: {{ffn: 0.25, calib: text.txt}})")
+    section = recipe.shrink.model_dump()
+    return argparse.Namespace(**{**vars(args), **section, "model": Path(recipe.model.path), "calib": Path(section["calib"]),
+                                 "out": args.out or Path(recipe.output), "run_dir": None})
 
 
 def run_run_dir(args) -> int:
@@ -58,6 +72,8 @@ def run_run_dir(args) -> int:
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
 
+    if args.out is None:
+        raise ValueError("--out is required: the directory for the shrunk model")
     check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
     loaded = load_run(args.run_dir, check_base=args.check_base)
     loaders = loaded.loaders()

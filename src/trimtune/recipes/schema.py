@@ -19,6 +19,7 @@ from ..core.registry import recipe_methods
 from ..models import minilm_path
 from ..prune import PruneConfig, PruneSchedule
 from ..prune.sequential import SequentialConfig
+from ..prune.structured import StructuredConfig
 from ..training.distill import DistillConfig
 
 
@@ -218,6 +219,37 @@ class OneShotSection(Section):
         return value
 
 
+class ShrinkSection(Section):
+    """Structured shrinking of a causal LM directory (``trimtune shrink RECIPE`` with ``model`` and this
+    section): the fields of ``trimtune shrink --model`` (see ``trimtune shrink --help``)."""
+
+    heads: float = 0.0
+    ffn: float = 0.0
+    hidden: float = 0.0
+    drop_layers: int = 0
+    importance: Literal["activation", "fluctuation", "wanda"] = "fluctuation"
+    depth_metric: Literal["block-influence", "angular"] = "block-influence"
+    repair: Literal["none", "bias", "lstsq"] = "lstsq"
+    gqa: Literal["kv", "query"] = "kv"
+    percdamp: float = Field(0.01, ge=0.0)
+    calib: str
+    nsamples: int = Field(128, ge=1)
+    seqlen: int = Field(2048, ge=2)
+    seed: int = 0
+
+    def build(self) -> StructuredConfig:
+        return StructuredConfig(self.heads, self.ffn, self.hidden, self.drop_layers, self.importance, self.depth_metric,
+                                self.repair, self.gqa, self.percdamp)
+
+    @model_validator(mode="after")
+    def _library_checks(self):
+        try:
+            self.build()
+        except ConfigError as err:
+            raise ValueError(section_error("shrink", err, list(type(self).model_fields))) from None
+        return self
+
+
 class DistillSection(Section):
     """Recover by learning from a frozen teacher: loss (1 − alpha)·task + alpha·T²·KL(teacher ‖ student)
     + hidden_weight · MSE over ``hidden_layers``; with ``augment`` the KL also covers perturbed copies
@@ -252,6 +284,7 @@ class Recipe(Section):
     model: ModelSection
     data: DataSection | None = None
     oneshot: OneShotSection | None = None
+    shrink: ShrinkSection | None = None
     method: MethodSection | None = None
     prune: PruneSection | None = None
     distill: DistillSection | None = None
@@ -267,12 +300,13 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _data_or_oneshot(self):
-        if self.oneshot is not None:
-            extra = [name for name in ("data", "method", "prune", "distill") if getattr(self, name) is not None]
+        walks = [name for name in ("oneshot", "shrink") if getattr(self, name) is not None]
+        if walks:
+            extra = [name for name in ("data", "method", "prune", "distill", "oneshot", "shrink") if name != walks[0] and getattr(self, name) is not None]
             if extra:
-                raise ValueError(f"a oneshot: recipe prunes a model directory block by block; it takes no {extra} section(s)")
+                raise ValueError(f"a {walks[0]}: recipe changes a model directory block by block; it takes no {extra} section(s)")
         elif self.data is None:
-            raise ValueError("missing key data (or a oneshot: section, to prune a model directory block by block)")
+            raise ValueError("missing key data (or a oneshot: or shrink: section, to prune or shrink a model directory block by block)")
         return self
 
     @model_validator(mode="after")
