@@ -47,7 +47,7 @@ def test_shrink_then_evaluate_then_recover_by_distillation(gqa_llama, text_file,
     from transformers import AutoModelForCausalLM
 
     small = tmp_path / "small"
-    code = main(shrink_args(gqa_llama, text_file, small, "--heads", "0.5", "--ffn", "0.25", "--hidden", "0.25", "--drop-layers", "1"))
+    code = main(shrink_args(gqa_llama, text_file, small, "--heads", "0.5", "--ffn", "0.25", "--hidden", "0.25", "--drop-layers", "1", "--speed"))
     printed = capsys.readouterr()
     assert code == 0, printed.err
     result = json.loads(printed.out.split("result: ")[1])
@@ -55,6 +55,10 @@ def test_shrink_then_evaluate_then_recover_by_distillation(gqa_llama, text_file,
                                "head_dim": 8, "intermediate_size": 48}
     assert "shrinking blocks" in printed.err  # a progress bar per block
     assert "heads removed" in printed.out  # the per-block table
+    report = json.loads((small / "shrink_report.json").read_text())
+    assert report["file_bytes"]["after"] < report["file_bytes"]["before"]
+    assert report["parameters_after"]["macs_per_token"] < report["parameters_before"]["macs_per_token"]
+    assert report["speed"]["shrunk"]["decode_tokens_per_s"] > 0 and report["speed"]["dense"]["prefill_tokens_per_s"] > 0
     model = AutoModelForCausalLM.from_pretrained(small)  # a plain directory: transformers alone loads it
     assert model.config.num_hidden_layers == 2 and (small / "tokenizer.json").is_file()
     assert main(["eval", "--model", str(small), "--perplexity", str(text_file), "--seqlen", "32"]) == 0

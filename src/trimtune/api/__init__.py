@@ -57,6 +57,7 @@ from ..training import (
     linear_schedule,
     train,
 )
+from ..training.generation_speed import generation_speed
 from ..training.perplexity import perplexity
 from .adapters import merge, print_trainable_parameters, trainable_parameters, unload, unmerge
 from .files import load_adapter, load_shrunk, save_adapter, save_shrunk

@@ -28,6 +28,8 @@ def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)")
     g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows (default: %(default)s)")
+    g.add_argument("--speed", action="store_true", help="also time prefill (128-token prompt) and greedy decode (128 tokens), "
+                   "dense vs shrunk, batch 1; this loads both whole models")
 
 
 def run_llm_shrink(args) -> int:
@@ -51,8 +53,24 @@ def run_llm_shrink(args) -> int:
     check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
     samples = calibration_samples(args.calib, AutoTokenizer.from_pretrained(args.model), args.nsamples, args.seqlen, args.seed)
     report = shrink_llm_directory(args.model, args.out, samples, config, progress=None if args.quiet else "shrinking blocks")
+    if args.speed:
+        report.speed = _speed(args.model, args.out, samples)
+        from ..core.io.atomic import write_bytes
+        from ..prune.structured.stream import REPORT
+
+        write_bytes(args.out / REPORT, (report.to_json() + "\n").encode())
     if not args.quiet:
         print(report.table(), flush=True)
     show("result", {"out": str(args.out), "before": report.before, "after": report.after,
                     "non_embedding_removed": round(report.removed_fraction, 6), "dropped_blocks": report.dropped_blocks})
     return 0
+
+
+def _speed(dense_dir: Path, shrunk_dir: Path, samples) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from ..api import generation_speed
+
+    prompt = samples[:1, :128]
+    return {name: generation_speed(AutoModelForCausalLM.from_pretrained(path), prompt, new_tokens=128)
+            for name, path in (("dense", dense_dir), ("shrunk", shrunk_dir))}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from torch import nn
+
 
 from .config import StructuredConfig
 
@@ -27,12 +29,16 @@ def parameter_count(config) -> dict:
         model = AutoModelForCausalLM.from_config(config)
     model.tie_weights()  # a tied head shares the embedding's tensor: count it once
     total = sum(p.numel() for p in model.parameters())
-    outer = {id(p): p.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
-             for p in m.parameters()}
+    embeddings = model.get_input_embeddings()
+    outer = {id(p): p.numel() for m in (embeddings, model.get_output_embeddings()) if m is not None for p in m.parameters()}
     for name, p in model.named_parameters():
         if name.endswith("wpe.weight"):
             outer[id(p)] = p.numel()
-    return {"total": total, "non_embedding": total - sum(outer.values())}
+    matrices = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+                   for p in [m.weight])
+    # a generated token costs one multiply-add per weight of every projection and of the head (the
+    # embedding is a lookup; attention over the context grows with its length and is left out)
+    return {"total": total, "non_embedding": total - sum(outer.values()), "macs_per_token": matrices}
 
 
 @dataclass
@@ -46,6 +52,8 @@ class StructuredReport:
     scores: dict = field(default_factory=dict)
     parameters_before: dict = field(default_factory=dict)
     parameters_after: dict = field(default_factory=dict)
+    file_bytes: dict = field(default_factory=dict)  # {"before", "after"}: the weight files (streamed runs)
+    speed: dict = field(default_factory=dict)  # {"dense", "shrunk"}: prefill / decode tokens per second, if measured
 
     @classmethod
     def build(cls, config: StructuredConfig, old, new, changes, dropped, hidden_keep, scores) -> "StructuredReport":
@@ -77,6 +85,12 @@ class StructuredReport:
         p0, p1 = self.parameters_before, self.parameters_after
         lines.append(f"parameters: {p0['total']:,} -> {p1['total']:,}; non-embedding {p0['non_embedding']:,} -> "
                      f"{p1['non_embedding']:,} ({100 * self.removed_fraction:.1f} % removed)")
+        lines.append(f"MACs per token: {p0['macs_per_token']:,} -> {p1['macs_per_token']:,}")
+        if self.file_bytes:
+            lines.append(f"weight files: {self.file_bytes['before']:,} -> {self.file_bytes['after']:,} bytes")
+        for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+            if self.speed:
+                lines.append(f"{key}: {self.speed['dense'][key]:.1f} -> {self.speed['shrunk'][key]:.1f}")
         return "\n".join(lines)
 
 

@@ -93,6 +93,7 @@ def shrink_llm_directory(model_dir, out, samples, config: StructuredConfig, prog
         report, new_config, hidden_keep, _ = plan_and_shrink(model, samples, config, DiskBlocks(checkpoint, layout), progress, save)
         _write_outer(writer, checkpoint, groups, slices, hidden_keep, layout, head)
         writer.finish()
+        report.file_bytes = {"before": sum(s.length for s in slices.values()), "after": writer.size}
         copy_other_files(model_dir, tmp)
         atomic.write_bytes(tmp / "config.json", new_config.to_json_string(use_diff=True).encode())
         atomic.write_bytes(tmp / REPORT, (report.to_json() + "\n").encode())
