@@ -234,7 +234,7 @@ def _return_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _check_out(out: Path, model_dir: Path) -> None:
+def check_out(out: Path, model_dir: Path) -> None:
     if out.resolve() == model_dir.resolve():
         raise ValueError(f"--out {out} is the input model directory; write the pruned model elsewhere")
     if out.exists():
@@ -249,7 +249,7 @@ def prune_directory(model_dir, out, samples, config: SequentialConfig, progress:
     ``prune_sequential`` takes (``samples.py``). Magnitude reads
     no ``samples`` (None is fine): it loads, prunes and writes each block without any forward pass."""
     model_dir, out = Path(model_dir), Path(out)
-    _check_out(out, model_dir)
+    check_out(out, model_dir)
     _map_large_buffers()
     checkpoint = Checkpoint(model_dir)
     model = empty_model(model_dir)
