@@ -120,7 +120,7 @@ def test_recipe_oneshot_calib_takes_jsonl_and_self(llama_dir, tmp_path, capsys):
     ('{"body": "no text here"}\n', ".jsonl", r"has no column \['text'\]; its columns are \['body'\]; each record's 'text' field is one"),
     ('{"text": "fine"}\n{"text": "   "}\n', ".jsonl", r"calib.jsonl, line 2: 'text' is empty"),
     ("label,text\n1,good\n2,\n", ".csv", r"calib.csv, line 3: .*'text'"),
-    ("some words", ".md", r"takes a text file \('.txt',\) .* or 'self' .*got suffix '.md'"),
+    ("some words", ".md", "has 2 tokens, fewer than seqlen=24"),  # any other suffix is plain text, as before
     ("", ".jsonl", "holds no records"),
     ("too short", ".txt", "fewer than seqlen=24"),
 ])

@@ -199,7 +199,7 @@ def test_owl_sparsities_follow_outliers_within_lambda():
 def test_public_api_exposes_the_pipeline():
     import trimtune as tt
 
-    assert {"SequentialConfig", "prune_sequential", "prune_directory", "perplexity"} <= set(tt.__all__)
+    assert {"SequentialConfig", "prune_sequential", "prune_directory", "perplexity", "self_generated_samples"} <= set(tt.__all__)
 
 
 def _count_forwards(model, blocks_path):

@@ -1,7 +1,7 @@
 """The calibration samples ``trimtune prune --model DIR --calib SOURCE`` (and a recipe's ``oneshot.calib``)
 stands for, made before anything is written:
 
-- a ``.txt`` file: ``nsamples`` random windows of ``seqlen`` tokens from its token stream (seeded);
+- a text file (``.txt``, or any suffix but the ones below): ``nsamples`` random windows of ``seqlen`` tokens from its token stream (seeded);
 - a ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` file: each record's ``text`` field is one sample,
   tokenized as the tokenizer does by default (special tokens included, a text being a document of its
   own, as llm-compressor tokenizes) and cut to ``seqlen`` tokens; ``nsamples`` records drawn at random
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from ..prune.sequential.calib_text import calibration_samples, check_counts
+from ..prune.sequential.self_calib import self_generated_samples
+from ..prune.sequential.stream import empty_model
 from .files import line_of, read_records
 
 SELF = "self"
-WINDOW_SUFFIXES = (".txt",)
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 TEXT_FIELD = "text"
 
@@ -36,28 +38,20 @@ class Calibration:
 
 
 def load_calibration(source: str | Path, model_dir: Path, nsamples: int, seqlen: int, seed: int = 0) -> Calibration:
-    from ..prune.sequential.calib_text import check_counts
-
     check_counts(nsamples, seqlen)
     if str(source) == SELF:
         return _self_generated(model_dir, nsamples, seqlen, seed)
     path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix not in WINDOW_SUFFIXES + RECORD_SUFFIXES:
-        raise ValueError(f"--calib {path}: takes a text file {WINDOW_SUFFIXES} (random windows), a file of records "
-                         f"{RECORD_SUFFIXES} (each record's '{TEXT_FIELD}' one sample) or '{SELF}' (the model's own text); "
-                         f"got suffix {suffix or 'none'!r}")
     if not path.is_file():
-        raise FileNotFoundError(f"--calib {path} does not exist (or is not a file)")
+        raise FileNotFoundError(f"--calib {path} does not exist (or is not a file); give a text file, a {'/'.join(RECORD_SUFFIXES)} "
+                                f"file of records with a '{TEXT_FIELD}' field, or '{SELF}'")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if suffix in WINDOW_SUFFIXES:
-        from ..prune.sequential.calib_text import calibration_samples
-
-        samples = calibration_samples(path, tokenizer, nsamples, seqlen, seed)
-        return Calibration(samples, {"source": str(path), "kind": "random windows", "samples": nsamples, "tokens": seqlen})
-    return _records(path, tokenizer, nsamples, seqlen, seed)
+    if path.suffix.lower() in RECORD_SUFFIXES:
+        return _records(path, tokenizer, nsamples, seqlen, seed)
+    samples = calibration_samples(path, tokenizer, nsamples, seqlen, seed)  # any other file is plain text, as before
+    return Calibration(samples, {"source": str(path), "kind": "random windows", "samples": nsamples, "tokens": seqlen})
 
 
 def _records(path: Path, tokenizer, nsamples: int, seqlen: int, seed: int) -> Calibration:
@@ -88,9 +82,6 @@ def _records(path: Path, tokenizer, nsamples: int, seqlen: int, seed: int) -> Ca
 
 def _self_generated(model_dir: Path, nsamples: int, seqlen: int, seed: int) -> Calibration:
     from transformers import AutoModelForCausalLM
-
-    from ..prune.sequential.self_calib import self_generated_samples
-    from ..prune.sequential.stream import empty_model
 
     if not empty_model(model_dir).can_generate():  # checked on the meta device, before the weights are read
         raise ValueError(f"--calib {SELF} samples text from the model; {model_dir} holds a model that does not generate "
