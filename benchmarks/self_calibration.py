@@ -3,7 +3,8 @@ on its own sampled generations (``--calib self``), scored by held-out perplexity
 
 Calibrations (all ``--nsamples`` windows of ``--seqlen`` tokens, seed 0):
 - ``real``: random windows of benchmarks/_corpus.py's ``calib`` part (Python's tutorial and library docs);
-- ``self``: ``self_generated_samples`` (BOS + one uniform random token, then temperature 1, top-k 50);
+- ``self``: ``self_generated_samples`` (BOS + one uniform random token, then temperature 1, top-k 50), all
+  windows in one batch (``--calib self`` samples 16 at a time, so the same seed draws other windows);
 - ``random``: uniform random token ids, a floor: what calibration on text that is no language gives.
 Each is streamed by ``prune_directory`` into a temporary directory, then the dense and every pruned
 model are scored on the first ``--eval-tokens`` tokens of the ``heldout`` part (the HOWTOs and the
@@ -93,6 +94,8 @@ def measure(args) -> dict:
                                     "example": tokenizer.decode(samples[0][:40])}
             print(f"{kind}: {ppl:.2f} (samples {make_s:.0f} s, prune {prune_s:.0f} s)", flush=True)
             shutil.rmtree(work / kind)
+            if args.out:  # after every calibration: a run stopped early keeps what it measured
+                args.out.write_text(json.dumps(result, indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -106,29 +109,30 @@ def render(results: list[dict]) -> str:
     first = results[0]
     lines = ["## Calibration without data: the model's own text (`benchmarks/self_calibration.py`, issue 24)", "",
              f"{first['model']} streamed block by block at {100 * first['sparsity']:.0f} % unstructured sparsity, calibrated on "
-             f"{first['nsamples']} windows of {first['seqlen']} tokens (kept small for 2 shared cores) from three sources; "
+             f"{first['nsamples']} windows of {first['seqlen']} tokens (kept small for 2 shared cores) from each source below; "
              f"held-out perplexity on the first {first['eval_tokens']} tokens of the HOWTOs and FAQ of Python's docs "
              f"(disjoint windows of {first['eval_seqlen']}; never calibrated on). `self` draws each window from the model: "
-             "BOS and one uniform random token, then sampling at temperature 1 with top-k 50, seed 0, EOS never sampled; "
+             "BOS and one uniform random token, then sampling at temperature 1 with top-k 50, seed 0, EOS never sampled, "
+             "all windows in one batch; "
              "with `trimtune prune --model DIR --calib self` the whole model is loaded to generate, then freed before the "
              "streamed prune.", "",
              "| method | calibration | held-out perplexity | × dense |", "|---|---|---|---|"]
     for result in results:
         lines.append(f"| dense | none | {result['dense']:.2f} | 1.00 |")
         for kind, run in result["runs"].items():
-            lines.append(f"| {result['method']} 50 % | {LABELS.get(kind, kind)} | {run['perplexity']:.2f} | "
+            lines.append(f"| {result['method']} {100 * result['sparsity']:.0f} % | {LABELS.get(kind, kind)} | {run['perplexity']:.2f} | "
                          f"{run['perplexity'] / result['dense']:.2f} |")
     lines += ["", "The first 40 tokens of sample 0 of each calibration:", ""]
     for kind, run in first["runs"].items():
-        lines.append(f"- {kind}: `{json.dumps(run['example'])[1:-1][:200]}`")
+        lines.append(f"- {kind}: `{json.dumps(run['example'])[1:-1][:200].replace('`', "'")}`")
     lines += ["", "Commands (figures are perplexities, CPU-independent; the wall times in the JSON are not):", "",
               "```sh"]
     for result in results:
         lines.append(f"PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/self_calibration.py --method {result['method']} "
                      f"--calibs {','.join(result['runs'])} --nsamples {result['nsamples']} --seqlen {result['seqlen']} "
                      f"--eval-tokens {result['eval_tokens']} --out {result['method']}.json")
-    lines += ["PYTHONPATH=src python benchmarks/self_calibration.py --part none --docs --merge sparsegpt.json --merge wanda.json",
-              "```", ""]
+    merges = " ".join(f"--merge {result['method']}.json" for result in results)
+    lines += [f"PYTHONPATH=src python benchmarks/self_calibration.py --part none --docs {merges}", "```", ""]
     return "\n".join(lines)
 
 
@@ -160,8 +164,6 @@ def main() -> None:
     results = [json.loads(p.read_text()) for p in args.merge]
     if args.part == "measure":
         results.append(measure(args))
-        if args.out:
-            args.out.write_text(json.dumps(results[-1], indent=1) + "\n")
     if args.docs:
         write_docs(results)
 
