@@ -63,7 +63,8 @@ def test_pipeline_equals_block_by_block_by_hand(arch, method, sparsity, tiny_lla
     torch.manual_seed(5)
     samples = torch.randint(3, 100, (4, 24))
     hand = by_hand(copy.deepcopy(model), samples, BLOCKS[arch], method, sparsity)
-    report = prune_sequential(model, samples, SequentialConfig(method=method, sparsity=sparsity, blocksize=16))
+    # one sample per forward, as by hand (batched forwards: tests/test_calibration_batches.py)
+    report = prune_sequential(model, samples, SequentialConfig(method=method, sparsity=sparsity, blocksize=16, batch_tokens=24))
     got, want = masked_state(model), masked_state(hand)
     assert set(got) == set(want) and len(got) >= 8
     for name in want:
@@ -198,7 +199,7 @@ def test_owl_sparsities_follow_outliers_within_lambda():
 def test_public_api_exposes_the_pipeline():
     import trimtune as tt
 
-    assert {"SequentialConfig", "prune_sequential", "prune_directory", "perplexity"} <= set(tt.__all__)
+    assert {"SequentialConfig", "prune_sequential", "prune_directory", "perplexity", "self_generated_samples"} <= set(tt.__all__)
 
 
 def _count_forwards(model, blocks_path):

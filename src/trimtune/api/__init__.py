@@ -35,7 +35,7 @@ from ..prune import (
     sparsity_report,
 )
 from ..prune.files import load_sparse, save_sparse
-from ..prune.sequential import SequentialConfig, prune_directory, prune_sequential
+from ..prune.sequential import SequentialConfig, prune_directory, prune_sequential, self_generated_samples
 from ..prune.structured import StructuredConfig, StructuredReport, shrink_llm, shrink_llm_directory
 from ..shrinking import ShrinkReport, shrink
 from ..training import (

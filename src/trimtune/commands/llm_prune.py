@@ -15,10 +15,17 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", type=Path, help="Hugging Face model directory with safetensors weights (llama, mistral, qwen2, gpt2, bert)")
     g.add_argument("--method", default="sparsegpt", choices=("magnitude", "wanda", "sparsegpt"), help="default: %(default)s")
     g.add_argument("--sparsity", default="0.5", help="fraction of weights to prune per layer, or N:M such as 2:4 (default: %(default)s)")
-    g.add_argument("--calib", type=Path, help="local text file the calibration windows are drawn from (wanda, sparsegpt; magnitude reads none)")
-    g.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)")
-    g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows (default: %(default)s)")
+    g.add_argument("--calib", metavar="FILE|self",
+                   help="calibration (wanda, sparsegpt; magnitude reads none): a .txt file (--nsamples random windows of --seqlen "
+                        "tokens), a .jsonl/.csv file (each record's 'text' one sample, cut to --seqlen tokens; --nsamples records "
+                        "drawn when it holds more), or 'self': windows sampled from the model itself, for when you have no text "
+                        "(the whole model is loaded to generate, then freed before the streamed prune)")
+    g.add_argument("--nsamples", type=int, default=128, help="calibration samples (default: %(default)s)")
+    g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window; the longest a record's text may be (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows or records, or for sampling with 'self' (default: %(default)s)")
+    g.add_argument("--batch-tokens", type=int, default=2048,
+                   help="calibration samples run together in forwards of up to this many tokens, padding included "
+                        "(more: faster, more activation memory) (default: %(default)s)")
     g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (default: %(default)s)")
     g.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening, fraction of the mean Hessian diagonal (default: %(default)s)")
     g.add_argument("--selection", default="exact", choices=("exact", "reference"),
@@ -30,25 +37,29 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_llm(args) -> int:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    from ..data.calibration import load_calibration
     from ..prune.sequential import SequentialConfig
-    from ..prune.sequential.calib_text import calibration_samples, check_counts
+    from ..prune.sequential.calib_text import check_counts
     from ..prune.sequential.pipeline import check_seqlen
-    from ..prune.sequential.stream import prune_directory
+    from ..prune.sequential.stream import check_out, prune_directory
 
     if args.out is None:
         raise ValueError("--out is required with --model: the new directory for the pruned model")
     config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda,
-                              args.selection)
+                              args.selection, args.batch_tokens)
+    check_out(Path(args.out), Path(args.model))  # before calibration, which may generate for minutes
     samples = None  # magnitude needs no activations: no calibration text is read
     if config.needs_calibration:
         if args.calib is None:
-            raise ValueError(f"--calib FILE is required with --model --method {args.method}: a local text file to draw calibration windows from")
+            raise ValueError(f"--calib FILE|self is required with --model --method {args.method}: a text file (.txt, .jsonl, "
+                             f".csv) to calibrate on, or 'self' to sample calibration text from the model")
         check_counts(args.nsamples, args.seqlen)
         check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        samples = calibration_samples(args.calib, tokenizer, args.nsamples, args.seqlen, args.seed)
+        calibration = load_calibration(args.calib, Path(args.model), args.nsamples, args.seqlen, args.seed)
+        samples = calibration.samples
+        show("calibration", calibration.summary)
     report = prune_directory(args.model, args.out, samples, config, progress=None if args.quiet else "pruning blocks")
     if not args.quiet:
         print(report.table(), flush=True)

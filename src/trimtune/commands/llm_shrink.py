@@ -24,20 +24,25 @@ def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gqa", default="kv", choices=("kv", "query"),
                    help="grouped-query attention: remove whole KV groups, or the same number of query heads per group (default: %(default)s)")
     g.add_argument("--percdamp", type=float, default=0.01, help="least-squares dampening, fraction of the mean diagonal (default: %(default)s)")
-    g.add_argument("--calib", type=Path, help="local text file the calibration windows are drawn from")
-    g.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: %(default)s)")
+    g.add_argument("--calib", metavar="FILE|self", help="calibration: a .txt file (--nsamples random windows of --seqlen tokens), "
+                   "a .jsonl/.csv file (each record's text one sample) or 'self' (text sampled from the model, which is then loaded whole)")
+    g.add_argument("--nsamples", type=int, default=128, help="calibration samples (default: %(default)s)")
     g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: %(default)s)")
+    g.add_argument("--batch-tokens", type=int, default=2048, help="calibration samples run together in forwards of up to this "
+                   "many tokens (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed for drawing the windows (default: %(default)s)")
     g.add_argument("--speed", action="store_true", help="also time prefill (128-token prompt) and greedy decode (128 tokens), "
                    "dense vs shrunk, batch 1; this loads both whole models")
 
 
 def run_llm_shrink(args) -> int:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from ..api import StructuredConfig, shrink_llm_directory
-    from ..prune.sequential.calib_text import calibration_samples, check_counts
+    from ..data.calibration import load_calibration
+    from ..prune.sequential.calib_text import check_counts
     from ..prune.sequential.pipeline import check_seqlen
+    from ..prune.sequential.stream import check_out
     from ..prune.structured.plan import check_plan
 
     if args.out is None:
@@ -45,13 +50,17 @@ def run_llm_shrink(args) -> int:
     if args.overwrite:
         raise ValueError("--overwrite is not taken with --model: the shrunk model goes to a new --out, and nothing is replaced")
     config = StructuredConfig(args.heads, args.ffn, args.hidden, args.drop_layers, args.importance, args.depth_metric,
-                              args.repair, args.gqa, args.percdamp)
+                              args.repair, args.gqa, args.percdamp, args.batch_tokens)
     check_plan(AutoConfig.from_pretrained(args.model), config)  # before the calibration text is read
+    check_out(Path(args.out), Path(args.model))
     if args.calib is None:
-        raise ValueError("--calib FILE is required with --model: a local text file to draw calibration windows from")
+        raise ValueError("--calib FILE|self is required with --model: a text file (.txt, .jsonl, .csv) to calibrate on, "
+                         "or 'self' to sample calibration text from the model")
     check_counts(args.nsamples, args.seqlen)
     check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
-    samples = calibration_samples(args.calib, AutoTokenizer.from_pretrained(args.model), args.nsamples, args.seqlen, args.seed)
+    calibration = load_calibration(args.calib, Path(args.model), args.nsamples, args.seqlen, args.seed)
+    samples = calibration.samples
+    show("calibration", calibration.summary)
     report = shrink_llm_directory(args.model, args.out, samples, config, progress=None if args.quiet else "shrinking blocks")
     if args.speed:
         report.speed = _speed(args.model, args.out, samples)
@@ -67,10 +76,11 @@ def run_llm_shrink(args) -> int:
 
 
 def _speed(dense_dir: Path, shrunk_dir: Path, samples) -> dict:
+    import torch
     from transformers import AutoModelForCausalLM
 
     from ..api import generation_speed
 
-    prompt = samples[:1, :128]
+    prompt = torch.as_tensor(samples[0][:128]).reshape(1, -1)
     return {name: generation_speed(AutoModelForCausalLM.from_pretrained(path), prompt, new_tokens=128)
             for name, path in (("dense", dense_dir), ("shrunk", shrunk_dir))}

@@ -87,5 +87,4 @@ def oneshot_arguments(recipe, args):
     import argparse
 
     section = recipe.oneshot.model_dump()
-    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet,
-                              **{**section, "calib": Path(section["calib"]) if section["calib"] else None})
+    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet, **section)

@@ -59,7 +59,7 @@ def recipe_arguments(args):
     if recipe.shrink is None:
         raise RecipeError(f"`trimtune shrink RECIPE` needs a shrink: section in {args.run_dir} (e.g. shrink: {{ffn: 0.25, calib: text.txt}})")
     section = recipe.shrink.model_dump()
-    return argparse.Namespace(**{**vars(args), **section, "model": Path(recipe.model.path), "calib": Path(section["calib"]),
+    return argparse.Namespace(**{**vars(args), **section, "model": Path(recipe.model.path),
                                  "out": args.out or Path(recipe.output), "run_dir": None})
 
 

@@ -43,12 +43,12 @@ def read_records(path: str | Path, format: str = "auto", columns: tuple[str, ...
     for number, record in enumerate(records, 1):  # every record, not only the first (a JSONL line may lack a key)
         gaps = [c for c in columns if record.get(c) is None]
         if gaps:
-            where = f"line {_line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
+            where = f"line {line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
             raise ValueError(f"data file {path}, {where}: no {gaps} (every record needs {list(columns)})")
     return records
 
 
-def _line_of(path: Path, format: str, number: int) -> int:
+def line_of(path: Path, format: str, number: int) -> int:
     """The file line of record ``number``: a CSV has its header first, a JSONL file may skip blank lines."""
     if format == "csv":
         return number + 1

@@ -23,8 +23,11 @@ def _targets(model, targets) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def collect_input_norms(model: nn.Module, batches: Iterable, targets=None) -> dict[str, torch.Tensor]:
-    """``{layer: ||X_j||_2}`` over every input channel j, summed over all calibration tokens/pixels."""
+def collect_input_norms(model: nn.Module, batches: Iterable, targets=None,
+                        rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``{layer: ||X_j||_2}`` over every input channel j, summed over all calibration tokens/pixels.
+    ``rows`` (for layers whose channels come last): maps a layer's input to the (tokens, channels)
+    rows that count, e.g. the sequential pipeline's ``token_rows``, which drops padding."""
     layers = _targets(model, targets)
     sums: dict[str, torch.Tensor] = {}
 
@@ -32,7 +35,8 @@ def collect_input_norms(model: nn.Module, batches: Iterable, targets=None) -> di
         channel_dim = layer.kind.input_channel_dim
 
         def hook(module, args):
-            x = args[0].detach().float()
+            x = args[0].detach()
+            x = (rows(x) if rows is not None else x).float()
             dims = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
             sq = x.pow(2).sum(dim=dims)
             sums[name] = sums[name] + sq if name in sums else sq

@@ -191,7 +191,7 @@ class OneShotSection(Section):
 
     method: Literal["magnitude", "wanda", "sparsegpt"] = "sparsegpt"
     sparsity: float | str = 0.5
-    calib: str | None = None  # required by wanda and sparsegpt (checked when the run starts)
+    calib: str | None = None  # a .txt/.jsonl/.csv file or "self"; required by wanda and sparsegpt (checked when the run starts)
     nsamples: int = Field(128, ge=1)
     seqlen: int = Field(2048, ge=1)
     seed: int = 0
@@ -201,11 +201,13 @@ class OneShotSection(Section):
     owl_m: float = Field(5.0, gt=0.0)
     owl_lambda: float = Field(0.08, ge=0.0)
     selection: Literal["exact", "reference"] = "exact"
+    batch_tokens: int = Field(2048, ge=1)
 
     @model_validator(mode="after")
     def _library_checks(self):
         try:
-            SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda, self.selection)
+            SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda, self.selection,
+                             self.batch_tokens)
         except ConfigError as err:
             raise ValueError(section_error("oneshot", err, list(type(self).model_fields))) from None
         return self
@@ -232,14 +234,15 @@ class ShrinkSection(Section):
     repair: Literal["none", "bias", "lstsq"] = "lstsq"
     gqa: Literal["kv", "query"] = "kv"
     percdamp: float = Field(0.01, ge=0.0)
-    calib: str
+    calib: str = Field(description="a .txt, .jsonl or .csv file, or 'self'")
     nsamples: int = Field(128, ge=1)
     seqlen: int = Field(2048, ge=2)
     seed: int = 0
+    batch_tokens: int = Field(2048, ge=1)
 
     def build(self) -> StructuredConfig:
         return StructuredConfig(self.heads, self.ffn, self.hidden, self.drop_layers, self.importance, self.depth_metric,
-                                self.repair, self.gqa, self.percdamp)
+                                self.repair, self.gqa, self.percdamp, self.batch_tokens)
 
     @model_validator(mode="after")
     def _library_checks(self):

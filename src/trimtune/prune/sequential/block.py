@@ -19,7 +19,7 @@ from ..granularity import NM, Element
 from ..importance import Magnitude, Wanda
 from ..owl import outlier_ratio
 from ..sparsegpt import Hessian, sparsegpt_layer
-from .capture import BlockCalls
+from .capture import BlockCalls, token_rows
 from .config import SequentialConfig
 
 
@@ -55,7 +55,7 @@ def _hessians(block: nn.Module, layers: dict[str, TunedLayer], calls: BlockCalls
                 if owner[name] == name:
                     hessians[name] = Hessian(layer.kind.to_canonical(layer.weight).shape[1])
             if owner[name] == name:
-                hessians[name].add(x)
+                hessians[name].add(token_rows(x))  # padding never enters H
 
         return hook
 
@@ -72,7 +72,7 @@ def _hessians(block: nn.Module, layers: dict[str, TunedLayer], calls: BlockCalls
 
 
 def wanda_norms(block: nn.Module, names: list[str], calls: BlockCalls) -> dict[str, torch.Tensor]:
-    return collect_input_norms(block, calls, targets=lambda n, m: n in names)
+    return collect_input_norms(block, calls, targets=lambda n, m: n in names, rows=token_rows)
 
 
 def block_outlier_ratio(block: nn.Module, calls: BlockCalls, m: float) -> float:

@@ -1,17 +1,25 @@
 """The calibration activations that travel from block to block.
 
-``capture`` runs the model on each calibration sample until block 0 is called, records exactly what
-block 0 received (hidden states plus every keyword: attention mask, position ids, rotary
-``position_embeddings``) and stops the forward by raising, so nothing after the embeddings runs.
-``run_block`` replays those calls through a block and keeps its outputs as the next block's inputs.
+``capture`` runs the model on each calibration batch (``samples.Batch``: right-padded, with an attention
+mask when it holds padding) until block 0 is called, records exactly what block 0 received (hidden
+states plus every keyword: attention mask, position ids, rotary ``position_embeddings``) and stops
+the forward by raising, so nothing after the embeddings runs. ``run_block`` replays those calls
+through a block and keeps its outputs as the next block's inputs.
+
+Each recorded call keeps its batch's real-token mask. Iterating ``BlockCalls`` makes the current
+call's mask the one ``token_rows`` reads, so a forward hook inside ``for call in calls: block(**call)``
+takes an activation's real-token rows without seeing the call: padding never enters a statistic.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from .samples import Batch
 
 
 class _Stop(Exception):
@@ -44,22 +52,46 @@ def _share_equal(call: dict, first: dict, hidden: str) -> None:
             call[key] = same
 
 
-class BlockCalls:
-    """One recorded call per calibration sample; ``hidden`` names the hidden-states argument."""
+class _Current:
+    """The real-token mask of the call being run ((batch, seq) bool), or None: every row is real.
+    A plain holder, not an argument, because forward hooks only see a layer's inputs."""
 
-    def __init__(self, calls: list[dict], hidden: str):
+    real: torch.Tensor | None = None
+
+
+@contextmanager
+def real_tokens(real: torch.Tensor | None):
+    """Within the block, ``token_rows`` keeps the rows where ``real`` is True (None: all rows)."""
+    previous, _Current.real = _Current.real, real
+    try:
+        yield
+    finally:
+        _Current.real = previous
+
+
+class BlockCalls:
+    """One recorded call per calibration batch; ``hidden`` names the hidden-states argument and
+    ``real[i]`` is call i's real-token mask (None when it has no padding). Iterating sets each call's
+    mask for ``token_rows`` while the loop body runs."""
+
+    def __init__(self, calls: list[dict], hidden: str, real: list[torch.Tensor | None] | None = None):
         self.calls, self.hidden = calls, hidden
+        self.real = list(real) if real is not None else [None] * len(calls)
+        if len(self.real) != len(calls):
+            raise ValueError(f"{len(calls)} calls but {len(self.real)} real-token masks")
 
     def __len__(self) -> int:
         return len(self.calls)
 
     def __iter__(self):
-        return iter(self.calls)
+        for call, real in zip(self.calls, self.real):
+            with real_tokens(real):
+                yield call
 
 
 @torch.no_grad()
-def capture(model: nn.Module, first_block: nn.Module, samples: torch.Tensor) -> BlockCalls:
-    """Block 0's inputs for each row of ``samples`` (token ids, shape (n, seqlen)), one sample per forward."""
+def capture(model: nn.Module, first_block: nn.Module, batches: list[Batch]) -> BlockCalls:
+    """Block 0's inputs for each calibration batch, one forward per batch."""
     signature = inspect.signature(first_block.forward)
     hidden = next(iter(signature.parameters))
     calls: list[dict] = []
@@ -77,28 +109,35 @@ def capture(model: nn.Module, first_block: nn.Module, samples: torch.Tensor) -> 
     if config is not None:
         config.use_cache = False  # no attention cache: it would hold every block's keys and values
     try:
-        for sample in samples:
+        for batch in batches:
             try:
-                model(input_ids=sample.unsqueeze(0))
+                # no mask at all without padding: the forward is then exactly the unpadded one
+                model(input_ids=batch.input_ids, **({} if batch.real is None else {"attention_mask": batch.attention_mask}))
             except _Stop:
                 pass
     finally:
         handle.remove()
         if config is not None:
             config.use_cache = use_cache
-    if len(calls) != len(samples):
-        raise RuntimeError(f"block 0 was called {len(calls)} times for {len(samples)} samples; is it the first block?")
-    return BlockCalls(calls, hidden)
+    if len(calls) != len(batches):
+        raise RuntimeError(f"block 0 was called {len(calls)} times for {len(batches)} batches; is it the first block?")
+    return BlockCalls(calls, hidden, [batch.real for batch in batches])
 
 
 def token_rows(x: torch.Tensor) -> torch.Tensor:
     """The rows of an activation ``x`` (batch, seq, features) that belong to real tokens, as a 2-D
     (tokens, features) tensor: what every statistic (Hessians, norms, means) must see, so padding
-    never enters one. Every recorded call holds real tokens only today (one unpadded sample per call)."""
-    return x.reshape(-1, x.shape[-1])
+    never enters one. The mask is the current call's, set while iterating ``BlockCalls``."""
+    real = _Current.real
+    if real is None:
+        return x.reshape(-1, x.shape[-1])
+    if x.dim() != 3 or x.shape[:2] != real.shape:
+        raise ValueError(f"token_rows: activation of shape {tuple(x.shape)} does not match the current call's "
+                         f"(batch, seq) = {tuple(real.shape)}; it takes (batch, seq, features) activations of the block's tokens")
+    return x[real]
 
 
-def _output(out):
+def block_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -106,4 +145,4 @@ def _output(out):
 def run_block(block: nn.Module, calls: BlockCalls) -> None:
     """Replace each call's hidden states by the block's output: the next block's inputs."""
     for call in calls:
-        call[calls.hidden] = _output(block(**call))
+        call[calls.hidden] = block_output(block(**call))

@@ -19,7 +19,9 @@ class SequentialConfig:
     sparsity from outlier ratios (Wanda scores above owl_m × mean), within sparsity ± owl_lambda.
     selection: SparseGPT's unstructured mask per column block, "exact" (round(sparsity · entries)) or
     "reference" (the reference code's and llm-compressor's ``<= threshold``: one entry more, plus ties;
-    see ``trimtune.prune.sparsegpt``)."""
+    see ``trimtune.prune.sparsegpt``). batch_tokens: calibration samples run together in forwards of up to
+    this many tokens, padding included (one longer sample runs alone): more is faster, and costs
+    activation memory in proportion."""
 
     method: str = "sparsegpt"
     sparsity: float | str = 0.5
@@ -29,6 +31,7 @@ class SequentialConfig:
     owl_m: float = 5.0
     owl_lambda: float = 0.08
     selection: str = "exact"
+    batch_tokens: int = 2048
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
@@ -36,6 +39,7 @@ class SequentialConfig:
         if self.selection != "exact" and self.method != "sparsegpt":
             raise ConfigError(f"selection {self.selection!r} is SparseGPT's mask choice; method {self.method!r} has none")
         check_positive_int("blocksize", self.blocksize)
+        check_positive_int("batch_tokens", self.batch_tokens)
         if not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
             raise ConfigError(f"percdamp must be a number >= 0, got {self.percdamp!r}")
         if isinstance(self.sparsity, str) and not re.fullmatch(r"\d+:\d+", self.sparsity):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -23,6 +22,7 @@ from .block import block_outlier_ratio, linear_names, prune_block
 from .capture import BlockCalls, capture, run_block
 from .config import SequentialConfig
 from .layouts import BlockLayout, blocks_of, layout_of
+from .samples import Batch, as_samples, batches
 
 
 class BlockSource:
@@ -41,18 +41,24 @@ class BlockSource:
         pass
 
 
-def check_samples(samples: torch.Tensor, model: nn.Module) -> None:
-    if not torch.is_tensor(samples) or samples.dim() != 2 or samples.dtype != torch.long:
-        raise ValueError("calibration samples must be a LongTensor of token ids, shape (nsamples, seqlen)")
-    if samples.shape[0] == 0:
-        raise ValueError("nsamples must be >= 1: got no calibration samples")
-    check_seqlen(model.config, samples.shape[1])
+def calibration_batches(samples, model: nn.Module, batch_tokens: int) -> list[Batch]:
+    """The capture batches of ``samples`` (any form ``samples.as_samples`` takes), checked against the
+    model's positions: everything is refused here, before a block is touched or a file written."""
+    rows = as_samples(samples)
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    check_seqlen(model.config, len(rows[longest]), f"calibration sample {longest} has {len(rows[longest])} tokens: ")
+    return batches(rows, batch_tokens)
 
 
-def check_seqlen(config, seqlen: int) -> None:
+def check_samples(samples, model: nn.Module) -> None:
+    calibration_batches(samples, model, 1)
+
+
+def check_seqlen(config, seqlen: int, what: str = "") -> None:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit is not None and seqlen > limit:
-        raise ValueError(f"seqlen {seqlen} is longer than the model's {limit} positions (config max_position_embeddings)")
+        raise ValueError(f"{what}seqlen {seqlen} is longer than the model's {limit} positions (config max_position_embeddings); "
+                         f"use samples of at most {limit} tokens")
 
 
 def check_widths(model: nn.Module, layout: BlockLayout, config: SequentialConfig) -> None:
@@ -69,7 +75,7 @@ def check_widths(model: nn.Module, layout: BlockLayout, config: SequentialConfig
                 raise ValueError(f"{layout.block_name(i)}.{name}: input width {columns} is not a multiple of M={m} for {n}:{m} sparsity")
 
 
-def walk(model: nn.Module, samples: torch.Tensor | None, visit: Callable[[int, nn.Module, BlockCalls | None], None],
+def walk(model: nn.Module, calibration: list[Batch] | None, visit: Callable[[int, nn.Module, BlockCalls | None], None],
          source: BlockSource | None = None, progress: str | None = None, forward: bool = True) -> None:
     """Capture block 0's inputs, then per block: load, ``visit``, rerun to make the next inputs, release.
     ``forward=False`` (magnitude needs no activations): nothing is captured or run, ``visit`` gets
@@ -80,7 +86,7 @@ def walk(model: nn.Module, samples: torch.Tensor | None, visit: Callable[[int, n
     calls = None
     if forward:
         source.before_capture(model)
-        calls = capture(model, blocks[0], samples)
+        calls = capture(model, blocks[0], calibration)
         source.after_capture(model)
     indices = range(len(blocks))
     if progress:
@@ -94,10 +100,10 @@ def walk(model: nn.Module, samples: torch.Tensor | None, visit: Callable[[int, n
         source.release(i, block)
 
 
-def owl_block_sparsities(model, samples, config, source=None, progress=None) -> list[float]:
+def owl_block_sparsities(model, calibration, config, source=None, progress=None) -> list[float]:
     """OWL's dense pass: every block's outlier ratio on unpruned activations, turned into sparsities."""
     ratios: list[float] = []
-    walk(model, samples, lambda i, block, calls: ratios.append(block_outlier_ratio(block, calls, config.owl_m)),
+    walk(model, calibration, lambda i, block, calls: ratios.append(block_outlier_ratio(block, calls, config.owl_m)),
          source, f"{progress} (OWL ratios)" if progress else None)
     return owl_sparsities(ratios, float(config.sparsity), config.owl_lambda)
 
@@ -109,19 +115,20 @@ def block_report(block: nn.Module, prefix: str) -> list[LayerSparsity]:
     return rows
 
 
-def prune_sequential(model: nn.Module, samples: torch.Tensor | None, config: SequentialConfig,
+def prune_sequential(model: nn.Module, samples, config: SequentialConfig,
                      source: BlockSource | None = None, progress: str | None = None,
                      on_block: Callable[[int, nn.Module], None] | None = None) -> SparsityReport:
-    """Prune ``model``'s blocks in order on calibration ``samples`` (token ids, (nsamples, seqlen); magnitude
-    reads none, so they may be None there and no forward pass is run).
+    """Prune ``model``'s blocks in order on calibration ``samples``: a LongTensor (nsamples, seqlen), a
+    list of 1-D LongTensors of any lengths, or padded batches (dicts with input_ids and attention_mask);
+    see ``samples.py``. They run ``config.batch_tokens`` tokens per forward; padding enters no statistic.
+    Magnitude reads none, so they may be None there and no forward pass is run.
     In memory the layers keep trimtune masks (``make_permanent`` folds them). ``on_block(i, block)``
     runs after block i is pruned (the streaming writer saves it there). Returns the sparsity report."""
     layout = layout_of(model)
-    if config.needs_calibration:
-        check_samples(samples, model)
+    calibration = calibration_batches(samples, model, config.batch_tokens) if config.needs_calibration else None
     check_widths(model, layout, config)
     model.eval()
-    sparsities = owl_block_sparsities(model, samples, config, source, progress) if config.owl else None
+    sparsities = owl_block_sparsities(model, calibration, config, source, progress) if config.owl else None
     rows: list[LayerSparsity] = []
 
     def visit(i, block, calls):
@@ -131,5 +138,5 @@ def prune_sequential(model: nn.Module, samples: torch.Tensor | None, config: Seq
         if on_block is not None:
             on_block(i, block)
 
-    walk(model, samples, visit, source, progress, forward=config.needs_calibration)
+    walk(model, calibration, visit, source, progress, forward=config.needs_calibration)
     return SparsityReport(rows)

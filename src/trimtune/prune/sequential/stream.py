@@ -244,11 +244,12 @@ def check_out(out: Path, model_dir: Path) -> None:
         raise FileExistsError(f"output directory {out} already exists; choose a new --out (nothing is overwritten)")
 
 
-def prune_directory(model_dir, out, samples: torch.Tensor | None, config: SequentialConfig, progress: str | None = None,
+def prune_directory(model_dir, out, samples, config: SequentialConfig, progress: str | None = None,
                     max_shard_bytes: int = 1 << 28, on_block: Callable[[int], None] | None = None) -> SparsityReport:
     """Prune the safetensors model in ``model_dir`` block by block from disk into a new directory ``out``.
     ``on_block(i)`` is called once block i is written (benchmarks time blocks with it). On glibc it
-    fixes the allocator's mmap threshold at 1 MiB for the process (``map_large_buffers``: why). Magnitude reads
+    fixes the allocator's mmap threshold at 1 MiB for the process (``map_large_buffers``: why). ``samples``: any form
+    ``prune_sequential`` takes (``samples.py``). Magnitude reads
     no ``samples`` (None is fine): it loads, prunes and writes each block without any forward pass."""
     model_dir, out = Path(model_dir), Path(out)
     check_out(out, model_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...core.config import ConfigError, check_choice
+from ...core.config import ConfigError, check_choice, check_positive_int
 
 IMPORTANCES = ("activation", "fluctuation", "wanda")
 DEPTH_METRICS = ("block-influence", "angular")
@@ -31,7 +31,8 @@ class StructuredConfig:
     removed inputs' mean contribution moves into the bias) or "lstsq" (a least-squares refit of the
     kept columns against the unpruned projection's output, damped by percdamp x mean(diag H) like
     SparseGPT's Hessian). gqa: under grouped-query attention remove whole KV groups ("kv") or the
-    same number of query heads from every group ("query")."""
+    same number of query heads from every group ("query"). batch_tokens: calibration samples run
+    together in forwards of up to this many tokens (padding never enters a statistic)."""
 
     heads: float = 0.0
     ffn: float = 0.0
@@ -42,6 +43,7 @@ class StructuredConfig:
     repair: str = "lstsq"
     gqa: str = "kv"
     percdamp: float = 0.01
+    batch_tokens: int = 2048
 
     def __post_init__(self):
         for name in ("heads", "ffn", "hidden"):
@@ -54,6 +56,7 @@ class StructuredConfig:
         check_choice("gqa", self.gqa, GQA_MODES)
         if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
             raise ConfigError(f"percdamp must be a number >= 0, got {self.percdamp!r}")
+        check_positive_int("batch_tokens", self.batch_tokens)
         if not (self.heads or self.ffn or self.hidden or self.drop_layers):
             raise ConfigError("nothing to remove: set at least one of heads, ffn, hidden (fractions) or drop_layers (a count)")
 

@@ -19,9 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...core.slicing import slice_module
-from ..sequential.capture import BlockCalls, capture, run_block
+from ..sequential.capture import BlockCalls, block_output, capture, run_block
 from ..sequential.layouts import BlockLayout, blocks_of, layout_of
-from ..sequential.pipeline import BlockSource, check_samples
+from ..sequential.pipeline import BlockSource, calibration_batches
 from .block_shrink import shrink_block
 from .config import StructuredConfig
 from .depth import DepthScores
@@ -32,14 +32,10 @@ from .report import StructuredReport
 from .stats import ChannelStats, observing
 
 
-def _output(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _captured(model: nn.Module, blocks: nn.ModuleList, samples, source: BlockSource) -> BlockCalls:
+def _captured(model: nn.Module, blocks: nn.ModuleList, calibration, source: BlockSource) -> BlockCalls:
     source.before_capture(model)
     try:
-        return capture(model, blocks[0], samples)
+        return capture(model, blocks[0], calibration)
     finally:
         source.after_capture(model)
 
@@ -49,10 +45,10 @@ def _steps(indices, progress: str | None):
 
 
 @torch.no_grad()
-def dense_pass(model, samples, config: StructuredConfig, layout: BlockLayout, source: BlockSource, progress=None):
+def dense_pass(model, calibration, config: StructuredConfig, layout: BlockLayout, source: BlockSource, progress=None):
     """(hidden scores or None, DepthScores) from the unpruned model."""
     blocks = blocks_of(model, layout)
-    calls = _captured(model, blocks, samples, source)
+    calls = _captured(model, blocks, calibration, source)
     depth = DepthScores()
     hidden = None
     for i in _steps(range(len(blocks)), progress):
@@ -65,7 +61,7 @@ def dense_pass(model, samples, config: StructuredConfig, layout: BlockLayout, so
         depth.start_block()
         with observing(watched):
             for call in calls:
-                out = _output(block(**call))
+                out = block_output(block(**call))
                 depth.add_call(call[calls.hidden], out)
                 call[calls.hidden] = out
         depth.end_block()
@@ -84,11 +80,11 @@ def block_widths(parts: BlockParts) -> dict:
 
 
 @torch.no_grad()
-def shrink_pass(model, samples, config: StructuredConfig, layout: BlockLayout, hidden_keep: torch.Tensor | None,
+def shrink_pass(model, calibration, config: StructuredConfig, layout: BlockLayout, hidden_keep: torch.Tensor | None,
                 dropped: list[int], source: BlockSource, progress=None, on_block=None) -> tuple[list[dict], dict]:
     """Per kept block: the change record; and the widths every kept block ends with."""
     blocks = blocks_of(model, layout)
-    calls = _captured(model, blocks, samples, source)
+    calls = _captured(model, blocks, calibration, source)
     if hidden_keep is not None:
         for call in calls:
             call[calls.hidden] = call[calls.hidden].index_select(-1, hidden_keep)
@@ -110,11 +106,11 @@ def shrink_pass(model, samples, config: StructuredConfig, layout: BlockLayout, h
     return changes, widths
 
 
-def choose_model_wide(model, samples, config, layout, source, progress) -> tuple[torch.Tensor | None, list[int], dict]:
+def choose_model_wide(model, calibration, config, layout, source, progress) -> tuple[torch.Tensor | None, list[int], dict]:
     """Hidden channels to keep and blocks to remove, from the dense pass (or nothing to choose)."""
     if not config.needs_dense_pass:
         return None, [], {}
-    scores, depth = dense_pass(model, samples, config, layout, source, f"{progress} (dense pass)" if progress else None)
+    scores, depth = dense_pass(model, calibration, config, layout, source, f"{progress} (dense pass)" if progress else None)
     hidden_keep = None
     if config.hidden:
         hidden_keep = torch.as_tensor(keep_top(scores, removed_count(config.hidden, len(scores), "hidden")), dtype=torch.long)
@@ -129,10 +125,10 @@ def plan_and_shrink(model, samples, config: StructuredConfig, source: BlockSourc
     source = source or BlockSource()
     check_plan(model.config, config)
     layout = layout_of(model)
-    check_samples(samples, model)
+    calibration = calibration_batches(samples, model, config.batch_tokens)
     model.eval()
-    hidden_keep, dropped, scores = choose_model_wide(model, samples, config, layout, source, progress)
-    changes, widths = shrink_pass(model, samples, config, layout, hidden_keep, dropped, source, progress, on_block)
+    hidden_keep, dropped, scores = choose_model_wide(model, calibration, config, layout, source, progress)
+    changes, widths = shrink_pass(model, calibration, config, layout, hidden_keep, dropped, source, progress, on_block)
     kept = [c["block"] for c in changes]
     new_config = shrunk_config(model.config, widths, kept, config)
     report = StructuredReport.build(config, model.config, new_config, changes, dropped, hidden_keep, scores)
@@ -175,7 +171,8 @@ def _cut_outer_hidden(model: nn.Module, layout: BlockLayout, keep: torch.Tensor)
 
 def shrink_llm(model: nn.Module, samples, config: StructuredConfig, progress: str | None = None) -> StructuredReport:
     """Make ``model`` (a decoder LM of the architecture table, in memory) physically smaller: fewer
-    heads, FFN channels, hidden channels and blocks, chosen from calibration ``samples`` and repaired
+    heads, FFN channels, hidden channels and blocks, chosen from calibration ``samples`` (any form
+    ``prune_sequential`` takes: a (n, seqlen) tensor, variable-length samples, padded batches) and repaired
     (``StructuredConfig``). Its config then describes the new shapes, so ``save_pretrained`` writes
     a directory any transformers install loads. Returns the report."""
     report, new_config, hidden_keep, kept = plan_and_shrink(model, samples, config, progress=progress)
