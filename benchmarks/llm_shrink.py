@@ -51,7 +51,7 @@ EVAL_TOKENS = 32768
 SEQLEN = 512
 
 ONESHOT = [  # (label, config): width only, depth only, mixed; the repair and importance variants of one mix
-    ("width: ffn 0.33", "ffn=0.33"),
+    ("width: ffn 0.34", "ffn=0.34"),
     ("width: heads 1/3 + ffn 0.25", "heads=0.34,ffn=0.25"),
     ("depth: 8 blocks, block influence", "drop_layers=8"),
     ("depth: 8 blocks, angular", "drop_layers=8,depth_metric=angular"),
@@ -279,6 +279,7 @@ def memory_part(depths, spec: str) -> dict:
 
 
 def main() -> None:
+    global CALIB, EVAL_TOKENS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("oneshot", "anchor", "recover", "speed", "memory"))
     parser.add_argument("--config", default="ffn=0.25,drop_layers=2", help="trimtune's shrink for anchor/memory")
@@ -290,12 +291,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--depths", default="4,8,22")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calib", default="64x512", help="calibration windows NxL (default: %(default)s)")
+    parser.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="held-out tokens scored (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="append the part's results to this JSON file")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return memory_child(*args.child)
     torch.set_num_threads(args.threads)
+    CALIB, EVAL_TOKENS = tuple(int(v) for v in args.calib.split("x")), args.eval_tokens
     SCRATCH.mkdir(parents=True, exist_ok=True)
     result = {
         "oneshot": lambda: oneshot_part(args.only),
