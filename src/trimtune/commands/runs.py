@@ -53,7 +53,7 @@ def run(args) -> int:
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
     out = Path(args.out or recipe.output)
     if init_distributed().rank == 0:  # one process prepares the directory; the others wait for it
-        check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite)
+        check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite, read_paths(recipe))
     _barrier()
     # The run is built in .OUT.partial and swapped in when complete (see core/io/output_dir.py).
     work = check_run_dir(out) if args.resume else partial_path(out)
@@ -80,6 +80,14 @@ def _barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def read_paths(recipe) -> list[str]:
+    """The local directories a recipe run reads (its model, its teacher), which --out must not replace."""
+    from ..recipes.schema import resolve_model_path
+
+    paths = [recipe.model.path, recipe.distill.teacher if recipe.distill else None]
+    return [str(resolve_model_path(p)) for p in paths if p]
 
 
 def oneshot_arguments(recipe, args):

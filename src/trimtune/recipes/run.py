@@ -13,14 +13,14 @@ section the teacher is made right after loading (``recipes/teacher.py``) and its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
-from ..core.io.output_dir import check_replaceable, fresh_partial, partial_path, swap_in
+from ..core.io.output_dir import OutputError, check_replaceable, fresh_partial, partial_path, swap_in
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
@@ -47,11 +47,23 @@ def check_run_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+def prepare_run_dir(path: str | Path, overwrite: bool, sources: Iterable[str | Path] = ()) -> Path:
     """The build directory of a new run into ``path``: checked first (an existing ``path`` is replaced
-    only with ``overwrite`` and only if trimtune wrote it), built beside it, swapped in by
-    ``finish_run_dir`` when complete; a failed run leaves ``path`` as it was and blocks no rerun."""
-    return fresh_partial(check_replaceable(path, overwrite), MARKER, {"format": "trimtune.run/1"})
+    only with ``overwrite``, only if trimtune wrote it, and never when it is or holds one of ``sources``,
+    what the run reads), built beside it, swapped in by ``finish_run_dir`` when complete; a failed run
+    leaves ``path`` as it was and blocks no rerun. An interrupted run's checkpoints are discarded only
+    with ``overwrite``: starting over is explicit."""
+    path = check_replaceable(path, overwrite, sources)
+    _check_no_resumable_run(path, overwrite)
+    return fresh_partial(path, MARKER, {"format": "trimtune.run/1"})
+
+
+def _check_no_resumable_run(path: Path, overwrite: bool) -> None:
+    checkpoints = partial_path(path) / "checkpoints"
+    if overwrite or not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return
+    raise OutputError(f"an interrupted run of {path} can be resumed from its checkpoints in {checkpoints}: continue it by "
+                      "running the same command with --resume, or pass --overwrite to discard them and start over")
 
 
 def finish_run_dir(work: Path, path: str | Path) -> None:

@@ -1,0 +1,79 @@
+"""Issue 27, "lose nothing, part 2": each case tried a bad input that used to lose work or data, leave a
+model half-changed, give a silently wrong result, or refuse with a raw or wrong message."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trimtune import cli
+
+DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "reviews.csv"
+
+
+@pytest.fixture(scope="module")
+def bert_recipe(tmp_path_factory) -> Path:
+    """A tiny BERT classifier with MiniLM's tokenizer, LoRA on the 12 example reviews, 4 steps with a
+    checkpoint after each."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from trimtune.models import minilm_path
+
+    root = tmp_path_factory.mktemp("lose2")
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=30522, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(root / "bert")
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(root / "bert")
+    raw = {
+        "model": {"path": str(root / "bert")},
+        "data": {"train": str(DATA), "eval_fraction": 0.34, "batch_size": 4, "max_length": 24},
+        "method": {"type": "lora", "r": 4, "alpha": 8, "targets": "query|value", "modules_to_save": ["classifier"]},
+        "train": {"epochs": 2, "lr": 0.01, "checkpoint_every": 1, "keep_checkpoints": 3},
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_replaces_the_run_a_tune_reads(tmp_path, bert_recipe, capsys):
+    """Item 1: --out equal to model.path (also through a symlink, `..` or a trailing slash) is refused."""
+    base = tmp_path / "runs" / "base"
+    assert cli.main(["tune", str(bert_recipe), "--out", str(base), "--quiet"]) == 0
+    before = snapshot(base)
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    for model_path, out in [(base, base), (base, f"{base}/"), (tmp_path / "link" / "base", base),
+                            (base, tmp_path / "runs" / "x" / ".." / "base"), (base, tmp_path / "runs")]:
+        capsys.readouterr()
+        code = cli.main(["tune", str(bert_recipe), "--set", f"model.path={model_path}", "--out", str(out), "--overwrite", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and "which this command reads" in err, (model_path, out, err)
+    assert snapshot(base) == before
+    code = cli.main(["prune", str(bert_recipe), "--set", f"model.path={base}", "--set", "prune.sparsity=0.5",
+                     "--out", str(base), "--overwrite", "--quiet"])
+    assert code == 1 and "which this command reads" in capsys.readouterr().err and snapshot(base) == before
+
+
+def test_a_rerun_without_resume_keeps_an_interrupted_runs_checkpoints(tmp_path, bert_recipe, capsys):
+    """Item 2: the same command again, without --resume, refuses and names --resume; --overwrite starts over."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert cli.main(["tune", str(bert_recipe), "--out", str(full), "--quiet"]) == 0
+    partial = tmp_path / ".cut.partial"
+    shutil.copytree(full, partial)  # as if killed after its checkpoints were written
+    shutil.rmtree(partial / "adapter")
+    before = snapshot(partial)
+    capsys.readouterr()
+    assert cli.main(["tune", str(bert_recipe), "--out", str(cut), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and str(partial / "checkpoints") in err
+    assert snapshot(partial) == before and not cut.exists()
+    assert cli.main(["tune", str(bert_recipe), "--out", str(cut), "--overwrite", "--quiet"]) == 0
+    assert not partial.exists() and (cut / "adapter").is_dir()
