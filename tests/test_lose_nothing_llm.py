@@ -1,0 +1,34 @@
+"""Issue 27, "lose nothing, part 2", for the LLM paths (prune_sequential, `trimtune prune --model`,
+`trimtune eval --perplexity`): a refusal leaves the model and the disk as they were and names the problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_llm_prune_cli import llama_dir, text_file  # noqa: F401  (module fixtures)
+
+from trimtune.cli import main
+from trimtune.core.tuned_layer import TunedLayer
+from trimtune.prune.sequential import SequentialConfig, prune_sequential
+
+
+def test_a_singular_hessian_leaves_the_block_as_it_was(tiny_llama):
+    """Item 3: 40 tokens give q..up (32 inputs) full-rank Hessians and down_proj (64 inputs) a singular
+    one; with percdamp=0 the block's last layer fails after six were pruned: all seven are put back."""
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    samples = torch.randint(3, 100, (2, 20), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj: the calibration Hessian is not positive definite"):
+        prune_sequential(tiny_llama, samples, SequentialConfig("sparsegpt", 0.5, blocksize=16, percdamp=0.0))
+    assert not any(isinstance(m, TunedLayer) for m in tiny_llama.modules())
+    after = tiny_llama.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_cli_singular_hessian_is_trimtunes_message(llama_dir, text_file, tmp_path, capsys):  # noqa: F811
+    """Item 3, CLI: one 40-token window gives a Hessian that factors while its inverse does not (raw _LinAlgError before)."""
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(llama_dir), "--calib", str(text_file), "--nsamples", "1", "--seqlen", "40",
+                 "--blocksize", "16", "--percdamp", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "not positive definite even with percdamp=0.0" in err and "LinAlgError" not in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
