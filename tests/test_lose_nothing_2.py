@@ -77,3 +77,40 @@ def test_a_rerun_without_resume_keeps_an_interrupted_runs_checkpoints(tmp_path, 
     assert snapshot(partial) == before and not cut.exists()
     assert cli.main(["tune", str(bert_recipe), "--out", str(cut), "--overwrite", "--quiet"]) == 0
     assert not partial.exists() and (cut / "adapter").is_dir()
+
+
+def test_load_shrunk_checks_everything_before_slicing_the_callers_model(tmp_path):
+    """Item 4: a truncated weights file, or weights that do not fit the history, leave ``model=`` as it was."""
+    import copy
+    import json
+
+    from test_shrink import ResidualNet
+
+    from trimtune.core.io.safetensors_files import UnreadableFileError
+    from trimtune.shrinking import load_shrunk, save_shrunk, shrink
+
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    fresh = copy.deepcopy(model)
+    shrink(model, 0.5, example_inputs=(torch.randn(2, 3, 8, 8),))
+    save_shrunk(model, tmp_path / "good")
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tmp_path / "good", truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UnreadableFileError, match="model.safetensors"):
+        load_shrunk(truncated, model=fresh)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == shapes
+
+    unfit = tmp_path / "unfit"
+    shutil.copytree(tmp_path / "good", unfit)
+    history = json.loads((unfit / "shrink_history.json").read_text())
+    step = history["history"][-1]
+    step["keep"] = step["keep"][:-1]  # one unit fewer than the weights were saved with
+    (unfit / "shrink_history.json").write_text(json.dumps(history))
+    with pytest.raises(ValueError, match="the shrink history does not match these weights"):
+        load_shrunk(unfit, model=fresh)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == shapes
+    assert load_shrunk(tmp_path / "good", model=fresh) is fresh  # still loads, into the caller's model
