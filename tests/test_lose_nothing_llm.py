@@ -32,3 +32,50 @@ def test_cli_singular_hessian_is_trimtunes_message(llama_dir, text_file, tmp_pat
     err = capsys.readouterr().err
     assert code == 1 and "not positive definite even with percdamp=0.0" in err and "LinAlgError" not in err, err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def bert_classifier_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from trimtune.models import minilm_path
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=30522,
+                        max_position_embeddings=64, num_labels=2)
+    path = tmp_path_factory.mktemp("cls") / "bert-cls"
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return path
+
+
+def test_perplexity_refuses_a_head_made_up_on_load(bert_classifier_dir, text_file, capsys):  # noqa: F811
+    """Item 6: a BERT classifier has no LM head; the one transformers would make is random."""
+    code = main(["eval", "--model", str(bert_classifier_dir), "--perplexity", str(text_file), "--seqlen", "16"])
+    captured = capsys.readouterr()
+    assert code == 1 and "perplexity:" not in captured.out
+    assert "cannot serve as a causal LM for --perplexity" in captured.err and "cls.predictions" in captured.err, captured.err
+
+
+def test_perplexity_never_unpickles(llama_dir, text_file, tmp_path, capsys):  # noqa: F811
+    """Item 7: a directory with only pytorch_model.bin is refused with the message every other path gives."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(llama_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    code = main(["eval", "--model", str(pickled), "--perplexity", str(text_file), "--seqlen", "16"])
+    captured = capsys.readouterr()
+    assert code == 1 and "perplexity:" not in captured.out
+    assert "holds only PyTorch pickle weights (pytorch_model.bin)" in captured.err, captured.err
+
+
+@pytest.mark.parametrize("flag", ["--seqlen", "--stride"])
+def test_perplexity_refuses_zero_windows(llama_dir, text_file, capsys, flag):  # noqa: F811
+    """Partial item: --seqlen 0 and --stride 0 were replaced by the defaults."""
+    code = main(["eval", "--model", str(llama_dir), "--perplexity", str(text_file), flag, "0"])
+    captured = capsys.readouterr()
+    assert code == 1 and "perplexity:" not in captured.out and f"{flag[2:]}=0" in captured.err, captured.err

@@ -130,10 +130,13 @@ def mean_pool_classifier(path, num_labels: int, dropout: float = 0.1) -> MeanPoo
     return MeanPoolClassifier(encoder, num_labels, dropout).eval()
 
 
-def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[str, ...] = (), **kwargs):
+def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[str, ...] = (), trained_for: str | None = None,
+                    **kwargs):
     """``model_class.from_pretrained(path)`` from safetensors only, without transformers' load report and
     progress bar: keys left out on purpose (``unused``, e.g. BERT's pooler) and heads made new on purpose
-    (``new``, e.g. a classifier) pass quietly; any other missing or unexpected key is warned about."""
+    (``new``, e.g. a classifier) pass quietly; any other missing or unexpected key is warned about.
+    ``trained_for`` (what the model is used as, e.g. "a distillation teacher"): a model whose weights are
+    scored must be trained, so any weight the checkpoint lacks (initialised at random) is refused."""
     import transformers
 
     require_safetensors(path)
@@ -146,6 +149,8 @@ def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
+    if trained_for is not None:
+        _check_nothing_new(path, model_class, info, trained_for)
     surprising = {
         "missing": [k for k in info.get("missing_keys", []) if not k.startswith(new)],
         "unexpected": [k for k in info.get("unexpected_keys", []) if not k.startswith(unused)],
@@ -154,6 +159,16 @@ def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[
         warnings.warn(f"loading {path}: " + "; ".join(f"{what} keys {keys[:5]}" for what, keys in surprising.items() if keys),
                       stacklevel=2)
     return model
+
+
+def _check_nothing_new(path, model_class, info: dict, trained_for: str) -> None:
+    new = sorted(info.get("missing_keys", []))
+    if new:
+        raise ValueError(
+            f"{path} cannot serve as {trained_for}: loaded as {model_class.__name__}, its checkpoint lacks {len(new)} weight(s) "
+            f"({', '.join(new[:4])}{', ...' if len(new) > 4 else ''}), which would be initialised at random; use a model "
+            "directory trained for this task (architectures in its config.json)"
+        )
 
 
 def require_safetensors(path) -> None:
