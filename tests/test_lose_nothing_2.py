@@ -114,3 +114,48 @@ def test_load_shrunk_checks_everything_before_slicing_the_callers_model(tmp_path
         load_shrunk(unfit, model=fresh)
     assert {k: v.shape for k, v in fresh.state_dict().items()} == shapes
     assert load_shrunk(tmp_path / "good", model=fresh) is fresh  # still loads, into the caller's model
+
+
+def _bert_classifier(path: Path, vocab_size: int = 30522, tokenizer=None) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from trimtune.models import minilm_path
+
+    torch.manual_seed(1)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=vocab_size,
+                        num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(path)
+    (tokenizer or AutoTokenizer.from_pretrained(minilm_path())).save_pretrained(path)
+    return path
+
+
+def test_a_teacher_that_cannot_teach_is_refused_before_training(tmp_path, bert_recipe, capsys):
+    """Item 5: a causal LM as a classification teacher (its `score` head would be random), a teacher with
+    another vocabulary, and one whose embeddings are fewer than the student's token ids."""
+    from transformers import AutoTokenizer, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    from trimtune.models import minilm_path
+
+    causal = tmp_path / "causal"
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=30522, pad_token_id=0)).save_pretrained(causal)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(causal)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "soup", "was", "hot", "."]) + "\n")
+    cases = [
+        (causal, "cannot serve as a distillation teacher", "score.weight"),
+        (_bert_classifier(tmp_path / "other-vocab", tokenizer=BertTokenizerFast(vocab_file=str(vocab))), "another vocabulary",
+         "student's tokenizer"),
+        (_bert_classifier(tmp_path / "small-vocab", vocab_size=100), "embeds 100 token ids", "vocab_size is at least 30522"),
+    ]
+    for teacher, *reasons in cases:
+        out = tmp_path / f"run-{teacher.name}"
+        capsys.readouterr()
+        code = cli.main(["tune", str(bert_recipe), "--set", f"distill.teacher={teacher}", "--set", "distill.alpha=0.5",
+                         "--out", str(out), "--quiet"])
+        captured = capsys.readouterr()
+        assert code == 1 and all(r in captured.err for r in reasons), (teacher, captured.err)
+        assert "trained" not in captured.out and not out.exists()
+    good = _bert_classifier(tmp_path / "good")
+    assert cli.main(["tune", str(bert_recipe), "--set", f"distill.teacher={good}", "--set", "train.epochs=1",
+                     "--out", str(tmp_path / "run-good"), "--quiet"]) == 0

@@ -73,8 +73,9 @@ def model_dir(section: ModelSection) -> Path:
     return path
 
 
-def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
-    """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time."""
+def load_model(section: ModelSection, labels: list[str] | None, trained_for: str | None = None) -> tuple[nn.Module, object]:
+    """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time.
+    ``trained_for`` (e.g. "a distillation teacher"): every weight must come from the checkpoint, a head included."""
     if section.path == "lenet":
         return LeNet(), None
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -82,14 +83,18 @@ def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Modu
     path = model_dir(section)
     tokenizer = AutoTokenizer.from_pretrained(section.tokenizer or path)
     if section.task == "causal-lm":
-        return load_pretrained(AutoModelForCausalLM, path), tokenizer
+        return load_pretrained(AutoModelForCausalLM, path, trained_for=trained_for), tokenizer
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if section.pooling == "mean":
+        if trained_for is not None:
+            raise ValueError(f"{path} cannot serve as {trained_for}: model.pooling: mean gives it a new, untrained head; "
+                             "use a run directory (trimtune tune --out) whose head was trained")
         model = mean_pool_classifier(path, len(labels))
         model.config.update({"id2label": id2label, "label2id": label2id})
         return model, tokenizer
     model = load_pretrained(AutoModelForSequenceClassification, path, unused=("pooler.", "lm_head.", "cls."),
-                            new=("classifier.", "score."), num_labels=len(labels), id2label=id2label, label2id=label2id)
+                            new=("classifier.", "score."), trained_for=trained_for, num_labels=len(labels), id2label=id2label,
+                            label2id=label2id)
     if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer

@@ -86,7 +86,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
-    teacher = load_teacher(recipe, model, records.labels) if recipe.distill else None  # before the method and pruning
+    teacher = load_teacher(recipe, model, records.labels, tokenizer) if recipe.distill else None  # before the method and pruning
     if teacher is not None:
         teacher_metrics = evaluate_run(teacher, loaders)
         log(f"teacher: {_fmt(teacher_metrics)}")
