@@ -26,7 +26,8 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
                         "reference code's and llm-compressor's <= threshold (one entry more, plus ties) (default: %(default)s)")
     g.add_argument("--owl", action="store_true", help="OWL: per-block sparsity from outlier ratios (wanda, sparsegpt)")
     g.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold, multiples of the block mean (default: %(default)s)")
-    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's largest change of a block's sparsity (default: %(default)s)")
+    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's lambda: block sparsities span 2 x lambda around --sparsity (one block can move up to 2 x lambda); "
+                        "at most min(s, 1 - s) / 2 always fits (default: %(default)s)")
 
 
 def run_llm(args) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...core.layer_kinds import kind_class_for
-from ...core.state import wrap, wrapped
+from ...core.state import unwrap_bare, unwrapped_names, wrap, wrapped
 from ...core.tuned_layer import TunedLayer
 from ..api import PruneConfig, prune
 from ..calibration import collect_input_norms
@@ -78,11 +78,16 @@ def wanda_norms(block: nn.Module, names: list[str], calls: BlockCalls) -> dict[s
 
 
 def block_outlier_ratio(block: nn.Module, calls: BlockCalls, m: float) -> float:
-    """OWL's statistic for a dense block: share of its Wanda scores above m × their mean."""
+    """OWL's statistic for a dense block: share of its Wanda scores above m × their mean. A statistic
+    changes nothing: the layers it wrapped to score are unwrapped again (a later refusal, such as an
+    OWL lambda too large for the ratios, leaves the model as it was)."""
     names = linear_names(block)
-    norms = wanda_norms(block, names, calls)
-    wanda = Wanda(norms)
-    return outlier_ratio([wanda(n, wrap(block, n)) for n in names], m)
+    fresh = unwrapped_names(block, names)
+    try:
+        wanda = Wanda(wanda_norms(block, names, calls))
+        return outlier_ratio([wanda(n, wrap(block, n)) for n in names], m)
+    finally:
+        unwrap_bare(block, fresh)
 
 
 def prune_block(block: nn.Module, calls: BlockCalls, config: SequentialConfig, sparsity: float | None, prefix: str = "") -> None:
