@@ -188,3 +188,29 @@ def test_ddp_resume_with_dropout_is_exact(tmp_path, bert_recipe):
     assert ended.keys() == resumed.keys()
     for key in ended:
         torch.testing.assert_close(resumed[key], ended[key], atol=1e-6, rtol=0)
+
+
+def test_a_refused_resume_keeps_the_runs_recipe_and_advice_names_the_flag(tmp_path, bert_recipe, capsys):
+    """Partial items: a resume refused for a changed config first overwrote the run's recipe.yaml; a base
+    mismatch told CLI users `check_base=False` instead of --no-check-base; the run directory is printed."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert = Path(yaml.safe_load(bert_recipe.read_text())["model"]["path"])
+    base = tmp_path / "base"
+    shutil.copytree(bert, base)
+    run = tmp_path / "run"
+    assert cli.main(["tune", str(bert_recipe), "--set", f"model.path={base}", "--set", "train.epochs=1", "--out", str(run)]) == 0
+    assert f"run directory: {run.resolve()}" in capsys.readouterr().out
+    recipe = (run / "recipe.yaml").read_bytes()
+    code = cli.main(["tune", str(bert_recipe), "--set", f"model.path={base}", "--set", "train.epochs=1", "--set", "method.r=8",
+                     "--out", str(run), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "CheckpointMismatchError" in err and (run / "recipe.yaml").read_bytes() == recipe
+
+    torch.manual_seed(5)  # another base under the same path
+    config = BertConfig.from_pretrained(base)
+    BertForSequenceClassification(config).save_pretrained(base)
+    code = cli.main(["eval", str(run)])
+    err = capsys.readouterr().err
+    assert code == 1 and "BaseMismatchError" in err and "pass --no-check-base" in err and "check_base=False" not in err, err
+    assert cli.main(["eval", str(run), "--no-check-base"]) == 0

@@ -79,3 +79,14 @@ def test_perplexity_refuses_zero_windows(llama_dir, text_file, capsys, flag):  #
     code = main(["eval", "--model", str(llama_dir), "--perplexity", str(text_file), flag, "0"])
     captured = capsys.readouterr()
     assert code == 1 and "perplexity:" not in captured.out and f"{flag[2:]}=0" in captured.err, captured.err
+
+
+def test_prune_model_refuses_overwrite_and_an_out_inside_the_input(llama_dir, tmp_path, capsys):  # noqa: F811
+    """Partial items: --overwrite was ignored with --model; an --out inside the input directory was accepted."""
+    before = sorted(p.name for p in llama_dir.iterdir())
+    for extra, reason in [(["--out", str(llama_dir / "pruned")], "is, or is inside, the input model directory"),
+                          (["--out", str(tmp_path / "new"), "--overwrite"], "--overwrite is not supported with --model")]:
+        code = main(["prune", "--model", str(llama_dir), "--method", "magnitude", *extra])
+        err = capsys.readouterr().err
+        assert code == 1 and reason in err, err
+    assert sorted(p.name for p in llama_dir.iterdir()) == before and not (tmp_path / "new").exists()

@@ -40,6 +40,9 @@ def run_llm(args) -> int:
 
     if args.out is None:
         raise ValueError("--out is required with --model: the new directory for the pruned model")
+    if getattr(args, "overwrite", False):  # a pruned directory carries no run marker: nothing to tell ours from others'
+        raise ValueError(f"--overwrite is not supported with --model: the pruned model always goes to a new directory; "
+                         f"remove {args.out} yourself or choose another --out")
     config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda,
                               args.selection)
     samples = None  # magnitude needs no activations: no calibration text is read

@@ -53,6 +53,7 @@ def run(args) -> int:
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
     out = Path(args.out or recipe.output)
     if init_distributed().rank == 0:  # one process prepares the directory; the others wait for it
+        logger(args)(f"run directory: {out.resolve()}" + ("" if args.out else " (the recipe's output:, from the current directory)"))
         check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite, read_paths(recipe))
     _barrier()
     # The run is built in .OUT.partial and swapped in when complete (see core/io/output_dir.py).
@@ -95,5 +96,5 @@ def oneshot_arguments(recipe, args):
     import argparse
 
     section = recipe.oneshot.model_dump()
-    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet,
+    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet, overwrite=args.overwrite,
                               **{**section, "calib": Path(section["calib"]) if section["calib"] else None})

@@ -78,7 +78,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     info = init_distributed()
     if info.rank != 0:
         log = lambda message: None
-    else:
+    elif not resume:  # a resumed run keeps its recipe until its checkpoint has accepted this one (below)
         save_recipe(recipe, out)
     records = read_data(recipe)
     torch.manual_seed(recipe.train.seed)
@@ -114,6 +114,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
             checkpoint=checkpoint, resume=resume, run_config=_run_config(recipe),
         )
         model = unwrap_model(model)
+        if resume and info.rank == 0:
+            save_recipe(recipe, out)  # the checkpoint accepted it: only fields that may change did (e.g. checkpoint_every)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)

@@ -235,8 +235,8 @@ def _return_freed_memory() -> None:
 
 
 def _check_out(out: Path, model_dir: Path) -> None:
-    if out.resolve() == model_dir.resolve():
-        raise ValueError(f"--out {out} is the input model directory; write the pruned model elsewhere")
+    if out.resolve() == model_dir.resolve() or model_dir.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out} is, or is inside, the input model directory {model_dir}; write the pruned model elsewhere")
     if out.exists():
         raise FileExistsError(f"output directory {out} already exists; choose a new --out (nothing is overwritten)")
 
