@@ -214,3 +214,29 @@ def test_a_refused_resume_keeps_the_runs_recipe_and_advice_names_the_flag(tmp_pa
     err = capsys.readouterr().err
     assert code == 1 and "BaseMismatchError" in err and "pass --no-check-base" in err and "check_base=False" not in err, err
     assert cli.main(["eval", str(run), "--no-check-base"]) == 0
+
+
+def test_weights_of_other_sizes_say_what_differs_and_what_to_set(tmp_path, bert_recipe, capsys):
+    """Partial item: three cases gave transformers' raw "ignore_mismatched_sizes ... look at the above report!"
+    with no report: a 3-label head for 2-label data (as model and as teacher), and a shrunk model's weights
+    without their shrink history."""
+    three = _bert_classifier(tmp_path / "three-labels")
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(three, num_labels=3, ignore_mismatched_sizes=True)
+    model.save_pretrained(three)
+    for extra in (["--set", f"model.path={three}"], ["--set", f"distill.teacher={three}"]):
+        code = cli.main(["tune", str(bert_recipe), *extra, "--out", str(tmp_path / "x"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and "holds a classification head for 3 labels, but the data has 2" in err and "data.labels" in err, err
+        assert "above report" not in err
+
+    run, small = tmp_path / "run", tmp_path / "small"
+    assert cli.main(["tune", str(bert_recipe), "--set", "train.epochs=1", "--out", str(run), "--quiet"]) == 0
+    assert cli.main(["shrink", str(run), "--ratio", "0.5", "--out", str(small), "--quiet"]) == 0
+    bare = tmp_path / "bare"
+    shutil.copytree(small / "model", bare)
+    (bare / "shrink_history.json").unlink()
+    code = cli.main(["tune", str(bert_recipe), "--set", f"model.path={bare}", "--out", str(tmp_path / "y"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "do not have the shapes its config.json describes" in err and "shrink_history.json" in err, err

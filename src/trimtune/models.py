@@ -144,7 +144,12 @@ def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        model, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+        try:
+            model, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise _size_mismatch(model_class, path, new, kwargs) from None
     finally:  # as the caller had them (the CLI's --quiet turns bars off for the whole run)
         transformers.logging.set_verbosity(verbosity)
         if bars:
@@ -159,6 +164,23 @@ def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[
         warnings.warn(f"loading {path}: " + "; ".join(f"{what} keys {keys[:5]}" for what, keys in surprising.items() if keys),
                       stacklevel=2)
     return model
+
+
+def _size_mismatch(model_class, path, head: tuple[str, ...], kwargs: dict) -> ValueError:
+    """What transformers' "ignore_mismatched_sizes ... look at the above report!" leaves out: which weights
+    differ, how, and what to set (the report is not shown: its logger is silenced here)."""
+    _, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True,
+                                          **kwargs)
+    mismatched = sorted((key, tuple(saved), tuple(wanted)) for key, saved, wanted in info.get("mismatched_keys", []))
+    listed = ", ".join(f"{key} {saved} in the file vs {wanted}" for key, saved, wanted in mismatched[:4])
+    if mismatched and head and all(key.startswith(head) for key, _, _ in mismatched):
+        labels = kwargs.get("num_labels")
+        return ValueError(f"{path} holds a classification head for {mismatched[0][1][0]} labels, but the data has {labels} "
+                          f"({listed}); set data.labels to the {mismatched[0][1][0]} labels it was trained on, or start from "
+                          "a model directory without this head")
+    return ValueError(f"the weights in {path} do not have the shapes its config.json describes ({listed}); a model cut by "
+                      "trimtune shrink is read from the shrink output directory (with its shrink_history.json), not from a "
+                      "copy of its weights")
 
 
 def _check_nothing_new(path, model_class, info: dict, trained_for: str) -> None:
