@@ -90,3 +90,41 @@ def test_prune_model_refuses_overwrite_and_an_out_inside_the_input(llama_dir, tm
         err = capsys.readouterr().err
         assert code == 1 and reason in err, err
     assert sorted(p.name for p in llama_dir.iterdir()) == before and not (tmp_path / "new").exists()
+
+
+def test_damaged_files_are_named(llama_dir, text_file, tmp_path, capsys):  # noqa: F811
+    """Partial item: a truncated shard or an index mapping a tensor to the wrong shard gave a bare
+    SafetensorError (prune, eval); a text file that is not UTF-8 a raw UnicodeDecodeError."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(llama_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    sharded = tmp_path / "sharded"
+    shutil.copytree(llama_dir, sharded)
+    tensors = load_file(sharded / "model.safetensors")
+    (sharded / "model.safetensors").unlink()
+    keys = sorted(tensors)
+    save_file({k: tensors[k] for k in keys[:5]}, sharded / "model-00001-of-00002.safetensors")
+    save_file({k: tensors[k] for k in keys[5:]}, sharded / "model-00002-of-00002.safetensors")
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in keys}  # wrong for every key after the fifth
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cases = [(truncated, f"{weights} is not a readable safetensors file"), (sharded, f"maps {keys[5]} to model-00001-of-00002")]
+    for directory, reason in cases:
+        for argv in (["prune", "--model", str(directory), "--method", "magnitude", "--out", str(tmp_path / "out")],
+                     ["eval", "--model", str(directory), "--perplexity", str(text_file), "--seqlen", "16"]):
+            code = main(argv)
+            err = capsys.readouterr().err
+            assert code == 1 and reason in err and "UnreadableFileError" in err, (argv, err)
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    for argv in (["eval", "--model", str(llama_dir), "--perplexity", str(latin), "--seqlen", "16"],
+                 ["prune", "--model", str(llama_dir), "--calib", str(latin), "--nsamples", "1", "--seqlen", "4", "--out", str(tmp_path / "o")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 1 and f"text file {latin} is not UTF-8: byte 3 (0xe9)" in err, err

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .core.input_deltas.model_info import CACHE_ARGUMENTS
+from .core.io.safetensors_files import check_model_files
 
 
 def minilm_path() -> Path:
@@ -140,6 +141,7 @@ def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[
     import transformers
 
     require_safetensors(path)
+    check_model_files(path)  # transformers' error for a damaged shard or index names no file
     verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

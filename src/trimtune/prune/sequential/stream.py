@@ -27,6 +27,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ...core.io import atomic
+from ...core.io.safetensors_files import check_model_files
 from ...core.io.safetensors_stream import FileSlice, slices_of
 from ...core.io.safetensors_stream import write as write_shard
 from ..sparsity_report import SparsityReport
@@ -44,6 +45,7 @@ class Checkpoint:
 
     def __init__(self, directory: Path):
         self.directory = directory
+        check_model_files(directory)  # a damaged shard or a wrong index is named here, before any block
         index = directory / INDEX
         single = directory / "model.safetensors"
         if index.is_file():
