@@ -240,3 +240,46 @@ def test_weights_of_other_sizes_say_what_differs_and_what_to_set(tmp_path, bert_
     code = cli.main(["tune", str(bert_recipe), "--set", f"model.path={bare}", "--out", str(tmp_path / "y"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "do not have the shapes its config.json describes" in err and "shrink_history.json" in err, err
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing_behind(tmp_path, bert_recipe, capsys, monkeypatch):
+    """Partial item: tune and save_adapter on a full disk gave safetensors' raw SafetensorError and left
+    .NAME.partial unexplained; now an OSError (ENOSPC) naming the file, the build directory kept only for its
+    checkpoints (the message says so and how to finish), and removed when it has none."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import trimtune as tt
+    import trimtune.core.io.atomic as atomic
+
+    real, full_at = atomic.save_file, ["adapter_model"]
+
+    def full(tensors, filename, metadata=None):  # what safetensors raises when the disk fills up
+        if full_at[0] in filename:
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(atomic, "save_file", full)
+    tune = ["tune", str(bert_recipe), "--set", "train.epochs=1", "--set", "train.checkpoint_every=null", "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(tune) == 1
+    err = capsys.readouterr().err
+    assert "OSError" in err and "No space left on device" in err and "adapter_model" in err, err
+    assert f"checkpoints are kept in {tmp_path / '.run.partial'}" in err and "--resume" in err  # the final checkpoint
+    full_at[0] = "nothing"  # space freed: the run finishes from its last checkpoint
+    assert cli.main([*tune, "--resume"]) == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+    full_at[0] = "pruned.safetensors"  # a run without training has no checkpoint: nothing is kept
+    code = cli.main(["prune", str(bert_recipe), "--set", "method=null", "--set", "train.epochs=0", "--set", "prune.sparsity=0.5",
+                     "--out", str(tmp_path / "pruned"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "pruned.safetensors" in err and "--resume" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+    full_at[0] = "adapter_model"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    tt.apply(model, tt.LoraConfig(r=2, targets="0"))
+    with pytest.raises(OSError) as raised:
+        tt.save_adapter(model, tmp_path / "adapter")
+    assert raised.value.errno == errno.ENOSPC and "adapter_model" in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

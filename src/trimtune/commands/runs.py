@@ -34,7 +34,7 @@ def add_runs(subparsers) -> None:
 
 def run(args) -> int:
     from ..core.io.output_dir import partial_path
-    from ..recipes.run import check_run_dir, finish_run_dir, prepare_run_dir, run_recipe
+    from ..recipes.run import check_run_dir, discard_unresumable, finish_run_dir, prepare_run_dir, run_recipe
     from ..training.distributed import init_distributed
 
     if args.command == "prune" and getattr(args, "model", None) is not None:
@@ -58,7 +58,16 @@ def run(args) -> int:
     _barrier()
     # The run is built in .OUT.partial and swapped in when complete (see core/io/output_dir.py).
     work = check_run_dir(out) if args.resume else partial_path(out)
-    summary = run_recipe(recipe, work, quiet=args.quiet, log=logger(args), resume=args.resume)
+    try:
+        summary = run_recipe(recipe, work, quiet=args.quiet, log=logger(args), resume=args.resume)
+    except OSError as error:  # e.g. a full disk: say where the work is kept and how to finish it
+        kept = init_distributed().rank != 0 or not discard_unresumable(work, out)
+        raise OSError(error.errno, f"{error.strerror or error}; the run's checkpoints are kept in {work}: free space, then run "
+                      "the same command with --resume", error.filename) if kept and work != out else error
+    except BaseException:
+        if init_distributed().rank == 0:
+            discard_unresumable(work, out)
+        raise
     if init_distributed().rank == 0:
         finish_run_dir(work, out)
         show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import prune as P
 from ..data import load_demo_texts, text_loader
 from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
 from ..data.lm import lm_loader
 from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
+from ..prune import Magnitude, Movement, PruneConfig, Random, Taylor, Wanda, collect_input_norms, collect_taylor
 from ..training import accuracy
 from ..training.batches import run_batch
 from .schema import DataSection, ModelSection, PruneSection, Recipe
@@ -151,13 +151,13 @@ def prune_config(section: PruneSection, model: nn.Module, loaders: Loaders):
     if section.importance == "wanda":
         inputs = lambda: ((b if isinstance(b, dict) else b[0]) for b in calibration())
         strip = lambda b: {k: v for k, v in b.items() if k != "labels"} if isinstance(b, dict) else b
-        importance = P.Wanda(P.collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
+        importance = Wanda(collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
     elif section.importance == "taylor":
         loss = lambda m, b: run_batch(m, b, loaders.loss_fn).loss
-        importance = P.Taylor(P.collect_taylor(model, calibration(), loss, section.targets))
+        importance = Taylor(collect_taylor(model, calibration(), loss, section.targets))
     else:
-        importance = {"magnitude": P.Magnitude, "random": lambda: P.Random(section.seed), "movement": P.Movement}[section.importance]()
-    return P.PruneConfig(
+        importance = {"magnitude": Magnitude, "random": lambda: Random(section.seed), "movement": Movement}[section.importance]()
+    return PruneConfig(
         amount=section.sparsity, importance=importance, granularity=section.granularity, scope=section.scope,
         targets=section.targets, protect=section.protect,
     )

@@ -12,6 +12,7 @@ section the teacher is made right after loading (``recipes/teacher.py``) and its
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -60,10 +61,25 @@ def prepare_run_dir(path: str | Path, overwrite: bool, sources: Iterable[str | P
 
 def _check_no_resumable_run(path: Path, overwrite: bool) -> None:
     checkpoints = partial_path(path) / "checkpoints"
-    if overwrite or not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+    if overwrite or not _has_checkpoints(partial_path(path)):
         return
     raise OutputError(f"an interrupted run of {path} can be resumed from its checkpoints in {checkpoints}: continue it by "
                       "running the same command with --resume, or pass --overwrite to discard them and start over")
+
+
+def discard_unresumable(work: Path, path: str | Path) -> bool:
+    """A failed run's build directory goes unless it holds checkpoints to ``--resume`` from (a full disk
+    is left nothing useless to fill it); True if it went."""
+    work = Path(work)
+    if work != Path(path) and work == partial_path(path) and not _has_checkpoints(work):
+        shutil.rmtree(work, ignore_errors=True)
+        return True
+    return False
+
+
+def _has_checkpoints(work: Path) -> bool:
+    checkpoints = work / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.iterdir())
 
 
 def finish_run_dir(work: Path, path: str | Path) -> None:

@@ -47,6 +47,7 @@ from .checkpoint import (
     restore_trainer_state,
 )
 from .fsdp import is_sharded
+from .rng import capture_rng_every_rank
 from .state_files import decode, encode
 
 SHARDED_DIR = "sharded"

@@ -9,6 +9,7 @@ version untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 
@@ -79,7 +81,10 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     # safetensors refuses views that share storage and non-contiguous tensors: give it private copies.
     own = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(own, str(tmp), metadata=metadata)
+        try:
+            save_file(own, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # safetensors wraps the OS error (e.g. a full disk) in its own type
+            raise _as_os_error(err, path) from None
 
 
 def _fsync_file(path: Path) -> None:
@@ -95,3 +100,10 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _as_os_error(err: SafetensorError, path) -> OSError:
+    """An ``OSError`` naming ``path``, with ENOSPC when the disk is full, as every other write failure is."""
+    if "No space left on device" in str(err) or "os error 28" in str(err):
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return OSError(f"could not write {path}: {err}")
