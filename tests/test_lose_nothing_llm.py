@@ -128,3 +128,19 @@ def test_damaged_files_are_named(llama_dir, text_file, tmp_path, capsys):  # noq
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 1 and f"text file {latin} is not UTF-8: byte 3 (0xe9)" in err, err
+
+
+def test_a_killed_writers_build_directory_is_reclaimed(llama_dir, tmp_path, capsys):  # noqa: F811
+    """Partial item: a SIGKILLed `prune --model` left `.OUT.xxxx.tmp` that nothing reclaimed. The next run
+    into the same --out removes the build directories of writers that are gone, never a live one's."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f".pruned.pid{gone}.k1ll3d.tmp"
+    live = tmp_path / f".pruned.pid{__import__('os').getpid()}.w0rk1ng.tmp"
+    for leftover in (orphan, live):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"half a shard")
+    assert main(["prune", "--model", str(llama_dir), "--method", "magnitude", "--out", str(tmp_path / "pruned"), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "pruned"]

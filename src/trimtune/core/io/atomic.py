@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -50,7 +51,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for child in tmp.iterdir():
@@ -66,6 +68,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(path)
     _fsync_dir(path.parent)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Build directories of ``path`` left by a killed process (``kill -9`` runs no cleanup): each names
+    its writer's pid, so only those whose process is gone are removed, never a live writer's."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.pid*.tmp"):
+        pid = leftover.name[len(path.name) + 5:].split(".", 1)[0]
+        if leftover.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
