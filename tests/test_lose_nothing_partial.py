@@ -67,3 +67,34 @@ def test_owl_help_says_what_lambda_bounds(capsys):
         main(["prune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "span 2 x lambda" in text and "largest change" not in text
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_text_init_tokenizer_refusals_name_the_problem(tiny_llama, tmp_path, method):
+    """Partial items: a tokenizer path that is not a directory gave the hub's raw OSError, tokenizer=42
+    "'int' object is not callable", and a tokenizer larger than the model's vocabulary a raw IndexError."""
+    from trimtune.core.config import ConfigError
+    from trimtune.models import minilm_path
+
+    make = {"prompt": tt.PromptTuningConfig, "prefix": tt.PrefixTuningConfig}[method]
+    cases = [("no/such/tokenizer", "tokenizer 'no/such/tokenizer' is not a tokenizer directory"),
+             (str(minilm_path()), "as token id \\d+, but the model embeds only 100 token ids")]  # MiniLM: 30522 ids
+    for tokenizer, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            tt.apply(tiny_llama, make(num_virtual_tokens=4, init="TEXT", init_text="the soup was hot", tokenizer=tokenizer))
+    with pytest.raises(ConfigError, match="tokenizer must be a tokenizer directory .* or a tokenizer object, got int 42"):
+        make(num_virtual_tokens=4, init="TEXT", init_text="the soup", tokenizer=42)
+
+
+def test_a_refused_adalora_run_keeps_its_config_for_a_retry(tiny_llama):
+    """Partial item: a refused train stored total_step in the config, so a correct retry was refused with the stale value."""
+    from trimtune.core.config import ConfigError
+
+    config = tt.AdaLoraConfig(init_r=4, target_r=2, tinit=2, tfinal=2)  # total_step from the loop
+    tt.apply(tiny_llama, config)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 100, (12, 2, 8))]
+    with pytest.raises(ConfigError, match="the budget schedule is empty"):
+        tt.train(tiny_llama, data, max_steps=3, lr=1e-2, progress=False)  # 3 steps: no room between tinit and tfinal
+    assert config.total_step is None
+    tt.train(tiny_llama, data, max_steps=12, lr=1e-2, progress=False)
+    assert config.total_step == 12
