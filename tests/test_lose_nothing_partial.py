@@ -98,3 +98,28 @@ def test_a_refused_adalora_run_keeps_its_config_for_a_retry(tiny_llama):
     assert config.total_step is None
     tt.train(tiny_llama, data, max_steps=12, lr=1e-2, progress=False)
     assert config.total_step == 12
+
+
+def test_adapter_file_targets_peft_refuses_are_refused_clearly(tiny_llama, tmp_path):
+    """Partial items: a regex target_modules with layers_to_transform silently adapted every layer (peft
+    refuses it); target_modules ".*" was refused as "targets None matched"."""
+    import copy
+    import json
+
+    from trimtune.core.config import ConfigError
+    from trimtune.core.targets import TargetError
+
+    model = copy.deepcopy(tiny_llama)
+    tt.apply(model, tt.LoraConfig(r=2, targets=["q_proj"]))
+    tt.save_adapter(model, tmp_path / "a")
+    config_path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    for fields, error, message in [
+        ({"target_modules": r".*\.q_proj", "layers_to_transform": [0]}, ConfigError, "apply only to a list of module names"),
+        ({"target_modules": ".*"}, TargetError, r"targets PeftTargets\('\.\*'\) matched modules that cannot be wrapped"),
+    ]:
+        config_path.write_text(json.dumps({**config, **fields}))
+        fresh = copy.deepcopy(tiny_llama)
+        with pytest.raises(error, match=message):
+            tt.load_adapter(fresh, tmp_path / "a", check_base=False)
+        assert wrapped_layers(fresh) == []
