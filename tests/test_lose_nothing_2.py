@@ -283,3 +283,23 @@ def test_a_full_disk_names_the_file_and_leaves_nothing_behind(tmp_path, bert_rec
         tt.save_adapter(model, tmp_path / "adapter")
     assert raised.value.errno == errno.ENOSPC and "adapter_model" in str(raised.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_late_checks_come_first_and_say_why(tmp_path, bert_recipe, capsys, monkeypatch):
+    """Partial items: QLoRA without bitsandbytes failed only after loading and evaluating the model and left
+    a hidden .X.partial; `data.format: hf` on an empty JSONL said "could not read ... as json:" and no reason."""
+    import sys
+
+    from trimtune.data.files import read_records
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    code = cli.main(["tune", str(bert_recipe), "--set", "method.type=qlora", "--out", str(tmp_path / "q"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1 and "bitsandbytes is needed for 4-bit bases: pip install bitsandbytes" in captured.err, captured.err
+    assert "before:" not in captured.out and sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=f"{empty} is empty: the data needs at least one record"):
+        read_records(empty, "hf")
