@@ -3,6 +3,7 @@ differ only in which recipe section they insist on, so a command always does wha
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from ..recipes.load import RecipeError, load_recipe
@@ -60,13 +61,11 @@ def run(args) -> int:
     work = check_run_dir(out) if args.resume else partial_path(out)
     try:
         summary = run_recipe(recipe, work, quiet=args.quiet, log=logger(args), resume=args.resume)
-    except OSError as error:  # e.g. a full disk: say where the work is kept and how to finish it
+    except BaseException as error:  # the build directory goes, unless it holds checkpoints to resume from
         kept = init_distributed().rank != 0 or not discard_unresumable(work, out)
-        raise OSError(error.errno, f"{error.strerror or error}; the run's checkpoints are kept in {work}: free space, then run "
-                      "the same command with --resume", error.filename) if kept and work != out else error
-    except BaseException:
-        if init_distributed().rank == 0:
-            discard_unresumable(work, out)
+        if kept and work != out and isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise OSError(error.errno, f"{error.strerror}; the run's checkpoints are kept in {work}: free space, then run "
+                          "the same command with --resume", error.filename) from error
         raise
     if init_distributed().rank == 0:
         finish_run_dir(work, out)
@@ -97,7 +96,7 @@ def read_paths(recipe) -> list[str]:
     from ..recipes.schema import resolve_model_path
 
     paths = [recipe.model.path, recipe.distill.teacher if recipe.distill else None]
-    return [str(resolve_model_path(p)) for p in paths if p]
+    return [str(resolve_model_path(p)) for p in paths if p and Path(resolve_model_path(p)).exists()]  # not "lenet" or a hub id
 
 
 def oneshot_arguments(recipe, args):
