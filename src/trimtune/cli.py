@@ -110,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # one clear line for the user; --debug shows where it came from
         if args.debug:
             raise
-        print(f"trimtune {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"trimtune {args.command}: error: {type(err).__name__}: {_in_flags(str(err), args)}", file=sys.stderr)
         return EXIT_USAGE if _is_usage_error(err) else EXIT_FAILURE
+
+
+def _in_flags(message: str, args) -> str:
+    """The API's advice in this command's words: its ``--no-check-base`` flag, not the argument ``check_base=False``."""
+    if hasattr(args, "check_base"):
+        return message.replace("load with check_base=False", "pass --no-check-base").replace("check_base=False", "--no-check-base")
+    return message
 
 
 def _is_usage_error(err: Exception) -> bool:

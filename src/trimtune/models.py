@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .core.input_deltas.model_info import CACHE_ARGUMENTS
+from .core.io.safetensors_files import check_model_files
 
 
 def minilm_path() -> Path:
@@ -130,22 +131,33 @@ def mean_pool_classifier(path, num_labels: int, dropout: float = 0.1) -> MeanPoo
     return MeanPoolClassifier(encoder, num_labels, dropout).eval()
 
 
-def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[str, ...] = (), **kwargs):
+def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[str, ...] = (), trained_for: str | None = None,
+                    **kwargs):
     """``model_class.from_pretrained(path)`` from safetensors only, without transformers' load report and
     progress bar: keys left out on purpose (``unused``, e.g. BERT's pooler) and heads made new on purpose
-    (``new``, e.g. a classifier) pass quietly; any other missing or unexpected key is warned about."""
+    (``new``, e.g. a classifier) pass quietly; any other missing or unexpected key is warned about.
+    ``trained_for`` (what the model is used as, e.g. "a distillation teacher"): a model whose weights are
+    scored must be trained, so any weight the checkpoint lacks (initialised at random) is refused."""
     import transformers
 
     require_safetensors(path)
+    check_model_files(path)  # transformers' error for a damaged shard or index names no file
     verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        model, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+        try:
+            model, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise _size_mismatch(model_class, path, new, kwargs) from None
     finally:  # as the caller had them (the CLI's --quiet turns bars off for the whole run)
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
+    if trained_for is not None:
+        _check_nothing_new(path, model_class, info, trained_for)
     surprising = {
         "missing": [k for k in info.get("missing_keys", []) if not k.startswith(new)],
         "unexpected": [k for k in info.get("unexpected_keys", []) if not k.startswith(unused)],
@@ -154,6 +166,33 @@ def load_pretrained(model_class, path, unused: tuple[str, ...] = (), new: tuple[
         warnings.warn(f"loading {path}: " + "; ".join(f"{what} keys {keys[:5]}" for what, keys in surprising.items() if keys),
                       stacklevel=2)
     return model
+
+
+def _size_mismatch(model_class, path, head: tuple[str, ...], kwargs: dict) -> ValueError:
+    """What transformers' "ignore_mismatched_sizes ... look at the above report!" leaves out: which weights
+    differ, how, and what to set (the report is not shown: its logger is silenced here)."""
+    _, info = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True,
+                                          **kwargs)
+    mismatched = sorted((key, tuple(saved), tuple(wanted)) for key, saved, wanted in info.get("mismatched_keys", []))
+    listed = ", ".join(f"{key} {saved} in the file vs {wanted}" for key, saved, wanted in mismatched[:4])
+    if mismatched and head and all(key.startswith(head) for key, _, _ in mismatched):
+        labels = kwargs.get("num_labels")
+        return ValueError(f"{path} holds a classification head for {mismatched[0][1][0]} labels, but the data has {labels} "
+                          f"({listed}); set data.labels to the {mismatched[0][1][0]} labels it was trained on, or start from "
+                          "a model directory without this head")
+    return ValueError(f"the weights in {path} do not have the shapes its config.json describes ({listed}); a model cut by "
+                      "trimtune shrink is read from the shrink output directory (with its shrink_history.json), not from a "
+                      "copy of its weights")
+
+
+def _check_nothing_new(path, model_class, info: dict, trained_for: str) -> None:
+    new = sorted(info.get("missing_keys", []))
+    if new:
+        raise ValueError(
+            f"{path} cannot serve as {trained_for}: loaded as {model_class.__name__}, its checkpoint lacks {len(new)} weight(s) "
+            f"({', '.join(new[:4])}{', ...' if len(new) > 4 else ''}), which would be initialised at random; use a model "
+            "directory trained for this task (architectures in its config.json)"
+        )
 
 
 def require_safetensors(path) -> None:

@@ -34,6 +34,7 @@ from ..prune import (
     make_permanent,
     sparsity_report,
 )
+from ..prune.api import prune  # the verb: tt.prune(model, cfg); the package stays importable as trimtune.prune
 from ..prune.files import load_sparse, save_sparse
 from ..prune.sequential import SequentialConfig, prune_directory, prune_sequential, self_generated_samples
 from ..prune.structured import StructuredConfig, StructuredReport, shrink_llm, shrink_llm_directory

@@ -33,7 +33,8 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
                         "reference code's and llm-compressor's <= threshold (one entry more, plus ties) (default: %(default)s)")
     g.add_argument("--owl", action="store_true", help="OWL: per-block sparsity from outlier ratios (wanda, sparsegpt)")
     g.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold, multiples of the block mean (default: %(default)s)")
-    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's largest change of a block's sparsity (default: %(default)s)")
+    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's lambda: block sparsities span 2 x lambda around --sparsity (one block can move up to 2 x lambda); "
+                        "at most min(s, 1 - s) / 2 always fits (default: %(default)s)")
 
 
 def run_llm(args) -> int:
@@ -47,6 +48,9 @@ def run_llm(args) -> int:
 
     if args.out is None:
         raise ValueError("--out is required with --model: the new directory for the pruned model")
+    if getattr(args, "overwrite", False):  # a pruned directory carries no run marker: nothing to tell ours from others'
+        raise ValueError(f"--overwrite is not supported with --model: the pruned model always goes to a new directory; "
+                         f"remove {args.out} yourself or choose another --out")
     config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda,
                               args.selection, args.batch_tokens)
     check_out(Path(args.out), Path(args.model))  # before calibration, which may generate for minutes

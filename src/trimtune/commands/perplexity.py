@@ -20,14 +20,16 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
 def run_perplexity(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..models import load_pretrained
     from ..training.perplexity import perplexity_of_file
 
     model_dir = args.model or args.run_dir
     if model_dir is None:
         raise ValueError("--perplexity needs a model: pass --model DIR (a Hugging Face causal LM directory)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    # safetensors only (never unpickled), and every weight from the file: a head made up on load scores nothing
+    model = load_pretrained(AutoModelForCausalLM, model_dir, trained_for="a causal LM for --perplexity").eval()
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048
-    seqlen = args.seqlen or min(limit, 2048)
+    seqlen = args.seqlen if args.seqlen is not None else min(limit, 2048)  # --seqlen 0 is refused, not replaced
     metrics = perplexity_of_file(model, AutoTokenizer.from_pretrained(model_dir), args.perplexity, seqlen, args.stride)
     metrics["seqlen"] = seqlen
     show("perplexity", metrics)

@@ -3,6 +3,7 @@ differ only in which recipe section they insist on, so a command always does wha
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from ..recipes.load import RecipeError, load_recipe
@@ -34,7 +35,7 @@ def add_runs(subparsers) -> None:
 
 def run(args) -> int:
     from ..core.io.output_dir import partial_path
-    from ..recipes.run import check_run_dir, finish_run_dir, prepare_run_dir, run_recipe
+    from ..recipes.run import check_run_dir, discard_unresumable, finish_run_dir, prepare_run_dir, run_recipe
     from ..training.distributed import init_distributed
 
     if args.command == "prune" and getattr(args, "model", None) is not None:
@@ -53,11 +54,19 @@ def run(args) -> int:
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
     out = Path(args.out or recipe.output)
     if init_distributed().rank == 0:  # one process prepares the directory; the others wait for it
-        check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite)
+        logger(args)(f"run directory: {out.resolve()}" + ("" if args.out else " (the recipe's output:, from the current directory)"))
+        check_run_dir(out) if args.resume else prepare_run_dir(out, args.overwrite, read_paths(recipe))
     _barrier()
     # The run is built in .OUT.partial and swapped in when complete (see core/io/output_dir.py).
     work = check_run_dir(out) if args.resume else partial_path(out)
-    summary = run_recipe(recipe, work, quiet=args.quiet, log=logger(args), resume=args.resume)
+    try:
+        summary = run_recipe(recipe, work, quiet=args.quiet, log=logger(args), resume=args.resume)
+    except BaseException as error:  # the build directory goes, unless it holds checkpoints to resume from
+        kept = init_distributed().rank != 0 or not discard_unresumable(work, out)
+        if kept and work != out and isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise OSError(error.errno, f"{error.strerror}; the run's checkpoints are kept in {work}: free space, then run "
+                          "the same command with --resume", error.filename) from error
+        raise
     if init_distributed().rank == 0:
         finish_run_dir(work, out)
         show("result", {"before": summary["before"], "after": summary["after"], "run_dir": str(out)})
@@ -82,9 +91,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def read_paths(recipe) -> list[str]:
+    """The local directories a recipe run reads (its model, its teacher), which --out must not replace."""
+    from ..recipes.schema import resolve_model_path
+
+    paths = [recipe.model.path, recipe.distill.teacher if recipe.distill else None]
+    return [str(resolve_model_path(p)) for p in paths if p and Path(resolve_model_path(p)).exists()]  # not "lenet" or a hub id
+
+
 def oneshot_arguments(recipe, args):
     """The ``trimtune prune --model ...`` arguments a oneshot: recipe stands for."""
     import argparse
 
     section = recipe.oneshot.model_dump()
-    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet, **section)
+    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet,
+                              overwrite=args.overwrite, **section)

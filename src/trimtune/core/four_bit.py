@@ -13,6 +13,7 @@ with a warning, since the merged sum cannot be stored in 4 bits without a new ro
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ from .config import ConfigError, check_choice
 
 INSTALL_HINT = 'bitsandbytes is needed for 4-bit bases: pip install bitsandbytes  (or: pip install "trimtune[quant]")'
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def require_bitsandbytes() -> None:
+    """Refuse at once, without importing it (seconds), when bitsandbytes is not installed: a QLoRA config
+    is checked before any model is loaded or any directory made."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(INSTALL_HINT)
 
 
 def bnb_module():

@@ -74,13 +74,22 @@ def wrapped(model: nn.Module, names: Iterable[str]):
     """``{name: TunedLayer}`` for the block; if the block fails, the layers it newly wrapped are put
     back as they were (a failed verb leaves no wrapper behind)."""
     names = list(names)
-    new = [n for n in names if not isinstance(model.get_submodule(n), TunedLayer)]
+    new = unwrapped_names(model, names)
     layers = {n: wrap(model, n) for n in names}
     try:
         yield layers
     except BaseException:
-        for name in new:
-            layer = model.get_submodule(name)
-            if isinstance(layer, TunedLayer) and not layer.deltas and layer.weight_mask is None:
-                replace_module(model, name, layer.restore_base())
+        unwrap_bare(model, new)
         raise
+
+
+def unwrapped_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    return [n for n in names if not isinstance(model.get_submodule(n), TunedLayer)]
+
+
+def unwrap_bare(model: nn.Module, names: Iterable[str]) -> None:
+    """Put back the base layer of each wrapper in ``names`` that carries nothing (no delta, no mask)."""
+    for name in names:
+        layer = model.get_submodule(name)
+        if isinstance(layer, TunedLayer) and not layer.deltas and layer.weight_mask is None:
+            replace_module(model, name, layer.restore_base())

@@ -137,7 +137,9 @@ def select(model: nn.Module, spec: TargetSpec, defaults: dict[str, TargetSpec] |
 
 
 def _describe(spec: TargetSpec) -> str:
-    return getattr(spec, "__name__", None) if callable(spec) and not isinstance(spec, type) else repr(spec)
+    # a function by its name; a callable object (an adapter file's peft targets) by its repr, never "None"
+    name = getattr(spec, "__name__", None) if callable(spec) and not isinstance(spec, type) else None
+    return name or repr(spec)
 
 
 def _candidates_hint(model: nn.Module, limit: int = 40) -> str:

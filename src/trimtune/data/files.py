@@ -83,10 +83,13 @@ def _read_hf(path: Path) -> list[dict]:
         raise ValueError(f"the datasets reader takes a save_to_disk directory or a file ending in one of "
                          f"{sorted(_HF_BUILDERS)}; {path} is neither")
     builder, options = _HF_BUILDERS[path.suffix.lower()]
+    if path.is_file() and not path.read_bytes().strip():  # datasets' own error here has an empty message
+        raise ValueError(f"{path} is empty: the data needs at least one record")
     try:
         return list(datasets.load_dataset(builder, data_files=str(path), split="train", **options))
-    except Exception as err:  # datasets' own messages do not name the file (e.g. an empty one)
-        raise ValueError(f"datasets could not read {path} as {builder}: {err}") from err
+    except Exception as err:  # datasets' own messages do not name the file
+        reason = str(err).strip() or f"{type(err).__name__} with no message"
+        raise ValueError(f"datasets could not read {path} as {builder}: {reason}") from err
 
 
 def split_records(records: list[dict], eval_fraction: float, seed: int = 0, stratify: str | None = None) -> tuple[list[dict], list[dict]]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..core.state import wrap
+from ..core.state import wrapped
 from .api import PruneConfig, select_layers
 
 
@@ -17,9 +17,9 @@ def _run(model: nn.Module, batch):
     return model(**batch) if isinstance(batch, dict) else model(batch)
 
 
-def _targets(model, targets) -> dict[str, nn.Module]:
-    names = select_layers(model, PruneConfig(targets=targets))
-    return {n: wrap(model, n) for n in names}
+def _targets(model, targets):
+    """The target layers, wrapped; a refusal unwraps the ones this call wrapped (the model is as it was)."""
+    return wrapped(model, select_layers(model, PruneConfig(targets=targets)))
 
 
 @torch.no_grad()
@@ -28,7 +28,11 @@ def collect_input_norms(model: nn.Module, batches: Iterable, targets=None,
     """``{layer: ||X_j||_2}`` over every input channel j, summed over all calibration tokens/pixels.
     ``rows`` (for layers whose channels come last): maps a layer's input to the (tokens, channels)
     rows that count, e.g. the sequential pipeline's ``token_rows``, which drops padding."""
-    layers = _targets(model, targets)
+    with _targets(model, targets) as layers:
+        return _input_norms(model, layers, batches, rows)
+
+
+def _input_norms(model: nn.Module, layers: dict, batches: Iterable, rows) -> dict[str, torch.Tensor]:
     sums: dict[str, torch.Tensor] = {}
 
     def hook_for(name, layer):
@@ -62,7 +66,11 @@ def collect_taylor(
 ) -> dict[str, torch.Tensor]:
     """``{layer: Σ_batches |w · dL/dw|}``; ``loss_fn(model, batch)`` returns a scalar loss.
     The weights get gradients only for the duration of the call."""
-    layers = _targets(model, targets)
+    with _targets(model, targets) as layers:
+        return _taylor(model, layers, batches, loss_fn)
+
+
+def _taylor(model: nn.Module, layers: dict, batches: Iterable, loss_fn) -> dict[str, torch.Tensor]:
     saved = {n: layer.weight.requires_grad for n, layer in layers.items()}
     scores: dict[str, torch.Tensor] = {}
     try:

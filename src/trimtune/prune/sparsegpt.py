@@ -72,17 +72,27 @@ def check_nm(n: int, m: int, columns: int, blocksize: int, where: str) -> None:
         raise ConfigError(f"blocksize {blocksize} must be a multiple of M={m} so no group of M straddles two blocks")
 
 
+class SingularHessianError(ValueError):
+    """The damped calibration Hessian (or its inverse) has no Cholesky factor."""
+
+
+def _cholesky(h: torch.Tensor, percdamp: float, upper: bool = False) -> torch.Tensor:
+    # cholesky_ex, not cholesky: a nearly singular H can factor while its inverse does not, and
+    # torch's own error there (_LinAlgError) says nothing about what to change.
+    factor, info = torch.linalg.cholesky_ex(h, upper=upper)
+    if info.item():
+        raise SingularHessianError(
+            f"the calibration Hessian is not positive definite even with percdamp={percdamp}; "
+            "raise percdamp (e.g. 0.1) or use more calibration tokens"
+        )
+    return factor
+
+
 def _damped_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Lower Cholesky factor of H + λI with λ = percdamp · mean(diag H); dampens ``h`` in place."""
     diag = torch.arange(h.shape[0])
     h[diag, diag] += percdamp * torch.mean(torch.diag(h))
-    lower, info = torch.linalg.cholesky_ex(h)
-    if info.item():
-        raise ValueError(
-            f"the calibration Hessian is not positive definite even with percdamp={percdamp}; "
-            "raise percdamp (e.g. 0.1) or use more calibration tokens"
-        )
-    return lower
+    return _cholesky(h, percdamp)
 
 
 SELECTIONS = ("exact", "reference")
@@ -133,7 +143,7 @@ def sparsegpt(
     del h
     inverse = torch.cholesky_inverse(lower)
     del lower
-    u = torch.linalg.cholesky(inverse, upper=True)
+    u = _cholesky(inverse, percdamp, upper=True)
     del inverse
     # Made only now, so the weight's copy (46 MB for a 5632 x 2048 layer) is not alive beside two n x n matrices.
     w = weight.detach() if in_place and weight.dtype == torch.float32 else weight.detach().float().clone()
@@ -180,7 +190,10 @@ def sparsegpt_layer(
     canon = layer.kind.to_canonical(layer.weight.detach())
     if m:
         check_nm(n, m, canon.shape[1], blocksize, name or layer.describe())
-    new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True, selection=selection, in_place=True)
+    try:
+        new, keep = sparsegpt(canon, hessian.take(), sparsity, n, m, blocksize, percdamp, consume=True, selection=selection, in_place=True)
+    except SingularHessianError as error:
+        raise SingularHessianError(f"{name or layer.describe()}: {error}") from None
     if new.data_ptr() != layer.weight.data_ptr():  # a float32 weight was updated in place already
         layer.weight.copy_(layer.kind.from_canonical(new).to(layer.weight.dtype))
     set_canonical_mask(layer, keep)

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import prune as P
 from ..data import load_demo_texts, text_loader
 from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
 from ..data.lm import lm_loader
 from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
+from ..prune import Magnitude, Movement, PruneConfig, Random, Taylor, Wanda, collect_input_norms, collect_taylor
 from ..training import accuracy
 from ..training.batches import run_batch
 from .schema import DataSection, ModelSection, PruneSection, Recipe
@@ -73,8 +73,9 @@ def model_dir(section: ModelSection) -> Path:
     return path
 
 
-def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
-    """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time."""
+def load_model(section: ModelSection, labels: list[str] | None, trained_for: str | None = None) -> tuple[nn.Module, object]:
+    """(model, tokenizer); the caller seeds torch first, so a new head starts the same every time.
+    ``trained_for`` (e.g. "a distillation teacher"): every weight must come from the checkpoint, a head included."""
     if section.path == "lenet":
         return LeNet(), None
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -82,14 +83,18 @@ def load_model(section: ModelSection, labels: list[str] | None) -> tuple[nn.Modu
     path = model_dir(section)
     tokenizer = AutoTokenizer.from_pretrained(section.tokenizer or path)
     if section.task == "causal-lm":
-        return load_pretrained(AutoModelForCausalLM, path), tokenizer
+        return load_pretrained(AutoModelForCausalLM, path, trained_for=trained_for), tokenizer
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if section.pooling == "mean":
+        if trained_for is not None:
+            raise ValueError(f"{path} cannot serve as {trained_for}: model.pooling: mean gives it a new, untrained head; "
+                             "use a run directory (trimtune tune --out) whose head was trained")
         model = mean_pool_classifier(path, len(labels))
         model.config.update({"id2label": id2label, "label2id": label2id})
         return model, tokenizer
     model = load_pretrained(AutoModelForSequenceClassification, path, unused=("pooler.", "lm_head.", "cls."),
-                            new=("classifier.", "score."), num_labels=len(labels), id2label=id2label, label2id=label2id)
+                            new=("classifier.", "score."), trained_for=trained_for, num_labels=len(labels), id2label=id2label,
+                            label2id=label2id)
     if model.config.pad_token_id is None:  # decoders classify from the last non-pad token
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer
@@ -146,13 +151,13 @@ def prune_config(section: PruneSection, model: nn.Module, loaders: Loaders):
     if section.importance == "wanda":
         inputs = lambda: ((b if isinstance(b, dict) else b[0]) for b in calibration())
         strip = lambda b: {k: v for k, v in b.items() if k != "labels"} if isinstance(b, dict) else b
-        importance = P.Wanda(P.collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
+        importance = Wanda(collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
     elif section.importance == "taylor":
         loss = lambda m, b: run_batch(m, b, loaders.loss_fn).loss
-        importance = P.Taylor(P.collect_taylor(model, calibration(), loss, section.targets))
+        importance = Taylor(collect_taylor(model, calibration(), loss, section.targets))
     else:
-        importance = {"magnitude": P.Magnitude, "random": lambda: P.Random(section.seed), "movement": P.Movement}[section.importance]()
-    return P.PruneConfig(
+        importance = {"magnitude": Magnitude, "random": lambda: Random(section.seed), "movement": Movement}[section.importance]()
+    return PruneConfig(
         amount=section.sparsity, importance=importance, granularity=section.granularity, scope=section.scope,
         targets=section.targets, protect=section.protect,
     )

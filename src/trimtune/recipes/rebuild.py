@@ -52,9 +52,10 @@ def is_shrink_dir(path: Path) -> bool:
     return (path / SHRINK_FILE).is_file() and (path / "model" / HISTORY_FILE).is_file()
 
 
-def load_source(section: ModelSection, labels: list[str] | None) -> tuple[nn.Module, object]:
+def load_source(section: ModelSection, labels: list[str] | None, trained_for: str | None = None) -> tuple[nn.Module, object]:
     """(model, tokenizer) for ``section.path``: a run or shrink directory (merged, checked against
-    ``labels``), else ``build.load_model`` (a Hugging Face directory, minilm, lenet)."""
+    ``labels``), else ``build.load_model`` (a Hugging Face directory, minilm, lenet; ``trained_for``:
+    refused if any weight, a head included, would be new)."""
     path = Path(section.path)
     if is_run_dir(path):
         run = load_run(path)
@@ -64,7 +65,7 @@ def load_source(section: ModelSection, labels: list[str] | None) -> tuple[nn.Mod
         run = load_run(source)  # the model exactly as shrink started from it, so the slices replay onto it
         model = load_shrunk(path / "model", model=run.model)
         return _merged(model), _same_labels(run, labels, path)
-    return load_model(section, labels)
+    return load_model(section, labels, trained_for)
 
 
 def parent_source(section: ModelSection) -> str | None:

@@ -12,15 +12,16 @@ section the teacher is made right after loading (``recipes/teacher.py``) and its
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
-from ..core.io.output_dir import check_replaceable, fresh_partial, partial_path, swap_in
+from ..core.io.output_dir import OutputError, check_replaceable, fresh_partial, partial_path, swap_in
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
@@ -47,11 +48,38 @@ def check_run_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"--resume: {path} is not a trimtune run directory (no {MARKER}); start the run without --resume")
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+def prepare_run_dir(path: str | Path, overwrite: bool, sources: Iterable[str | Path] = ()) -> Path:
     """The build directory of a new run into ``path``: checked first (an existing ``path`` is replaced
-    only with ``overwrite`` and only if trimtune wrote it), built beside it, swapped in by
-    ``finish_run_dir`` when complete; a failed run leaves ``path`` as it was and blocks no rerun."""
-    return fresh_partial(check_replaceable(path, overwrite), MARKER, {"format": "trimtune.run/1"})
+    only with ``overwrite``, only if trimtune wrote it, and never when it is or holds one of ``sources``,
+    what the run reads), built beside it, swapped in by ``finish_run_dir`` when complete; a failed run
+    leaves ``path`` as it was and blocks no rerun. An interrupted run's checkpoints are discarded only
+    with ``overwrite``: starting over is explicit."""
+    path = check_replaceable(path, overwrite, sources)
+    _check_no_resumable_run(path, overwrite)
+    return fresh_partial(path, MARKER, {"format": "trimtune.run/1"})
+
+
+def _check_no_resumable_run(path: Path, overwrite: bool) -> None:
+    checkpoints = partial_path(path) / "checkpoints"
+    if overwrite or not _has_checkpoints(partial_path(path)):
+        return
+    raise OutputError(f"an interrupted run of {path} can be resumed from its checkpoints in {checkpoints}: continue it by "
+                      "running the same command with --resume, or pass --overwrite to discard them and start over")
+
+
+def discard_unresumable(work: Path, path: str | Path) -> bool:
+    """A failed run's build directory goes unless it holds checkpoints to ``--resume`` from (a full disk
+    is left nothing useless to fill it); True if it went."""
+    work = Path(work)
+    if work != Path(path) and work == partial_path(path) and not _has_checkpoints(work):
+        shutil.rmtree(work, ignore_errors=True)
+        return True
+    return False
+
+
+def _has_checkpoints(work: Path) -> bool:
+    checkpoints = work / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.iterdir())
 
 
 def finish_run_dir(work: Path, path: str | Path) -> None:
@@ -66,7 +94,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     info = init_distributed()
     if info.rank != 0:
         log = lambda message: None
-    else:
+    elif not resume:  # a resumed run keeps its recipe until its checkpoint has accepted this one (below)
         save_recipe(recipe, out)
     records = read_data(recipe)
     torch.manual_seed(recipe.train.seed)
@@ -74,7 +102,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
-    teacher = load_teacher(recipe, model, records.labels) if recipe.distill else None  # before the method and pruning
+    teacher = load_teacher(recipe, model, records.labels, tokenizer) if recipe.distill else None  # before the method and pruning
     if teacher is not None:
         teacher_metrics = evaluate_run(teacher, loaders)
         log(f"teacher: {_fmt(teacher_metrics)}")
@@ -102,6 +130,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
             checkpoint=checkpoint, resume=resume, run_config=_run_config(recipe),
         )
         model = unwrap_model(model)
+        if resume and info.rank == 0:
+            save_recipe(recipe, out)  # the checkpoint accepted it: only fields that may change did (e.g. checkpoint_every)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
         prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)

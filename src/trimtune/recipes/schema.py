@@ -293,7 +293,8 @@ class Recipe(Section):
     distill: DistillSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
-    output: str = "runs/run"
+    output: str = Field("runs/run", description="the run directory when no --out is given; a relative path is taken from "
+                        "the current directory (as --out and model.path are), not from the recipe's folder")
 
     @model_validator(mode="after")
     def _method_builds(self):

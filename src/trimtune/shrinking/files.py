@@ -9,10 +9,12 @@ describes the new widths and plain ``from_pretrained`` works too (Llama-style co
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -86,13 +88,12 @@ def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         raise ValueError(f"{history_path} is not valid JSON ({err}); the file is corrupt") from err
     if state.get("format") != FORMAT:
         raise ValueError(f"{history_path} has format {state.get('format')!r}; this trimtune reads {FORMAT!r}")
+    tensors = _read_tensors(path)  # an unreadable file is refused before the model changes
     if model is None:
         model = _rebuild_hf(state, path)
-    replay(model, state["history"])
-
-    if hf.supports(model):
-        hf.after_shrink(model)
-    _load_tensors(model, path)
+    else:  # the caller's model: the whole replay and the shapes are checked on a weightless copy first
+        _check_tensors(_replayed(_meta_copy(model), state), tensors, path)
+    _load_tensors(_replayed(model, state), tensors, path)
     state.pop("format")
     object.__setattr__(model, STATE_ATTR, state)
     return model.eval()  # as from_pretrained returns a model
@@ -114,13 +115,33 @@ def _rebuild_hf(state: dict, path: Path) -> nn.Module:
     return model_cls(config)
 
 
-def _load_tensors(model: nn.Module, path: Path) -> None:
+def _replayed(model: nn.Module, state: dict) -> nn.Module:
+    replay(model, state["history"])
+    if hf.supports(model):
+        hf.after_shrink(model)
+    return model
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters and buffers live on the meta device: shapes only, no memory."""
+    memo = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _read_tensors(path: Path) -> dict:
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no .safetensors weights")
     tensors = {}
     for file in files:
         tensors.update(read_safetensors(file, "shrunk model's weights file")[0])
+    return tensors
+
+
+def _check_tensors(model: nn.Module, tensors: dict, path: Path) -> None:
     expected = model.state_dict()
     for name, tensor in tensors.items():
         if name in expected and expected[name].shape != tensor.shape:
@@ -128,6 +149,10 @@ def _load_tensors(model: nn.Module, path: Path) -> None:
                 f"{name} is {tuple(tensor.shape)} in {path} but {tuple(expected[name].shape)} in the rebuilt model: "
                 "the shrink history does not match these weights"
             )
+
+
+def _load_tensors(model: nn.Module, tensors: dict, path: Path) -> None:
+    _check_tensors(model, tensors, path)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # the file holds the base only: adapters a model already carries were sliced by the replay, and
     # ``trimtune.load_shrunk`` loads the saved ones from their own files

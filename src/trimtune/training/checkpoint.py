@@ -36,7 +36,7 @@ from ..core.io.fingerprint import BaseMismatchError, check_fingerprint, fingerpr
 from ..core.io.safetensors_files import read_safetensors
 from ..core.state import state_of
 from .distributed import is_main_process, unwrap_model
-from .rng import capture_rng, restore_rng
+from .rng import capture_rng_every_rank, restore_rng_of_rank
 from .state_files import decode, encode
 
 MODEL_FILE = "model.safetensors"
@@ -184,10 +184,11 @@ class Checkpointer:
     def save(self, ctx, position, result, scaler) -> Path | None:
         """Write the checkpoint of step ``ctx.step`` (rank 0 only); returns its path."""
         self.last_saved = ctx.step
+        rngs = capture_rng_every_rank()  # a collective: before the other ranks return
         if not is_main_process():
             return None
         tensors: dict[str, torch.Tensor] = {}
-        state = encode(self._trainer_state(ctx, position, result, scaler), tensors, "state")
+        state = encode(self._trainer_state(ctx, position, result, scaler, rngs), tensors, "state")
         path = self.config.dir / f"step-{ctx.step:08d}"
         self._remove_partial_saves()
         try:
@@ -209,7 +210,7 @@ class Checkpointer:
         restore_trainer_state(state, path, ctx, position, result, scaler)
         self.last_saved = ctx.step
 
-    def _trainer_state(self, ctx, position, result, scaler) -> dict:
+    def _trainer_state(self, ctx, position, result, scaler, rngs: list[dict]) -> dict:
         return {
             "format": FORMAT,
             "step": ctx.step,
@@ -218,7 +219,8 @@ class Checkpointer:
             "optimizer": ctx.optimizer.state_dict(),
             "scheduler": ctx.scheduler.state_dict() if ctx.scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": capture_rng(),
+            "rng": rngs[0],  # rank 0's streams (what checkpoints before per-rank streams held)
+            "rng_ranks": rngs,  # every rank's, in rank order
             "losses": result.losses,
             "grad_norms": result.grad_norms,
             "eval_history": [[step, metrics] for step, metrics in result.eval_history],
@@ -286,4 +288,4 @@ def restore_trainer_state(state: dict, path, ctx, position, result, scaler) -> N
     result.losses, result.grad_norms = list(state["losses"]), list(state["grad_norms"])
     result.eval_history = [(step, metrics) for step, metrics in state["eval_history"]]
     result.steps = ctx.step
-    restore_rng(state["rng"])  # rank 0's streams on every rank
+    restore_rng_of_rank(state.get("rng_ranks") or [state["rng"]])  # each rank its own streams

@@ -24,7 +24,7 @@ def _limit(model: nn.Module) -> int | None:
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, stride: int | None = None) -> dict:
     """``{"perplexity", "nll", "tokens", "windows"}`` over the 1-D token ids ``ids``."""
-    stride = stride or seqlen
+    stride = seqlen if stride is None else stride  # a stride of 0 is refused below, not replaced
     if seqlen < 2 or not 1 <= stride <= seqlen:
         raise ValueError(f"need seqlen >= 2 and 1 <= stride <= seqlen, got seqlen={seqlen}, stride={stride}")
     limit = _limit(model)

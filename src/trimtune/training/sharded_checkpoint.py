@@ -47,6 +47,7 @@ from .checkpoint import (
     restore_trainer_state,
 )
 from .fsdp import is_sharded
+from .rng import capture_rng_every_rank
 from .state_files import decode, encode
 
 SHARDED_DIR = "sharded"
@@ -81,12 +82,13 @@ class ShardedCheckpointer(Checkpointer):
             self._remove_partial_saves()
             tmp.mkdir(parents=True)
         wait_for_writer()
+        rngs = capture_rng_every_rank()  # a collective, as is the rest of the save
         tensors, optimizer_groups = _training_tensors(ctx.model, ctx.optimizer)
         try:
             _dcp_save(tensors, tmp / SHARDED_DIR)
             full = gathered(model_state(ctx.model))  # collective: every rank's slice, rank 0 writes
             if writes_files():
-                trainer = self._trainer_state(ctx, position, result, scaler)
+                trainer = self._trainer_state(ctx, position, result, scaler, rngs)
                 trainer["optimizer"] = {"param_groups": optimizer_groups}
                 state_tensors: dict[str, torch.Tensor] = {}
                 state = encode(trainer, state_tensors, "state")

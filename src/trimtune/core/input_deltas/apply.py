@@ -30,23 +30,37 @@ def check_text_init(config) -> None:
         raise ConfigError("init='TEXT' needs init_text (the text whose tokens start the virtual tokens)")
     if config.tokenizer is None:
         raise ConfigError("init='TEXT' needs a tokenizer: set tokenizer to a tokenizer directory or a tokenizer object")
+    if not isinstance(config.tokenizer, str) and not callable(config.tokenizer):
+        raise ConfigError(f"tokenizer must be a tokenizer directory (a path string) or a tokenizer object, got "
+                          f"{type(config.tokenizer).__name__} {config.tokenizer!r}")
 
 
-def text_token_ids(tokenizer, text: str, n: int, special_tokens: bool = True) -> torch.Tensor:
+def text_token_ids(tokenizer, text: str, n: int, vocab_size: int, special_tokens: bool = True) -> torch.Tensor:
     """The ids of ``text``'s tokens, repeated or truncated to ``n`` (``tokenizer``: a path or a tokenizer object;
-    ``special_tokens=False`` is passed on as ``add_special_tokens=False``: no [CLS]/[SEP] or BOS)."""
+    ``special_tokens=False`` is passed on as ``add_special_tokens=False``: no [CLS]/[SEP] or BOS); each must
+    be below ``vocab_size``, the model's embedding rows."""
     if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer  # loaded only when a text init needs it (seconds to import)
-
-        if (os.path.isabs(tokenizer) or tokenizer.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(tokenizer)):
-            raise ConfigError(f"tokenizer {tokenizer!r} does not exist; give the directory of a saved tokenizer "
-                              "(the model's own directory usually holds one)")
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        tokenizer = _load_tokenizer(tokenizer)
     ids = list((tokenizer(text) if special_tokens else tokenizer(text, add_special_tokens=False))["input_ids"])
     if not ids:
         raise ConfigError(f"init_text {text!r} tokenizes to no tokens")
+    if max(ids) >= vocab_size:
+        raise ConfigError(f"the tokenizer reads init_text {text!r} as token id {max(ids)}, but the model embeds only {vocab_size} "
+                          "token ids: it is not this model's tokenizer; use the model's own (its directory usually holds one)")
     return torch.tensor((ids * math.ceil(n / len(ids)))[:n])
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer  # loaded only when a text init needs it (seconds to import)
+
+    advice = "give the directory of a saved tokenizer (the model's own directory usually holds one)"
+    if (os.path.isabs(path) or path.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(path)):
+        raise ConfigError(f"tokenizer {path!r} does not exist; {advice}")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:  # the hub's "Repo id must be ..." for a path that is not a directory
+        raise ConfigError(f"tokenizer {path!r} is not a tokenizer directory ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                          f"{advice}") from None
 
 
 def add_input_delta(model: nn.Module, name: str, delta: InputDelta, modules_to_save: Sequence[str]) -> None:

@@ -9,6 +9,8 @@ version untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 
@@ -48,7 +51,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for child in tmp.iterdir():
@@ -66,6 +70,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def _remove_orphans(path: Path) -> None:
+    """Build directories of ``path`` left by a killed process (``kill -9`` runs no cleanup): each names
+    its writer's pid, so only those whose process is gone are removed, never a live writer's."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.pid*.tmp"):
+        pid = leftover.name[len(path.name) + 5:].split(".", 1)[0]
+        if leftover.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -79,7 +102,10 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     # safetensors refuses views that share storage and non-contiguous tensors: give it private copies.
     own = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(own, str(tmp), metadata=metadata)
+        try:
+            save_file(own, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # safetensors wraps the OS error (e.g. a full disk) in its own type
+            raise _as_os_error(err, path) from None
 
 
 def _fsync_file(path: Path) -> None:
@@ -95,3 +121,10 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _as_os_error(err: SafetensorError, path) -> OSError:
+    """An ``OSError`` naming ``path``, with ENOSPC when the disk is full, as every other write failure is."""
+    if "No space left on device" in str(err) or "os error 28" in str(err):
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return OSError(f"could not write {path}: {err}")

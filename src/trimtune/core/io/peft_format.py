@@ -54,6 +54,11 @@ class PeftTargets:
     object so saving the config again writes the same ``target_modules``."""
 
     def __init__(self, target_modules, exclude_modules=None, layers_to_transform=None, layers_pattern=None):
+        if isinstance(target_modules, str) and (layers_to_transform not in (None, []) or layers_pattern not in (None, [], "")):
+            # peft refuses this too: a regex picks the modules itself, layer indices apply to lists only
+            raise ConfigError(f"adapter_config.json sets target_modules to the regex {target_modules!r} together with "
+                              "layers_to_transform/layers_pattern, which apply only to a list of module names (peft refuses "
+                              "this as well); list the module names, or put the layer numbers into the regex")
         self.target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
         self.exclude_modules = exclude_modules
         self.layers_to_transform = layers_to_transform

@@ -62,6 +62,7 @@ class RankAllocator:
         if self.config.total_step is None:
             if ctx.total_steps is None:
                 raise ConfigError("AdaLoRA needs total_step: set it in AdaLoraConfig (the data has no length to count steps from)")
+            self.config.check_schedule(ctx.total_steps)  # before it is kept: a refused run leaves the config as it was
             self.config.total_step = ctx.total_steps  # kept in the config: the adapter file records it
         self.config.check_schedule(self.config.total_step)
 

@@ -134,7 +134,8 @@ def apply_prefix_tuning(model: nn.Module, config: PrefixTuningConfig, name: str)
         for param in last.parameters():
             nn.init.zeros_(param)
     if config.init == "TEXT":
-        ids = text_token_ids(config.tokenizer, config.init_text, config.num_virtual_tokens, special_tokens=False)
+        ids = text_token_ids(config.tokenizer, config.init_text, config.num_virtual_tokens,
+                             model.get_input_embeddings().num_embeddings, special_tokens=False)
         target = real_word_prefixes(model, ids)
         if config.projection:
             delta.fit_output(target)

@@ -56,7 +56,7 @@ def initial_token_ids(config: PromptTuningConfig, vocab_size: int) -> torch.Tens
     if config.init == "SAMPLE_VOCAB":
         return torch.randint(0, vocab_size, (n,))
     if config.init == "TEXT":
-        return text_token_ids(config.tokenizer, config.init_text, n)
+        return text_token_ids(config.tokenizer, config.init_text, n, vocab_size)
     return None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.adapters import apply_weight_method
-from ...core.four_bit import QuantConfig
+from ...core.four_bit import QuantConfig, require_bitsandbytes
 from ...core.targets import TargetSpec
 from ..lora.delta import LoraConfig, make_lora
 from .quantize import quantize_base
@@ -29,6 +29,7 @@ class QLoraConfig(LoraConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        require_bitsandbytes()
         self.quant = QuantConfig(self.quant_type, self.double_quant, self.compute_dtype, self.blocksize)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...core.adapters import apply_weight_method
-from ...core.state import wrap
+from ...core.state import wrapped
 from ...core.targets import select
 from .config import VeraConfig
 from .delta import HOLDER, SharedPair, VeraDelta, VeraProjections, draw_projections
@@ -24,11 +24,12 @@ def projections_of(model: nn.Module) -> VeraProjections:
 
 
 def apply_vera(model: nn.Module, config: VeraConfig, name: str) -> None:
-    targets = [wrap(model, t) for t in select(model, config.targets)]
-    for layer in targets:
-        if not layer.kind.linear_layout:
-            raise ValueError(f"VeRA supports Linear and GPT-2 Conv1D layers; {layer.module_name} is {layer.describe()} "
-                             "(choose targets among the linear layers)")
+    with wrapped(model, select(model, config.targets)) as layers:  # a refused target leaves no layer wrapped
+        targets = list(layers.values())
+        for layer in targets:
+            if not layer.kind.linear_layout:
+                raise ValueError(f"VeRA supports Linear and GPT-2 Conv1D layers; {layer.module_name} is {layer.describe()} "
+                                 "(choose targets among the linear layers)")
     # As peft: A spans the widest input and B the widest output of the targets; each layer reads its block.
     shapes = [layer.kind.weight_shape(layer.weight) for layer in targets]
     a, b = draw_projections(config.r, max(i for _, i in shapes), max(o for o, _ in shapes), config.projection_prng_key)

@@ -7,11 +7,13 @@ magnitude), then each layer is pruned. The caller reruns the pruned block to mak
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from ...core.layer_kinds import kind_class_for
-from ...core.state import wrap
+from ...core.state import unwrap_bare, unwrapped_names, wrap, wrapped
 from ...core.tuned_layer import TunedLayer
 from ..api import PruneConfig, prune
 from ..calibration import collect_input_norms
@@ -76,17 +78,47 @@ def wanda_norms(block: nn.Module, names: list[str], calls: BlockCalls) -> dict[s
 
 
 def block_outlier_ratio(block: nn.Module, calls: BlockCalls, m: float) -> float:
-    """OWL's statistic for a dense block: share of its Wanda scores above m × their mean."""
+    """OWL's statistic for a dense block: share of its Wanda scores above m × their mean. A statistic
+    changes nothing: the layers it wrapped to score are unwrapped again (a later refusal, such as an
+    OWL lambda too large for the ratios, leaves the model as it was)."""
     names = linear_names(block)
-    norms = wanda_norms(block, names, calls)
-    wanda = Wanda(norms)
-    return outlier_ratio([wanda(n, wrap(block, n)) for n in names], m)
+    fresh = unwrapped_names(block, names)
+    try:
+        wanda = Wanda(wanda_norms(block, names, calls))
+        return outlier_ratio([wanda(n, wrap(block, n)) for n in names], m)
+    finally:
+        unwrap_bare(block, fresh)
 
 
 def prune_block(block: nn.Module, calls: BlockCalls, config: SequentialConfig, sparsity: float | None, prefix: str = "") -> None:
     """Prune every layer of ``block`` at ``sparsity`` (ignored for N:M) by ``config.method``."""
     names = linear_names(block)
-    layers = {n: wrap(block, n) for n in names}
+    with _whole_or_not_at_all(block, names, keep_weights=config.method == "sparsegpt") as layers:
+        _prune_layers(block, layers, calls, config, sparsity, prefix)
+
+
+@contextlib.contextmanager
+def _whole_or_not_at_all(block: nn.Module, names: list[str], keep_weights: bool):
+    """SparseGPT writes each layer's repaired weight and mask as it goes, and a later layer can still
+    fail (a singular Hessian): then every layer gets its weight and mask back and loses the wrapper this
+    call gave it, so a block is pruned whole or not at all. Wanda and magnitude change only masks."""
+    with wrapped(block, names) as layers:
+        saved = {n: (layer.weight.detach().clone() if keep_weights else None, layer.weight_mask) for n, layer in layers.items()}
+        try:
+            yield layers
+        except BaseException:
+            with torch.no_grad():
+                for name, layer in layers.items():
+                    weight, mask = saved[name]
+                    if weight is not None:
+                        layer.weight.copy_(weight)
+                    layer.set_mask(mask)
+            raise
+
+
+def _prune_layers(block: nn.Module, layers: dict[str, TunedLayer], calls: BlockCalls, config: SequentialConfig,
+                  sparsity: float | None, prefix: str) -> None:
+    names = list(layers)
     n_m = config.nm
     if config.method == "sparsegpt":
         hessians = _hessians(block, layers, calls)

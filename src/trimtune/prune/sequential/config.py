@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ...core.config import ConfigError, check_choice, check_positive_int
+from ..owl import check_lambda
 from ..sparsegpt import SELECTIONS
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -16,7 +17,7 @@ class SequentialConfig:
     """method: magnitude, wanda or sparsegpt. sparsity: a fraction in [0, 1) of each layer's weights
     to prune, or "N:M" (keep N of every M consecutive inputs, e.g. "2:4"). blocksize / percdamp:
     SparseGPT's column block and dampening (fraction of the mean Hessian diagonal). owl: per-block
-    sparsity from outlier ratios (Wanda scores above owl_m × mean), within sparsity ± owl_lambda.
+    sparsity from outlier ratios (Wanda scores above owl_m × mean), spanning 2·owl_lambda (``prune.owl``).
     selection: SparseGPT's unstructured mask per column block, "exact" (round(sparsity · entries)) or
     "reference" (the reference code's and llm-compressor's ``<= threshold``: one entry more, plus ties;
     see ``trimtune.prune.sparsegpt``). batch_tokens: calibration samples run together in forwards of up to
@@ -61,6 +62,8 @@ class SequentialConfig:
             raise ConfigError("owl needs calibration activations (Wanda scores); use method 'wanda' or 'sparsegpt'")
         if self.owl and self.owl_m <= 0:
             raise ConfigError(f"owl_m must be > 0 (outliers are scores above owl_m × the block mean), got {self.owl_m!r}")
+        if self.owl:
+            check_lambda(float(self.sparsity), self.owl_lambda)  # before any calibration; the vector once the ratios are known
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ...core.io import atomic
+from ...core.io.safetensors_files import check_model_files
 from ...core.io.safetensors_stream import FileSlice, slices_of
 from ...core.io.safetensors_stream import write as write_shard
 from ..sparsity_report import SparsityReport
@@ -44,6 +45,7 @@ class Checkpoint:
 
     def __init__(self, directory: Path):
         self.directory = directory
+        check_model_files(directory)  # a damaged shard or a wrong index is named here, before any block
         index = directory / INDEX
         single = directory / "model.safetensors"
         if index.is_file():
@@ -236,10 +238,8 @@ def _return_freed_memory() -> None:
 
 def check_out(out: Path, model_dir: Path) -> None:
     """The output is a new directory, neither the input nor inside it."""
-    if out.resolve() == model_dir.resolve():
-        raise ValueError(f"--out {out} is the input model directory; write the pruned model elsewhere")
-    if model_dir.resolve() in out.resolve().parents:
-        raise ValueError(f"--out {out} is inside the input model directory {model_dir}; write the pruned model elsewhere")
+    if out.resolve() == model_dir.resolve() or model_dir.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out} is, or is inside, the input model directory {model_dir}; write the output elsewhere")
     if out.exists():
         raise FileExistsError(f"output directory {out} already exists; choose a new --out (nothing is overwritten)")
 
