@@ -124,7 +124,11 @@ def render(results: list[dict]) -> str:
                          f"{run['perplexity'] / result['dense']:.2f} |")
     lines += ["", "The first 40 tokens of sample 0 of each calibration:", ""]
     for kind, run in first["runs"].items():
-        lines.append(f"- {kind}: `{json.dumps(run['example'])[1:-1][:200].replace('`', "'")}`")
+        if run.get("example"):
+            shown = json.dumps(run["example"])[1:-1][:200].replace("`", "'")  # a backtick would end the code span
+            lines.append(f"- {kind}: `{shown}`")
+    notes = [result["note"] for result in results if result.get("note")]
+    lines += [""] + [f"Note: {note}." for note in notes]
     lines += ["", "Commands (figures are perplexities, CPU-independent; the wall times in the JSON are not):", "",
               "```sh"]
     for result in results:
