@@ -13,9 +13,15 @@
    with 16 x 256 calibration tokens.
    On the same directory and tokens, llm-compressor's ``oneshot`` SparseGPTModifier in its own process
    from the separate venv /work/venv-llmc (if it exists): time, VmHWM, share of agreeing mask entries.
+4. ``agreement``: trimtune's two SparseGPT mask selections against llm-compressor on a small random Llama.
+5. ``smollm2`` (issue 24; not in ``all``): the real SmolLM2-135M (``_smollm2.py``) with 64 x 512 tokens of
+   the English calibration text (``_corpus.py``): trimtune streamed against llm-compressor's oneshot for
+   SparseGPT 2:4 and 50 % (selection reference) and Wanda 50 %, each in its own process: wall and CPU
+   time, VmHWM, mask agreement, held-out perplexity of both outputs. ``--sides trimtune`` runs one side.
 
-    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py [--part quality|memory|speed|all|none]
-        [--method wanda|sparsegpt|magnitude] [--depths 4,8,22] [--out F.json] [--docs [--merge F.json ...]]
+    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/llm_prune.py [--part quality|memory|speed|agreement|smollm2|all|none]
+        [--method wanda|sparsegpt|magnitude] [--depths 4,8,22] [--calib NxT] [--variants ...] [--sides trimtune,llmc]
+        [--out F.json] [--docs [--merge F.json ...]]
 """
 
 from __future__ import annotations
@@ -167,18 +173,26 @@ def write_random_llama(path: Path, layers: int, seed: int = 0, width: dict | Non
     return total / 1e9
 
 
-def stream_child(model_dir: str, out: str, method: str, sparsity: str, nsamples: str, seqlen: str, selection: str = "exact") -> None:
-    """Runs in its own process: the streaming prune of one directory; prints JSON with VmHWM and times."""
+def random_tokens(nsamples: int, seqlen: int) -> torch.Tensor:
+    """The random calibration tokens of the random-Llama parts (both sides draw the same)."""
+    return torch.randint(0, WIDE["vocab_size"], (int(nsamples), int(seqlen)), generator=torch.Generator().manual_seed(0))
+
+
+def stream_child(model_dir: str, out: str, method: str, sparsity: str, nsamples: str, seqlen: str, selection: str = "exact",
+                 samples_file: str = "") -> None:
+    """Runs in its own process: the streaming prune of one directory; prints JSON with VmHWM and times.
+    ``samples_file``: calibration token ids saved with torch.save (else random tokens of nsamples x seqlen)."""
     from trimtune.prune.sequential import SequentialConfig
     from trimtune.prune.sequential.stream import prune_directory
 
     _harness.set_threads()
-    samples = torch.randint(0, WIDE["vocab_size"], (int(nsamples), int(seqlen)), generator=torch.Generator().manual_seed(0))
-    marks = [time.perf_counter()]
+    samples = torch.load(samples_file) if samples_file else random_tokens(nsamples, seqlen)
+    marks, cpu = [time.perf_counter()], time.process_time()
     report = prune_directory(model_dir, out, samples, SequentialConfig(method, sparsity, selection=selection), on_block=lambda i: marks.append(time.perf_counter()))
     block_seconds = [b - a for a, b in zip(marks[1:-1], marks[2:])]  # block 0 also pays capture and the non-block shards
     print(json.dumps({"vmhwm_mb": _harness._status_kib("VmHWM") / 1024, "total_s": time.perf_counter() - marks[0],
-                      "block_s": sorted(block_seconds)[len(block_seconds) // 2], "blocks": len(marks) - 1, "sparsity": report.sparsity}))
+                      "cpu_s": time.process_time() - cpu, "block_s": sorted(block_seconds)[len(block_seconds) // 2],
+                      "blocks": len(marks) - 1, "sparsity": report.sparsity}))
 
 
 def _child(*args) -> dict:
@@ -235,38 +249,53 @@ def speed_part(layers: int = 3, nsamples: int = NSAMPLES, seqlen: int = SEQLEN) 
 LLMC_SCRIPT = r"""
 import json, sys, time, torch
 torch.set_num_threads(2)
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from datasets import Dataset
 from llmcompressor import oneshot
-from llmcompressor.modifiers.pruning import SparseGPTModifier
-from transformers import AutoTokenizer
-source, out, n, seqlen, tokenizer_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-samples = torch.randint(0, 32000, (n, seqlen), generator=torch.Generator().manual_seed(0))
+from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+source, out, samples_file, tokenizer_dir, method, sparsity = sys.argv[1:7]
+samples = torch.load(samples_file)
+n, seqlen = samples.shape
 ds = Dataset.from_dict({"input_ids": samples.tolist(), "attention_mask": torch.ones_like(samples).tolist()})
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-recipe = SparseGPTModifier(sparsity=0.5, block_size=128, dampening_frac=0.01, targets=["Linear"], ignore=["lm_head"])
+structure = {"mask_structure": sparsity, "sparsity": 0.5} if ":" in sparsity else {"sparsity": float(sparsity)}
+if method == "wanda":
+    recipe = WandaPruningModifier(targets=["Linear"], ignore=["lm_head"], **structure)
+else:
+    recipe = SparseGPTModifier(block_size=128, dampening_frac=0.01, targets=["Linear"], ignore=["lm_head"], **structure)
 # the dataset is already token ids; oneshot insists on a processor anyway, any tokenizer will do
 oneshot(model=model, processor=AutoTokenizer.from_pretrained(tokenizer_dir), dataset=ds, recipe=recipe, num_calibration_samples=n, max_seq_length=seqlen, pipeline="sequential")
-model.save_pretrained(out)
+model.save_pretrained(out, save_compressed=False)  # plain dense tensors: the masks are compared entry by entry
 with open("/proc/self/status") as f:
     hwm = [int(l.split()[1]) for l in f if l.startswith("VmHWM")][0]
-print(json.dumps({"vmhwm_mb": hwm / 1024, "total_s": time.perf_counter() - start}))
+print(json.dumps({"vmhwm_mb": hwm / 1024, "total_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}))
 """
 
 
-def llmc_run(source: Path, ours: Path, theirs: Path, nsamples: int = NSAMPLES, seqlen: int = SEQLEN) -> dict:
-    """llm-compressor's oneshot SparseGPT in its own process (separate venv); masks compared with ``ours``."""
+def llmc_run(source: Path, ours: Path, theirs: Path, nsamples: int = NSAMPLES, seqlen: int = SEQLEN,
+             samples: torch.Tensor | None = None, tokenizer_dir: Path | None = None, method: str = "sparsegpt", sparsity: str = "0.5") -> dict:
+    """llm-compressor's oneshot (SparseGPT or Wanda) in its own process (separate venv); masks compared with
+    ``ours``. ``samples`` default: the random tokens ``stream_child`` draws for (nsamples, seqlen)."""
     if not LLMC_PYTHON.exists():
         return {"skipped": f"{LLMC_PYTHON} not found"}
     from trimtune.models import minilm_path
 
-    done = subprocess.run([str(LLMC_PYTHON), "-c", LLMC_SCRIPT, str(source), str(theirs), str(nsamples), str(seqlen), str(minilm_path())],
-                          env={**os.environ, "OMP_NUM_THREADS": str(_harness.THREADS)}, capture_output=True, text=True)
+    if samples is None:
+        samples = random_tokens(nsamples, seqlen)
+    samples_file = theirs.with_name(theirs.name + "_samples.pt")
+    torch.save(samples, samples_file)
+    try:
+        done = subprocess.run([str(LLMC_PYTHON), "-c", LLMC_SCRIPT, str(source), str(theirs), str(samples_file),
+                               str(tokenizer_dir or minilm_path()), method, sparsity],
+                              env={**os.environ, "OMP_NUM_THREADS": str(_harness.THREADS)}, capture_output=True, text=True)
+    finally:
+        samples_file.unlink(missing_ok=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1][:300]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result.update(agreement(ours, theirs))
+    if (ours / "model.safetensors.index.json").is_file():  # trimtune's side may not have run (--sides llmc)
+        result.update(agreement(ours, theirs))
     return result
 
 
@@ -312,6 +341,71 @@ def agreement_part(layers: int = 2, nsamples: int = 16, seqlen: int = 128) -> di
         return {"layers": layers, "width": SMALL, "calibration": f"{nsamples} x {seqlen} random tokens", "runs": runs, "llmc": llmc}
     finally:
         _scratch("agree", "agree_exact", "agree_reference", "agree_llmc")
+
+
+# ---------------------------------------------------------------- SmolLM2-135M against llm-compressor (issue 24)
+SMOL_VARIANTS = ("sparsegpt:2:4:reference", "sparsegpt:0.5:reference", "wanda:0.5:exact")
+PPL_TOKENS = 16384
+
+
+def _variant(spec: str) -> tuple[str, str, str]:
+    """"method:sparsity:selection", sparsity "0.5" or "2:4"."""
+    method, *middle, selection = spec.split(":")
+    return method, ":".join(middle), selection
+
+
+@torch.no_grad()
+def _perplexity(model_dir: Path, ids: torch.Tensor, seqlen: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    from trimtune.training.perplexity import perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return perplexity(model, ids, seqlen)["perplexity"]
+
+
+def smollm2_part(nsamples: int = 64, seqlen: int = 512, variants=SMOL_VARIANTS, sides=("trimtune", "llmc"),
+                 ppl_tokens: int = PPL_TOKENS) -> dict:
+    """SmolLM2-135M (fp32), calibration windows of the English corpus: trimtune's streamed prune and
+    llm-compressor's oneshot per variant, each in its own process (wall, CPU, VmHWM), then the share of
+    agreeing mask entries and the held-out perplexity (first ``ppl_tokens`` tokens, windows of ``seqlen``)."""
+    from _corpus import corpus_file
+    from _smollm2 import smollm2_dir
+    from transformers import AutoTokenizer
+
+    from trimtune.core.io.text_tokens import tokenize_file
+    from trimtune.prune.sequential.calib_text import calibration_samples
+
+    model_dir = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples = calibration_samples(corpus_file("calib"), tokenizer, nsamples, seqlen)
+    heldout = tokenize_file(corpus_file("heldout"), tokenizer)[:ppl_tokens]
+    samples_file = Path("/tmp/llm_prune_bench_smol_samples.pt")
+    torch.save(samples, samples_file)
+    result = {"calibration": f"{nsamples} x {seqlen} tokens of {corpus_file('calib').name}", "heldout_tokens": len(heldout),
+              "dense_perplexity": _perplexity(model_dir, heldout, seqlen), "rows": []}
+    try:
+        for spec in variants:
+            method, sparsity, selection = _variant(spec)
+            tag = f"smol_{method}_{sparsity.replace(':', 'of')}"
+            ours, theirs = _scratch(tag, f"{tag}_llmc")
+            row = {"method": method, "sparsity": sparsity, "selection": selection}
+            try:
+                if "trimtune" in sides:
+                    row["trimtune"] = _child(model_dir, ours, method, sparsity, nsamples, seqlen, selection, samples_file)
+                    row["trimtune"]["perplexity"] = _perplexity(ours, heldout, seqlen)
+                if "llmc" in sides:
+                    row["llmc"] = llmc_run(model_dir, ours, theirs, samples=samples, tokenizer_dir=model_dir, method=method, sparsity=sparsity)
+                    if "total_s" in row["llmc"]:
+                        row["llmc"]["perplexity"] = _perplexity(theirs, heldout, seqlen)
+                        row["llmc"].pop("per_layer", None)
+            finally:
+                _scratch(tag, f"{tag}_llmc")
+            print(f"  smollm2 {row}", file=sys.stderr, flush=True)
+            result["rows"].append(row)
+    finally:
+        samples_file.unlink(missing_ok=True)
+    return result
 
 
 # ---------------------------------------------------------------- docs
@@ -377,6 +471,7 @@ def render(results: dict) -> str:
                          else " (trimtune's default exact count per column block; the reference code's `<= threshold` prunes one "
                               "entry more, and the updates then drift apart).")]
     lines += _render_agreement(results.get("agreement"))
+    lines += _render_smollm2(results.get("smollm2"))
     notes = results.get("notes", [])
     if notes:
         lines += ["", "Notes on this run:", ""] + [f"- {n}" for n in notes]
@@ -384,6 +479,32 @@ def render(results: dict) -> str:
               "(parts: `--part quality|memory|speed`, `--part memory --method sparsegpt --depths 4,8` for SparseGPT's memory table, "
               "each `--out F.json`; `--part none --docs --merge F.json ...` renders them together).", ""]
     return "\n".join(lines)
+
+
+def _render_smollm2(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    lines = ["", f"SmolLM2-135M (fp32, 30 layers), calibration {r['calibration']}, each run in its own process, 2 threads: "
+             "trimtune's streamed prune (`prune_directory`) against llm-compressor 0.14 `oneshot` (sequential pipeline, "
+             "separate venv; load + prune + save). Times are wall seconds (CPU seconds in brackets); peak = VmHWM; "
+             f"perplexity on the first {r['heldout_tokens']} tokens of heldout.txt in windows of the calibration length "
+             f"(dense: {r['dense_perplexity']:.2f}).", "",
+             "| method | trimtune s | llm-compressor s | time ratio | trimtune peak | llm-compressor peak | peak ratio | masks alike | perplexity trimtune / llm-compressor |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ours, theirs = row.get("trimtune", {}), row.get("llmc", {})
+        label = f"{row['method']} {row['sparsity']}" + (f" ({row['selection']})" if row["method"] == "sparsegpt" else "")
+        if "total_s" not in ours or "total_s" not in theirs:
+            lines.append(f"| {label} | {_seconds(ours)} | {_seconds(theirs) or theirs.get('skipped') or theirs.get('error', '')} | | | | | | |")
+            continue
+        lines.append(f"| {label} | {_seconds(ours)} | {_seconds(theirs)} | {ours['total_s'] / theirs['total_s']:.2f}x | "
+                     f"{ours['vmhwm_mb']:.0f} MB | {theirs['vmhwm_mb']:.0f} MB | {ours['vmhwm_mb'] / theirs['vmhwm_mb']:.2f}x | "
+                     f"{100 * theirs.get('mask_agreement', float('nan')):.2f} % | {ours['perplexity']:.2f} / {theirs['perplexity']:.2f} |")
+    return lines
+
+
+def _seconds(run: dict) -> str:
+    return f"{run['total_s']:.0f} ({run['cpu_s']:.0f})" if "total_s" in run else ""
 
 
 def _render_agreement(a: dict | None) -> list[str]:
@@ -422,13 +543,15 @@ def main() -> None:
         stream_child(*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all", choices=("quality", "memory", "speed", "agreement", "all", "none"),
+    parser.add_argument("--part", default="all", choices=("quality", "memory", "speed", "agreement", "smollm2", "all", "none"),
                         help="none: measure nothing (with --docs --merge: render earlier results)")
     parser.add_argument("--merge", type=Path, action="append", default=[], help="earlier --out JSON files to include in --docs")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--docs", action="store_true", help="rewrite this benchmark's section of docs/benchmarks.md")
     parser.add_argument("--depths", default="4,8,22", help="layer counts for the memory part (default: %(default)s)")
-    parser.add_argument("--calib", default=f"{NSAMPLES}x{SEQLEN}", help="speed part: calibration samples x tokens (default: %(default)s)")
+    parser.add_argument("--calib", help=f"speed / smollm2 part: calibration samples x tokens (default: {NSAMPLES}x{SEQLEN} / 64x512)")
+    parser.add_argument("--variants", default=",".join(SMOL_VARIANTS), help="smollm2 part: method:sparsity:selection, comma-separated (default: %(default)s)")
+    parser.add_argument("--sides", default="trimtune,llmc", help="smollm2 part: which tools to run (default: %(default)s)")
     parser.add_argument("--method", default="wanda", choices=("wanda", "sparsegpt", "magnitude"),
                         help="pruning method of the memory part (default: %(default)s)")
     args = parser.parse_args()
@@ -440,7 +563,10 @@ def main() -> None:
         key = "memory" if args.method == "wanda" else f"memory_{args.method}"
         results[key] = memory_part(tuple(int(d) for d in args.depths.split(",")), args.method)
     if args.part in ("speed", "all"):
-        results["speed"] = speed_part(3, *map(int, args.calib.split("x")))
+        results["speed"] = speed_part(3, *map(int, (args.calib or f"{NSAMPLES}x{SEQLEN}").split("x")))
+    if args.part == "smollm2":  # not in "all": it needs the SmolLM2 directory and takes an hour
+        results["smollm2"] = smollm2_part(*map(int, (args.calib or "64x512").split("x")), variants=args.variants.split(","),
+                                          sides=tuple(args.sides.split(",")))
     if args.part in ("agreement", "all"):
         results["agreement"] = agreement_part()
     print(json.dumps(results, indent=2, default=str))

@@ -189,3 +189,31 @@ def test_in_place_updates_the_weight_itself_and_leaves_it_on_failure():
     with pytest.raises(ValueError, match="not positive definite"):
         sparsegpt(untouched, indefinite, 0.5, blocksize=2, percdamp=0.0, in_place=True)
     assert torch.equal(untouched, before)
+
+
+@pytest.mark.parametrize("sparsity,n,m,selection,blocksize", [
+    (0.5, 0, 0, "reference", 72), (0.6, 0, 0, "exact", 72), (None, 2, 4, "exact", 72), (None, 3, 6, "exact", 60),
+])
+def test_stepped_kernel_matches_the_columnwise_loop_and_the_reference(monkeypatch, sparsity, n, m, selection, blocksize):
+    """Blocks wider than one inner step (LEAF columns), a last block and a last step cut short, an M
+    that does not divide LEAF: the stepped kernel makes the columnwise loop's masks, and its weights
+    within float rounding; both match the float64 reference."""
+    import trimtune.prune.sparsegpt as module
+    from _sparsegpt_columnwise import columnwise_prune_block
+
+    assert blocksize > module.LEAF and blocksize % module.LEAF  # some steps are cut short
+    columns = 2 * blocksize + 24
+    x = calibration(columns, tokens=600, dead=(3, 17, blocksize + 1))
+    torch.manual_seed(7)
+    weight = torch.randn(40, columns)
+    hessian = Hessian(columns)
+    hessian.add(x)
+    fast_w, fast_keep = sparsegpt(weight, hessian.matrix, sparsity, n, m, blocksize=blocksize, selection=selection)
+    monkeypatch.setattr(module, "_prune_block", columnwise_prune_block)
+    slow_w, slow_keep = sparsegpt(weight, hessian.matrix, sparsity, n, m, blocksize=blocksize, selection=selection)
+    assert torch.equal(fast_keep, slow_keep)
+    assert (fast_w - slow_w).abs().max() <= 1e-5
+    assert not torch.equal(fast_w, weight * fast_keep)  # the kept weights were updated, not just masked
+    ref_w, ref_keep = reference(weight, x, sparsity, n, m, blocksize=blocksize, selection=selection)
+    assert torch.equal(fast_keep, ref_keep)
+    assert (fast_w - ref_w).abs().max() <= 1e-4

@@ -156,27 +156,47 @@ def sparsegpt(
     return w, pruned.logical_not_()  # bool, in place: a float mask would be 4 bytes an entry (46 MB for a 5632 x 2048 layer)
 
 
+# Columns per inner step of a column block. Within a step the OBS updates go column by column, on at
+# most LEAF x rows entries (under torch's parallel grain of 32768 for layers up to 2048 rows wide, so
+# these tiny ops run on one thread and never wait for a busy second one); the step's combined error
+# then reaches the rest of the block in one matrix product. A multiple of every M <= 16.
+LEAF = 16
+
+
 def _prune_block(w, u, pruned, start, end, sparsity, n, m, selection) -> None:
     """Columns [start, end): prune and update inside the block, then push the block's accumulated
-    error onto the columns after it in one matrix product (the lazy batch update)."""
-    block = w[:, start:end].clone()
+    error onto the columns after it in one matrix product (the lazy batch update).
+
+    The block is worked on transposed, (columns, rows), so a column is one contiguous vector. Column
+    j's OBS update subtracts ``error_j · U[j, k]`` from every later column k; the same updates are
+    applied here in another order (first inside a step of LEAF columns, then, for the columns after
+    the step, as one product), which needs the mask of a column only when the loop reaches it:
+    unstructured masks are fixed at the block start, N:M masks at each group's first column."""
     u_block = u[start:end, start:end]
     d = torch.diag(u_block)
-    mask = _unstructured_block_mask(block, d, sparsity, selection) if not m else torch.zeros_like(block, dtype=torch.bool)
-    errors = torch.zeros_like(block)
-    for i in range(end - start):
-        if m and i % m == 0:
-            score = block[:, i:i + m].pow(2) / d[i:i + m].pow(2).unsqueeze(0)
-            mask[:, i:i + m].scatter_(1, torch.topk(score, m - n, dim=1, largest=False).indices, True)
-        column = block[:, i]
-        kept = column.masked_fill(mask[:, i], 0.0)
-        error = (column - kept) / d[i]
-        block[:, i:] -= error.unsqueeze(1) * u_block[i, i:].unsqueeze(0)
-        block[:, i] = kept
-        errors[:, i] = error
-    w[:, start:end] = block
-    pruned[:, start:end] = mask
-    w[:, end:] -= errors @ u[start:end, end:]
+    cols = w[:, start:end].t().contiguous()
+    width = end - start
+    if m:
+        mask = torch.zeros_like(cols, dtype=torch.bool)
+    else:  # scored on the (rows, columns) view: the same order, so the same choice on ties
+        mask = _unstructured_block_mask(cols.t(), d, sparsity, selection).t().contiguous()
+    errors = torch.zeros_like(cols)
+    step = LEAF if not m or LEAF % m == 0 else m
+    for a in range(0, width, step):
+        b = min(a + step, width)
+        for i in range(a, b):
+            if m and i % m == 0:
+                score = (cols[i:i + m].t().pow(2) / d[i:i + m].pow(2).unsqueeze(0)).contiguous()
+                mask[i:i + m].t().scatter_(1, torch.topk(score, m - n, dim=1, largest=False).indices, True)
+            # error = (column - kept) / d: the pruned entries' values, zero where kept
+            torch.div(cols[i].masked_fill(~mask[i], 0.0), d[i], out=errors[i])
+            if i + 1 < b:
+                cols[i + 1:b].addr_(u_block[i, i + 1:b], errors[i], alpha=-1)
+        if b < width:
+            cols[b:].addmm_(u_block[a:b, b:].t(), errors[a:b], alpha=-1)
+    w[:, start:end] = cols.masked_fill_(mask, 0.0).t()
+    pruned[:, start:end] = mask.t()
+    w[:, end:].addmm_(errors.t(), u[start:end, end:], alpha=-1)
 
 
 @torch.no_grad()

@@ -118,12 +118,15 @@ def _load(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> No
 @torch.no_grad()
 def folded_state(block: nn.Module) -> dict[str, torch.Tensor]:
     """The block's tensors under their checkpoint names, trimtune masks folded into the weights *in
-    place* (W ⊙ M: the forward computes the same, and no second copy of the block is made)."""
+    place* and then dropped (W ⊙ M: the forward computes the same values, and no second copy of the
+    block is made; without the mask the rerun that makes the next block's inputs no longer multiplies
+    every weight by its mask in each of its forwards)."""
     state = {}
     for name, module in block.named_modules():
         mask = getattr(module, "weight_mask", None)
         if mask is not None:
             module.weight.mul_(mask)
+            module.set_mask(None)
         for key, tensor in module.named_parameters(recurse=False):
             state[f"{name}.{key}" if name else key] = tensor.detach()
         for key, tensor in module.named_buffers(recurse=False):
