@@ -61,8 +61,11 @@ def test_a_run_that_fails_keeps_the_previous_one_and_blocks_no_rerun(tmp_path):
     fresh = tmp_path / "fresh"
     failed = trimtune("prune", *DIGITS, "--out", fresh, disk_full_at="pruned.safetensors")
     assert failed.returncode == 1 and not fresh.exists()  # nothing half-written at --out...
-    rerun = trimtune("prune", *DIGITS, "--out", fresh)
-    assert rerun.returncode == 0, rerun.stderr  # ...so the same command simply runs again
+    assert "--resume" in failed.stderr  # ...the trained steps are kept in checkpoints, and the message says so
+    refused = trimtune("prune", *DIGITS, "--out", fresh)
+    assert refused.returncode != 0 and "--resume" in refused.stderr  # starting over is explicit
+    rerun = trimtune("prune", *DIGITS, "--out", fresh, "--overwrite")
+    assert rerun.returncode == 0, rerun.stderr  # --overwrite discards the checkpoints and runs again
 
 
 def test_overwrite_never_touches_a_user_folder_or_the_source_run(tmp_path):

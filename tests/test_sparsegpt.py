@@ -198,7 +198,7 @@ def test_stepped_kernel_matches_the_columnwise_loop_and_the_reference(monkeypatc
     """Blocks wider than one inner step (LEAF columns), a last block and a last step cut short, an M
     that does not divide LEAF: the stepped kernel makes the columnwise loop's masks, and its weights
     within float rounding; both match the float64 reference."""
-    import trimtune.prune.sparsegpt as module
+    from trimtune.prune import sparsegpt as module  # tt.prune is the verb: the subpackage is reached by from-import
     from _sparsegpt_columnwise import columnwise_prune_block
 
     assert blocksize > module.LEAF and blocksize % module.LEAF  # some steps are cut short
