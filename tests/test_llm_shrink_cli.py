@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from test_llm_prune_cli import text_file  # noqa: F401 (a fixture: the demo reviews as one text file)
 from trimtune.cli import main
 
 LM_TEXTS = Path(__file__).resolve().parents[1] / "examples" / "data" / "lm_texts"
@@ -27,15 +28,6 @@ def gqa_llama(tmp_path_factory):
     path = tmp_path_factory.mktemp("llm") / "gqa-llama"
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from trimtune.data import load_demo_texts
-
-    path = tmp_path_factory.mktemp("text") / "calib.txt"
-    path.write_text("\n".join(r["text"] for r in load_demo_texts()))
     return path
 
 

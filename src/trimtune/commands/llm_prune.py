@@ -37,13 +37,27 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
                         "at most min(s, 1 - s) / 2 always fits (default: %(default)s)")
 
 
-def run_llm(args) -> int:
+def calibration_samples(args, needed_with: str):
+    """The calibration ``--calib FILE|self`` gives (checked first: counts, the model's positions), with
+    its one-line summary printed; ``needed_with`` names the flags that require it."""
     from transformers import AutoConfig
 
     from ..data.calibration import load_calibration
-    from ..prune.sequential import SequentialConfig
     from ..prune.sequential.calib_text import check_counts
     from ..prune.sequential.pipeline import check_seqlen
+
+    if args.calib is None:
+        raise ValueError(f"--calib FILE|self is required with {needed_with}: a text file (.txt, .jsonl, .csv) to calibrate on, "
+                         "or 'self' to sample calibration text from the model")
+    check_counts(args.nsamples, args.seqlen)
+    check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
+    calibration = load_calibration(args.calib, Path(args.model), args.nsamples, args.seqlen, args.seed)
+    show("calibration", calibration.summary)
+    return calibration.samples
+
+
+def run_llm(args) -> int:
+    from ..prune.sequential import SequentialConfig
     from ..prune.sequential.stream import check_out, prune_directory
 
     if args.out is None:
@@ -56,14 +70,7 @@ def run_llm(args) -> int:
     check_out(Path(args.out), Path(args.model))  # before calibration, which may generate for minutes
     samples = None  # magnitude needs no activations: no calibration text is read
     if config.needs_calibration:
-        if args.calib is None:
-            raise ValueError(f"--calib FILE|self is required with --model --method {args.method}: a text file (.txt, .jsonl, "
-                             f".csv) to calibrate on, or 'self' to sample calibration text from the model")
-        check_counts(args.nsamples, args.seqlen)
-        check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
-        calibration = load_calibration(args.calib, Path(args.model), args.nsamples, args.seqlen, args.seed)
-        samples = calibration.samples
-        show("calibration", calibration.summary)
+        samples = calibration_samples(args, f"--model --method {args.method}")
     report = prune_directory(args.model, args.out, samples, config, progress=None if args.quiet else "pruning blocks")
     if not args.quiet:
         print(report.table(), flush=True)

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from .common import show
+from .llm_prune import calibration_samples
 
 
 def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,9 +40,6 @@ def run_llm_shrink(args) -> int:
     from transformers import AutoConfig
 
     from ..api import StructuredConfig, shrink_llm_directory
-    from ..data.calibration import load_calibration
-    from ..prune.sequential.calib_text import check_counts
-    from ..prune.sequential.pipeline import check_seqlen
     from ..prune.sequential.stream import check_out
     from ..prune.structured.plan import check_plan
 
@@ -53,14 +51,7 @@ def run_llm_shrink(args) -> int:
                               args.repair, args.gqa, args.percdamp, args.batch_tokens)
     check_plan(AutoConfig.from_pretrained(args.model), config)  # before the calibration text is read
     check_out(Path(args.out), Path(args.model))
-    if args.calib is None:
-        raise ValueError("--calib FILE|self is required with --model: a text file (.txt, .jsonl, .csv) to calibrate on, "
-                         "or 'self' to sample calibration text from the model")
-    check_counts(args.nsamples, args.seqlen)
-    check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
-    calibration = load_calibration(args.calib, Path(args.model), args.nsamples, args.seqlen, args.seed)
-    samples = calibration.samples
-    show("calibration", calibration.summary)
+    samples = calibration_samples(args, "--model")
     report = shrink_llm_directory(args.model, args.out, samples, config, progress=None if args.quiet else "shrinking blocks")
     if args.speed:
         report.speed = _speed(args.model, args.out, samples)
