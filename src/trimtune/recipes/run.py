@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import api as tt
 from ..core.io.atomic import write_json, write_safetensors
-from ..core.io.output_dir import OutputError, check_replaceable, fresh_partial, partial_path, swap_in
+from ..core.io.output_dir import OutputError, check_replaceable, fresh_partial, partial_path, swap_in, written_by_trimtune
 from ..core.registry import method_for_config
 from ..prune import PruneSchedule, PruningCallback, prune
 from ..training import evaluate
@@ -69,9 +69,9 @@ def _check_no_resumable_run(path: Path, overwrite: bool) -> None:
 
 def discard_unresumable(work: Path, path: str | Path) -> bool:
     """A failed run's build directory goes unless it holds checkpoints to ``--resume`` from (a full disk
-    is left nothing useless to fill it); True if it went."""
+    is left nothing useless to fill it); only a build directory trimtune marked; True if it went."""
     work = Path(work)
-    if work != Path(path) and work == partial_path(path) and not _has_checkpoints(work):
+    if work != Path(path) and work == partial_path(path) and written_by_trimtune(work) and not _has_checkpoints(work):
         shutil.rmtree(work, ignore_errors=True)
         return True
     return False
