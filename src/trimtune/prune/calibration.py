@@ -11,6 +11,7 @@ from torch import nn
 
 from ..core.state import wrapped
 from .api import PruneConfig, select_layers
+from .early_stop import stopping_after
 
 
 def _run(model: nn.Module, batch):
@@ -50,9 +51,10 @@ def _input_norms(model: nn.Module, layers: dict, batches: Iterable, rows) -> dic
     handles = [layer.register_forward_pre_hook(hook_for(n, layer)) for n, layer in layers.items()]
     try:
         count = 0
-        for batch in batches:
-            _run(model, batch)
-            count += 1
+        with stopping_after(layers.values()) as run:
+            for batch in batches:
+                run(lambda: _run(model, batch))
+                count += 1
     finally:
         for h in handles:
             h.remove()

@@ -17,6 +17,7 @@ from ...core.state import unwrap_bare, unwrapped_names, wrap, wrapped
 from ...core.tuned_layer import TunedLayer
 from ..api import PruneConfig, prune
 from ..calibration import collect_input_norms
+from ..early_stop import stopping_after
 from ..granularity import NM, Element
 from ..importance import Magnitude, Wanda
 from ..owl import outlier_ratio
@@ -63,9 +64,10 @@ def _hessians(block: nn.Module, layers: dict[str, TunedLayer], calls: BlockCalls
 
     handles = [layer.register_forward_pre_hook(hook_for(n, layer)) for n, layer in layers.items()]
     try:
-        for call in calls:
-            block(**call)
-            seen.clear()
+        with stopping_after(layers.values()) as run:
+            for call in calls:
+                run(lambda: block(**call))
+                seen.clear()
     finally:
         for h in handles:
             h.remove()

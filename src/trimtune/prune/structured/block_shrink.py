@@ -12,7 +12,7 @@ from .config import StructuredConfig
 from .importance import choose_heads, column_scores, keep_top, per_unit, removed_count, row_scores
 from .parts import BlockParts, canonical_weight, head_channels
 from .repair import ensure_bias, repair_reader
-from .stats import ChannelStats, observing, run_calls
+from .stats import ChannelStats, collect
 
 
 def _hidden_width(parts: BlockParts) -> int:
@@ -37,8 +37,7 @@ def shrink_heads(parts: BlockParts, calls: BlockCalls, config: StructuredConfig)
     in_stats = None
     if config.importance == "wanda":
         in_stats = watched[parts.q] = ChannelStats(_hidden_width(parts))
-    with observing(watched):
-        run_calls(parts.block, calls)
+    collect(watched, parts.block, calls)
     q_scores, kv_scores = _head_scores(parts, config, o_stats, in_stats)
     q_keep, kv_keep = choose_heads(q_scores, kv_scores, config.heads, config.gqa)
     if config.repair == "bias":
@@ -58,8 +57,7 @@ def shrink_ffn(parts: BlockParts, calls: BlockCalls, config: StructuredConfig) -
     in_stats = None
     if config.importance == "wanda":
         in_stats = watched[parts.ups[0]] = ChannelStats(_hidden_width(parts))
-    with observing(watched):
-        run_calls(parts.block, calls)
+    collect(watched, parts.block, calls)
     scores = column_scores(config.importance, down_stats, [canonical_weight(parts.down)])
     if config.importance == "wanda":
         scores = scores + sum(row_scores(canonical_weight(up), in_stats) for up in parts.ups)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..early_stop import stopping_after
 from ..sequential.capture import BlockCalls, token_rows
 
 
@@ -79,7 +80,9 @@ def observing(stats: dict[nn.Module, ChannelStats]):
 
 
 @torch.no_grad()
-def run_calls(block: nn.Module, calls: BlockCalls) -> None:
-    """One pass of the recorded calls through the block (outputs discarded: hooks collect)."""
-    for call in calls:
-        block(**call)
+def collect(stats: dict[nn.Module, ChannelStats], block: nn.Module, calls: BlockCalls) -> None:
+    """One pass of the recorded calls through the block, feeding ``stats``; each forward stops once
+    the last watched module has its input (the outputs are not needed)."""
+    with observing(stats), stopping_after(stats) as run:
+        for call in calls:
+            run(lambda: block(**call))
