@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.state import wrapped
-from .api import PruneConfig, select_layers
+from .prune_model import PruneConfig, select_layers
 
 
 def _run(model: nn.Module, batch):
