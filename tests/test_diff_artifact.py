@@ -227,7 +227,7 @@ def test_minilm_diff_at_half_a_percent_is_under_one_percent_of_the_model_file(mi
 
 
 def test_a_diff_is_saved_alongside_a_lora_adapter(tmp_path, token_ids):
-    from trimtune.api.files import load_adapter, save_adapter
+    from trimtune.verbs.files import load_adapter, save_adapter
 
     model = make_bert()
     tt.apply(model, tt.LoraConfig(r=2), "lora")

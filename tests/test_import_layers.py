@@ -4,6 +4,7 @@ package asks whether a config is that method's."""
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,29 @@ ROOT = SRC.parent
 APP = ("cli", "__main__", "commands")  # handlers import their heavy modules when run: `trimtune --help` stays fast
 
 
-def test_import_linter_contracts_are_kept():
-    result = subprocess.run(
+def lint_imports(root: Path, src: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())", "--no-cache"],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        cwd=root, capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
     )
+
+
+def test_import_linter_contracts_are_kept():
+    result = lint_imports(ROOT, SRC)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
+
+
+def test_the_app_importing_below_the_facade_breaks_the_contract(tmp_path):
+    """A copy of the package whose CLI helper reaches into core directly: import-linter must refuse it."""
+    shutil.copytree(SRC / "trimtune", tmp_path / "src" / "trimtune", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    common = tmp_path / "src" / "trimtune" / "commands" / "common.py"
+    common.write_text(common.read_text() + "\nfrom ..core.config import ConfigError  # noqa: E402,F401\n")
+    result = lint_imports(tmp_path, tmp_path / "src")
+    assert result.returncode != 0
+    assert "the app reaches the library only through the facade" in result.stdout
+    assert "trimtune.commands.common -> trimtune.core.config" in result.stdout
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:

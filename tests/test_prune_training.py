@@ -160,7 +160,7 @@ def test_follow_mask_lora_trains_masked_and_its_sparse_merge_is_exact(tiny_bert,
 def test_follow_mask_lora_file_round_trip_and_bad_input(tiny_bert, token_ids, tmp_path, tiny_llama):
     import json
 
-    from trimtune.api.files import load_adapter, save_adapter
+    from trimtune.verbs.files import load_adapter, save_adapter
 
     fresh = copy.deepcopy(tiny_bert)
     model = _pruned_with_lora(tiny_bert, follow_mask=True)

@@ -29,7 +29,7 @@ def test_every_example_recipe_validates(path):
 
 
 def test_examples_cover_every_method_and_pruning():
-    from trimtune.recipes.schema import methods
+    from trimtune.recipes.method_runs import recipe_methods as methods
 
     used = {yaml.safe_load(p.read_text()).get("method", {}).get("type") for p in EXAMPLES}
     assert set(methods()) <= used

@@ -123,7 +123,7 @@ def _in_flags(message: str, args) -> str:
 
 def _is_usage_error(err: Exception) -> bool:
     """A recipe or --set that does not validate is a usage error, like a bad command-line flag."""
-    from .core.config import ConfigError
+    from trimtune import ConfigError
     from .recipes.load import RecipeError
 
     return isinstance(err, (RecipeError, ConfigError))  # a config field whose value is not allowed

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core.input_deltas.model_info import CACHE_ARGUMENTS
-from .core.io.safetensors_files import check_model_files
+from trimtune import CACHE_ARGUMENTS
+from trimtune.outputs import check_model_files
 
 
 def minilm_path() -> Path:

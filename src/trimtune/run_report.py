@@ -14,7 +14,7 @@ import html
 import json
 from pathlib import Path
 
-from .core.io.atomic import write_bytes, write_json
+from trimtune.outputs import write_bytes, write_json
 
 SOURCES = ("summary.json", "metrics.json", "eval.json", "sparsity.json", "prune_story.json", "shrink.json", "adalora_ranks.json")
 

@@ -18,7 +18,8 @@ def add_eval(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..core.io.atomic import write_json
+    from trimtune.outputs import write_json
+
     from ..recipes.run import evaluate_run, load_run
 
     if args.perplexity is not None:

@@ -36,17 +36,15 @@ def add_export(subparsers) -> None:
 def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
     import trimtune as tt
 
-    from ..core.registry import method_for_config
-    from ..core.state import state_of
     from ..recipes.run import load_run
 
     loaded = load_run(run_dir, check_base=check_base)
-    configs = state_of(loaded.model).adapters
-    prompts = [n for n, c in configs.items() if not method_for_config(c).mergeable]
+    configs = tt.adapter_configs(loaded.model)
+    prompts = [n for n, c in configs.items() if not tt.method_for_config(c).mergeable]
     if prompts:
         raise ValueError(f"prompt/prefix adapters ({prompts}) are extra inputs, not weights, so they cannot be merged; "
                          "load the run's adapter/ with trimtune or peft instead")
-    if state_of(loaded.model).active:  # a prune-only run has masks but no adapter to merge
+    if tt.active_adapters(loaded.model):  # a prune-only run has masks but no adapter to merge
         tt.merge(loaded.model, keep_sparsity=keep_sparsity)
     return loaded, tt.unload(loaded.model, merge_adapters=True)
 
@@ -54,8 +52,7 @@ def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
 def run(args) -> int:
     import torch
 
-    from ..core.io.atomic import write_safetensors
-    from ..core.io.output_dir import OutputError, check_replaceable, output_directory
+    from trimtune.outputs import OutputError, check_replaceable, output_directory, write_safetensors
 
     fmt, dtype = getattr(args, "format", "hf"), getattr(torch, getattr(args, "dtype", "float32"))
     single_file = fmt == "safetensors" and args.out.suffix == ".safetensors"

@@ -37,42 +37,46 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
                         "at most min(s, 1 - s) / 2 always fits (default: %(default)s)")
 
 
-def calibration_samples(args, needed_with: str):
+ONESHOT_FIELDS = ("method", "sparsity", "calib", "nsamples", "seqlen", "seed", "blocksize", "percdamp", "owl", "owl_m",
+                  "owl_lambda", "selection", "batch_tokens")  # the flags above, and a recipe's oneshot: section
+
+
+def calibration_samples(model: Path, calib, nsamples: int, seqlen: int, seed: int, needed_with: str):
     """The calibration ``--calib FILE|self`` gives (checked first: counts, the model's positions), with
     its one-line summary printed; ``needed_with`` names the flags that require it."""
-    from transformers import AutoConfig
-
     from ..data.calibration import load_calibration
-    from ..prune.sequential.calib_text import check_counts
-    from ..prune.sequential.pipeline import check_seqlen
 
-    if args.calib is None:
+    if calib is None:
         raise ValueError(f"--calib FILE|self is required with {needed_with}: a text file (.txt, .jsonl, .csv) to calibrate on, "
                          "or 'self' to sample calibration text from the model")
-    check_counts(args.nsamples, args.seqlen)
-    check_seqlen(AutoConfig.from_pretrained(args.model), args.seqlen)
-    calibration = load_calibration(args.calib, Path(args.model), args.nsamples, args.seqlen, args.seed)
+    calibration = load_calibration(calib, Path(model), nsamples, seqlen, seed)
     show("calibration", calibration.summary)
     return calibration.samples
 
 
 def run_llm(args) -> int:
-    from ..prune.sequential import SequentialConfig
-    from ..prune.sequential.stream import check_out, prune_directory
+    """``trimtune prune --model DIR ...``."""
+    return prune_model_directory(args.model, args.out, args.quiet, getattr(args, "overwrite", False),
+                                 **{name: getattr(args, name) for name in ONESHOT_FIELDS})
 
-    if args.out is None:
+
+def prune_model_directory(model: Path, out: Path | None, quiet: bool, overwrite: bool, *, method, sparsity, calib, nsamples,
+                          seqlen, seed, blocksize, percdamp, owl, owl_m, owl_lambda, selection, batch_tokens) -> int:
+    """One-shot pruning from the command line or a recipe's ``oneshot:`` section: ``tt.prune_llm``."""
+    import trimtune as tt
+
+    if out is None:
         raise ValueError("--out is required with --model: the new directory for the pruned model")
-    if getattr(args, "overwrite", False):  # a pruned directory carries no run marker: nothing to tell ours from others'
+    if overwrite:  # a pruned directory carries no run marker: nothing to tell ours from others'
         raise ValueError(f"--overwrite is not supported with --model: the pruned model always goes to a new directory; "
-                         f"remove {args.out} yourself or choose another --out")
-    config = SequentialConfig(args.method, args.sparsity, args.blocksize, args.percdamp, args.owl, args.owl_m, args.owl_lambda,
-                              args.selection, args.batch_tokens)
-    check_out(Path(args.out), Path(args.model))  # before calibration, which may generate for minutes
-    samples = None  # magnitude needs no activations: no calibration text is read
-    if config.needs_calibration:
-        samples = calibration_samples(args, f"--model --method {args.method}")
-    report = prune_directory(args.model, args.out, samples, config, progress=None if args.quiet else "pruning blocks")
-    if not args.quiet:
+                         f"remove {out} yourself or choose another --out")
+    config = tt.SequentialConfig(method, sparsity, blocksize, percdamp, owl, owl_m, owl_lambda, selection, batch_tokens)
+
+    def calibration():  # made after tt.prune_llm has checked --out: 'self' may generate for minutes
+        return calibration_samples(model, calib, nsamples, seqlen, seed, f"--model --method {method}")
+
+    report = tt.prune_llm(model, out, config, calibration, progress=None if quiet else "pruning blocks")
+    if not quiet:
         print(report.table(), flush=True)
-    show("result", {"out": str(args.out), "sparsity": round(report.sparsity, 6), "layers": len(report.layers), "method": args.method})
+    show("result", {"out": str(out), "sparsity": round(report.sparsity, 6), "layers": len(report.layers), "method": method})
     return 0

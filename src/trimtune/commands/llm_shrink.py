@@ -37,28 +37,25 @@ def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_llm_shrink(args) -> int:
-    from transformers import AutoConfig
-
-    from ..api import StructuredConfig, shrink_llm_directory
-    from ..prune.sequential.stream import check_out
-    from ..prune.structured.plan import check_plan
+    import trimtune as tt
+    from trimtune.outputs import STRUCTURED_REPORT_FILE, write_bytes
 
     if args.out is None:
         raise ValueError("--out is required with --model: the new directory for the shrunk model")
     if args.overwrite:
         raise ValueError("--overwrite is not taken with --model: the shrunk model goes to a new --out, and nothing is replaced")
-    config = StructuredConfig(args.heads, args.ffn, args.hidden, args.drop_layers, args.importance, args.depth_metric,
+    config = tt.StructuredConfig(args.heads, args.ffn, args.hidden, args.drop_layers, args.importance, args.depth_metric,
                               args.repair, args.gqa, args.percdamp, args.batch_tokens)
-    check_plan(AutoConfig.from_pretrained(args.model), config)  # before the calibration text is read
-    check_out(Path(args.out), Path(args.model))
-    samples = calibration_samples(args, "--model")
-    report = shrink_llm_directory(args.model, args.out, samples, config, progress=None if args.quiet else "shrinking blocks")
-    if args.speed:
-        report.speed = _speed(args.model, args.out, samples)
-        from ..core.io.atomic import write_bytes
-        from ..prune.structured.stream import REPORT
+    made = []  # the calibration, made once the library has checked --out and the plan: --speed prompts with it
 
-        write_bytes(args.out / REPORT, (report.to_json() + "\n").encode())
+    def calibration():
+        made.append(calibration_samples(args.model, args.calib, args.nsamples, args.seqlen, args.seed, "--model"))
+        return made[-1]
+
+    report = tt.shrink_llm_directory(args.model, args.out, calibration, config, progress=None if args.quiet else "shrinking blocks")
+    if args.speed:
+        report.speed = _speed(args.model, args.out, made[-1])
+        write_bytes(args.out / STRUCTURED_REPORT_FILE, (report.to_json() + "\n").encode())
     if not args.quiet:
         print(report.table(), flush=True)
     show("result", {"out": str(args.out), "before": report.before, "after": report.after,
@@ -70,7 +67,7 @@ def _speed(dense_dir: Path, shrunk_dir: Path, samples) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..api import generation_speed
+    from trimtune import generation_speed
 
     prompt = torch.as_tensor(samples[0][:128]).reshape(1, -1)
     return {name: generation_speed(AutoModelForCausalLM.from_pretrained(path), prompt, new_tokens=128)

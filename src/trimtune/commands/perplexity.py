@@ -20,8 +20,9 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
 def run_perplexity(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trimtune import perplexity_of_file
+
     from ..models import load_pretrained
-    from ..training.perplexity import perplexity_of_file
 
     model_dir = args.model or args.run_dir
     if model_dir is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..recipes.load import RecipeError, load_recipe
 from .common import add_recipe_arguments, logger, show
-from .llm_prune import add_llm_arguments, run_llm
+from .llm_prune import add_llm_arguments, prune_model_directory, run_llm
 
 RUNS = {
     "tune": ("fine-tune with any method (LoRA, AdaLoRA, QLoRA, IA3, bottleneck, prompt, P-, prefix tuning, diff)",
@@ -34,9 +34,10 @@ def add_runs(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..core.io.output_dir import partial_path
+    from trimtune import init_distributed
+    from trimtune.outputs import partial_path
+
     from ..recipes.run import check_run_dir, discard_unresumable, finish_run_dir, prepare_run_dir, run_recipe
-    from ..training.distributed import init_distributed
 
     if args.command == "prune" and getattr(args, "model", None) is not None:
         if args.recipe is not None:
@@ -48,7 +49,8 @@ def run(args) -> int:
     if recipe.oneshot is not None:
         if args.command != "prune":
             raise RecipeError(f"a oneshot: recipe is run by `trimtune prune`, not `trimtune {args.command}`")
-        return run_llm(oneshot_arguments(recipe, args))
+        return prune_model_directory(Path(recipe.model.path), Path(args.out or recipe.output), args.quiet, args.overwrite,
+                                     **recipe.oneshot.model_dump())
     _, fits, needs = RUNS[args.command]
     if not fits(recipe):
         raise RecipeError(f"`trimtune {args.command}` needs {needs} in {args.recipe}")
@@ -98,11 +100,3 @@ def read_paths(recipe) -> list[str]:
     paths = [recipe.model.path, recipe.distill.teacher if recipe.distill else None]
     return [str(resolve_model_path(p)) for p in paths if p and Path(resolve_model_path(p)).exists()]  # not "lenet" or a hub id
 
-
-def oneshot_arguments(recipe, args):
-    """The ``trimtune prune --model ...`` arguments a oneshot: recipe stands for."""
-    import argparse
-
-    section = recipe.oneshot.model_dump()
-    return argparse.Namespace(model=Path(recipe.model.path), out=Path(args.out or recipe.output), quiet=args.quiet,
-                              overwrite=args.overwrite, **section)

@@ -66,9 +66,9 @@ def recipe_arguments(args):
 def run_run_dir(args) -> int:
     import json
 
-    from ..api import save_shrunk, shrink
-    from ..core.io.atomic import write_json
-    from ..core.io.output_dir import check_replaceable, output_directory
+    from trimtune import save_shrunk, shrink
+    from trimtune.outputs import check_replaceable, output_directory, write_json
+
     from ..recipes.build import example_inputs
     from ..recipes.run import evaluate_run, load_run
 

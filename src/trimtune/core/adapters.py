@@ -1,9 +1,10 @@
 """Adding, switching, disabling and deleting adapters: the model-level bookkeeping every method shares.
 
 ``apply(model, config, name)`` changes the model in place (torchao's ``quantize_`` shape): it looks
-the config's method up in the registry; a weight-delta method gets its target layers wrapped once in
-a ``TunedLayer`` and its delta added under ``name``; a method that changes the model another way
-(prompt tuning) runs its own apply. Per-model bookkeeping lives in ``state_of(model)``.
+the config's method up in the registry and runs the method's ``apply`` (``core/method.py``); a
+weight-delta method's wraps its target layers once in a ``TunedLayer`` and adds its delta under
+``name`` (``apply_weight_method``, here); a method that changes the model another way (prompt tuning)
+does its own. Per-model bookkeeping lives in ``state_of(model)``.
 """
 
 from __future__ import annotations
@@ -46,10 +47,7 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
     if merged and (activate or not state.active):  # activating the new one would deactivate merged ones
         raise ValueError(f"adapters {merged} are merged into the weights; unmerge(model) before adding adapter {name!r} "
                          "(or add it with activate=False)")
-    if method.apply is not None:
-        method.apply(model, config, name)
-    else:
-        apply_weight_method(model, config, name, method.make_delta)
+    method.apply(model, config, name)
     state.adapters[name] = config
     try:
         if activate or not state.active:
@@ -173,6 +171,11 @@ def adapter_config(model: nn.Module, name: str = "default"):
     return adapters[name]
 
 
+def adapter_configs(model: nn.Module) -> dict:
+    """{name: config} of every adapter on the model, in the order they were added (a copy)."""
+    return dict(state_of(model).adapters)
+
+
 @contextlib.contextmanager
 def disable_adapters(model: nn.Module):
     """Run the base model: every adapter off inside the block, restored after."""
@@ -199,5 +202,3 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     del state.adapters[name]
     state.callbacks.pop(name, None)
     state.active = [n for n in state.active if n != name]
-
-

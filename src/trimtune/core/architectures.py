@@ -7,6 +7,8 @@ bottleneck adapters, head pruning, shrinking and the block-by-block pipelines al
 type here once and every method knows it.
 
 Names are dotted suffixes: block parts are relative to one block, targets match a module name's end.
+``architecture(of)`` is the one reader of an entry and ``model_types(where)`` the one list of the
+known types; the attention heads of a block are counted from an entry in ``attention_heads.py``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ _LLAMA = Architecture(
     houlsby=["o_proj", "down_proj"], pfeiffer=["down_proj"],
 )
 
-ARCHITECTURES: dict[str, Architecture] = {
+_TABLE: dict[str, Architecture] = {
     "bert": _BERT,
     "roberta": Architecture(**{**vars(_BERT), "block_class": "RobertaLayer"}),
     "llama": _LLAMA,
@@ -93,23 +95,35 @@ def model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
 
 
-def architecture_of(model: nn.Module) -> Architecture | None:
-    return ARCHITECTURES.get(model_type(model))
+def architecture(of) -> Architecture | None:
+    """The table's entry for ``of``: a model (by its ``config.model_type``), a Hugging Face config, or a
+    model type name; None for a type the table does not know."""
+    if isinstance(of, nn.Module):
+        of = model_type(of)
+    elif of is not None and not isinstance(of, str):
+        of = getattr(of, "model_type", None)
+    return _TABLE.get(of)
+
+
+def model_types(where=lambda arch: True) -> list[str]:
+    """The known model types whose entry satisfies ``where`` (for error messages: what is supported)."""
+    return sorted(t for t, arch in _TABLE.items() if where(arch))
 
 
 def defaults(field_name: str) -> dict[str, object]:
     """{model type: default} for one per-method field of the table (e.g. ``"lora"``, ``"houlsby"``)."""
-    return {t: list(v) if isinstance(v, tuple) else v for t, a in ARCHITECTURES.items() if (v := getattr(a, field_name))}
+    values = {t: getattr(architecture(t), field_name) for t in model_types(lambda arch: getattr(arch, field_name))}
+    return {t: list(v) if isinstance(v, tuple) else v for t, v in values.items()}
 
 
 def with_blocks() -> list[str]:
     """The model types whose block layout is known (shrinking, head pruning, block-wise pipelines)."""
-    return sorted(t for t, a in ARCHITECTURES.items() if a.has_blocks)
+    return model_types(lambda arch: arch.has_blocks)
 
 
 def block_list(model: nn.Module, arch: Architecture | None = None) -> tuple[str, nn.ModuleList]:
     """(dotted name, module list) of the model's transformer blocks."""
-    arch = arch or architecture_of(model)
+    arch = arch or architecture(model)
     if arch is None or not arch.has_blocks:
         raise ValueError(
             f"trimtune does not know the block layout of model type {model_type(model)!r} "

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..prune.sequential.calib_text import calibration_samples, check_counts
+from ..prune.sequential.pipeline import check_seqlen
 from ..prune.sequential.self_calib import self_generated_samples
 from ..prune.sequential.stream import empty_model
 from .files import line_of, read_records
@@ -38,7 +39,10 @@ class Calibration:
 
 
 def load_calibration(source: str | Path, model_dir: Path, nsamples: int, seqlen: int, seed: int = 0) -> Calibration:
+    from transformers import AutoConfig
+
     check_counts(nsamples, seqlen)
+    check_seqlen(AutoConfig.from_pretrained(model_dir), seqlen)
     if str(source) == SELF:
         return _self_generated(model_dir, nsamples, seqlen, seed)
     path = Path(source)

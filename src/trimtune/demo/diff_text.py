@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .. import api as tt
-from ..methods.diff.artifact import artifact_bytes, save_diff
-from ..methods.diff.penalty import DiffPenalty, diff_optimizer
+import trimtune as tt
+
 from ..models import minilm_path
 from .context import DemoContext, Step
 from .lora_text import text_schedule, text_task
@@ -21,18 +20,18 @@ def run(ctx: DemoContext) -> None:
     settings = QUICK if ctx.quick else FULL
     _, _, _, model, train_loader, test_loader = text_task(ctx, settings)
 
-    tt.apply(model, tt.DiffConfig(density=DENSITY, penalty="l0", targets=settings["targets"], modules_to_save=["classifier"]))
+    tt.apply(model, tt.DiffConfig(density=DENSITY, penalty="l0", penalty_weight=settings["penalty"], targets=settings["targets"],
+                                  modules_to_save=["classifier"]))  # the penalty trains with the model: tt.train adds it
     ctx.detail(f"  sparsity phase: dense diff over the {settings['targets']} layers, hard-concrete gates, {settings['sparsity_epochs']} epoch(s)")
-    first = tt.train(model, train_loader, epochs=settings["sparsity_epochs"], optimizer=diff_optimizer(model, settings["lr"]),
-                     scheduler=text_schedule(settings["sparsity_epochs"], train_loader), callbacks=[DiffPenalty(settings["penalty"])],
-                     progress=not ctx.quiet)
+    first = tt.train(model, train_loader, epochs=settings["sparsity_epochs"], optimizer=tt.diff_optimizer(model, settings["lr"]),
+                     scheduler=text_schedule(settings["sparsity_epochs"], train_loader), progress=not ctx.quiet)
     kept = tt.project_diffs(model)
     ctx.detail(f"  projected to {kept['kept']:,} of {kept['total']:,} entries; fine-tuning those only")
-    second = tt.train(model, train_loader, epochs=settings["kept_epochs"], optimizer=diff_optimizer(model, settings["lr_kept"]),
+    second = tt.train(model, train_loader, epochs=settings["kept_epochs"], optimizer=tt.diff_optimizer(model, settings["lr_kept"]),
                       scheduler=text_schedule(settings["kept_epochs"], train_loader), progress=not ctx.quiet)
     accuracy = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
-    saved = save_diff(model, ctx.out_dir / "diff_artifact")
-    size, dense = artifact_bytes(saved), (minilm_path() / "model.safetensors").stat().st_size
+    saved = tt.save_diff(model, ctx.out_dir / "diff_artifact")
+    size, dense = sum(f.stat().st_size for f in saved.iterdir()), (minilm_path() / "model.safetensors").stat().st_size
 
     ctx.report(f"  diff pruning at {kept['density']:.2%} of the {settings['targets']} weights (+ trained head): accuracy {accuracy:.1%}")
     ctx.report(f"  diff artifact: {size:,} bytes = {100 * size / dense:.2f} % of the dense model file ({dense:,} bytes), in {saved}")

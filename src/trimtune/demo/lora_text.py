@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import api as tt
+import trimtune as tt
+
 from ..data import DEMO_LABELS, demo_split, text_loader
-from ..methods.lora.delta import LoraConfig
 from ..models import minilm_classifier, minilm_path
-from ..training import linear_schedule
 from .context import DemoContext, Step
 from .linear_probe import linear_probe_accuracy, mean_pooled_embeddings
 
@@ -22,7 +21,7 @@ def text_schedule(epochs: int, loader):
     """The text recipe's schedule, for every method and phase: one warm-up epoch (when there is more
     than one epoch), then linear decay to 0."""
 
-    return linear_schedule(len(loader) if epochs > 1 else 0)
+    return tt.linear_schedule(len(loader) if epochs > 1 else 0)
 
 
 def load_model():
@@ -53,7 +52,7 @@ def run(ctx: DemoContext) -> None:
     probe = linear_probe_accuracy(probe_train, mean_pooled_embeddings(model.encoder, test_loader), tune=not ctx.quick)
     before = tt.evaluate(model, test_loader, tt.accuracy)["accuracy"]
 
-    config = LoraConfig(r=settings["r"], alpha=settings["alpha"], targets="query|value", modules_to_save=["classifier"])
+    config = tt.LoraConfig(r=settings["r"], alpha=settings["alpha"], targets="query|value", modules_to_save=["classifier"])
     tt.apply(model, config)
     trainable, total = tt.trainable_parameters(model)
     ctx.report(f"  LoRA r={config.r} on query/value + trained classifier head: "

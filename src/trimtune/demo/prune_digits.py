@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import trimtune as tt
+
 from ..data.digits import load_digits_split
-from ..prune import PruneConfig, Pruner, PruneSchedule, keep_pruned, prune, sparsity, sparsity_report
-from ..prune.files import save_sparse
 from .context import DemoContext, Step
 
 CNN_LAYERS = ["0", "2", "6", "8"]
@@ -35,12 +35,12 @@ def lenet() -> nn.Module:
     )
 
 
-def train_steps(model: nn.Module, data, steps: int, lr: float = 1e-3, seed: int = 0, pruner: Pruner | None = None) -> nn.Module:
+def train_steps(model: nn.Module, data, steps: int, lr: float = 1e-3, seed: int = 0, pruner: tt.Pruner | None = None) -> nn.Module:
     """Adam on random mini-batches of 64; every weight trains, masks stay enforced (``keep_pruned``);
     with a ``pruner`` the schedule prunes before each step."""
     x, y = data
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    keep_pruned(optimizer, model)
+    tt.keep_pruned(optimizer, model)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(steps):
@@ -66,16 +66,16 @@ def run(ctx: DemoContext) -> None:
     train, test = digits_split(ctx.seed)
     dense = train_steps(lenet(), train, dense_steps, seed=ctx.seed)
     ctx.detail(f"  data: {len(train[1])} train / {len(test[1])} test digit images; LeNet-style CNN, {dense_steps} steps")
-    config = PruneConfig(scope="global", targets=CNN_LAYERS, protect=[])
-    one_shot = prune(copy.deepcopy(dense), config, sparsity=0.8)
+    config = tt.PruneConfig(scope="global", targets=CNN_LAYERS, protect=[])
+    one_shot = tt.prune(copy.deepcopy(dense), config, sparsity=0.8)
     model = copy.deepcopy(dense)
-    schedule = PruneSchedule(0.8, "cubic", begin=0, end=int(finetune_steps * 0.6), every=10)
-    train_steps(model, train, finetune_steps, seed=ctx.seed, pruner=Pruner(model, config, schedule))
-    report = sparsity_report(model)
-    sizes = save_sparse(model, ctx.out_dir / "digits_cnn_sparse.safetensors")
+    schedule = tt.PruneSchedule(0.8, "cubic", begin=0, end=int(finetune_steps * 0.6), every=10)
+    train_steps(model, train, finetune_steps, seed=ctx.seed, pruner=tt.Pruner(model, config, schedule))
+    report = tt.sparsity_report(model)
+    sizes = tt.save_sparse(model, ctx.out_dir / "digits_cnn_sparse.safetensors")
     figures = {
         "dense": accuracy(dense, test), "one_shot_no_finetune": accuracy(one_shot, test),
-        "gradual_with_finetune": accuracy(model, test), "sparsity": sparsity(model),
+        "gradual_with_finetune": accuracy(model, test), "sparsity": tt.sparsity(model),
         "sparse_bytes": sizes["sparse_bytes"], "dense_bytes": sizes["dense_bytes"],
     }
     ctx.detail(report.table())

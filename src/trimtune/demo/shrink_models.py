@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .. import api as tt
+import trimtune as tt
+
 from ..data import DEMO_LABELS, demo_split, text_loader
 from ..data.digits import load_digits_split
 from ..models import LeNet

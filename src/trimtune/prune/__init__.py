@@ -2,7 +2,7 @@
 
 from ..core.masks import enforce_masks, keep_pruned, make_permanent, pruned_structures, remove_masks, sparsity
 from . import gates
-from .api import PruneConfig, prune, select_layers
+from .prune_model import PruneConfig, prune, select_layers
 from .calibration import collect_input_norms, collect_taylor
 from .gates import GateConfig, gates_to_masks, l0_penalty, runtime_skip
 from .granularity import NM, Blocks, Columns, Element, Rows
@@ -17,8 +17,3 @@ __all__ = [
     "Taylor", "Wanda", "collect_input_norms", "collect_taylor", "enforce_masks", "gates_to_masks", "group_lasso_penalty", "l0_penalty", "l1_penalty", "keep_pruned", "make_permanent", "prune", "prune_below", "runtime_skip", "pruned_structures",
     "remove_masks", "select_layers", "sparsity", "sparsity_report",
 ]
-
-from ..core.registry import Method, register
-
-# Learned L0 gates are a delta on the wrapper like any method; a pruning tool, not a recipe's method.type.
-register(Method("gates", GateConfig, make_delta=gates.make_gate, in_recipes=False))

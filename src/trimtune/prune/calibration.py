@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..core.state import wrapped
-from .api import PruneConfig, select_layers
 from .early_stop import stopping_after
+from .prune_model import PruneConfig, select_layers
 
 
 def _run(model: nn.Module, batch):

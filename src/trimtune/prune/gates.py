@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..core.adapters import delete_adapter
+from ..core.method import WeightDeltaMethod, register
 from ..core.config import ConfigError, check_choice, check_positive, check_positive_int
 from ..core.delta import Delta
 from ..core.hard_concrete import PAPER, HardConcrete
@@ -196,3 +197,14 @@ def runtime_skip(model: nn.Module, name: str = "gates", enabled: bool = True) ->
             raise ValueError(f"runtime skipping needs groups=1 convolutions, {layer.describe()} has groups={layer.kind.shell.groups}")
         delta.skip = enabled
     return model
+
+
+@register
+class Gates(WeightDeltaMethod):
+    """Learned L0 gates are a delta on the wrapper like any method: a pruning tool, not a recipe's method.type."""
+
+    name = "gates"
+    config = GateConfig
+
+    def make_delta(self, layer, config: GateConfig):
+        return make_gate(layer, config)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.architectures import architecture_of, block_list, head_dim, with_blocks
-from ..core.layer_kinds import kind_class_for
+from ..core.architectures import with_blocks
+from ..core.attention_heads import attention_heads
 from ..core.masks import canonical_mask, pruned_structures, record_pruned, set_canonical_mask
 from ..core.state import wrap
 from .granularity import Granularity, Units, reduce
@@ -34,33 +34,17 @@ class AttentionBlock:
 
 
 def attention_blocks(model) -> list[AttentionBlock]:
-    """Each transformer block's attention, named from the architecture table (empty for a model whose
-    block layout trimtune does not know)."""
-    arch = architecture_of(model)
-    if arch is None or not arch.has_blocks:
-        return []
-    prefix, blocks = block_list(model, arch)
+    """Each transformer block's attention as pruning units (empty for a model whose block layout
+    trimtune does not know); the heads are counted by ``core/attention_heads.py``."""
     found = []
-    for i, block in enumerate(blocks):
-        p = f"{prefix}.{i}."
-        attention = block.get_submodule(arch.attention)
-        if arch.qkv:  # GPT-2: q, k, v stacked along c_attn's outputs
-            heads, hd = attention.num_heads, head_dim(attention)
-            found.append(AttentionBlock(p + arch.attention, [p + arch.qkv], [], p + arch.o, heads, heads, hd, True))
-            continue
-        hd = head_dim(block.get_submodule(arch.q.rsplit(".", 1)[0]))
-        heads, kv_heads = _width(block.get_submodule(arch.q)) // hd, _width(block.get_submodule(arch.k)) // hd
-        query, shared = [p + arch.q], [p + arch.k, p + arch.v]
-        if kv_heads == heads:  # plain multi-head attention: q, k and v rows all belong to the head
-            query, shared = query + shared, []
-        found.append(AttentionBlock(p + arch.attention, query, shared, p + arch.o, heads, kv_heads, hd))
+    for b in attention_heads(model):
+        if b.fused:  # GPT-2: q, k, v stacked along c_attn's outputs
+            found.append(AttentionBlock(b.attention_name, [b.qkv], [], b.o, b.heads, b.heads, b.head_dim, True))
+        elif b.kv_heads == b.heads:  # plain multi-head attention: q, k and v rows all belong to the head
+            found.append(AttentionBlock(b.attention_name, [b.q, b.k, b.v], [], b.o, b.heads, b.kv_heads, b.head_dim))
+        else:
+            found.append(AttentionBlock(b.attention_name, [b.q], [b.k, b.v], b.o, b.heads, b.kv_heads, b.head_dim))
     return found
-
-
-def _width(module) -> int:
-    """Output units of a (possibly wrapped) layer."""
-    shell = getattr(module, "base_layer", module)
-    return kind_class_for(shell)(shell).weight_shape(module.weight)[0]
 
 
 class Heads(Granularity):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.state import wrap
-from .api import PruneConfig, _check_not_emptied, select_layers
+from .prune_model import PruneConfig, _check_not_emptied, select_layers
 
 
 def _weight(name, layer) -> torch.Tensor:

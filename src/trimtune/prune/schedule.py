@@ -23,7 +23,7 @@ from torch import nn
 from ..core.config import ConfigError, check_choice, check_fraction, check_positive_int
 from ..core.masks import enforce_masks
 from ..training.fsdp import is_sharded
-from .api import PruneConfig, prune
+from .prune_model import PruneConfig, prune
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import trimtune as tt
+
 from ..data import load_demo_texts, text_loader
 from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
 from ..data.lm import lm_loader
 from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
-from ..prune import Magnitude, Movement, PruneConfig, Random, Taylor, Wanda, collect_input_norms, collect_taylor
-from ..training import accuracy
-from ..training.batches import run_batch
 from .schema import DataSection, ModelSection, PruneSection, Recipe
 
 IMAGE_BATCH = "digits"
@@ -117,7 +116,7 @@ def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
         metric = None
     else:
         make = lambda rows, shuffle: text_loader(rows, tokenizer, tuple(records.labels), section.batch_size, section.max_length, shuffle, seed)
-        metric = accuracy
+        metric = tt.accuracy
     return Loaders(make(records.train, True), make(records.eval, False) if records.eval else None, metric)
 
 
@@ -131,7 +130,7 @@ def _digit_loaders(section: DataSection) -> Loaders:
     generator = torch.Generator().manual_seed(section.seed)
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=section.batch_size, shuffle=True, generator=generator)
     held_out = DataLoader(TensorDataset(x_test, y_test), batch_size=256)
-    return Loaders(train, held_out, accuracy, nn.functional.cross_entropy)
+    return Loaders(train, held_out, tt.accuracy, nn.functional.cross_entropy)
 
 
 def example_inputs(loaders: Loaders):
@@ -151,13 +150,13 @@ def prune_config(section: PruneSection, model: nn.Module, loaders: Loaders):
     if section.importance == "wanda":
         inputs = lambda: ((b if isinstance(b, dict) else b[0]) for b in calibration())
         strip = lambda b: {k: v for k, v in b.items() if k != "labels"} if isinstance(b, dict) else b
-        importance = Wanda(collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
+        importance = tt.Wanda(tt.collect_input_norms(model, (strip(b) for b in inputs()), section.targets))
     elif section.importance == "taylor":
-        loss = lambda m, b: run_batch(m, b, loaders.loss_fn).loss
-        importance = Taylor(collect_taylor(model, calibration(), loss, section.targets))
+        loss = lambda m, b: tt.run_batch(m, b, loaders.loss_fn).loss
+        importance = tt.Taylor(tt.collect_taylor(model, calibration(), loss, section.targets))
     else:
-        importance = {"magnitude": Magnitude, "random": lambda: Random(section.seed), "movement": Movement}[section.importance]()
-    return PruneConfig(
+        importance = {"magnitude": tt.Magnitude, "random": lambda: tt.Random(section.seed), "movement": tt.Movement}[section.importance]()
+    return tt.PruneConfig(
         amount=section.sparsity, importance=importance, granularity=section.granularity, scope=section.scope,
         targets=section.targets, protect=section.protect,
     )

@@ -16,14 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import api as tt
-from ..core.io.output_dir import RUN_MARKER
-from ..core.io.safetensors_files import read_safetensors
-from ..core.registry import method_for_config
-from ..prune.sequential.stream import SOURCE_FILE
-from ..shrinking.files import HISTORY_FILE, load_shrunk
+import trimtune as tt
+from trimtune.outputs import HISTORY_FILE, RUN_MARKER, SOURCE_FILE, read_safetensors
+
 from .build import Records, load_model, make_loaders, read_data
 from .load import RESOLVED_NAME, load_recipe
+from .method_runs import method_run
 from .schema import ModelSection, Recipe
 
 ADAPTER = "default"  # the name a run's adapter has in the model
@@ -63,7 +61,7 @@ def load_source(section: ModelSection, labels: list[str] | None, trained_for: st
     if is_shrink_dir(path):
         source = _shrink_source(path)
         run = load_run(source)  # the model exactly as shrink started from it, so the slices replay onto it
-        model = load_shrunk(path / "model", model=run.model)
+        model = tt.load_shrunk(path / "model", model=run.model, with_adapters=False)  # the run's adapter is on it
         return _merged(model), _same_labels(run, labels, path)
     return load_model(section, labels, trained_for)
 
@@ -101,12 +99,11 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = 
         tt.load_sparse(model, run_dir / "pruned.safetensors", strict=False)
     method = recipe.method.build(recipe.model) if recipe.method else None
     if method is not None:
-        entry = method_for_config(method)
-        if entry.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
-            entry.prepare_base(model, method)
-        load = entry.load or tt.load_adapter
-        if (run_dir / entry.artifact).is_dir():
-            load(model, run_dir / entry.artifact, check_base=check_base)
+        run = method_run(method)
+        if run.prepare_base is not None:  # e.g. QLoRA's adapter was trained (and fingerprinted) on a 4-bit base
+            run.prepare_base(model, method)
+        if (run_dir / run.artifact).is_dir():
+            tt.method_for_config(method).load(model, run_dir / run.artifact, ADAPTER, check_base=check_base)
     return Run(recipe, model.eval(), tokenizer, summary["labels"])
 
 

@@ -19,17 +19,21 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .. import api as tt
-from ..core.io.atomic import write_json, write_safetensors
-from ..core.io.output_dir import OutputError, check_replaceable, fresh_partial, partial_path, swap_in, written_by_trimtune
-from ..core.registry import method_for_config
-from ..prune import PruneSchedule, PruningCallback, prune
-from ..training import evaluate
-from ..training.distributed import distributed_loader, init_distributed, parallel_model, unwrap_model
-from ..training.fsdp import is_sharded
-from ..training.loop import _total_steps
+import trimtune as tt
+from trimtune.outputs import (
+    OutputError,
+    check_replaceable,
+    fresh_partial,
+    partial_path,
+    swap_in,
+    write_json,
+    write_safetensors,
+    written_by_trimtune,
+)
+
 from .build import Loaders, example_inputs, make_loaders, prune_config, read_data
 from .load import save_recipe
+from .method_runs import method_run
 from .rebuild import ADAPTER, MARKER, Run, load_run, load_source  # noqa: F401  (load_run, Run: re-exported)
 from .schema import Recipe
 from .story import PruneStory, size_figures
@@ -91,7 +95,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     """Carry out ``recipe`` into ``out``. Under torchrun / accelerate every process runs this; the
     data is split across them (``data.batch_size`` stays the global batch), rank 0 writes."""
 
-    info = init_distributed()
+    info = tt.init_distributed()
     if info.rank != 0:
         log = lambda message: None
     elif not resume:  # a resumed run keeps its recipe until its checkpoint has accepted this one (below)
@@ -112,8 +116,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         trainable, total = tt.trainable_parameters(model)
         log(f"{recipe.method.type}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f} %)")
     t = recipe.train
-    steps = _total_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
-    callbacks, story = _callbacks(recipe, model, method, loaders, steps)
+    steps = tt.optimizer_steps(loaders.train, t.epochs, t.max_steps, t.grad_accum) if (t.epochs or t.max_steps) else 0
+    callbacks, story = _callbacks(recipe, model, loaders, steps)
     if teacher is not None:
         callbacks.append(distiller(recipe, model, teacher, loaders))
     result = None
@@ -122,29 +126,29 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         checkpoint = tt.CheckpointConfig(out / "checkpoints", t.checkpoint_every, t.keep_checkpoints, full_model=method is None,
                                          sharded=True if recipe.distributed.strategy == "fsdp" else None)  # resumable on any world size
         result = tt.train(
-            parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes,
+            tt.parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes,
                            recipe.distributed.layer_units), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
             grad_accum=t.grad_accum, scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm,
             eval_data=loaders.eval if t.eval_every else None, eval_every=t.eval_every, metric=loaders.metric,
             loss_fn=loaders.loss_fn, callbacks=[*callbacks, logger], progress=not quiet and info.rank == 0,
             checkpoint=checkpoint, resume=resume, run_config=_run_config(recipe),
         )
-        model = unwrap_model(model)
+        model = tt.unwrap_model(model)
         if resume and info.rank == 0:
             save_recipe(recipe, out)  # the checkpoint accepted it: only fields that may change did (e.g. checkpoint_every)
         log(f"trained {result.steps} steps in {result.wall_time:.1f} s; last loss {result.losses[-1]:.4f}")
     elif recipe.prune:
-        prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
+        tt.prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
     if teacher is not None:
         summary["teacher"] = teacher_metrics
-    if method is not None and method_for_config(method).finish is not None:
-        entries, message = method_for_config(method).finish(model, ADAPTER, method)
+    if method is not None and method_run(method).finish is not None:
+        entries, message = method_run(method).finish(model, ADAPTER, method)
         summary.update(entries)
         log(message)
     summary["after"] = evaluate_run(model, loaders)
     log(f"after: {_fmt(summary['after'])}")
-    sharded = is_sharded(model)
+    sharded = tt.is_sharded(model)
     if sharded:  # every rank gathers its shard of the adapter; rank 0 writes
         _save_method_files(model, method, out)
     if info.rank != 0:
@@ -175,27 +179,24 @@ def _share(loaders: Loaders, recipe: Recipe, world_size: int) -> Loaders:
     if batch % world_size:
         raise ValueError(f"data.batch_size ({batch}) is the global batch and must divide by the {world_size} processes")
     train = loaders.train
-    loaders.train = distributed_loader(train.dataset, batch // world_size, shuffle=True, seed=recipe.data.seed, collate_fn=train.collate_fn)
+    loaders.train = tt.distributed_loader(train.dataset, batch // world_size, shuffle=True, seed=recipe.data.seed, collate_fn=train.collate_fn)
     return loaders
 
 
-def _callbacks(recipe: Recipe, model: nn.Module, method, loaders: Loaders, steps: int) -> list:
-
+def _callbacks(recipe: Recipe, model: nn.Module, loaders: Loaders, steps: int) -> list:
+    """The run's own training callbacks; the method's (diff's penalty, AdaLoRA's budget) ride on the model."""
     callbacks, story = [], None
     if recipe.prune and steps:
         p = recipe.prune
-        schedule = PruneSchedule.for_timing(p.timing, p.sparsity, steps, p.schedule, rounds=p.rounds)
+        schedule = tt.PruneSchedule.for_timing(p.timing, p.sparsity, steps, p.schedule, rounds=p.rounds)
         story = PruneStory(schedule, lambda m: evaluate_run(m, loaders))  # after the pruning callback: sees each step pruned
-        callbacks += [PruningCallback(prune_config(p, model, loaders), schedule), story]
-    hooks = method_for_config(method).callbacks if method is not None else None
-    if hooks is not None:
-        callbacks.extend(hooks(model, ADAPTER, method, recipe.train))
+        callbacks += [tt.PruningCallback(prune_config(p, model, loaders), schedule), story]
     return callbacks, story
 
 
 def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
     """Metrics on the eval loader (None when the run has no eval data)."""
-    return evaluate(model, loaders.eval, loaders.metric, loss_fn=loaders.loss_fn) if loaders.eval is not None else None
+    return tt.evaluate(model, loaders.eval, loaders.metric, loss_fn=loaders.loss_fn) if loaders.eval is not None else None
 
 
 def _fmt(metrics: dict | None) -> str:
@@ -219,8 +220,8 @@ def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_
     if method_files:
         _save_method_files(model, method, out)
     if method is not None:
-        entry = method_for_config(method)
-        for file_name, record in (entry.run_files(model, ADAPTER, method) if entry.run_files else {}).items():
+        run_files = method_run(method).run_files
+        for file_name, record in (run_files(model, ADAPTER, method) if run_files else {}).items():
             write_json(out / file_name, record)
     return saved
 
@@ -228,4 +229,4 @@ def _save_artifacts(model: nn.Module, recipe: Recipe, method, out: Path, method_
 def _save_method_files(model: nn.Module, method, out: Path) -> None:
     """The adapter, or the method's own files such as a diff (a collective under FSDP: every rank calls it)."""
     if method is not None:
-        tt.save_adapter(model, out / method_for_config(method).artifact)  # the method's own files, or peft's
+        tt.save_adapter(model, out / method_run(method).artifact)  # the method's own files, or peft's

@@ -13,21 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .. import methods as _registers_every_method  # noqa: F401
-from ..core.config import ConfigError
-from ..core.registry import recipe_methods
+import trimtune as tt
+
 from ..models import minilm_path
-from ..prune import PruneConfig, PruneSchedule
-from ..prune.sequential import SequentialConfig
-from ..prune.structured import StructuredConfig
-from ..training.distill import DistillConfig
-
-
-def methods() -> dict[str, type]:
-    """Recipe name -> config dataclass, from the method registry. The method packages import torch,
-    so they are imported here, when a recipe names a method, not when the CLI starts."""
-
-    return recipe_methods()
+from .method_runs import recipe_methods
 
 
 def section_error(section: str, err: Exception, fields: list[str], renames: dict[str, str] | None = None) -> str:
@@ -103,7 +92,7 @@ class MethodSection(BaseModel):
     def build(self, model: ModelSection | None = None):
         """The method's config; ``model`` fills a ``tokenizer`` field the recipe leaves out with the model's
         (prompt and prefix tuning's init: TEXT read their text with the model's own tokenizer)."""
-        table = methods()
+        table = recipe_methods()
         if self.type not in table:
             raise ValueError(f"method.type must be one of {sorted(table)}, got {self.type!r}{did_you_mean(self.type, table)}")
         cls = table[self.type]
@@ -116,7 +105,7 @@ class MethodSection(BaseModel):
             options["tokenizer"] = model.tokenizer or str(resolve_model_path(model.path))
         try:
             return cls(**options)  # the dataclass's own validation names field, value and what is allowed
-        except ConfigError as err:
+        except tt.ConfigError as err:
             raise ValueError(section_error("method", err, fields)) from None
 
 
@@ -140,9 +129,9 @@ class PruneSection(Section):
     @model_validator(mode="after")
     def _library_checks(self):
         try:  # the library's own rules (granularity names, N:M with global scope, timing vs style)
-            PruneConfig(amount=self.sparsity, granularity=self.granularity, scope=self.scope)
-            PruneSchedule.for_timing(self.timing, self.sparsity, 1, self.schedule)
-        except ConfigError as err:  # the library's field names are not the recipe's
+            tt.PruneConfig(amount=self.sparsity, granularity=self.granularity, scope=self.scope)
+            tt.PruneSchedule.for_timing(self.timing, self.sparsity, 1, self.schedule)
+        except tt.ConfigError as err:  # the library's field names are not the recipe's
             raise ValueError(section_error("prune", err, list(type(self).model_fields), {"amount": "sparsity", "final": "sparsity"})) from None
         return self
 
@@ -166,7 +155,6 @@ class TrainSection(Section):
     clip_norm: float | None = Field(None, gt=0.0)
     eval_every: int | None = Field(None, ge=1)
     seed: int = 0
-    diff_penalty: float = Field(0.0, ge=0.0, description="weight of the diff's sparsity loss (method: diff)")
     checkpoint_every: int | None = Field(None, ge=1, description="save a resumable checkpoint every N steps (always at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1, description="log line and metrics.csv row every N steps")
@@ -206,9 +194,9 @@ class OneShotSection(Section):
     @model_validator(mode="after")
     def _library_checks(self):
         try:
-            SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda, self.selection,
+            tt.SequentialConfig(self.method, self.sparsity, self.blocksize, self.percdamp, self.owl, self.owl_m, self.owl_lambda, self.selection,
                              self.batch_tokens)
-        except ConfigError as err:
+        except tt.ConfigError as err:
             raise ValueError(section_error("oneshot", err, list(type(self).model_fields))) from None
         return self
 
@@ -240,15 +228,15 @@ class ShrinkSection(Section):
     seed: int = 0
     batch_tokens: int = Field(2048, ge=1)
 
-    def build(self) -> StructuredConfig:
-        return StructuredConfig(self.heads, self.ffn, self.hidden, self.drop_layers, self.importance, self.depth_metric,
+    def build(self) -> tt.StructuredConfig:
+        return tt.StructuredConfig(self.heads, self.ffn, self.hidden, self.drop_layers, self.importance, self.depth_metric,
                                 self.repair, self.gqa, self.percdamp, self.batch_tokens)
 
     @model_validator(mode="after")
     def _library_checks(self):
         try:
             self.build()
-        except ConfigError as err:
+        except tt.ConfigError as err:
             raise ValueError(section_error("shrink", err, list(type(self).model_fields))) from None
         return self
 
@@ -275,11 +263,11 @@ class DistillSection(Section):
         self.build()
         return self
 
-    def build(self) -> DistillConfig:
+    def build(self) -> tt.DistillConfig:
         try:
-            return DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight, self.cache_teacher,
+            return tt.DistillConfig(self.alpha, self.temperature, self.hidden_layers, self.hidden_weight, self.cache_teacher,
                                  self.augment, self.augment_copies)
-        except ConfigError as err:
+        except tt.ConfigError as err:
             raise ValueError(f"distill.{err}") from None
 
 
@@ -295,6 +283,28 @@ class Recipe(Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     output: str = Field("runs/run", description="the run directory when no --out is given; a relative path is taken from "
                         "the current directory (as --out and model.path are), not from the recipe's folder")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _diff_penalty_moved(cls, data):
+        """``train.diff_penalty`` became the diff's own ``method.penalty_weight`` (so ``tt.train`` applies it
+        as ``trimtune tune`` does); a recipe that still says it is read as saying the new field."""
+        train = data.get("train") if isinstance(data, dict) else None
+        if not (isinstance(train, dict) and "diff_penalty" in train):
+            return data
+        train = dict(train)
+        weight = train.pop("diff_penalty")
+        method = data.get("method")
+        is_diff = isinstance(method, dict) and method.get("type") == "diff"
+        if is_diff and "penalty_weight" in method and method["penalty_weight"] != weight:
+            raise ValueError(f"train.diff_penalty ({weight!r}) is the old name of method.penalty_weight ({method['penalty_weight']!r}); "
+                             "keep only method.penalty_weight")
+        if is_diff:
+            method = {**method, "penalty_weight": weight}
+        elif weight:  # 0.0 is what every resolved recipe.yaml of older runs records
+            raise ValueError(f"train.diff_penalty ({weight!r}) is now method.penalty_weight and weighs a diff's sparsity loss; "
+                             "this recipe's method is not diff")
+        return {**data, "train": train, **({"method": method} if is_diff else {})}
 
     @model_validator(mode="after")
     def _method_builds(self):

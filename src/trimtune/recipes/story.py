@@ -12,25 +12,23 @@ import copy
 
 from torch import nn
 
-from ..core.masks import masked_layers
-from ..prune import PruneSchedule, sparsity
-from ..shrinking import shrink
+import trimtune as tt
 
 
 class PruneStory:
     """A ``train`` callback placed after the ``PruningCallback`` (it sees each step's pruning done).
     ``evaluate(model) -> metrics`` is the run's evaluation (None without eval data)."""
 
-    def __init__(self, schedule: PruneSchedule, evaluate):
+    def __init__(self, schedule: tt.PruneSchedule, evaluate):
         self.schedule, self.evaluate = schedule, evaluate
         self.record: dict = {"begin": schedule.begin, "end": schedule.end, "final": schedule.final, "sparsity_trace": []}
 
     def on_train_start(self, ctx) -> None:
-        self.record["sparsity_trace"].append([ctx.step, sparsity(ctx.model)])
+        self.record["sparsity_trace"].append([ctx.step, tt.sparsity(ctx.model)])
         self._maybe_pruned(ctx)
 
     def on_step_end(self, ctx, step: int, loss: float) -> None:
-        self.record["sparsity_trace"].append([step, sparsity(ctx.model)])
+        self.record["sparsity_trace"].append([step, tt.sparsity(ctx.model)])
         # the last step before the schedule's first prune: what pruning starts from
         if step == self.schedule.begin - 1 and "dense" not in self.record:
             self.record["dense"] = {"step": step, **(self.evaluate(ctx.model) or {})}
@@ -50,7 +48,7 @@ def size_figures(model: nn.Module, example_inputs, saved: dict) -> dict:
     figures = {"params_total": total, "params_nonzero": total - _masked_zeros(model),
                "file_bytes_dense": saved.get("dense_bytes"), "file_bytes_sparse": saved.get("sparse_bytes")}
     try:
-        report = shrink(copy.deepcopy(model), 0.0, example_inputs=example_inputs, from_masks=True, measure_latency=True)
+        report = tt.shrink(copy.deepcopy(model), 0.0, example_inputs=example_inputs, from_masks=True, measure_latency=True)
     except Exception as err:  # noqa: BLE001 - a model shrink cannot trace still gets its other figures
         figures["shrink_error"] = f"{type(err).__name__}: {err}"
         return figures
@@ -61,4 +59,5 @@ def size_figures(model: nn.Module, example_inputs, saved: dict) -> dict:
 
 
 def _masked_zeros(model: nn.Module) -> int:
-    return sum(int((layer.weight_mask == 0).sum()) for _, layer in masked_layers(model))
+    masked = (m for m in model.modules() if isinstance(m, tt.TunedLayer) and m.weight_mask is not None)
+    return sum(int((layer.weight_mask == 0).sum()) for layer in masked)

@@ -6,7 +6,8 @@ import copy
 
 from torch import nn
 
-from ..training.distill import Distiller
+import trimtune as tt
+
 from .build import Loaders
 from .rebuild import load_source, parent_source
 from .schema import Recipe
@@ -41,9 +42,9 @@ def check_vocabulary(source, teacher: nn.Module, teacher_tokenizer, tokenizer) -
                          f"gives ids up to {len(tokenizer) - 1}; use a teacher whose vocab_size is at least {len(tokenizer)}")
 
 
-def distiller(recipe: Recipe, model: nn.Module, teacher: nn.Module, loaders: Loaders) -> Distiller:
+def distiller(recipe: Recipe, model: nn.Module, teacher: nn.Module, loaders: Loaders) -> tt.Distiller:
     """The callback; hidden-state layers read their widths from one training batch, and ``augment``
     checks on it that the inputs are token ids (refused before training starts)."""
     config = recipe.distill.build()
     example = next(iter(loaders.train)) if config.hidden_layers or config.augment else None
-    return Distiller(model, teacher, config, example_batch=example)
+    return tt.Distiller(model, teacher, config, example_batch=example)

@@ -1,6 +1,6 @@
 """Physical shrinking: remove pruned channels, filters, heads and FFN units for real."""
 
-from .api import find_groups, shrink
+from .shrink_model import find_groups, shrink
 from .apply import replay
 from .files import load_shrunk, save_shrunk
 from .graph import Group, Member, UntraceableError

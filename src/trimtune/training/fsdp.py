@@ -32,7 +32,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from ..core.architectures import ARCHITECTURES, architecture_of, model_type
+from ..core.architectures import architecture, model_type, model_types
 from ..core.config import ConfigError
 from ..core.four_bit import is_4bit
 from ..core.plain_four_bit import store_plain
@@ -49,7 +49,7 @@ def block_modules(model: nn.Module, block_classes: Iterable[type | str] | None =
     default the transformer block class the architecture table (``core/architectures.py``) names
     for the model's type (Llama, GPT-2, BERT, ...)."""
     if block_classes is None:
-        arch = architecture_of(model)
+        arch = architecture(model)
         block_classes = (arch.block_class,) if arch is not None and arch.block_class else ()
     wanted = tuple(block_classes)
     names = {w for w in wanted if isinstance(w, str)}
@@ -90,7 +90,7 @@ def shard_model(model: nn.Module, block_classes: Iterable[type | str] | None = N
         raise ConfigError(
             f"shard_model found no transformer block in {type(model).__name__} (model type {model_type(model)!r}): pass "
             f"block_classes=[YourBlockClass] (the repeated layer type); the architecture table knows the blocks of "
-            f"{', '.join(sorted(t for t, a in ARCHITECTURES.items() if a.block_class))}"
+            f"{', '.join(model_types(lambda arch: arch.block_class))}"
         )
     check_replicated(model)  # before any mesh or group is made: a refusal leaves nothing half-built
     if mesh is None:

@@ -112,7 +112,7 @@ def train(
     # A callback's own parameters (distillation's width maps) train with the model's.
     callback_parameters = hooks.trainable_parameters()
     optimizer = optimizer or default_optimizer(model, lr or DEFAULT_LR, callback_parameters)
-    total_steps = _total_steps(train_data, epochs, max_steps, grad_accum)
+    total_steps = optimizer_steps(train_data, epochs, max_steps, grad_accum)
     if callable(scheduler) and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         scheduler = scheduler(optimizer, total_steps)
     clip = as_clip_config(clip)
@@ -237,7 +237,8 @@ def _step_groups(train_data, epochs, grad_accum, position: DataPosition) -> Iter
             raise ValueError(f"train_data yielded no batches in epoch {epoch + 1}; pass a re-iterable such as a DataLoader or a list")
 
 
-def _total_steps(train_data, epochs, max_steps, grad_accum) -> int | None:
+def optimizer_steps(train_data, epochs, max_steps, grad_accum) -> int | None:
+    """How many optimizer steps ``train`` takes with these settings (None: unknown, ``train_data`` has no length)."""
     try:
         per_epoch = math.ceil(len(train_data) / grad_accum)
     except TypeError:  # an iterable without len()

@@ -2,7 +2,7 @@
 
 The writer and reader of weight-delta adapters (LoRA, AdaLoRA, IA3, ...): one named adapter is
 written so that ``peft.PeftModel.from_pretrained(base, path)`` loads it, and what trimtune or peft
-wrote is read back (``trimtune.api.files`` dispatches here unless a method has its own files). The base model's fingerprint rides in
+wrote is read back (``Method.save`` / ``load`` default to these (``core/method.py``)). The base model's fingerprint rides in
 the safetensors metadata (peft ignores metadata; an extra key in adapter_config.json would make
 peft warn on every load). Files written by peft carry no fingerprint and load unchecked.
 """

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..adapter_host import AdapterHost
 from ..config import ConfigError
-from ..registry import Method, method_for_peft, peft_types
+from ..registry import method_for_peft, peft_types
 from ..tuned_layer import TunedLayer
 from .gather import model_class
 
@@ -158,7 +158,7 @@ def to_peft_config(model: nn.Module, config, name: str, layers: dict[str, nn.Mod
     }
 
 
-def method_of(d: dict) -> Method:
+def method_of(d: dict):
     """The registered method that reads an ``adapter_config.json`` holding ``d``."""
     if not isinstance(d, dict):
         raise FormatError(f"adapter_config.json must hold a JSON object, got {type(d).__name__}")

@@ -34,6 +34,9 @@ class DiffConfig:
     """density: fraction of the diff's entries (targeted weights and biases) kept by ``project_diffs``.
 
     penalty: "l0" (hard-concrete gates, expected-L0 loss), "l1" (``Σ|δ|``) or "none".
+    penalty_weight: λ, the weight of that loss in training: ``trimtune.train`` (and so ``trimtune tune``)
+    adds ``λ · diff_penalty(model, name)`` to every micro-batch's loss while the diff is dense.
+    0 (the default) adds nothing: call ``diff_penalty`` yourself, or pass a ``DiffPenalty`` callback.
     group: structured L0, a gate shared by each whole tensor ("matrix") or each output row of a
     weight ("row"; a bias vector is one group), multiplied into the per-entry gates.
     beta (temperature), gamma < 0 < 1 < zeta (stretch interval) and log_alpha_init (initial gate
@@ -46,6 +49,7 @@ class DiffConfig:
 
     density: float = 0.005
     penalty: str = "l0"
+    penalty_weight: float = 0.0
     group: str = "none"
     beta: float = 1.0
     gamma: float = -1.5
@@ -62,6 +66,12 @@ class DiffConfig:
             raise ConfigError(f"density must be a number in (0, 1], got {self.density!r}")
         check_choice("penalty", self.penalty, ("l0", "l1", "none"))
         check_choice("group", self.group, ("none", "matrix", "row"))
+        weight_ok = isinstance(self.penalty_weight, (int, float)) and not isinstance(self.penalty_weight, bool)
+        if not (weight_ok and math.isfinite(self.penalty_weight) and self.penalty_weight >= 0):
+            raise ConfigError(f"penalty_weight must be a finite number >= 0 (the sparsity loss's weight), got {self.penalty_weight!r}")
+        if self.penalty_weight and self.penalty == "none":
+            raise ConfigError(f"penalty_weight={self.penalty_weight!r} weighs a sparsity loss, but penalty='none' has none; "
+                              "choose penalty 'l0' or 'l1', or penalty_weight 0")
         if self.group != "none" and self.penalty != "l0":
             raise ConfigError(f"group={self.group!r} needs penalty='l0' (group gates are hard-concrete gates), got penalty={self.penalty!r}")
         check_positive("beta", self.beta)

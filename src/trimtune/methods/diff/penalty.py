@@ -2,8 +2,8 @@
 
 Training a task diff is three steps::
 
-    apply(model, DiffConfig(density=0.005, penalty="l0"), "task")
-    loss = task_loss + lam * diff_penalty(model)      # sparsity phase
+    apply(model, DiffConfig(density=0.005, penalty="l0", penalty_weight=lam), "task")
+    train(model, data)                                 # sparsity phase: loss + lam * diff_penalty(model, "task")
     project_diffs(model)                               # keep exactly 0.5 % of the entries
     # new optimizer over trainable parameters; fine-tune the kept entries only
 """
@@ -17,6 +17,7 @@ from torch import nn
 
 from ...core.io.gather import whole
 from ...core.state import layers, state_of
+from ...training.distributed import unwrap_model
 from .delta import DiffConfig, DiffDelta
 
 
@@ -90,13 +91,18 @@ def project_diffs(model: nn.Module, adapter: str | None = None, density: float |
 
 
 class DiffPenalty:
-    """A ``train`` callback adding ``weight · diff_penalty(model)`` to every micro-batch's loss."""
+    """A ``train`` callback adding ``weight · diff_penalty(model)`` to every micro-batch's loss (the
+    active diffs', or adapter ``adapter``'s while it is active). ``apply`` installs one on the model
+    for a ``DiffConfig`` with a ``penalty_weight``, so ``trimtune.train`` runs it without being told."""
 
     def __init__(self, weight: float, adapter: str | None = None):
         self.weight, self.adapter = weight, adapter
 
-    def loss_term(self, ctx) -> torch.Tensor:
-        return self.weight * diff_penalty(ctx.model, self.adapter)
+    def loss_term(self, ctx) -> torch.Tensor | None:
+        model = unwrap_model(ctx.model)  # the state lives on the model inside a DDP wrapper
+        if self.adapter is not None and self.adapter not in state_of(model).active:
+            return None
+        return self.weight * diff_penalty(model, self.adapter)
 
 
 def diff_optimizer(model: nn.Module, lr: float, gate_lr: float = 0.1, weight_decay: float = 0.01) -> torch.optim.Optimizer:

@@ -3,10 +3,21 @@
 Its files are peft's LoRA files with ``use_dora: true``: DoRA claims those, LoRA the others.
 """
 
-from ...core.registry import Method, register
+from ...core.method import WeightDeltaMethod, register
 from .delta import DoraConfig, DoraDelta, make_dora
 
-register(Method("dora", DoraConfig, make_delta=make_dora, peft_type="LORA",
-                claims_peft=lambda d: d.get("use_dora", False) is True))
+
+@register
+class Dora(WeightDeltaMethod):
+    name = "dora"
+    config = DoraConfig
+    peft_type = "LORA"
+
+    def make_delta(self, layer, config: DoraConfig) -> DoraDelta:
+        return make_dora(layer, config)
+
+    def claims_peft(self, peft_config: dict) -> bool:
+        return peft_config.get("use_dora", False) is True
+
 
 __all__ = ["DoraConfig", "DoraDelta", "make_dora"]

@@ -1,9 +1,20 @@
 """LoRA (Hu et al., 2021): a low-rank update added to frozen weights (see ``delta.py``)."""
 
-from ...core.registry import Method, register
+from ...core.method import WeightDeltaMethod, register
 from .delta import LoraConfig, LoraDelta, MaskedLoraDelta, make_lora
 
-register(Method("lora", LoraConfig, make_delta=make_lora, peft_type="LORA",
-                claims_peft=lambda d: not d.get("use_dora", False)))
+
+@register
+class Lora(WeightDeltaMethod):
+    name = "lora"
+    config = LoraConfig
+    peft_type = "LORA"
+
+    def make_delta(self, layer, config: LoraConfig) -> LoraDelta:
+        return make_lora(layer, config)
+
+    def claims_peft(self, peft_config: dict) -> bool:
+        return not peft_config.get("use_dora", False)  # peft stores DoRA as LoRA with use_dora
+
 
 __all__ = ["LoraConfig", "LoraDelta", "MaskedLoraDelta", "make_lora"]

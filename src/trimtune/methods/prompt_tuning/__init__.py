@@ -1,10 +1,18 @@
 """Prompt tuning (Lester et al., 2021): trained virtual tokens prepended to the input embeddings."""
 
-from ...core.input_deltas.peft_files import load_prompt_adapter, save_prompt_adapter
-from ...core.registry import Method, register
+from ...core.input_deltas.method import InputDeltaMethod
+from ...core.method import register
 from .method import PromptTuningConfig, apply_prompt_tuning
 
-register(Method("prompt", PromptTuningConfig, apply=apply_prompt_tuning, peft_type="PROMPT_TUNING",
-                save=save_prompt_adapter, load=load_prompt_adapter, mergeable=False))
+
+@register
+class PromptTuning(InputDeltaMethod):
+    name = "prompt"
+    config = PromptTuningConfig
+    peft_type = "PROMPT_TUNING"
+
+    def apply(self, model, config: PromptTuningConfig, name: str) -> None:
+        apply_prompt_tuning(model, config, name)
+
 
 __all__ = ["PromptTuningConfig"]

@@ -5,11 +5,20 @@ model-level module holding the shared matrices; ``apply.py``: adding an adapter.
 "VERA" files (the shared matrices under ``base_model.vera_A`` / ``vera_B`` when ``save_projection``).
 """
 
-from ...core.registry import Method, register
+from ...core.method import Method, register
 from .apply import apply_vera
 from .config import VeraConfig
 from .delta import VeraDelta, VeraProjections
 
-register(Method("vera", VeraConfig, apply=apply_vera, peft_type="VERA"))
+
+@register
+class Vera(Method):
+    name = "vera"
+    config = VeraConfig
+    peft_type = "VERA"
+
+    def apply(self, model, config: VeraConfig, name: str) -> None:
+        apply_vera(model, config, name)  # the shared matrices first, then a delta per target
+
 
 __all__ = ["VeraConfig", "VeraDelta", "VeraProjections", "apply_vera"]

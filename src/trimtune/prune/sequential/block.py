@@ -15,7 +15,7 @@ from torch import nn
 from ...core.layer_kinds import kind_class_for
 from ...core.state import unwrap_bare, unwrapped_names, wrap, wrapped
 from ...core.tuned_layer import TunedLayer
-from ..api import PruneConfig, prune
+from ..prune_model import PruneConfig, prune
 from ..calibration import collect_input_norms
 from ..early_stop import stopping_after
 from ..granularity import NM, Element

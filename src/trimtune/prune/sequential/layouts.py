@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ...core.architectures import ARCHITECTURES
+from ...core.architectures import architecture, model_types
 
 
 class UnknownLayoutError(ValueError):
@@ -21,7 +21,7 @@ class UnknownLayoutError(ValueError):
 
 def sequential_types() -> list[str]:
     """Model types the sequential pipeline can walk: blocks and embeddings are in the table."""
-    return sorted(t for t, a in ARCHITECTURES.items() if a.blocks and a.embeddings)
+    return model_types(lambda arch: arch.blocks and arch.embeddings)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def model_type_of(config) -> str:
 
 def layout_of(model: nn.Module) -> BlockLayout:
     model_type = model_type_of(getattr(model, "config", None))
-    arch = ARCHITECTURES[model_type]
+    arch = architecture(model_type)
     prefix = _base_prefix(model, arch.blocks)
 
     def full(path):

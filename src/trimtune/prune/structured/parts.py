@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...core.architectures import ARCHITECTURES, Architecture, head_dim
+from ...core.architectures import Architecture, architecture, model_types
+from ...core.attention_heads import heads_of
 from ...core.config import ConfigError
 from ...core.layer_kinds import kind_class_for
 from ...core.slicing import slice_module
@@ -56,16 +57,16 @@ class BlockParts:
         else:
             self.q, self.k, self.v = (block.get_submodule(getattr(arch, n)) for n in "qkv")
             self.attention = block.get_submodule(arch.q.rsplit(".", 1)[0])
-        self.head_dim = head_dim(self.attention)
+        self.head_dim = heads_of(block, arch).head_dim
 
     # ---------------------------------------------------------------- shapes
     @property
     def q_heads(self) -> int:
-        return canonical_weight(self.o).shape[1] // self.head_dim
+        return heads_of(self.block, self.arch).heads  # counted again: cutting changes it
 
     @property
     def kv_heads(self) -> int:
-        return self.q_heads if self.fused else canonical_weight(self.k).shape[0] // self.head_dim
+        return heads_of(self.block, self.arch).kv_heads
 
     @property
     def ffn_width(self) -> int:
@@ -119,14 +120,14 @@ def head_channels(heads: list[int], width: int) -> torch.Tensor:
 
 
 def parts_of(block: nn.Module, model_type: str) -> BlockParts:
-    return BlockParts(block, ARCHITECTURES[model_type])
+    return BlockParts(block, architecture(model_type))
 
 
 def check_supported(model_type: str, heads: bool, hidden: bool) -> None:
     """Refuse widths the model type's config cannot describe, before anything is touched."""
-    arch = ARCHITECTURES.get(model_type)
+    arch = architecture(model_type)
     if arch is None or arch.attn_norm is None or arch.ffn_norm is None:
-        known = sorted(t for t, a in ARCHITECTURES.items() if a.attn_norm and a.ffn_norm)
+        known = model_types(lambda arch: arch.attn_norm and arch.ffn_norm)
         raise ConfigError(f"structured shrinking does not know the decoder layout of model_type {model_type!r}; known: {', '.join(known)}")
     if arch.qkv is not None and (heads or hidden):
         raise ConfigError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from ...core.architectures import ARCHITECTURES
+from ...core.architectures import architecture
 from ...core.config import ConfigError
 from .config import StructuredConfig
 from .importance import removed_count
@@ -48,7 +48,7 @@ def shrunk_config(model_config, widths: dict, kept_blocks: list[int], config: St
     ``widths``: q_heads, kv_heads, head_dim, ffn, hidden of any kept block."""
     new = copy.deepcopy(model_config)
     model_type = new.model_type
-    if ARCHITECTURES[model_type].qkv is not None:  # GPT-2: only depth and FFN can change
+    if architecture(model_type).qkv is not None:  # GPT-2: only depth and FFN can change
         new.n_layer = len(kept_blocks)
         new.n_inner = widths["ffn"]
         return new

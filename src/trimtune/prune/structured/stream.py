@@ -70,13 +70,16 @@ def _write_outer(writer: ShardWriter, checkpoint: Checkpoint, groups, slices, hi
 def shrink_llm_directory(model_dir, out, samples, config: StructuredConfig, progress: str | None = None,
                          max_shard_bytes: int = 1 << 28) -> StructuredReport:
     """Shrink the causal LM in ``model_dir`` (safetensors) into the new directory ``out``, streaming
-    one block at a time. Everything is checked before any weight is read; a failure leaves no output."""
+    one block at a time. Everything is checked before any weight is read; a failure leaves no output.
+    ``samples``: token ids, or a function returning them, called once the output and the plan are
+    checked (making calibration, e.g. generating with the whole model, can take minutes)."""
     model_dir, out = Path(model_dir), Path(out)
     check_out(out, model_dir)
     map_large_buffers()
     checkpoint = Checkpoint(model_dir)
     model = empty_model(model_dir)
     check_plan(model.config, config)
+    samples = samples() if callable(samples) else samples
     check_samples(samples, model)
     layout = layout_of(model)
     head = _output_head_name(model)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..core.adapters import adapter_config, set_adapter
 from ..core.io.atomic import write_json
-from ..core.io.peft_files import load_weight_adapter, read_config, save_weight_adapter
+from ..core.io.peft_files import read_config
 from ..core.io.peft_format import method_of
 from ..core.registry import method_for_config, method_named
 from ..core.state import state_of
@@ -24,9 +24,7 @@ from ..shrinking import files as shrink_files
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
     """Write adapter ``name`` of ``model`` to the directory ``path`` (created or updated atomically)."""
-    method = method_for_config(adapter_config(model, name))
-    save = method.save or save_weight_adapter
-    return Path(save(model, path, name))
+    return Path(method_for_config(adapter_config(model, name)).save(model, path, name))
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default", check_base: bool = True, activate: bool = True):
@@ -38,12 +36,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     if name in state_of(model).adapters:
         raise ValueError(f"the model already has an adapter named {name!r}; load under another name or delete_adapter first")
     path = Path(path)
-    peft_config = read_config(path)
-    method = method_of(peft_config)
-    if method.load is not None:
-        return method.load(model, path, name, check_base=check_base, activate=activate)
-    config = method.config.from_peft_dict(peft_config)
-    return load_weight_adapter(model, path, name, config, check_base=check_base, activate=activate)
+    method = method_of(read_config(path))
+    return method.load(model, path, name, check_base=check_base, activate=activate)
 
 
 ADAPTERS_DIR = "adapters"  # in a shrunk model's directory: one sub-directory per adapter, plus index.json
@@ -64,12 +58,13 @@ def save_shrunk(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Reload what ``save_shrunk`` wrote: the shrunk base, then its adapters (active as they were)."""
+def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None, with_adapters: bool = True) -> nn.Module:
+    """Reload what ``save_shrunk`` wrote: the shrunk base, then its adapters (active as they were).
+    ``with_adapters=False`` only replays the slices onto ``model``, which may carry its adapters already."""
     path = Path(path)
     model = shrink_files.load_shrunk(path, model)
     index_file = path / ADAPTERS_DIR / "index.json"
-    if not index_file.is_file():
+    if not with_adapters or not index_file.is_file():
         return model
     try:
         index = json.loads(index_file.read_text())
@@ -77,8 +72,7 @@ def load_shrunk(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{index_file} is damaged ({err}); it lists the shrunk model's adapters") from err
     for name in order:
-        load = method_named(methods[name]).load or load_adapter
-        load(model, path / ADAPTERS_DIR / name, name, activate=False)
+        method_named(methods[name]).load(model, path / ADAPTERS_DIR / name, name, activate=False)
     if active:
         set_adapter(model, active)
     return model.eval()
