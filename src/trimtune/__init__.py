@@ -27,16 +27,16 @@ from .core.registry import method_for_config, registered_methods
 from .core.targets import TargetError, by_glob, by_names, by_regex, by_type
 from .core.tuned_layer import TunedLayer
 from .methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
-from .methods.bottleneck import BottleneckConfig
+from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
-from .methods.dora import DoraConfig
-from .methods.ia3 import IA3Config
-from .methods.lora import LoraConfig
-from .methods.p_tuning import PTuningConfig
-from .methods.prefix import PrefixTuningConfig
-from .methods.prompt_tuning import PromptTuningConfig
+from .methods.dora import DoraConfig as DoraConfig
+from .methods.ia3 import IA3Config as IA3Config
+from .methods.lora import LoraConfig as LoraConfig
+from .methods.p_tuning import PTuningConfig as PTuningConfig
+from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
+from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
 from .methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
-from .methods.vera import VeraConfig
+from .methods.vera import VeraConfig as VeraConfig
 from .prune import (
     GateConfig,
     Magnitude,
@@ -101,8 +101,7 @@ __all__ = [
     "save_adapter", "load_adapter", "save_shrunk", "load_shrunk",
     # methods: the contract, the registry and every method's config
     "Method", "WeightDeltaMethod", "register", "method_for_config", "registered_methods",
-    "LoraConfig", "DoraConfig", "QLoraConfig", "VeraConfig", "AdaLoraConfig", "IA3Config", "BottleneckConfig", "DiffConfig",
-    "PromptTuningConfig", "PTuningConfig", "PrefixTuningConfig", "GateConfig", "QuantConfig",
+    "QLoraConfig", "AdaLoraConfig", "DiffConfig", "GateConfig", "QuantConfig",  # every other method's config: below
     "adalora_ranks", "adalora_update", "DiffPenalty", "diff_optimizer", "diff_penalty", "project_diffs", "save_diff", "load_diff",
     "pack_4bit_for_cpu", "quantize_base",
     # targets
@@ -122,3 +121,8 @@ __all__ = [
     # errors
     "ConfigError", "TargetError", "FormatError", "BaseMismatchError", "CheckpointError", "CheckpointMismatchError", "NonFiniteLossError",
 ]
+# Every registered method's config is public. A method whose package exports nothing else adds one line
+# above, ``from .methods.NAME import NameConfig as NameConfig`` (the ``as`` form is what type checkers
+# read as a re-export); that import also registers it, and its config joins ``__all__`` here.
+__all__ += [c for c in (m.config.__name__ for m in registered_methods().values()) if c not in __all__]
+
