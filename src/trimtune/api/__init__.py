@@ -15,6 +15,17 @@ from ..core.io.fingerprint import BaseMismatchError
 from ..core.io.peft_format import FormatError
 from ..core.targets import TargetError, by_glob, by_names, by_regex, by_type
 from ..core.tuned_layer import TunedLayer
+from ..export import (
+    ExportError,
+    architecture_for_config,
+    check_gguf_export,
+    is_trimtune_gguf,
+    is_trimtune_onnx,
+    onnxruntime_difference,
+    output_type,
+    write_gguf,
+    write_onnx,
+)
 from ..methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from ..methods.bottleneck import BottleneckConfig
 from ..methods.diff import DiffConfig, diff_penalty, load_diff, project_diffs, save_diff
