@@ -19,6 +19,7 @@ from ..export import (
     ExportError,
     architecture_for_config,
     check_gguf_export,
+    check_gguf_tokenizer,
     is_trimtune_gguf,
     is_trimtune_onnx,
     onnxruntime_difference,

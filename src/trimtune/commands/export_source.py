@@ -115,14 +115,16 @@ def _from_directory(path: Path, fmt: str) -> ExportSource:
     if fmt == "gguf" and not has_tokenizer:
         raise FileNotFoundError(f"{path} has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); a GGUF file carries the "
                                 "tokenizer: save it there with tokenizer.save_pretrained(DIR)")
-    if fmt == "gguf":  # an architecture GGUF cannot express is refused before the weights are read
+    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    if fmt == "gguf":  # what GGUF cannot express is refused before the weights are read
         import trimtune as tt
         from transformers import AutoConfig
 
-        tt.architecture_for_config(AutoConfig.from_pretrained(path))
+        config = AutoConfig.from_pretrained(path)
+        tt.architecture_for_config(config)
+        tt.check_gguf_tokenizer(tokenizer, config.vocab_size)
     require_safetensors(path)
     model = _model_class(path, fmt).from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
     return ExportSource(model, tokenizer, "directory", record={"source": str(path), "kind": "directory"})
 
 
