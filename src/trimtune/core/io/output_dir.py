@@ -63,7 +63,7 @@ def check_file_replaceable(path: str | os.PathLike, overwrite: bool, sources: It
     if not overwrite:
         raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
     if not ours(path):
-        raise OutputError(f"{path} exists and was not written by trimtune; refusing to replace it (choose another --out)")
+        raise OutputError(f"{path} exists and was not written by trimtune export; refusing to replace it (choose another --out)")
     return path
 
 
