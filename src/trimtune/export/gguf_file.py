@@ -25,13 +25,16 @@ MARKER_KEY = "trimtune.export"  # in the file's metadata: --overwrite replaces o
 
 
 def _named_tensors(model: nn.Module, architecture: GgufArchitecture) -> list[tuple[str, str, torch.Tensor]]:
-    """(GGUF name, Hugging Face name, tensor) for every parameter; a tied output head is written once."""
-    names = gguf.TensorNameMap(architecture.arch, model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers")
-                               else model.config.n_layer)
+    """(GGUF name, Hugging Face name, tensor) for every parameter. A tied output head is the embedding's own
+    parameter, which ``named_parameters`` lists once: llama.cpp then uses the embedding as the head."""
+    names = gguf.TensorNameMap(architecture.arch, model.config.num_hidden_layers)  # GPT-2's config maps it to n_layer
     found, unplaced = [], []
     for name, param in model.named_parameters():  # parameters only: buffers (rotary tables, masks) are recomputed
         target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        (found.append((target, name, param.detach())) if target else unplaced.append(name))
+        if target:
+            found.append((target, name, param.detach()))
+        else:
+            unplaced.append(name)
     if unplaced:
         raise ExportError(f"{len(unplaced)} tensor(s) have no place in GGUF's {architecture.name} architecture "
                           f"(e.g. {unplaced[0]}); llama.cpp would not run them")
@@ -54,7 +57,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, outtype: st
     path = Path(path)
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, architecture.name)
-        writer.add_name(getattr(config, "name_or_path", "") and Path(config.name_or_path).name or path.stem)
+        writer.add_name(Path(config.name_or_path).name if getattr(config, "name_or_path", "") else path.stem)
         writer.add_file_type(file_type(qtype))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_string(MARKER_KEY, json.dumps(record or {}, sort_keys=True))
