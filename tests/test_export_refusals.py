@@ -28,11 +28,17 @@ def refused(capsys, source, out, *extra) -> str:
     return err
 
 
-def test_architecture_gguf_cannot_express(tmp_path, capsys, minilm_path):
+def test_architecture_gguf_cannot_express(llama_dir, tmp_path, capsys, minilm_path):
     err = refused(capsys, minilm_path, tmp_path / "m.gguf", "--format", "gguf")
     assert "model type 'bert' cannot be exported to GGUF: an encoder" in err and "use --format onnx" in err
     scaled = causal_lm_dir(tmp_path / "scaled", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
     assert "rope scaling 'linear'" in refused(capsys, scaled, tmp_path / "s.gguf", "--format", "gguf")
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    classifier = tmp_path / "cls"
+    LlamaForSequenceClassification(AutoConfig.from_pretrained(llama_dir)).save_pretrained(classifier)
+    AutoTokenizer.from_pretrained(llama_dir).save_pretrained(classifier)
+    assert "is a LlamaForSequenceClassification, not a causal LM" in refused(capsys, classifier, tmp_path / "c.gguf", "--format", "gguf")
     gelu = causal_lm_dir(tmp_path / "gelu", "llama", hidden_act="gelu")
     assert "SwiGLU with silu; this model uses 'gelu'" in refused(capsys, gelu, tmp_path / "g.gguf", "--format", "gguf")
 

@@ -133,6 +133,10 @@ def architecture_for_config(config) -> GgufArchitecture:
         reason = _ELSEWHERE.get(kind, "trimtune's GGUF export does not know it")
         raise ExportError(f"model type {kind!r} cannot be exported to GGUF: {reason} "
                           f"(GGUF export knows: {', '.join(GGUF_ARCHITECTURES)})")
+    heads = [name for name in getattr(config, "architectures", None) or [] if not name.endswith(("ForCausalLM", "LMHeadModel"))]
+    if heads:  # e.g. LlamaForSequenceClassification: loaded as a causal LM, its lm_head would be random
+        raise ExportError(f"the model is a {heads[0]}, not a causal LM: llama.cpp's {kind} predicts tokens, so its head "
+                          "has no place in a GGUF file; use --format onnx")
     architecture = GGUF_ARCHITECTURES[kind]
     if problems := architecture.problems(config):
         raise ExportError(f"this {kind} model cannot be exported to GGUF: {'; '.join(problems)}")
