@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gguf_models import CHAT_TEMPLATE, causal_lm_dir
+from gguf_models import CHAT_TEMPLATE, bpe_tokenizer, causal_lm_dir
 from llama_runtime import SKIP_REASON, llama_cpp_greedy, llama_cpp_logits, llama_cpp_metadata, llama_cpp_tokens, relative_error
 
 from trimtune.cli import main
@@ -86,6 +86,19 @@ def test_tokenizer_and_chat_template_are_in_the_file(llama_dir, tmp_path):
     assert metadata["tokenizer.chat_template"] == CHAT_TEMPLATE
     assert int(metadata["tokenizer.ggml.eos_token_id"]) == tokenizer.eos_token_id
     assert json.loads(metadata["trimtune.export"])["source"] == str(llama_dir)
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_llama3_and_qwen2_splits_tokenize_alike(pre, tmp_path):
+    from trimtune.export.gguf_vocab import _SPLITS
+
+    split = next(regex for regex, name in _SPLITS.items() if name == pre)
+    source = causal_lm_dir(tmp_path / pre, "qwen2" if pre == "qwen2" else "llama", tokenizer=bpe_tokenizer(split=split))
+    _, tokenizer = load(source)
+    path = export(source, tmp_path / f"{pre}.gguf")
+    assert llama_cpp_metadata(path)["tokenizer.ggml.pre"] == pre
+    for text in (PROMPT, "In 2024: 1234567 digits, don't    stop\n\nnew lines", "ünïcödé ☕ it's"):
+        assert llama_cpp_tokens(path, text) == tokenizer(text)["input_ids"], text
 
 
 @pytest.mark.parametrize("kind", ["mistral", "qwen2", "gpt2"])
