@@ -56,7 +56,7 @@ def run_deploy(args) -> int:
     check_file_replaceable(args.out, args.overwrite, [args.run_dir], tt.is_trimtune_gguf if fmt == "gguf" else tt.is_trimtune_onnx)
     if fmt == "gguf":
         tt.output_type(args.outtype)  # an unknown type is refused before the model is loaded
-    source = load_export_source(args.run_dir, fmt, merge=args.merge, check_base=args.check_base)
+    source = load_export_source(args.run_dir, fmt, merge=args.merge, check_base=args.check_base, keep_sparsity=not args.dense)
     report = {"format": fmt, "out": str(args.out), "source": source.kind}
     if source.drift is not None:
         report["merge_drift"] = source.drift

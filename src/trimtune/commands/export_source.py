@@ -37,7 +37,7 @@ def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
         return model(**batch).logits.float()
 
 
-def merge_with_drift(model: nn.Module, tokenizer) -> tuple[nn.Module, dict | None]:
+def merge_with_drift(model: nn.Module, tokenizer, keep_sparsity: bool = True) -> tuple[nn.Module, dict | None]:
     """(the plain merged model, drift or None): the drift is measured for a causal LM on ``DRIFT_PROMPTS``."""
     import trimtune as tt
 
@@ -46,7 +46,7 @@ def merge_with_drift(model: nn.Module, tokenizer) -> tuple[nn.Module, dict | Non
         batch = tokenizer(list(DRIFT_PROMPTS), return_tensors="pt", padding=True)
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         before = _logits(model, batch)
-    tt.merge(model, keep_sparsity=True)
+    tt.merge(model, keep_sparsity=keep_sparsity)
     model = tt.unload(model, merge_adapters=True).eval()
     if batch is None:
         return model, None
@@ -66,7 +66,7 @@ def _adapter_names(model: nn.Module, path: Path) -> list[str]:
     return list(state_of(model).active)
 
 
-def _from_run(path: Path, merge: bool, check_base: bool, fmt: str) -> ExportSource:
+def _from_run(path: Path, merge: bool, check_base: bool, fmt: str, keep_sparsity: bool) -> ExportSource:
     from ..recipes.rebuild import is_shrink_dir, load_run_or_shrink
 
     kind = "shrink" if is_shrink_dir(path) else "run"
@@ -78,7 +78,7 @@ def _from_run(path: Path, merge: bool, check_base: bool, fmt: str) -> ExportSour
                          f"pass --merge to fold it in (its drift is reported), or run `trimtune merge {path} --out DIR` and "
                          "export DIR")
     if adapters:
-        model, drift = merge_with_drift(model, run.tokenizer)
+        model, drift = merge_with_drift(model, run.tokenizer, keep_sparsity)
     else:
         import trimtune as tt
 
@@ -128,9 +128,11 @@ def _from_directory(path: Path, fmt: str) -> ExportSource:
     return ExportSource(model, tokenizer, "directory", record={"source": str(path), "kind": "directory"})
 
 
-def load_export_source(path: Path, fmt: str, merge: bool = False, check_base: bool = True) -> ExportSource:
+def load_export_source(path: Path, fmt: str, merge: bool = False, check_base: bool = True,
+                       keep_sparsity: bool = True) -> ExportSource:
+    """``keep_sparsity``: a merged adapter is masked where the run pruned (``--dense`` turns that off)."""
     from ..recipes.rebuild import is_run_dir, is_shrink_dir
 
     if is_run_dir(path) or is_shrink_dir(path):
-        return _from_run(path, merge, check_base, fmt)
+        return _from_run(path, merge, check_base, fmt, keep_sparsity)
     return _from_directory(path, fmt)
