@@ -15,8 +15,10 @@ EXPORT_KEY = "trimtune_export"  # in an exported file's metadata: --overwrite ma
 
 def _add(subparsers, name: str, summary: str, formats: bool) -> None:
     p = subparsers.add_parser(name, help=summary, description=f"{summary}. The saved model needs no trimtune to load.")
-    add_run_dir(p, made_by="tune, prune, diff or shrink (gguf and onnx: also a Hugging Face model directory)" if formats
-                else "tune, prune or diff")
+    if formats:
+        add_run_dir(p, made_by="tune, prune, diff or shrink (gguf and onnx: also a Hugging Face model directory)", metavar="SOURCE")
+    else:
+        add_run_dir(p)
     p.add_argument("--out", type=Path, required=True, help="where to write the model")
     if formats:
         p.add_argument("--format", choices=FORMATS, default="hf",
@@ -40,7 +42,8 @@ def add_merge(subparsers) -> None:
 
 
 def add_export(subparsers) -> None:
-    _add(subparsers, "export", "export a run's merged model as a plain Hugging Face directory or a safetensors file", formats=True)
+    _add(subparsers, "export", "export a run's merged model as a plain Hugging Face directory or a safetensors file, "
+                               "or a model as a GGUF file for llama.cpp or an ONNX file for onnxruntime", formats=True)
 
 
 def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
