@@ -69,16 +69,18 @@ def _adds(tokenizer) -> tuple[bool, bool]:
 def add_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
     pre = check_tokenizer(tokenizer, vocab_size)
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
+    added = tokenizer.added_tokens_decoder  # id -> AddedToken
     tokens, types = [], []
-    for i in range(vocab_size):  # embedding rows past the tokenizer's tokens get placeholders
-        if i not in by_id:
+    for i in range(vocab_size):
+        if i not in by_id:  # an embedding row past the tokenizer's tokens
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
-            continue
-        tokens.append(by_id[i])
-        types.append(gguf.TokenType.NORMAL if i not in added else
-                     gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        elif i in added:  # llama.cpp matches special (CONTROL) tokens in text only when asked, as transformers does
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
