@@ -138,14 +138,25 @@ def test_shrunk_and_pruned_directories(llama_dir, tmp_path, capsys):
     assert load(small)[0].config.num_attention_heads == 2  # the shapes the file had to state
 
 
-def tune(tmp_path, llama_dir, method: dict, name: str) -> Path:
+def tune(tmp_path, llama_dir, method: dict, name: str, command: str = "tune", section: str = "method") -> Path:
     recipe = {"model": {"path": str(llama_dir), "task": "causal-lm"},
               "data": {"train": str(LM_TEXTS), "eval_fraction": 0.34, "batch_size": 2, "max_length": 32},
-              "method": method, "train": {"max_steps": 3, "lr": 2e-2}}
+              section: method, "train": {"max_steps": 3, "lr": 2e-2}}
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
     run = tmp_path / name
-    assert main(["tune", str(tmp_path / f"{name}.yaml"), "--out", str(run), "--quiet"]) == 0
+    assert main([command, str(tmp_path / f"{name}.yaml"), "--out", str(run), "--quiet"]) == 0
     return run
+
+
+def test_pruning_run(llama_dir, tmp_path, capsys):
+    """A run that pruned while training: its masks are folded into the exported weights (zeros stay zeros)."""
+    from trimtune.recipes.rebuild import load_run
+
+    run = tune(tmp_path, llama_dir, {"sparsity": 0.5}, "pruned", command="prune", section="prune")
+    path = export(run, tmp_path / "pruned.gguf", "--outtype", "f32")
+    trained = load_run(run)
+    ids = trained.tokenizer(PROMPT)["input_ids"]
+    assert relative_error(llama_cpp_logits(path, ids), hf_logits(trained.model, ids)) < TOLERANCE["f32"]
 
 
 def test_lora_run_is_merged_when_asked(llama_dir, tmp_path, capsys):
