@@ -93,3 +93,10 @@ def test_pruned_and_shrunk_cnn(tmp_path, capsys):
         model = tt.unload(load_run_or_shrink(source).model).eval()  # masks folded in, as exported
         images = torch.rand(5, 1, 8, 8) * 16  # another batch size than the traced one
         assert tt.onnxruntime_difference(path, model, {"x": images}) < 1e-4
+
+
+def test_a_file_onnxruntime_disagrees_with_is_not_written(bert_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tt, "onnxruntime_difference", lambda path, model, inputs: 0.5)  # as if the runtime computed otherwise
+    assert main(["export", str(bert_dir), "--format", "onnx", "--out", str(tmp_path / "bert.onnx"), "--quiet"]) == 1
+    assert "onnxruntime's outputs differ from PyTorch's by 5.00e-01" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no file, and no temporary one beside it
