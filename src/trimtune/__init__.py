@@ -26,6 +26,18 @@ from .core.method import Method, WeightDeltaMethod, register
 from .core.registry import method_for_config, registered_methods
 from .core.targets import TargetError, by_glob, by_names, by_regex, by_type
 from .core.tuned_layer import TunedLayer
+from .export import (
+    ExportError,
+    architecture_for_config,
+    check_gguf_export,
+    check_gguf_tokenizer,
+    is_trimtune_gguf,
+    is_trimtune_onnx,
+    onnxruntime_difference,
+    output_type,
+    write_gguf,
+    write_onnx,
+)
 from .methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
@@ -118,8 +130,11 @@ __all__ = [
     "train", "optimizer_steps", "run_batch", "Callback", "TrainContext", "TrainResult", "ClipConfig", "clip_gradients", "CheckpointConfig",
     "latest_checkpoint", "MetricsLogger", "linear_schedule", "DistillConfig", "Distiller", "evaluate", "accuracy", "perplexity",
     "perplexity_of_file", "generation_speed", "init_distributed", "distributed_loader", "parallel_model", "unwrap_model", "is_sharded",
+    # files for the runtimes models are deployed with: GGUF (llama.cpp), ONNX (onnxruntime)
+    "write_gguf", "write_onnx", "check_gguf_export", "check_gguf_tokenizer", "architecture_for_config", "output_type",
+    "is_trimtune_gguf", "is_trimtune_onnx", "onnxruntime_difference",
     # errors
-    "ConfigError", "TargetError", "FormatError", "BaseMismatchError", "CheckpointError", "CheckpointMismatchError", "NonFiniteLossError",
+    "ConfigError", "ExportError", "TargetError", "FormatError", "BaseMismatchError", "CheckpointError", "CheckpointMismatchError", "NonFiniteLossError",
 ]
 # Every registered method's config is public. A method whose package exports nothing else adds one line
 # above, ``from .methods.NAME import NameConfig as NameConfig`` (the ``as`` form is what type checkers

@@ -11,6 +11,7 @@ from .core.io.atomic import write_bytes, write_json, write_safetensors
 from .core.io.output_dir import (
     RUN_MARKER,
     OutputError,
+    check_file_replaceable,
     check_replaceable,
     fresh_partial,
     output_directory,
@@ -25,6 +26,6 @@ from .shrinking.files import HISTORY_FILE
 
 __all__ = [
     "write_bytes", "write_json", "write_safetensors", "read_safetensors", "check_model_files",
-    "OutputError", "check_replaceable", "output_directory", "fresh_partial", "partial_path", "swap_in", "written_by_trimtune",
+    "OutputError", "check_file_replaceable", "check_replaceable", "output_directory", "fresh_partial", "partial_path", "swap_in", "written_by_trimtune",
     "RUN_MARKER", "SOURCE_FILE", "HISTORY_FILE", "STRUCTURED_REPORT_FILE",
 ]

@@ -16,8 +16,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser, optional: bool = False) -> 
     add_quiet(p)
 
 
-def add_run_dir(p: argparse.ArgumentParser, made_by: str = "tune, prune or diff", optional: bool = False) -> None:
-    p.add_argument("run_dir", type=Path, nargs="?" if optional else None, help=f"a directory written by {made_by}")
+def add_run_dir(p: argparse.ArgumentParser, made_by: str = "tune, prune or diff", optional: bool = False,
+                metavar: str | None = None) -> None:
+    p.add_argument("run_dir", type=Path, nargs="?" if optional else None, metavar=metavar, help=f"a directory written by {made_by}")
     p.add_argument("--no-check-base", dest="check_base", action="store_false",
                    help="load the run's adapter or diff even if the base model differs from the one it was made on")
 

@@ -1,5 +1,6 @@
-"""``trimtune merge RUN_DIR`` and ``trimtune export RUN_DIR``: the run's model with its adapter,
-diff and masks folded into plain weights, as a Hugging Face directory or one safetensors file."""
+"""``trimtune merge RUN_DIR`` and ``trimtune export SOURCE``: the run's model with its adapter, diff and
+masks folded into plain weights, as a Hugging Face directory or one safetensors file; ``--format gguf``
+and ``--format onnx`` write a file for llama.cpp or onnxruntime (``export_deploy.py``)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,28 @@ from pathlib import Path
 from .common import add_quiet, add_run_dir, logger
 
 DTYPES = ("float32", "float16", "bfloat16")
+FORMATS = ("hf", "safetensors", "gguf", "onnx")
 EXPORT_KEY = "trimtune_export"  # in an exported file's metadata: --overwrite may replace only such a file
 
 
 def _add(subparsers, name: str, summary: str, formats: bool) -> None:
     p = subparsers.add_parser(name, help=summary, description=f"{summary}. The saved model needs no trimtune to load.")
-    add_run_dir(p)
+    if formats:
+        add_run_dir(p, made_by="tune, prune, diff or shrink (gguf and onnx: also a Hugging Face model directory)", metavar="SOURCE")
+    else:
+        add_run_dir(p)
     p.add_argument("--out", type=Path, required=True, help="where to write the model")
     if formats:
-        p.add_argument("--format", choices=("hf", "safetensors"), default="hf",
-                       help="hf: a save_pretrained directory (with the tokenizer); safetensors: one state-dict file (default: %(default)s)")
-        p.add_argument("--dtype", choices=DTYPES, default="float32", help="weight dtype of the export (default: %(default)s)")
+        p.add_argument("--format", choices=FORMATS, default="hf",
+                       help="hf: a save_pretrained directory (with the tokenizer); safetensors: one state-dict file; "
+                            "gguf: one file for llama.cpp (causal LMs, tokenizer inside); onnx: one file for onnxruntime "
+                            "(encoders with their heads, CNNs) (default: %(default)s)")
+        p.add_argument("--dtype", choices=DTYPES, default="float32", help="hf/safetensors: weight dtype of the export (default: %(default)s)")
+        p.add_argument("--outtype", default="f16",
+                       help="gguf: tensor type, any the gguf package writes: f32, f16, bf16, q8_0, q4_0, ... (default: %(default)s)")
+        p.add_argument("--merge", action="store_true",
+                       help="gguf/onnx: fold the run's adapter into the weights (required when it has one; QLoRA: the 4-bit "
+                            "base is dequantised and the drift reported)")
     p.add_argument("--dense", action="store_true", help="fold masks in and add the adapter densely (default keeps pruned weights zero)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_quiet(p)
@@ -30,7 +42,8 @@ def add_merge(subparsers) -> None:
 
 
 def add_export(subparsers) -> None:
-    _add(subparsers, "export", "export a run's merged model as a plain Hugging Face directory or a safetensors file", formats=True)
+    _add(subparsers, "export", "export a run's merged model as a plain Hugging Face directory or a safetensors file, "
+                               "or a model as a GGUF file for llama.cpp or an ONNX file for onnxruntime", formats=True)
 
 
 def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
@@ -52,12 +65,16 @@ def merged_model(run_dir: Path, keep_sparsity: bool, check_base: bool = True):
 def run(args) -> int:
     import torch
 
-    from trimtune.outputs import OutputError, check_replaceable, output_directory, write_safetensors
+    from trimtune.outputs import OutputError, check_file_replaceable, check_replaceable, output_directory, write_safetensors
+
+    from .export_deploy import run_deploy
 
     fmt, dtype = getattr(args, "format", "hf"), getattr(torch, getattr(args, "dtype", "float32"))
+    if fmt in ("gguf", "onnx"):
+        return run_deploy(args)
     single_file = fmt == "safetensors" and args.out.suffix == ".safetensors"
     if single_file:
-        _check_file_replaceable(args.out, args.overwrite, OutputError)
+        check_file_replaceable(args.out, args.overwrite, [args.run_dir], _exported_safetensors)
     else:
         check_replaceable(args.out, args.overwrite, sources=[args.run_dir])  # before any work
     loaded, model = merged_model(args.run_dir, keep_sparsity=not args.dense, check_base=args.check_base)
@@ -80,18 +97,11 @@ def run(args) -> int:
     return 0
 
 
-def _check_file_replaceable(path: Path, overwrite: bool, error) -> None:
-    """A single exported file is replaced only with --overwrite and only if trimtune wrote it."""
-    if not path.exists():
-        return
-    if not overwrite:
-        raise error(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+def _exported_safetensors(path: Path) -> bool:
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            ours = EXPORT_KEY in (f.metadata() or {})
+            return EXPORT_KEY in (f.metadata() or {})
     except Exception:  # not a safetensors file at all
-        ours = False
-    if not ours:
-        raise error(f"{path} exists and was not written by trimtune export; refusing to replace it (choose another --out)")
+        return False

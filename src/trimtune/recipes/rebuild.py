@@ -107,6 +107,17 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), check_base: bool = 
     return Run(recipe, model.eval(), tokenizer, summary["labels"])
 
 
+def load_run_or_shrink(path: str | Path, check_base: bool = True) -> Run:
+    """A run directory as the run left it, or a ``trimtune shrink`` output rebuilt onto its source run's
+    model; adapters stay unmerged (the caller decides whether to fold them in)."""
+    path = Path(path)
+    if not is_shrink_dir(path):
+        return load_run(path, check_base=check_base)
+    run = load_run(_shrink_source(path), check_base=check_base)
+    run.model = load_shrunk(path / "model", model=run.model).eval()
+    return run
+
+
 def _merged(model: nn.Module) -> nn.Module:
     """The plain model with the run's adapter folded in (pruned entries stay zero in the weights)."""
     tt.merge(model, keep_sparsity=True)

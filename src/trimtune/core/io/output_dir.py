@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .atomic import write_json
@@ -45,6 +45,25 @@ def check_replaceable(path: str | os.PathLike, overwrite: bool, sources: Iterabl
             f"{path} exists and was not written by trimtune (it holds no {OUTPUT_MARKER} or {RUN_MARKER}); "
             "refusing to replace it: remove it yourself or choose another --out"
         )
+    return path
+
+
+def check_file_replaceable(path: str | os.PathLike, overwrite: bool, sources: Iterable[str | os.PathLike],
+                            ours: Callable[[Path], bool]) -> Path:
+    """The same promise for an output that is one file: never the source or inside it, replaced only with
+    ``overwrite`` and only when ``ours(path)`` says trimtune wrote it (a marker in the file's metadata)."""
+    path = Path(path)
+    for source in sources:
+        if _within(path, Path(source)):
+            raise OutputError(f"--out {path} is, or is inside, {source}, which this command reads; choose another --out")
+    if not path.exists():
+        return path
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give --out a file name")
+    if not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+    if not ours(path):
+        raise OutputError(f"{path} exists and was not written by trimtune export; refusing to replace it (choose another --out)")
     return path
 
 
