@@ -61,6 +61,10 @@ ONESHOT = [  # (label, config): width only, depth only, mixed; the repair and im
     ("mixed: ffn 0.25 + 2 blocks, activation", "ffn=0.25,drop_layers=2,importance=activation"),
     ("mixed: ffn 0.25 + 2 blocks, wanda", "ffn=0.25,drop_layers=2,importance=wanda"),
     ("mixed: hidden 0.1 + ffn 0.2", "hidden=0.1,ffn=0.2"),
+    ("mixed: ffn 0.25 + 3 blocks", "ffn=0.25,drop_layers=3"),
+    ("mixed: ffn 0.34 + 2 blocks", "ffn=0.34,drop_layers=2"),
+    ("mixed: hidden 0.125 + ffn 0.25", "hidden=0.125,ffn=0.25"),
+    ("mixed: heads 1/3 + ffn 0.2 + 1 block", "heads=0.34,ffn=0.2,drop_layers=1"),
 ]
 
 
@@ -155,8 +159,25 @@ def torch_pruning_model(ratio: float):
     return model
 
 
+def anchor_ratio(target: float, dense_config) -> float:
+    """Torch-Pruning's ratio whose non-embedding count is nearest ``target`` removed, from the shapes its
+    uniform hidden + FFN pruning leaves (heads kept; ``round_to=4``). Computed, not searched: building
+    Torch-Pruning's dependency graph for SmolLM2 takes over half an hour on this machine, so a bisection
+    over real runs is out of reach; the one real run then reports its own count."""
+    h, f, layers = dense_config.hidden_size, dense_config.intermediate_size, dense_config.num_hidden_layers
+    q, kv = dense_config.num_attention_heads * dense_config.head_dim, dense_config.num_key_value_heads * dense_config.head_dim
+
+    def removed(ratio: float) -> float:
+        h2, f2 = 4 * round(h * (1 - ratio) / 4), 4 * round(f * (1 - ratio) / 4)
+        count = lambda hh, ff: layers * (hh * (q + 2 * kv) + q * hh + 3 * hh * ff + 2 * hh) + hh
+        return 1 - count(h2, f2) / count(h, f)
+
+    return min((r / 1000 for r in range(600)), key=lambda r: abs(removed(r) - target))
+
+
 def anchor_part(spec: str) -> dict:
-    """Find the Torch-Pruning ratio whose non-embedding count matches trimtune's ``spec`` (bisection), prune, score."""
+    """Prune with Torch-Pruning at the ratio that removes the share of non-embedding parameters trimtune's
+    ``spec`` removes, and score it."""
     from transformers import AutoConfig
 
     from trimtune.prune.structured.plan import shrunk_config
@@ -166,17 +187,15 @@ def anchor_part(spec: str) -> dict:
     dense_config = AutoConfig.from_pretrained(smollm2_dir())
     target = 1 - parameter_count(shrunk_config(dense_config, _widths(dense_config, config), list(range(dense_config.num_hidden_layers - config.drop_layers)), config))["non_embedding"] / parameter_count(dense_config)["non_embedding"]
     dense_count = non_embedding(load(smollm2_dir()))
-    low, high = 0.0, 0.6
-    for _ in range(8):
-        mid = (low + high) / 2
-        removed = 1 - non_embedding(torch_pruning_model(mid)) / dense_count
-        low, high = (mid, high) if removed < target else (low, mid)
-    model = torch_pruning_model(high)
+    ratio = anchor_ratio(target, dense_config)
+    start = time.perf_counter()
+    model = torch_pruning_model(ratio)
+    seconds = time.perf_counter() - start
     out = SCRATCH / "torch_pruning"
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out)
     tokenizer().save_pretrained(out)
-    return {"ratio": high, "target_removed": target, "removed": 1 - non_embedding(model) / dense_count, "dir": str(out),
+    return {"ratio": ratio, "target_removed": target, "removed": 1 - non_embedding(model) / dense_count, "dir": str(out), "seconds": seconds,
             "after": {"hidden_size": model.config.hidden_size, "intermediate_size": model.config.intermediate_size},
             "perplexity": perplexity_of(load(out))}
 
@@ -213,10 +232,11 @@ def recover_part(student: str, steps: int, lr: float, method: str | None) -> dic
         recipe["method"] = {"type": "lora", "r": 64, "alpha": 128, "targets": "all-linear"}
     out = SCRATCH / f"recovered_{Path(student).name}_{method or 'full'}"
     shutil.rmtree(out, ignore_errors=True)
-    (SCRATCH / "recover.yaml").write_text(yaml.safe_dump(recipe))
+    recipe_file = SCRATCH / f"{out.name}.yaml"  # one per student: two recoveries may run side by side
+    recipe_file.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "trimtune", "tune", str(SCRATCH / "recover.yaml"), "--out", str(out), "--quiet"],
+    done = subprocess.run([sys.executable, "-m", "trimtune", "tune", str(recipe_file), "--out", str(out), "--quiet"],
                           env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
