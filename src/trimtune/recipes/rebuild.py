@@ -114,7 +114,7 @@ def load_run_or_shrink(path: str | Path, check_base: bool = True) -> Run:
     if not is_shrink_dir(path):
         return load_run(path, check_base=check_base)
     run = load_run(_shrink_source(path), check_base=check_base)
-    run.model = tt.load_shrunk(path / "model", model=run.model).eval()
+    run.model = tt.load_shrunk(path / "model", model=run.model, with_adapters=False).eval()  # the run carries its adapter
     return run
 
 
