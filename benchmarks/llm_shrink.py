@@ -137,11 +137,11 @@ def oneshot_part(only: list[str] | None) -> dict:
     return {"calibration": f"{CALIB[0]} x {CALIB[1]} tokens", "eval_tokens": EVAL_TOKENS, "seqlen": SEQLEN, "rows": rows}
 
 
-def torch_pruning_model(ratio: float, model=None):
+def torch_pruning_model(ratio: float):
     """SmolLM2 pruned by Torch-Pruning as examples/LLMs/prune_llm.py does it (heads kept: see above)."""
     import torch_pruning as tp
 
-    model = model if model is not None else load(smollm2_dir())
+    model = load(smollm2_dir())
     inputs = tokenizer()("Hello world.", return_tensors="pt")["input_ids"]
     num_heads = {}
     for name, m in model.named_modules():
