@@ -178,3 +178,25 @@ def test_resume_with_grad_scaler_and_accumulation(tmp_path, autocast, grad_accum
     got = run(tmp_path / "run", resume=True)
     for name, value in got.items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_resumed_pruning_run_restores_masks_on_layers_not_yet_wrapped(tiny_bert, tmp_path):
+    """A fresh model has no pruning wrappers when its checkpoint's masks are loaded: loading wraps the
+    layer first, and the resumed run ends with the uninterrupted run's weights and masks."""
+    def run(model, directory, **kwargs):
+        config = tt.PruneConfig(importance=tt.Magnitude(), targets=["bert.encoder.layer.0.intermediate.dense"])
+        schedule = tt.PruneSchedule(final=0.5, style="iterative", begin=1, end=7, rounds=3)
+        return _run(model, directory, callbacks=[tt.PruningCallback(config, schedule), *kwargs.pop("callbacks", [])], **kwargs)
+
+    reference = copy.deepcopy(tiny_bert)
+    run(reference, tmp_path / "reference")
+    with pytest.raises(Interrupt):
+        run(copy.deepcopy(tiny_bert), tmp_path / "run", callbacks=[InterruptAt(6)])
+    resumed = copy.deepcopy(tiny_bert)
+    run(resumed, tmp_path / "run", resume=True)
+    state, want = resumed.state_dict(), reference.state_dict()
+    mask = "bert.encoder.layer.0.intermediate.dense.weight_mask"
+    assert mask in state and 0.4 < 1 - state[mask].float().mean() <= 0.5
+    assert state.keys() == want.keys()
+    for name, value in state.items():
+        torch.testing.assert_close(value, want[name], atol=1e-6, rtol=0, msg=name)

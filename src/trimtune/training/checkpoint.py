@@ -34,7 +34,7 @@ from ..core.config import ConfigError, check_positive_int
 from ..core.io.atomic import atomic_directory, write_json, write_safetensors
 from ..core.io.fingerprint import BaseMismatchError, check_fingerprint, fingerprint
 from ..core.io.safetensors_files import read_safetensors
-from ..core.state import state_of
+from ..core.state import state_of, wrap
 from .distributed import is_main_process, unwrap_model
 from .rng import capture_rng_every_rank, restore_rng_of_rank
 from .state_files import decode, encode
@@ -125,8 +125,8 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], source:
     state = model.state_dict(keep_vars=True)
     for key, value in tensors.items():
         target = state.get(key)
-        if target is None and key.endswith(".weight_mask"):  # a mask pruning set during training
-            model.get_submodule(key.rsplit(".", 1)[0]).set_mask(value)
+        if target is None and key.endswith(".weight_mask"):  # a mask pruning set during training, on a layer
+            wrap(model, key.rsplit(".", 1)[0]).set_mask(value)  # a fresh model has not wrapped yet
         elif target is None:
             raise CheckpointMismatchError(f"{source} holds {key!r}, which the model does not have: it was saved from another model or adapter setup")
         elif target.shape != value.shape:
