@@ -133,3 +133,10 @@ def test_the_same_shrink_as_a_recipe(gqa_llama, text_file, tmp_path, capsys):
     recipe.write_text(yaml.safe_dump({"model": {"path": str(gqa_llama)}, "shrink": {"ffn": 1.5, "calib": str(text_file)}}))
     assert main(["shrink", str(recipe), "--out", str(tmp_path / "bad")]) == 2
     assert "ffn must be a fraction in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_recipe_shrink_section_holds_exactly_the_command_line_fields():
+    from trimtune.commands.llm_shrink import SHRINK_FIELDS
+    from trimtune.recipes.schema import ShrinkSection
+
+    assert set(SHRINK_FIELDS) == set(ShrinkSection.model_fields)

@@ -36,29 +36,41 @@ def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
                    "dense vs shrunk, batch 1; this loads both whole models")
 
 
+SHRINK_FIELDS = ("heads", "ffn", "hidden", "drop_layers", "importance", "depth_metric", "repair", "gqa", "percdamp",
+                 "calib", "nsamples", "seqlen", "seed", "batch_tokens")  # the flags above, and a recipe's shrink: section
+
+
 def run_llm_shrink(args) -> int:
+    """``trimtune shrink --model DIR ...``."""
+    return shrink_model_directory(args.model, args.out, args.quiet, args.overwrite, args.speed,
+                                  **{name: getattr(args, name) for name in SHRINK_FIELDS})
+
+
+def shrink_model_directory(model: Path, out: Path | None, quiet: bool, overwrite: bool, speed: bool, *, heads, ffn, hidden,
+                           drop_layers, importance, depth_metric, repair, gqa, percdamp, calib, nsamples, seqlen, seed,
+                           batch_tokens) -> int:
+    """Structured shrinking from the command line or a recipe's ``shrink:`` section: ``tt.shrink_llm_directory``."""
     import trimtune as tt
     from trimtune.outputs import STRUCTURED_REPORT_FILE, write_bytes
 
-    if args.out is None:
+    if out is None:
         raise ValueError("--out is required with --model: the new directory for the shrunk model")
-    if args.overwrite:
+    if overwrite:
         raise ValueError("--overwrite is not taken with --model: the shrunk model goes to a new --out, and nothing is replaced")
-    config = tt.StructuredConfig(args.heads, args.ffn, args.hidden, args.drop_layers, args.importance, args.depth_metric,
-                              args.repair, args.gqa, args.percdamp, args.batch_tokens)
+    config = tt.StructuredConfig(heads, ffn, hidden, drop_layers, importance, depth_metric, repair, gqa, percdamp, batch_tokens)
     made = []  # the calibration, made once the library has checked --out and the plan: --speed prompts with it
 
     def calibration():
-        made.append(calibration_samples(args.model, args.calib, args.nsamples, args.seqlen, args.seed, "--model"))
+        made.append(calibration_samples(model, calib, nsamples, seqlen, seed, "--model"))
         return made[-1]
 
-    report = tt.shrink_llm_directory(args.model, args.out, calibration, config, progress=None if args.quiet else "shrinking blocks")
-    if args.speed:
-        report.speed = _speed(args.model, args.out, made[-1])
-        write_bytes(args.out / STRUCTURED_REPORT_FILE, (report.to_json() + "\n").encode())
-    if not args.quiet:
+    report = tt.shrink_llm_directory(model, out, calibration, config, progress=None if quiet else "shrinking blocks")
+    if speed:
+        report.speed = _speed(model, out, made[-1])
+        write_bytes(out / STRUCTURED_REPORT_FILE, (report.to_json() + "\n").encode())
+    if not quiet:
         print(report.table(), flush=True)
-    show("result", {"out": str(args.out), "before": report.before, "after": report.after,
+    show("result", {"out": str(out), "before": report.before, "after": report.after,
                     "non_embedding_removed": round(report.removed_fraction, 6), "dropped_blocks": report.dropped_blocks})
     return 0
 

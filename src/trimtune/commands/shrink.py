@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .common import add_quiet, add_run_dir, logger, show
-from .llm_shrink import add_llm_shrink_arguments, run_llm_shrink
+from .llm_shrink import SHRINK_FIELDS, add_llm_shrink_arguments, run_llm_shrink, shrink_model_directory
 
 
 def fraction(text: str) -> float:
@@ -41,7 +41,7 @@ def add_shrink(subparsers) -> None:
 
 def run(args) -> int:
     if args.run_dir is not None and args.run_dir.suffix in (".yaml", ".yml") and args.run_dir.is_file():
-        return run_llm_shrink(recipe_arguments(args))
+        return shrink_recipe(args)
     if args.model is not None:
         if args.run_dir is not None or args.ratio is not None or args.from_masks:
             raise ValueError("give either RUN_DIR (with --ratio or --from-masks) or --model DIR (with --heads/--ffn/--hidden/--drop-layers), not both")
@@ -51,16 +51,15 @@ def run(args) -> int:
     return run_run_dir(args)
 
 
-def recipe_arguments(args):
-    """The ``trimtune shrink --model ...`` arguments a recipe with a ``shrink:`` section stands for."""
+def shrink_recipe(args) -> int:
+    """``trimtune shrink RECIPE``: the recipe's ``model`` shrunk by its ``shrink:`` section."""
     from ..recipes.load import RecipeError, load_recipe
 
     recipe = load_recipe(args.run_dir, [])
     if recipe.shrink is None:
         raise RecipeError(f"`trimtune shrink RECIPE` needs a shrink: section in {args.run_dir} (e.g. shrink: {{ffn: 0.25, calib: text.txt}})")
-    section = recipe.shrink.model_dump()
-    return argparse.Namespace(**{**vars(args), **section, "model": Path(recipe.model.path),
-                                 "out": args.out or Path(recipe.output), "run_dir": None})
+    return shrink_model_directory(Path(recipe.model.path), args.out or Path(recipe.output), args.quiet, args.overwrite, args.speed,
+                                  **{name: getattr(recipe.shrink, name) for name in SHRINK_FIELDS})
 
 
 def run_run_dir(args) -> int:
