@@ -9,8 +9,10 @@ Parts (``--part``), each printing JSON lines and merged into one results file:
   perplexity, seconds.
 - ``anchor``: Torch-Pruning 1.6 as its ``examples/LLMs/prune_llm.py`` runs it (``BasePruner`` with
   ``GroupMagnitudeImportance(p=2)``, hidden and FFN widths at one ratio, heads kept because
-  SmolLM2's 3 KV heads allow no finer step, ``round_to=4``, lm_head ignored), at a ratio chosen to
-  remove the same share of non-embedding parameters as ``--config``; held-out perplexity.
+  SmolLM2's 3 KV heads allow no finer step, ``round_to`` 36 rather than the example's 4 (transformers 5
+  wants a hidden size divisible by the 9 heads), lm_head ignored, q/k/v not group roots (Torch-Pruning
+  issue #527)), at a ratio chosen to remove the same share of non-embedding parameters as ``--config``;
+  held-out perplexity.
 - ``recover``: ``trimtune tune`` on a shrunk directory with ``distill`` (logit KD from the dense
   directory, alpha 1, T 1; full fine-tuning) on the ``train`` part of the corpus for ``--steps``
   steps; held-out perplexity before and after, wall time.
@@ -65,6 +67,9 @@ ONESHOT = [  # (label, config): width only, depth only, mixed; the repair and im
     ("mixed: ffn 0.34 + 2 blocks", "ffn=0.34,drop_layers=2"),
     ("mixed: hidden 0.125 + ffn 0.25", "hidden=0.125,ffn=0.25"),
     ("mixed: heads 1/3 + ffn 0.2 + 1 block", "heads=0.34,ffn=0.2,drop_layers=1"),
+    ("width: ffn 0.42", "ffn=0.42"),
+    ("width: query heads 1/3 + ffn 0.35", "heads=0.34,gqa=query,ffn=0.35"),
+    ("mixed: ffn 0.35 + 2 blocks", "ffn=0.35,drop_layers=2"),
 ]
 
 
@@ -148,27 +153,40 @@ def torch_pruning_model(ratio: float):
         if name.endswith("self_attn"):
             num_heads.update({m.q_proj: model.config.num_attention_heads, m.k_proj: model.config.num_key_value_heads,
                               m.v_proj: model.config.num_key_value_heads})
+    # q/k/v are not group roots: the groups they root hold only head dimensions, which this setting never
+    # prunes (head ratio 0, head dims kept), and building them never ends under transformers 5's rotary
+    # code (Torch-Pruning issue #527: its graph walk keeps re-adding the slice/cat of rotate_half with
+    # new index sets). Their input channels are still pruned, in the hidden-width group.
+    attention = [getattr(layer.self_attn, p) for layer in model.model.layers for p in ("q_proj", "k_proj", "v_proj")]
     pruner = tp.pruner.BasePruner(model, example_inputs=inputs, importance=tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"),
                                   global_pruning=False, output_transform=lambda x: x.logits, pruning_ratio=ratio,
-                                  ignored_layers=[model.lm_head], num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
-                                  head_pruning_ratio=0.0, round_to=4)
+                                  ignored_layers=[model.lm_head, *attention], num_heads=num_heads, prune_num_heads=True,
+                                  prune_head_dims=False, head_pruning_ratio=0.0, round_to=ANCHOR_ROUND_TO)
     for group in pruner.step(interactive=True):
         group.prune()
+    if model.config.tie_word_embeddings:  # it prunes the shared weight twice, as embedding and as head: alike, but untied
+        assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+        model.lm_head.weight = model.model.embed_tokens.weight
     model.config.hidden_size = model.lm_head.in_features
     model.config.intermediate_size = model.model.layers[0].mlp.gate_proj.out_features
     return model
 
 
+# The example's round_to=4, made a multiple of SmolLM2's 9 heads as well: transformers 5 refuses a Llama
+# config whose hidden size is not a multiple of num_attention_heads, even with head_dim given.
+ANCHOR_ROUND_TO = 36
+
+
 def anchor_ratio(target: float, dense_config) -> float:
     """Torch-Pruning's ratio whose non-embedding count is nearest ``target`` removed, from the shapes its
-    uniform hidden + FFN pruning leaves (heads kept; ``round_to=4``). Computed, not searched: building
-    Torch-Pruning's dependency graph for SmolLM2 takes over half an hour on this machine, so a bisection
-    over real runs is out of reach; the one real run then reports its own count."""
+    uniform hidden + FFN pruning leaves (heads kept; ``round_to=ANCHOR_ROUND_TO``). Computed, not searched: the one
+    real run then reports its own count."""
     h, f, layers = dense_config.hidden_size, dense_config.intermediate_size, dense_config.num_hidden_layers
     q, kv = dense_config.num_attention_heads * dense_config.head_dim, dense_config.num_key_value_heads * dense_config.head_dim
 
     def removed(ratio: float) -> float:
-        h2, f2 = 4 * round(h * (1 - ratio) / 4), 4 * round(f * (1 - ratio) / 4)
+        step = ANCHOR_ROUND_TO
+        h2, f2 = step * int(h * (1 - ratio) / step), step * int(f * (1 - ratio) / step)  # it keeps whole steps, rounding down
         count = lambda hh, ff: layers * (hh * (q + 2 * kv) + q * hh + 3 * hh * ff + 2 * hh) + hh
         return 1 - count(h2, f2) / count(h, f)
 
@@ -230,7 +248,7 @@ def recover_part(student: str, steps: int, lr: float, method: str | None) -> dic
               "distill": {"teacher": str(smollm2_dir()), "alpha": 1.0, "temperature": 1.0, "cache_teacher": False}}
     if method == "lora":
         recipe["method"] = {"type": "lora", "r": 64, "alpha": 128, "targets": "all-linear"}
-    out = SCRATCH / f"recovered_{Path(student).name}_{method or 'full'}"
+    out = SCRATCH / f"recovered_{Path(student).name}_{method or 'full'}_{steps}_steps_lr_{lr:g}"
     shutil.rmtree(out, ignore_errors=True)
     recipe_file = SCRATCH / f"{out.name}.yaml"  # one per student: two recoveries may run side by side
     recipe_file.write_text(yaml.safe_dump(recipe))
