@@ -45,6 +45,7 @@ from .methods.dora import DoraConfig as DoraConfig
 from .methods.ia3 import IA3Config as IA3Config
 from .methods.ln_tuning import LNTuningConfig as LNTuningConfig
 from .methods.lora import LoraConfig as LoraConfig
+from .methods.lora import loraplus_optimizer, trains_lora_factors
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
@@ -117,7 +118,7 @@ __all__ = [
     "Method", "WeightDeltaMethod", "register", "method_for_config", "registered_methods",
     "QLoraConfig", "AdaLoraConfig", "DiffConfig", "GateConfig", "QuantConfig",  # every other method's config: below
     "adalora_ranks", "adalora_update", "DiffPenalty", "diff_optimizer", "diff_penalty", "project_diffs", "save_diff", "load_diff",
-    "pack_4bit_for_cpu", "quantize_base",
+    "pack_4bit_for_cpu", "quantize_base", "loraplus_optimizer", "trains_lora_factors",
     # targets
     "by_glob", "by_names", "by_regex", "by_type",
     # pruning with masks
