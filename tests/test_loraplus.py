@@ -16,6 +16,7 @@ from peft.optimizers import create_loraplus_optimizer
 import trimtune as tt
 
 from _peft_parity import copy_from_peft
+from _training_helpers import adamw_losses
 
 RATIO, LR = 16, 1e-3
 
@@ -69,22 +70,10 @@ def test_training_losses_match_peft(tiny_llama):
     runs = [(ours, tt.loraplus_optimizer(ours, LR, RATIO)),
             (theirs, create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=LR, loraplus_lr_ratio=RATIO)),
             (same_rate, tt.loraplus_optimizer(same_rate, LR, 1))]
-    losses = [_losses(model, optimizer, batches) for model, optimizer in runs]
+    losses = [adamw_losses(model, batches, optimizer=optimizer) for model, optimizer in runs]
     assert losses[0][-1] != losses[0][0]
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=0)
     assert abs(losses[2][-1] - losses[0][-1]) > 1e-3  # B's faster rate shows
-
-
-def _losses(model, optimizer, batches) -> list[float]:
-    model.train()
-    losses = []
-    for batch in batches:
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 def test_train_takes_it_as_a_factory(tiny_llama):
