@@ -155,3 +155,4 @@ def test_recipe_names_token_indices_when_they_are_wrong():
     assert type(recipe.method.build()) is tt.TrainableTokensConfig
     with pytest.raises(RecipeError, match=r"method.token_indices must be a non-empty list"):
         validate({**base, "method": {"type": "trainable_tokens", "token_indices": []}})
+

@@ -5,7 +5,8 @@
 token's row in place of the base lookup only where that token occurs: the full vocabulary × dim weight
 is never copied while training. ``TiedTokenRows`` sits on an output head that shares the embedding's
 weight (tied embeddings): it reads the same parameter and recomputes only those rows' logits, so the
-chosen tokens change in both places and train once.
+chosen tokens change in both places and train once. Neither can be sliced (``shrink`` refuses them before
+it cuts anything).
 """
 
 from __future__ import annotations
@@ -48,9 +49,6 @@ class TokenRows(Delta):
     def peft_key(self, key):
         return key if key == "trainable_tokens_delta" else None  # peft's files hold the rows only
 
-    def slice_(self, dim, keep):
-        raise NotImplementedError("trainable tokens do not support structured slicing of the embedding")
-
     def extra_repr(self):
         return f"tokens={self.token_index.tolist()}"
 
@@ -76,9 +74,6 @@ class TiedTokenRows(Delta):
 
     def file_state(self):
         return {"trainable_tokens_delta": self.source.trainable_tokens_delta}  # peft writes the tied copy too
-
-    def slice_(self, dim, keep):
-        raise NotImplementedError("trainable tokens do not support structured slicing of the output head")
 
     def extra_repr(self):
         return f"tied to the embedding's tokens {self.source.token_index.tolist()}"
