@@ -19,7 +19,7 @@ def embedding_targets(model: nn.Module, config: TrainableTokensConfig) -> list[s
         names = select(model, config.targets)
     else:
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        names = [n for n, m in model.named_modules() if embedding is not None and m is embedding]
+        names = [n for n, m in model.named_modules() if m is embedding] if embedding is not None else []
         if not names:
             raise TargetError(f"{type(model).__name__} names no input embedding (get_input_embeddings); pass targets=")
     for name in names:
@@ -57,4 +57,5 @@ def apply_trainable_tokens(model: nn.Module, config: TrainableTokensConfig, name
             source = TokenRows(layer.kind, layer.weight, config.token_indices, config.init_weights)
             layer.add_delta(name, source)
             for head in heads:
-                wrap(model, head).add_delta(name, TiedTokenRows(wrap(model, head).kind, source))
+                head_layer = wrap(model, head)
+                head_layer.add_delta(name, TiedTokenRows(head_layer.kind, source))
