@@ -76,19 +76,26 @@ def test_training_losses_match_peft(tiny_llama):
     assert abs(losses[2][-1] - losses[0][-1]) > 1e-3  # B's faster rate shows
 
 
-def test_train_takes_it_as_a_factory(tiny_llama):
+def test_train_takes_it_as_a_factory_with_the_callbacks_parameters(tiny_llama):
     tt.apply(tiny_llama, tt.LoraConfig(r=4, targets=["q_proj", "v_proj"]))
     seen = {}
 
-    def factory(model, lr, extra):
-        seen["lr"] = lr
-        seen["optimizer"] = tt.loraplus_optimizer(model, lr, RATIO, extra=extra)
-        return seen["optimizer"]
+    class OwnsAMap:  # like distillation's width maps: a callback's own parameters train too
+        map = torch.nn.Parameter(torch.zeros(3))
+
+        def trainable_parameters(self):
+            return [self.map]
+
+        def on_step_end(self, ctx, step, loss):
+            seen["optimizer"] = ctx.optimizer
 
     batch = {"input_ids": torch.randint(3, 100, (2, 8))}
     batch["labels"] = batch["input_ids"]
-    tt.train(tiny_llama, [batch], max_steps=1, lr=2e-3, optimizer=factory, progress=False)
-    assert seen["lr"] == 2e-3 and [g["lr"] for g in seen["optimizer"].param_groups] == [2e-3, 1e-6, 2e-3 * RATIO, 2e-3 * RATIO]
+    factory = functools.partial(tt.loraplus_optimizer, ratio=RATIO)
+    tt.train(tiny_llama, [batch], max_steps=1, lr=2e-3, optimizer=factory, callbacks=[OwnsAMap()], progress=False)
+    groups = seen["optimizer"].param_groups
+    assert [g["lr"] for g in groups] == [2e-3, 1e-6, 2e-3 * RATIO, 2e-3 * RATIO, 2e-3]
+    assert groups[-1]["params"] == [OwnsAMap.map] and len(groups[2]["params"]) == 4  # B of q and v in 2 blocks
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
