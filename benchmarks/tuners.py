@@ -126,8 +126,13 @@ class Entry:
     references: dict[str, Callable] = field(default_factory=dict)
 
 
+TOKENS_16 = list(range(1000, 1016))  # embedding rows that train (the random batches hit some of them)
+
+
 def _entries() -> list[Entry]:
     from peft import IA3Config as PeftIA3
+    from peft import LNTuningConfig as PeftLN
+    from peft import TrainableTokensConfig as PeftTokens
     from peft import LoraConfig as PeftLora
     from peft import VeraConfig as PeftVera
 
@@ -145,6 +150,11 @@ def _entries() -> list[Entry]:
             Entry("AdaLoRA 12->8", model, _ours(lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, total_step=1000)),
                   _peft(_peft_adalora)),
             Entry("Bottleneck (Houlsby, /16)", model, _ours(tt.BottleneckConfig)),
+            # peft has no BERT default; trimtune's is BERT's LayerNorms
+            Entry("LN tuning", model, _ours(tt.LNTuningConfig),
+                  _peft(lambda m=model: PeftLN(target_modules=["LayerNorm"] if m == "minilm" else None))),
+            Entry("Trainable tokens 16", model, _ours(lambda: tt.TrainableTokensConfig(token_indices=TOKENS_16)),
+                  _peft(lambda: PeftTokens(token_indices=TOKENS_16))),
         ]
         entries += _prompt_entries(model)
     fp32_lora = {"lora_ours": _ours(lambda: tt.LoraConfig(r=8, alpha=16)), "lora_peft": _peft_lora_llama}

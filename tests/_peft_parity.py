@@ -23,13 +23,21 @@ def peft_to_ours_key(peft_key: str, adapter: str = "default") -> str | None:
     return f"{match.group(1)}.deltas.{adapter}.{match.group(2)}"
 
 
+def peft_copy_to_ours_key(peft_key: str, adapter: str = "default") -> str | None:
+    """A trained copy of a whole module (LN tuning's ``ln_tuning_layers``):
+    ``base_model.model.X.ln_tuning_layers.default.bias`` -> ``X.copies.default.bias``."""
+    match = re.match(rf"base_model\.model\.(.*)\.ln_tuning_layers\.{adapter}\.(\w+)$", peft_key)
+    return None if match is None else f"{match.group(1)}.copies.{adapter}.{match.group(2)}"
+
+
 @torch.no_grad()
-def copy_from_peft(peft, ours, adapter: str = "default", randomize: bool = True) -> int:
-    """Give peft's trainable adapter tensors random values (so parity is not ones == ones) and copy them to ours."""
+def copy_from_peft(peft, ours, adapter: str = "default", randomize: bool = True, key_map=peft_to_ours_key) -> int:
+    """Give peft's trainable adapter tensors random values (so parity is not ones == ones) and copy them to
+    ours; ``key_map`` turns peft's parameter name into ours."""
     ours_state = dict(ours.named_parameters())
     copied = 0
     for key, tensor in peft.named_parameters():
-        target = peft_to_ours_key(key, adapter)
+        target = key_map(key, adapter)
         if target is None or not tensor.requires_grad:  # frozen extras (AdaLoRA's ranknum) are not tensors here
             continue
         if randomize:

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 
-def adamw_losses(model, batches, lr: float = 1e-2, seed: int | None = None) -> list[float]:
-    """Train ``model``'s trainable parameters with AdamW on ``batches`` (keyword dicts for the model,
-    one optimizer step each); ``seed`` seeds the generator first (the dropout draws). Returns the losses."""
+def adamw_losses(model, batches, lr: float = 1e-2, seed: int | None = None, optimizer=None) -> list[float]:
+    """Train ``model``'s trainable parameters with AdamW (or ``optimizer``) on ``batches`` (keyword dicts for
+    the model, one optimizer step each); ``seed`` seeds the generator first (the dropout draws). Returns the losses."""
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    optimizer = optimizer or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     if seed is not None:
         torch.manual_seed(seed)
     losses = []

@@ -13,6 +13,8 @@ METHODS = {
     "bottleneck": lambda: tt.BottleneckConfig(reduction_factor=4),
     "adalora": lambda: tt.AdaLoraConfig(init_r=4, target_r=2, total_step=10),
     "qlora": lambda: tt.QLoraConfig(r=4, init="gaussian"),
+    "ln_tuning": tt.LNTuningConfig,
+    "trainable_tokens": lambda: tt.TrainableTokensConfig(token_indices=list(range(3, 100))),  # every token of the batch
 }
 
 

@@ -43,11 +43,14 @@ from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
 from .methods.dora import DoraConfig as DoraConfig
 from .methods.ia3 import IA3Config as IA3Config
+from .methods.ln_tuning import LNTuningConfig as LNTuningConfig
 from .methods.lora import LoraConfig as LoraConfig
+from .methods.lora import loraplus_optimizer, trains_lora_factors
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
 from .methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
+from .methods.trainable_tokens import TrainableTokensConfig as TrainableTokensConfig
 from .methods.vera import VeraConfig as VeraConfig
 from .prune import (
     GateConfig,
@@ -115,7 +118,7 @@ __all__ = [
     "Method", "WeightDeltaMethod", "register", "method_for_config", "registered_methods",
     "QLoraConfig", "AdaLoraConfig", "DiffConfig", "GateConfig", "QuantConfig",  # every other method's config: below
     "adalora_ranks", "adalora_update", "DiffPenalty", "diff_optimizer", "diff_penalty", "project_diffs", "save_diff", "load_diff",
-    "pack_4bit_for_cpu", "quantize_base",
+    "pack_4bit_for_cpu", "quantize_base", "loraplus_optimizer", "trains_lora_factors",
     # targets
     "by_glob", "by_names", "by_regex", "by_type",
     # pruning with masks

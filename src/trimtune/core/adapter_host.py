@@ -14,6 +14,10 @@ class AdapterHost(nn.Module):
     """A module that carries named adapters and switches between them (wrappers, head copies, prompts)."""
 
     active: tuple[str, ...] = ()
+    merged: tuple[str, ...] = ()  # adapters folded into the base (see ``folds``)
+    # True for a host standing where a target layer of its method stood (the weight wrapper, LN tuning's
+    # norm copies): adapter_config.json's target_modules lists these (head copies and prompts are no targets).
+    is_target: bool = False
 
     def set_active(self, names: Iterable[str]) -> None:
         raise NotImplementedError
@@ -32,6 +36,18 @@ class AdapterHost(nn.Module):
         this module's peft prefix (``base_model.model.<module name>``). Saving writes them, loading
         copies into them (see ``trimtune.core.io.peft_files``)."""
         raise NotImplementedError(f"{type(self).__name__} adapters have no PEFT file format")
+
+    def folds(self, name: str) -> bool:
+        """Whether ``merge`` folds adapter ``name`` into the base here (a head copy or a prompt has
+        nothing to fold: the trained module itself stays in place)."""
+        return False
+
+    def merge(self, names: Iterable[str], keep_sparsity: bool = True) -> float:
+        """Fold adapters ``names`` (each ``folds``) into the base; returns the share a mask dropped (0.0)."""
+        raise NotImplementedError(f"{type(self).__name__} has no adapter to fold into a weight")
+
+    def unmerge(self, names: Iterable[str] | None = None) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no adapter to fold into a weight")
 
     def detach(self) -> None:
         """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""

@@ -43,7 +43,7 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
     if name in state.adapters:
         raise ValueError(f"the model already has an adapter named {name!r}; use another name or delete_adapter first")
     method = method_for_config(config)
-    merged = sorted({n for _, layer in layers(model) for n in layer.merged})
+    merged = sorted({n for _, host in hosts(model) for n in host.merged})
     if merged and (activate or not state.active):  # activating the new one would deactivate merged ones
         raise ValueError(f"adapters {merged} are merged into the weights; unmerge(model) before adding adapter {name!r} "
                          "(or add it with activate=False)")
@@ -179,7 +179,7 @@ def adapter_configs(model: nn.Module) -> dict:
 @contextlib.contextmanager
 def disable_adapters(model: nn.Module):
     """Run the base model: every adapter off inside the block, restored after."""
-    merged = [n for _, layer in layers(model) for n in layer.merged]
+    merged = [n for _, host in hosts(model) for n in host.merged]
     if merged:
         raise ValueError(f"adapters {sorted(set(merged))} are merged into the weights; unmerge before disabling")
     saved = {host: host.active for _, host in hosts(model)}

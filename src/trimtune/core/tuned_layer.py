@@ -21,6 +21,8 @@ from .plain_four_bit import live_weight
 
 
 class TunedLayer(AdapterHost):
+    is_target = True
+
     def __init__(self, base: nn.Module):
         super().__init__()
         kind_cls = kind_class_for(base)
@@ -99,6 +101,9 @@ class TunedLayer(AdapterHost):
 
     def adapter_names(self) -> list[str]:
         return list(self.deltas)
+
+    def folds(self, name: str) -> bool:
+        return name in self.deltas
 
     def delete_adapter(self, name: str) -> None:
         self.delete_delta(name)

@@ -128,6 +128,7 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
         result = tt.train(
             tt.parallel_model(model, info, recipe.distributed.strategy, recipe.distributed.block_classes,
                            recipe.distributed.layer_units), loaders.train, epochs=t.epochs or None, max_steps=t.max_steps, lr=t.lr,
+            optimizer=recipe.optimizer.factory() if recipe.optimizer else None,  # LoRA+'s groups (None: AdamW)
             grad_accum=t.grad_accum, scheduler=tt.linear_schedule(t.warmup_steps), clip=t.clip_norm,
             eval_data=loaders.eval if t.eval_every else None, eval_every=t.eval_every, metric=loaders.metric,
             loss_fn=loaders.loss_fn, callbacks=[*callbacks, logger], progress=not quiet and info.rank == 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -161,6 +162,21 @@ class TrainSection(Section):
     tensorboard: bool = False
 
 
+class OptimizerSection(Section):
+    """LoRA+ (``tt.loraplus_optimizer``): the LoRA B factors (and trained vectors) learn at
+    ``loraplus_ratio`` × train.lr, LoRA on embeddings at ``loraplus_lr_embedding``; AdamW, with
+    ``weight_decay`` (biases and norms excepted). Needs a LoRA method (lora, dora, qlora)."""
+
+    loraplus_ratio: float = Field(gt=0.0, description="B's learning rate / A's (the LoRA+ paper uses 16 to 2^4)")
+    loraplus_lr_embedding: float = Field(1e-6, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+    def factory(self):
+        """What ``tt.train(optimizer=...)`` calls with the model and train.lr."""
+        return functools.partial(tt.loraplus_optimizer, ratio=self.loraplus_ratio, embedding_lr=self.loraplus_lr_embedding,
+                                 weight_decay=self.weight_decay)
+
+
 class DistributedSection(Section):
     """How several processes (torchrun / accelerate launch) share the work. strategy "ddp": each
     process keeps the whole model and gradients are all-reduced; "fsdp": FSDP2 shards every
@@ -280,6 +296,7 @@ class Recipe(Section):
     prune: PruneSection | None = None
     distill: DistillSection | None = None
     train: TrainSection = Field(default_factory=TrainSection)
+    optimizer: OptimizerSection | None = None
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     output: str = Field("runs/run", description="the run directory when no --out is given; a relative path is taken from "
                         "the current directory (as --out and model.path are), not from the recipe's folder")
@@ -310,6 +327,14 @@ class Recipe(Section):
     def _method_builds(self):
         if self.method is not None:
             self.method.build(self.model)  # refused here, at load, rather than after the data is read
+        return self
+
+    @model_validator(mode="after")
+    def _loraplus_needs_lora(self):
+        if self.optimizer is not None and (self.method is None or not tt.trains_lora_factors(self.method.build(self.model))):
+            method = self.method.type if self.method is not None else "none"
+            raise ValueError(f"optimizer.loraplus_ratio sets the learning rate of LoRA's B factors, but method.type is {method!r}; "
+                             "use a LoRA method (lora, dora, qlora) or leave out the optimizer section")
         return self
 
     @model_validator(mode="after")

@@ -87,7 +87,9 @@ def train(
 
     Runs ``epochs`` passes, or ``max_steps`` optimizer steps, whichever ends first (at least one
     is required). One optimizer step consumes ``grad_accum`` batches. ``optimizer`` defaults to
-    AdamW(lr, default 1e-3) over the parameters that require grad. ``scheduler`` is an LR scheduler
+    AdamW(lr, default 1e-3) over the parameters that require grad; it may also be a factory called as
+    ``optimizer(model, lr=lr, extra=callback_parameters)`` once callbacks are known (e.g.
+    ``functools.partial(loraplus_optimizer, ratio=16)``). ``scheduler`` is an LR scheduler
     or a factory ``(optimizer, total_steps) -> scheduler`` such as ``linear_schedule(warmup)``;
     it steps once per optimizer step. ``clip``: a ``ClipConfig`` or a number (max global grad
     norm). With ``eval_data``, ``evaluate(model, eval_data, metric)`` runs every ``eval_every``
@@ -111,7 +113,8 @@ def train(
     hooks = CallbackList([*state_of(unwrap_model(model)).callbacks.values(), *callbacks])
     # A callback's own parameters (distillation's width maps) train with the model's.
     callback_parameters = hooks.trainable_parameters()
-    optimizer = optimizer or default_optimizer(model, lr or DEFAULT_LR, callback_parameters)
+    if optimizer is None or not isinstance(optimizer, torch.optim.Optimizer):  # a factory, like default_optimizer
+        optimizer = (optimizer or default_optimizer)(model, lr=lr or DEFAULT_LR, extra=callback_parameters)
     total_steps = optimizer_steps(train_data, epochs, max_steps, grad_accum)
     if callable(scheduler) and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         scheduler = scheduler(optimizer, total_steps)
@@ -256,7 +259,8 @@ def _check_args(epochs, max_steps, lr, optimizer, eval_data, eval_every, grad_ac
     check_positive_int("grad_accum", grad_accum)
     if lr is not None:
         check_positive("lr", lr)
-        if optimizer is not None:
+        if optimizer is not None and (isinstance(optimizer, torch.optim.Optimizer) or not callable(optimizer)):
+            # a factory takes lr (it builds the optimizer); a built optimizer has its own
             raise ConfigError("pass either lr or an optimizer (set the learning rate on your optimizer), not both")
     if eval_every is not None and eval_data is None:
         raise ConfigError("eval_every needs eval_data")

@@ -18,20 +18,18 @@ def merge(model: nn.Module, adapters: Iterable[str] | None = None, keep_sparsity
     """Fold the active (or named) adapters into the base weights. With a pruning mask on a layer,
     the merged change is masked too (``keep_sparsity``), so a pruned model stays sparse."""
     names = list(state_of(model).active if adapters is None else adapters)
-    if not names or not any(n in layer.deltas for _, layer in layers(model) for n in names):
+    carriers = [(n, host) for n, host in hosts(model) if any(host.folds(a) for a in names)]  # wrappers, LN tuning's norms
+    if not carriers:
         warnings.warn("merge: nothing to merge: the model has no active adapter that changes weights "
                       "(prompt/prefix adapters are inputs, not weights)", stacklevel=2)
         return model
-    for layer_name, layer in layers(model):
-        todo = [n for n in names if n in layer.deltas]
-        already = [n for n in todo if n in layer.merged]
+    for host_name, host in carriers:
+        already = [n for n in names if host.folds(n) and n in host.merged]
         if already:
-            raise ValueError(f"adapter {already[0]!r} is already merged (at {layer_name}); unmerge first")
+            raise ValueError(f"adapter {already[0]!r} is already merged (at {host_name}); unmerge first")
     dropped = 0.0
-    for _, layer in layers(model):
-        todo = [n for n in names if n in layer.deltas]
-        if todo:
-            dropped = max(dropped, layer.merge(todo, keep_sparsity=keep_sparsity))
+    for _, host in carriers:
+        dropped = max(dropped, host.merge([n for n in names if host.folds(n)], keep_sparsity=keep_sparsity))
     _warn_if_outputs_change(dropped)
     return model
 
@@ -49,11 +47,11 @@ def _warn_if_outputs_change(dropped: float) -> None:
 
 
 def unmerge(model: nn.Module) -> nn.Module:
-    merged = [layer for _, layer in layers(model) if layer.merged]
+    merged = [host for _, host in hosts(model) if host.merged]
     if not merged:
         raise ValueError("no adapter is merged into this model")
-    for layer in merged:
-        layer.unmerge()
+    for host in merged:
+        host.unmerge()
     return model
 
 
@@ -74,6 +72,8 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
         replace_module(model, name, layer.restore_base())
     for name, module in list(model.named_modules()):
         if isinstance(module, ModuleCopies):
+            if module.merged and not merge_adapters:  # LN tuning's norms hold the trained values: put the base back
+                module.unmerge()
             keep = module.copies[module.active[0]] if (merge_adapters and module.active) else module.original
             replace_module(model, name, keep)
     for name, host in list(hosts(model)):  # the rest (input deltas) cannot fold into weights: removed

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_config, applied
-from ..state import hosts, layers
+from ..state import hosts
 from .atomic import atomic_directory, write_json, write_safetensors
 from .fingerprint import change_fingerprint, check_changes, check_fingerprint, fingerprint
 from .gather import write_once
@@ -76,7 +76,8 @@ def adapter_tensors(model: nn.Module, config, name: str) -> dict[str, torch.Tens
 
 
 def _layers_with(model: nn.Module, name: str) -> dict[str, nn.Module]:
-    return {n: layer for n, layer in layers(model) if name in layer.deltas}
+    """The target layers carrying adapter ``name`` (wrappers, or a method's own host such as LN tuning's)."""
+    return {n: host for n, host in hosts(model) if host.is_target and name in host.adapter_names()}
 
 
 def read_config(path: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from ...core.method import WeightDeltaMethod, register
 from .delta import LoraConfig, LoraDelta, MaskedLoraDelta, make_lora
+from .loraplus import loraplus_groups, loraplus_optimizer, trains_lora_factors
 
 
 @register
@@ -17,4 +18,4 @@ class Lora(WeightDeltaMethod):
         return not peft_config.get("use_dora", False)  # peft stores DoRA as LoRA with use_dora
 
 
-__all__ = ["LoraConfig", "LoraDelta", "MaskedLoraDelta", "make_lora"]
+__all__ = ["LoraConfig", "LoraDelta", "MaskedLoraDelta", "loraplus_groups", "loraplus_optimizer", "make_lora", "trains_lora_factors"]
