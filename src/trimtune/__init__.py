@@ -43,6 +43,7 @@ from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
 from .methods.dora import DoraConfig as DoraConfig
 from .methods.ia3 import IA3Config as IA3Config
+from .methods.loha import LoHaConfig as LoHaConfig
 from .methods.lora import LoraConfig as LoraConfig
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig

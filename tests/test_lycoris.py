@@ -1,0 +1,190 @@
+"""LoHa and LoKr against peft's ``LoHaConfig`` / ``LoKrConfig``: factor shapes, logits, dropout, training,
+merging, files both ways (atol 1e-5), on a tiny Llama (Linear) and a tiny CNN (3×3 and 1×1 Conv2d)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import peft
+import pytest
+import torch
+from torch import nn
+
+import trimtune as tt
+from trimtune.core.state import layers
+
+from _peft_parity import assert_parity, copy_from_peft
+from _training_helpers import adamw_losses
+
+METHODS = {"loha": (tt.LoHaConfig, peft.LoHaConfig)}
+LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
+CNN_TARGETS = ["0", "2", "4"]  # 3×3, 1×1, 3×3 (stride 2)
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 1), nn.ReLU(), nn.Conv2d(12, 16, 3, stride=2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 5),
+    ).eval()
+
+
+IMAGES = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+
+
+def _pair(method, model, targets, **kwargs):
+    """peft's adapter and ours on copies of ``model``, ours holding peft's (randomised) tensors."""
+    ours_cls, peft_cls = METHODS[method]
+    theirs = peft.get_peft_model(copy.deepcopy(model), peft_cls(target_modules=targets, **kwargs))
+    ours = tt.apply(copy.deepcopy(model), ours_cls(targets=targets, **kwargs))
+    copy_from_peft(theirs, ours)  # asserts every tensor has peft's shape
+    return ours, theirs
+
+
+def _case(name, request):
+    """(model, targets, run): run(model) gives its output on fixed inputs."""
+    if name == "llama":
+        ids = request.getfixturevalue("token_ids")
+        return request.getfixturevalue("tiny_llama"), LLAMA_TARGETS, lambda m: m(input_ids=ids).logits
+    return tiny_cnn(), CNN_TARGETS, lambda m: m(IMAGES)
+
+
+CASES = [("llama", {}), ("cnn", {}), ("cnn", {"use_effective_conv2d": True})]
+CASE_IDS = ["llama", "cnn", "cnn-effective"]
+
+
+def _out(run, model):
+    with torch.no_grad():
+        return run(model)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"r": 0}, "r must be an integer >= 1, got 0"),
+    ({"alpha": 0}, "alpha must be a positive number, got 0"),
+    ({"rank_dropout": 1.0}, r"rank_dropout must be a number in \[0, 1\), got 1.0"),
+    ({"module_dropout": -0.1}, r"module_dropout must be a number in \[0, 1\), got -0.1"),
+    ({"use_effective_conv2d": "yes"}, "use_effective_conv2d must be True or False, got 'yes'"),
+    ({"init": "gaussian"}, "init must be one of 'default', 'random'.*, got 'gaussian'"),
+    ({"rank_pattern": {"q_proj": 0}}, r"rank_pattern\['q_proj'\] must be an integer >= 1, got 0"),
+])
+def test_bad_config_values_are_named(method, kwargs, message):
+    with pytest.raises(tt.ConfigError, match=message):
+        METHODS[method][0](**kwargs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unsupported_layers_are_refused_and_the_model_is_unchanged(method, tiny_llama):
+    keys = list(tiny_llama.state_dict())
+    name = {"loha": "LoHa", "lokr": "LoKr"}[method]
+    with pytest.raises(ValueError, match=rf"{name} supports Linear and Conv2d layers; model.embed_tokens is Embedding"):
+        tt.apply(tiny_llama, METHODS[method][0](targets=["q_proj", "embed_tokens"]))  # q_proj wrapped first
+    assert list(tiny_llama.state_dict()) == keys and not list(layers(tiny_llama))
+    conv1d = nn.Sequential(nn.Conv1d(4, 4, 3))
+    with pytest.raises(ValueError, match=rf"{name} supports Linear and Conv2d layers; 0 is Conv1d"):
+        tt.apply(conv1d, METHODS[method][0](targets=["0"]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("case", "kwargs"), CASES, ids=CASE_IDS)
+def test_starts_unchanged_then_gives_peft_logits(method, case, kwargs, request):
+    model, targets, run = _case(case, request)
+    base = _out(run, model)
+    ours = tt.apply(copy.deepcopy(model), METHODS[method][0](r=2, alpha=4, targets=targets, **kwargs))
+    torch.testing.assert_close(_out(run, ours), base, atol=0, rtol=0)  # one factor starts at zero
+    ours, theirs = _pair(method, model, targets, r=2, alpha=4, **kwargs)
+    assert_parity(_out(run, ours), _out(run, theirs), base)
+
+
+# peft 0.21.2's LoHa Tucker backward (HadaWeightCP) gives wrong gradients for hada_w1_a / hada_w2_a (it
+# fails torch.autograd.gradcheck), so LoHa with use_effective_conv2d trains differently there from the first
+# update on, while trimtune's Tucker form is plain autograd.
+TRAINING = [(m, case, kwargs) for m in METHODS for case, kwargs in CASES if not (m == "loha" and kwargs)]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize(("method", "case", "kwargs"), TRAINING, ids=[f"{m}-{c}{'-effective' * bool(k)}" for m, c, k in TRAINING])
+def test_training_losses_match_peft(method, dropout, case, kwargs, request):
+    """AdamW steps from the same seed: the same losses, rank and module dropout included."""
+    model, targets, _ = _case(case, request)
+    ours, theirs = _pair(method, model, targets, r=2, alpha=4, rank_dropout=dropout, module_dropout=dropout, **kwargs)
+    if case == "llama":
+        torch.manual_seed(5)
+        batches = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 100, (4, 2, 8))]
+    else:
+        batches = [{"x": IMAGES, "labels": torch.tensor([0, 3, 1])}] * 4
+        ours, theirs = _WithLoss(ours), _WithLoss(theirs)
+    losses = [adamw_losses(m, batches, lr=1e-2, seed=7) for m in (ours, theirs)]
+    assert losses[0][0] != losses[0][-1]  # it trains
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=0)
+    if dropout:  # the dropout draws changed the run: the match is not that of two undropped runs
+        undropped = adamw_losses(_pair(method, model, targets, r=2, alpha=4, **kwargs)[0] if case == "llama"
+                                 else _WithLoss(_pair(method, model, targets, r=2, alpha=4, **kwargs)[0]), batches, seed=7)
+        assert undropped != losses[0]
+
+
+def test_loha_gradients_are_exact():
+    """The Hadamard product's own backward (it rebuilds the products) against finite differences; the
+    Tucker form is plain autograd."""
+    from trimtune.methods.loha.delta import HadamardOfProducts
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(5, 2), (2, 3), (5, 2), (2, 3)]
+    factors = tuple(torch.randn(s, dtype=torch.float64, generator=generator, requires_grad=True) for s in shapes)
+    assert torch.autograd.gradcheck(lambda *f: HadamardOfProducts.apply(*f, 0.5), factors)
+
+
+class _WithLoss(nn.Module):
+    """A classifier returning ``.loss`` like a transformers model, for ``adamw_losses``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, labels):
+        return type("Output", (), {"loss": nn.functional.cross_entropy(self.model(x), labels)})
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("case", "kwargs"), CASES, ids=CASE_IDS)
+def test_merge_gives_peft_merged_weights_and_unmerge_restores(method, case, kwargs, request):
+    model, targets, run = _case(case, request)
+    ours, theirs = _pair(method, model, targets, r=2, alpha=4, **kwargs)
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    live = _out(run, ours)
+    tt.merge(ours)
+    assert_parity(_out(run, ours), live, _out(run, model))
+    ours_state = ours.state_dict()
+    for key, weight in theirs.merge_and_unload().state_dict().items():
+        torch.testing.assert_close(ours_state[key], weight, atol=1e-6, rtol=0)
+    tt.unmerge(ours)
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(param, before[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("case", "kwargs"), CASES, ids=CASE_IDS)
+def test_files_both_ways_with_peft(method, case, kwargs, request, tmp_path):
+    model, targets, run = _case(case, request)
+    ours, theirs = _pair(method, model, targets, r=2, alpha=4, **kwargs)
+    live, base = _out(run, ours), _out(run, model)
+    tt.save_adapter(ours, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["peft_type"] == method.upper()
+    assert_parity(_out(run, peft.PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "ours").eval()), live, base)
+    theirs.save_pretrained(tmp_path / "theirs")
+    fresh = copy.deepcopy(model)
+    config = tt.load_adapter(fresh, tmp_path / "theirs")
+    assert type(config) is METHODS[method][0] and (config.r, config.alpha) == (2, 4)
+    assert config.use_effective_conv2d is bool(kwargs)
+    assert_parity(_out(run, fresh), live, base)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_method_type_builds_the_config(method):
+    from trimtune.recipes.load import validate
+
+    recipe = validate({"model": {"path": "minilm"}, "data": {"train": "demo"},
+                       "method": {"type": method, "r": 4, "alpha": 8, "targets": "query|value", "module_dropout": 0.1}})
+    config = recipe.method.build()
+    assert type(config) is METHODS[method][0] and config.r == 4 and config.module_dropout == 0.1
