@@ -17,7 +17,7 @@ from trimtune.core.state import layers
 from _peft_parity import assert_parity, copy_from_peft
 from _training_helpers import adamw_losses
 
-METHODS = {"loha": (tt.LoHaConfig, peft.LoHaConfig)}
+METHODS = {"loha": (tt.LoHaConfig, peft.LoHaConfig), "lokr": (tt.LoKrConfig, peft.LoKrConfig)}
 LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
 CNN_TARGETS = ["0", "2", "4"]  # 3×3, 1×1, 3×3 (stride 2)
 
@@ -36,7 +36,10 @@ IMAGES = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(0))
 def _pair(method, model, targets, **kwargs):
     """peft's adapter and ours on copies of ``model``, ours holding peft's (randomised) tensors."""
     ours_cls, peft_cls = METHODS[method]
-    theirs = peft.get_peft_model(copy.deepcopy(model), peft_cls(target_modules=targets, **kwargs))
+    peft_kwargs = {k: v for k, v in kwargs.items() if k != "init"}
+    if "init" in kwargs:
+        peft_kwargs["init_weights"] = {"default": True, "random": False, "lycoris": "lycoris"}[kwargs["init"]]
+    theirs = peft.get_peft_model(copy.deepcopy(model), peft_cls(target_modules=targets, **peft_kwargs))
     ours = tt.apply(copy.deepcopy(model), ours_cls(targets=targets, **kwargs))
     copy_from_peft(theirs, ours)  # asserts every tensor has peft's shape
     return ours, theirs
@@ -66,7 +69,7 @@ def _out(run, model):
     ({"rank_dropout": 1.0}, r"rank_dropout must be a number in \[0, 1\), got 1.0"),
     ({"module_dropout": -0.1}, r"module_dropout must be a number in \[0, 1\), got -0.1"),
     ({"use_effective_conv2d": "yes"}, "use_effective_conv2d must be True or False, got 'yes'"),
-    ({"init": "gaussian"}, "init must be one of 'default', 'random'.*, got 'gaussian'"),
+    ({"init": "gaussian"}, "init must be one of 'default', .*'random', got 'gaussian'"),
     ({"rank_pattern": {"q_proj": 0}}, r"rank_pattern\['q_proj'\] must be an integer >= 1, got 0"),
 ])
 def test_bad_config_values_are_named(method, kwargs, message):
@@ -107,8 +110,15 @@ TRAINING = [(m, case, kwargs) for m in METHODS for case, kwargs in CASES if not 
 @pytest.mark.parametrize(("method", "case", "kwargs"), TRAINING, ids=[f"{m}-{c}{'-effective' * bool(k)}" for m, c, k in TRAINING])
 def test_training_losses_match_peft(method, dropout, case, kwargs, request):
     """AdamW steps from the same seed: the same losses, rank and module dropout included."""
+    losses = _train_both(method, case, request, r=2, rank_dropout=dropout, module_dropout=dropout, **kwargs)
+    if dropout:  # the dropout draws changed the run: the match is not that of two undropped runs
+        assert _train_both(method, case, request, r=2, **kwargs)[0] != losses[0]
+
+
+def _train_both(method, case, request, **kwargs) -> list[list[float]]:
+    """Ours and peft's losses over four AdamW steps from the same seed; asserts they match."""
     model, targets, _ = _case(case, request)
-    ours, theirs = _pair(method, model, targets, r=2, alpha=4, rank_dropout=dropout, module_dropout=dropout, **kwargs)
+    ours, theirs = _pair(method, model, targets, alpha=4, **kwargs)
     if case == "llama":
         torch.manual_seed(5)
         batches = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 100, (4, 2, 8))]
@@ -118,10 +128,7 @@ def test_training_losses_match_peft(method, dropout, case, kwargs, request):
     losses = [adamw_losses(m, batches, lr=1e-2, seed=7) for m in (ours, theirs)]
     assert losses[0][0] != losses[0][-1]  # it trains
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=0)
-    if dropout:  # the dropout draws changed the run: the match is not that of two undropped runs
-        undropped = adamw_losses(_pair(method, model, targets, r=2, alpha=4, **kwargs)[0] if case == "llama"
-                                 else _WithLoss(_pair(method, model, targets, r=2, alpha=4, **kwargs)[0]), batches, seed=7)
-        assert undropped != losses[0]
+    return losses
 
 
 def test_loha_gradients_are_exact():
@@ -188,3 +195,71 @@ def test_recipe_method_type_builds_the_config(method):
                        "method": {"type": method, "r": 4, "alpha": 8, "targets": "query|value", "module_dropout": 0.1}})
     config = recipe.method.build()
     assert type(config) is METHODS[method][0] and config.r == 4 and config.module_dropout == 0.1
+
+
+# ---- LoKr's layouts: which factor is full, which low-rank, which a Tucker product ----
+LOKR_LAYOUTS = [  # (case, kwargs, the factors the first target holds)
+    ("llama", dict(r=1, decompose_both=True, decompose_factor=4), {"lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b"}),
+    ("llama", dict(r=8, init="lycoris"), {"lokr_w1", "lokr_w2"}),  # r >= half of W2's side: full
+    ("cnn", dict(r=1, use_effective_conv2d=True), {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}),
+    ("cnn", dict(r=1), {"lokr_w1", "lokr_w2_a", "lokr_w2_b"}),
+]
+
+
+@pytest.mark.parametrize(("case", "kwargs", "held"), LOKR_LAYOUTS, ids=["both-low-rank", "full", "tucker", "flat-conv"])
+def test_lokr_layouts_match_peft_in_logits_files_and_merge(case, kwargs, held, request, tmp_path):
+    model, targets, run = _case(case, request)
+    base = _out(run, model)
+    torch.testing.assert_close(_out(run, tt.apply(copy.deepcopy(model), tt.LoKrConfig(targets=targets, **kwargs))), base,
+                               atol=0, rtol=0)  # W1 (or W2 for "lycoris") starts at zero
+    ours, theirs = _pair("lokr", model, targets, alpha=4, **kwargs)
+    assert {n for n, _ in next(layers(ours))[1].deltas["default"].named_parameters()} == held
+    live = _out(run, ours)
+    assert_parity(live, _out(run, theirs), base)
+    tt.save_adapter(ours, tmp_path / "ours")
+    assert_parity(_out(run, peft.PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "ours").eval()), live, base)
+    theirs.save_pretrained(tmp_path / "theirs")
+    fresh = copy.deepcopy(model)
+    config = tt.load_adapter(fresh, tmp_path / "theirs")
+    assert {k: getattr(config, k) for k in kwargs} == kwargs
+    assert_parity(_out(run, fresh), live, base)
+    tt.merge(ours)
+    ours_state = ours.state_dict()
+    for key, weight in theirs.merge_and_unload().state_dict().items():
+        torch.testing.assert_close(ours_state[key], weight, atol=1e-6, rtol=0)
+
+
+def test_lokr_tucker_training_with_scaled_rank_dropout_matches_peft(request):
+    _train_both("lokr", "cnn", request, r=1, use_effective_conv2d=True, rank_dropout=0.3, rank_dropout_scale=True,
+                module_dropout=0.2)
+
+
+def test_lokr_splits_widths_as_peft_does():
+    from peft.tuners.lokr.layer import factorization
+
+    from trimtune.methods.lokr.layout import factor_pair
+
+    for width in range(1, 300):
+        assert factor_pair(width, -1) == factorization(width, -1), width
+        for factor in (d for d in (2, 3, 4, 8, 16) if width % d == 0):
+            assert factor_pair(width, factor) == factorization(width, factor), (width, factor)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"decompose_factor": 0}, "decompose_factor must be -1 .* or an integer >= 1 .*, got 0"),
+    ({"decompose_factor": 2.0}, "decompose_factor must be -1 .*, got 2.0"),
+    ({"decompose_both": 1}, "decompose_both must be True or False, got 1"),
+    ({"rank_dropout_scale": None}, "rank_dropout_scale must be True or False, got None"),
+])
+def test_lokr_bad_config_values_are_named(kwargs, message):
+    with pytest.raises(tt.ConfigError, match=message):
+        tt.LoKrConfig(**kwargs)
+
+
+def test_a_decompose_factor_that_does_not_divide_a_width_is_refused_and_the_model_is_unchanged(tiny_llama, token_ids):
+    base, keys = _out(lambda m: m(input_ids=token_ids).logits, tiny_llama), list(tiny_llama.state_dict())
+    with pytest.raises(tt.ConfigError, match=r"decompose_factor=3 does not divide the output width of "
+                                             r"model.layers.0.self_attn.q_proj \(32\); it must be -1 .* one of \[1, 2, 4, 8, 16, 32\]"):
+        tt.apply(tiny_llama, tt.LoKrConfig(decompose_factor=3))
+    assert list(tiny_llama.state_dict()) == keys and not list(layers(tiny_llama)) and tt.active_adapters(tiny_llama) == []
+    torch.testing.assert_close(_out(lambda m: m(input_ids=token_ids).logits, tiny_llama), base, atol=0, rtol=0)

@@ -44,6 +44,7 @@ from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty,
 from .methods.dora import DoraConfig as DoraConfig
 from .methods.ia3 import IA3Config as IA3Config
 from .methods.loha import LoHaConfig as LoHaConfig
+from .methods.lokr import LoKrConfig as LoKrConfig
 from .methods.lora import LoraConfig as LoraConfig
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
