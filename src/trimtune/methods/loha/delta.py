@@ -40,18 +40,19 @@ class LoHaConfig(LycorisConfig):
 class HadamardOfProducts(torch.autograd.Function):
     """s · (A1 B1) ⊙ (A2 B2), saving only the four factors for backward."""
 
+    # In place on the fresh products: two out × in buffers per call instead of four.
     @staticmethod
     def forward(ctx, a1, b1, a2, b2, scale: float):
         ctx.save_for_backward(a1, b1, a2, b2)
         ctx.scale = scale
-        return (a1 @ b1) * (a2 @ b2) * scale
+        return (a1 @ b1).mul_(a2 @ b2).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
         a1, b1, a2, b2 = ctx.saved_tensors
         grad = grad * ctx.scale
-        grad_first = grad * (a2 @ b2)  # the gradient reaching A1 B1: the other product is its factor
-        grad_second = grad * (a1 @ b1)
+        grad_first = (a2 @ b2).mul_(grad)  # the gradient reaching A1 B1: the other product is its factor
+        grad_second = (a1 @ b1).mul_(grad)
         return grad_first @ b1.T, a1.T @ grad_first, grad_second @ b2.T, a2.T @ grad_second, None
 
 

@@ -99,11 +99,11 @@ class LoKrDelta(LycorisDelta):
         return self.lokr_w2_a @ self.lokr_w2_b  # a kernel flattened to (out_k, in_n·kh·kw)
 
     def dense_change(self):
-        w1, w2 = self._w1(), self._w2()
+        w1, w2 = self._w1() * self.scale, self._w2()  # the scale on the small factor: no full-size pass for it
         if w2.dim() == 4:  # a kernel: W1's entries scale whole (kh, kw) blocks
             w1 = w1[:, :, None, None]
         # torch.kron of (out_l, in_m) and (out_k, in_n·k·k) lays the blocks out as (out, in, kh, kw) flattened
-        return (torch.kron(w1, w2) * self.scale).reshape(self.base_shape)
+        return torch.kron(w1, w2).reshape(self.base_shape)
 
     def rank_dropout_mask(self, rows, dtype):
         keep = (torch.rand(rows) > self.rank_dropout).float()  # peft draws LoKr's in float32
