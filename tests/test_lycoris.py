@@ -18,6 +18,7 @@ from _peft_parity import assert_parity, copy_from_peft
 from _training_helpers import adamw_losses
 
 METHODS = {"loha": (tt.LoHaConfig, peft.LoHaConfig), "lokr": (tt.LoKrConfig, peft.LoKrConfig)}
+NAMES = {"loha": "LoHa", "lokr": "LoKr"}
 LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
 CNN_TARGETS = ["0", "2", "4"]  # 3×3, 1×1, 3×3 (stride 2)
 
@@ -80,7 +81,7 @@ def test_bad_config_values_are_named(method, kwargs, message):
 @pytest.mark.parametrize("method", METHODS)
 def test_unsupported_layers_are_refused_and_the_model_is_unchanged(method, tiny_llama):
     keys = list(tiny_llama.state_dict())
-    name = {"loha": "LoHa", "lokr": "LoKr"}[method]
+    name = NAMES[method]
     with pytest.raises(ValueError, match=rf"{name} supports Linear and Conv2d layers; model.embed_tokens is Embedding"):
         tt.apply(tiny_llama, METHODS[method][0](targets=["q_proj", "embed_tokens"]))  # q_proj wrapped first
     assert list(tiny_llama.state_dict()) == keys and not list(layers(tiny_llama))
@@ -263,3 +264,30 @@ def test_a_decompose_factor_that_does_not_divide_a_width_is_refused_and_the_mode
         tt.apply(tiny_llama, tt.LoKrConfig(decompose_factor=3))
     assert list(tiny_llama.state_dict()) == keys and not list(layers(tiny_llama)) and tt.active_adapters(tiny_llama) == []
     torch.testing.assert_close(_out(lambda m: m(input_ids=token_ids).logits, tiny_llama), base, atol=0, rtol=0)
+
+
+# ---- with trimtune's pruning: the mask covers the change; shrink refuses before cutting ----
+@pytest.mark.parametrize("method", METHODS)
+def test_on_a_pruned_layer_the_change_keeps_the_zeros_and_merges_exactly(method, tiny_llama, token_ids):
+    run = lambda m: m(input_ids=token_ids).logits  # noqa: E731
+    tt.apply(tiny_llama, METHODS[method][0](r=2, targets=["q_proj"], init="random"))
+    _, layer = next(layers(tiny_llama))
+    mask = torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    layer.set_mask(mask)
+    live, base = _out(run, tiny_llama), layer.weight.detach().clone()
+    assert (layer.deltas["default"].delta_weight() * ~mask).abs().max() > 0  # the change reaches pruned entries
+    tt.merge(tiny_llama)  # keep_sparsity: W + ΔW ⊙ M under the mask, what the forward computed
+    assert torch.equal(layer.weight[~mask], base[~mask]) and not torch.equal(layer.weight[mask], base[mask])
+    torch.testing.assert_close(_out(run, tiny_llama), live, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shrink_refuses_the_layers_before_cutting_anything(method, tiny_llama):
+    from trimtune.shrinking import shrink
+
+    tt.apply(tiny_llama, METHODS[method][0](r=2, targets="all-linear"))
+    before = {n: p.shape for n, p in tiny_llama.named_parameters()}
+    with pytest.raises(ValueError, match=rf"carries adapter 'default' \({NAMES[method]}Delta\), "
+                                         "which cannot be sliced"):
+        shrink(tiny_llama, 0.5, example_inputs={"input_ids": torch.randint(3, 100, (2, 10))})
+    assert {n: p.shape for n, p in tiny_llama.named_parameters()} == before
