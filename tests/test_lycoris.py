@@ -291,3 +291,19 @@ def test_shrink_refuses_the_layers_before_cutting_anything(method, tiny_llama):
                                          "which cannot be sliced"):
         shrink(tiny_llama, 0.5, example_inputs={"input_ids": torch.randint(3, 100, (2, 10))})
     assert {n: p.shape for n, p in tiny_llama.named_parameters()} == before
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_and_alpha_patterns_match_peft_and_go_through_files(method, request, tmp_path):
+    model, targets, run = _case("llama", request)
+    patterns = {"rank_pattern": {"v_proj": 4}, "alpha_pattern": {"layers.1.self_attn.q_proj": 1}}
+    ours, theirs = _pair(method, model, targets, r=2, alpha=4, **patterns)  # shapes checked as they are copied
+    live = _out(run, ours)
+    assert_parity(live, _out(run, theirs), _out(run, model))
+    scales = {n.split("layers.")[1]: layer.deltas["default"].scale for n, layer in layers(ours)}
+    assert scales["0.self_attn.v_proj"] == 1.0 and scales["1.self_attn.q_proj"] == 0.5 and scales["0.mlp.down_proj"] == 2.0
+    theirs.save_pretrained(tmp_path)
+    fresh = copy.deepcopy(model)
+    config = tt.load_adapter(fresh, tmp_path)
+    assert (config.rank_pattern, config.alpha_pattern) == (patterns["rank_pattern"], patterns["alpha_pattern"])
+    assert_parity(_out(run, fresh), live, _out(run, model))
