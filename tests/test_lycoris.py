@@ -281,14 +281,27 @@ def test_on_a_pruned_layer_the_change_keeps_the_zeros_and_merges_exactly(method,
     torch.testing.assert_close(_out(run, tiny_llama), live, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_shrink_refuses_the_layers_before_cutting_anything(method, tiny_llama):
+@pytest.mark.parametrize(("case", "kwargs"), CASES, ids=CASE_IDS)
+def test_loha_slices_exactly_for_structured_pruning(case, kwargs, request):
+    """Keeping some output or input units of a layer keeps exactly those rows / columns of its change."""
+    model, targets, _ = _case(case, request)
+    tt.apply(model, tt.LoHaConfig(r=2, targets=targets, init="random", **kwargs))
+    for _, layer in layers(model):
+        delta = layer.deltas["default"]
+        out_keep, in_keep = torch.arange(0, delta.base_shape[0], 2), torch.tensor([0, 2, 3])
+        expected = delta.delta_weight()[out_keep][:, in_keep]
+        delta.slice_("out", out_keep)
+        delta.slice_("in", in_keep)
+        assert delta.base_shape == tuple(expected.shape)
+        torch.testing.assert_close(delta.delta_weight(), expected, atol=1e-6, rtol=0)
+
+
+def test_shrink_refuses_lokr_layers_before_cutting_anything(tiny_llama):
     from trimtune.shrinking import shrink
 
-    tt.apply(tiny_llama, METHODS[method][0](r=2, targets="all-linear"))
+    tt.apply(tiny_llama, tt.LoKrConfig(r=2, targets="all-linear"))
     before = {n: p.shape for n, p in tiny_llama.named_parameters()}
-    with pytest.raises(ValueError, match=rf"carries adapter 'default' \({NAMES[method]}Delta\), "
-                                         "which cannot be sliced"):
+    with pytest.raises(ValueError, match=r"carries adapter 'default' \(LoKrDelta\), which cannot be sliced"):
         shrink(tiny_llama, 0.5, example_inputs={"input_ids": torch.randint(3, 100, (2, 10))})
     assert {n: p.shape for n, p in tiny_llama.named_parameters()} == before
 

@@ -15,11 +15,13 @@ factors, not two more out × in matrices per layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from ...core.delta import sliced
 from .lycoris import LycorisConfig, LycorisDelta, check_target, kaiming, tucker_weight, uses_tucker, zeros
 
 
@@ -85,6 +87,27 @@ class LoHaDelta(LycorisDelta):
     def rank_dropout_mask(self, rows, dtype):
         keep = super().rank_dropout_mask(rows, dtype)
         return keep / keep.mean()  # LoHa always rescales by the kept share (peft and the LyCORIS repository)
+
+    # ---- structured pruning: row i of ΔW reads only row i of the "a" factors and column j only column j
+    # of the "b" factors (in the Hadamard and the Tucker form alike), so slicing them is exact ----
+    def slice_(self, dim, keep):
+        if dim == "out":
+            axis = 1 if self.tucker else 0  # Tucker factors are (r, out)
+            for name in ("hada_w1_a", "hada_w2_a"):
+                setattr(self, name, sliced(getattr(self, name), axis, keep))
+            self.base_shape = (len(keep), *self.base_shape[1:])
+        elif dim == "in":
+            columns = keep if self.tucker else self._flat_columns(keep)
+            for name in ("hada_w1_b", "hada_w2_b"):
+                setattr(self, name, sliced(getattr(self, name), 1, columns))
+            self.base_shape = (self.base_shape[0], len(keep), *self.base_shape[2:])
+        else:
+            raise ValueError(f"dim must be 'out' or 'in', got {dim!r}")
+
+    def _flat_columns(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The flattened (in · kh · kw) columns of input units ``inputs``: each keeps its kernel block."""
+        block = math.prod(self.base_shape[2:])
+        return (inputs[:, None] * block + torch.arange(block, device=inputs.device)).flatten()
 
 
 def make_loha(layer, config: LoHaConfig) -> LoHaDelta:
