@@ -13,6 +13,8 @@ METHODS = {
     "bottleneck": lambda: tt.BottleneckConfig(reduction_factor=4),
     "adalora": lambda: tt.AdaLoraConfig(init_r=4, target_r=2, total_step=10),
     "qlora": lambda: tt.QLoraConfig(r=4, init="gaussian"),
+    "loha": lambda: tt.LoHaConfig(r=4, init="random"),  # their change joins the weight before the op
+    "lokr": lambda: tt.LoKrConfig(r=4, init="random"),
 }
 
 

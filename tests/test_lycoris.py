@@ -320,3 +320,20 @@ def test_rank_and_alpha_patterns_match_peft_and_go_through_files(method, request
     config = tt.load_adapter(fresh, tmp_path)
     assert (config.rank_pattern, config.alpha_pattern) == (patterns["rank_pattern"], patterns["alpha_pattern"])
     assert_parity(_out(run, fresh), live, _out(run, model))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dropout_draws_again_the_same_under_activation_checkpointing(method, tiny_llama, token_ids):
+    """The recomputed forward draws the module and rank dropout it drew the first time (same gradients)."""
+    tt.apply(tiny_llama, METHODS[method][0](r=2, init="random", rank_dropout=0.5, module_dropout=0.3))
+    checkpointed = copy.deepcopy(tiny_llama)
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    grads = []
+    for model in (tiny_llama, checkpointed, tiny_llama):
+        torch.manual_seed(0 if len(grads) < 2 else 1)  # (seed 3 would skip all four layers: no gradient at all)
+        model.train()(input_ids=token_ids, labels=token_ids).loss.backward()
+        grads.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten()  # a skipped layer has none
+                                for p in model.parameters() if p.requires_grad]))
+        model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(grads[2], grads[0])  # another seed, other draws: the dropout is live
