@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from ...core.delta import sliced
-from .lycoris import LycorisConfig, LycorisDelta, check_target, kaiming, tucker_weight, uses_tucker, zeros
+from .lycoris import LycorisConfig, LycorisDelta, check_target, kaiming, rescaled, tucker_weight, uses_tucker, zeros
 
 
 @dataclass
@@ -64,7 +64,7 @@ class LoHaDelta(LycorisDelta):
         weight, r = layer.weight, config.r
         out_features, in_features = self.base_shape[:2]
         self.tucker = uses_tucker(layer, config)
-        # "default": one zero factor, so ΔW = 0 and every factor still gets a gradient
+        # "default": W2b zero, so ΔW = 0 (as peft; the first step moves W2b, the others follow from there)
         last = zeros if config.init == "default" else kaiming
         if self.tucker:  # factors (r, out) / (r, in) around a core per product
             kernel = self.base_shape[2:]
@@ -85,8 +85,7 @@ class LoHaDelta(LycorisDelta):
         return change.reshape(self.base_shape)
 
     def rank_dropout_mask(self, rows, dtype):
-        keep = super().rank_dropout_mask(rows, dtype)
-        return keep / keep.mean()  # LoHa always rescales by the kept share (peft and the LyCORIS repository)
+        return rescaled(super().rank_dropout_mask(rows, dtype))  # LoHa always does (peft, the LyCORIS repository)
 
     # ---- structured pruning: row i of ΔW reads only row i of the "a" factors and column j only column j
     # of the "b" factors (in the Hadamard and the Tucker form alike), so slicing them is exact ----

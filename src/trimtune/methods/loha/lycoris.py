@@ -165,6 +165,11 @@ def zeros(shape: tuple[int, ...], like: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(torch.zeros(shape, device=like.device, dtype=like.dtype))
 
 
+def rescaled(keep: torch.Tensor) -> torch.Tensor:
+    """A rank-dropout mask divided by the share it keeps (all rows dropped: zeros, where peft gives NaN)."""
+    return keep / keep.mean().clamp_min(1 / keep.numel())
+
+
 class LycorisDelta(Delta):
     """A dense change ``ΔW`` (``dense_change``, given by the method) added to the weight before the op,
     with module and rank dropout while training."""

@@ -20,7 +20,8 @@ from typing import ClassVar
 import torch
 
 from ...core.config import ConfigError
-from ..loha.lycoris import LycorisConfig, LycorisDelta, check_bool, check_target, kaiming, tucker_weight, uses_tucker, zeros
+from ..loha.lycoris import (LycorisConfig, LycorisDelta, check_bool, check_target, kaiming, rescaled, tucker_weight,
+                            uses_tucker, zeros)
 from .layout import KronLayout
 
 
@@ -107,7 +108,7 @@ class LoKrDelta(LycorisDelta):
 
     def rank_dropout_mask(self, rows, dtype):
         keep = (torch.rand(rows) > self.rank_dropout).float()  # peft draws LoKr's in float32
-        return (keep / keep.mean() if self.rank_dropout_scale else keep).to(dtype)
+        return (rescaled(keep) if self.rank_dropout_scale else keep).to(dtype)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, w1={self.layout.w1}, w2={self.layout.w2}"
