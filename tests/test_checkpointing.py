@@ -15,6 +15,8 @@ METHODS = {
     "qlora": lambda: tt.QLoraConfig(r=4, init="gaussian"),
     "ln_tuning": tt.LNTuningConfig,
     "trainable_tokens": lambda: tt.TrainableTokensConfig(token_indices=list(range(3, 100))),  # every token of the batch
+    "loha": lambda: tt.LoHaConfig(r=4, init="random"),  # their change joins the weight before the op
+    "lokr": lambda: tt.LoKrConfig(r=4, init="random"),
 }
 
 

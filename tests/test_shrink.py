@@ -74,13 +74,15 @@ def _lora_random(model, **kwargs):
             nn.init.normal_(delta.lora_B, std=0.3)
 
 
-@pytest.mark.parametrize("with_lora", [False, True])
-def test_cnn_shrink_equals_mask_form(with_lora):
+@pytest.mark.parametrize("adapter", [None, "lora", "loha"])
+def test_cnn_shrink_equals_mask_form(adapter):
     torch.manual_seed(0)
     model = ResidualNet().eval()
     _randomise_bn(model)
-    if with_lora:
+    if adapter == "lora":
         _lora_random(model, targets=["block1", "branch_a", "fuse", "fc"])
+    elif adapter == "loha":  # a Tucker kernel on 3x3 convolutions, flattened factors on the linear layer
+        tt.apply(model, tt.LoHaConfig(r=2, init="random", use_effective_conv2d=True, targets=["block1", "branch_a", "fuse", "fc"]))
     x = torch.randn(2, 3, 8, 8)
     original = copy.deepcopy(model)
     report = shrink(model, 0.5, example_inputs=(x,))

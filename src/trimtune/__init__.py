@@ -44,6 +44,8 @@ from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty,
 from .methods.dora import DoraConfig as DoraConfig
 from .methods.ia3 import IA3Config as IA3Config
 from .methods.ln_tuning import LNTuningConfig as LNTuningConfig
+from .methods.loha import LoHaConfig as LoHaConfig
+from .methods.lokr import LoKrConfig as LoKrConfig
 from .methods.lora import LoraConfig as LoraConfig
 from .methods.lora import loraplus_optimizer, trains_lora_factors
 from .methods.p_tuning import PTuningConfig as PTuningConfig
