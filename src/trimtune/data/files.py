@@ -43,9 +43,14 @@ def read_records(path: str | Path, format: str = "auto", columns: tuple[str, ...
     for number, record in enumerate(records, 1):  # every record, not only the first (a JSONL line may lack a key)
         gaps = [c for c in columns if record.get(c) is None]
         if gaps:
-            where = f"line {line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
-            raise ValueError(f"data file {path}, {where}: no {gaps} (every record needs {list(columns)})")
+            raise ValueError(f"data file {path}, {record_location(path, format, number)}: no {gaps} (every record needs {list(columns)})")
     return records
+
+
+def record_location(path: Path, format: str, number: int) -> str:
+    """Where record ``number`` (1-based) is, for an error: its file line (CSV, JSONL), else its number."""
+    format = infer_format(path) if format == "auto" else format
+    return f"line {line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
 
 
 def line_of(path: Path, format: str, number: int) -> int:
