@@ -109,6 +109,8 @@ def test_length_and_pad_token_refusals(tokenizer):
     records = [{"prompt": "Review: the soup was cold and late.", "completion": " the food, negative"}]
     with pytest.raises(ValueError, match=r"every one of the 1 examples is longer than data.max_length \(4 tokens"):
         tokenize_records(records, tokenizer, max_length=4)
+    (cut,), report = tokenize_records([{"text": "plain text is only shortened"}], tokenizer, max_length=4)
+    assert len(cut.input_ids) == 4 and report.truncated == 1
     with pytest.raises(ValueError, match=r"data.pad_token '<\|im_end\|>' \(id 2\) is also a token that carries loss.*such as '<\|endoftext\|>'"):
         sft_dataset(records, tokenizer, SftOptions(max_length=64, pad_token="<|im_end|>"))
     with pytest.raises(ValueError, match="not a token of the tokenizer's vocabulary"):

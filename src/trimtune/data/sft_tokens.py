@@ -9,7 +9,8 @@
 
 With ``completion_only_loss`` off every token carries loss. Labels are -100 where there is none.
 Examples longer than ``max_length`` keep their start; they are counted, and one left without any
-loss token is counted as dropped; both are reported, never silent.
+loss token is counted as dropped; both are reported, never silent. Instruction data (not plain text)
+whose every example is too long is refused.
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int, completion
         report.loss_tokens += sum(label != IGNORE for label in example.labels[1:])  # the first token is never predicted
         examples.append(example)
     report.kept = len(examples)
-    _check_lengths(report)
+    _check_lengths(report, plain_text=all("text" in r for r in records))
     return examples, report
 
 
-def _check_lengths(report: TokenReport) -> None:
-    if report.truncated == report.examples:
+def _check_lengths(report: TokenReport, plain_text: bool) -> None:
+    """Plain text is learned in full, so cutting it to ``max_length`` only shortens it (reported); an
+    instruction cut in every example says ``max_length`` is wrong for the data."""
+    if report.truncated == report.examples and not plain_text:
         raise ValueError(f"every one of the {report.examples} examples is longer than data.max_length ({report.max_length} tokens; "
                          f"the longest has {report.longest}): raise data.max_length")
     if not report.kept:
