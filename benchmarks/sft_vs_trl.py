@@ -59,6 +59,7 @@ class Setting:
     alpha: int = 16
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     pad_token: str | None = None  # SmolLM2's pad is its EOS, which carries loss: pad with another token
+    assistant_only_loss: bool = False  # chats: TRL learns every token unless asked; trimtune learns the assistant's by default
 
 
 def review_records(n: int | None = None) -> list[dict]:
@@ -91,7 +92,8 @@ def trl_trainer(model, tokenizer, records: list[dict], s: Setting, out_dir: str)
     config = SFTConfig(output_dir=out_dir, max_steps=s.steps, per_device_train_batch_size=s.batch, learning_rate=s.lr,
                        max_length=s.max_length, packing=s.packing, pad_token=s.pad_token, logging_steps=1, report_to="none",
                        save_strategy="no", bf16=False, use_cpu=True, gradient_checkpointing=False, disable_tqdm=True,
-                       train_sampling_strategy="sequential", weight_decay=0.0, max_grad_norm=1.0, seed=0)
+                       train_sampling_strategy="sequential", weight_decay=0.0, max_grad_norm=1.0, seed=0,
+                       assistant_only_loss=s.assistant_only_loss)
     lora = peft.LoraConfig(r=s.r, lora_alpha=s.alpha, target_modules=list(s.targets), lora_dropout=0.0)
     recorder = Recorder()
     trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer,
@@ -135,7 +137,9 @@ def copy_factors(peft_model, ours, seed: int = 0) -> int:
 
 def trimtune_training(model, tokenizer, records: list[dict], s: Setting):
     """(loader, the zero-argument run returning (losses, step end times)) for a model with LoRA applied."""
-    options = SftOptions(max_length=s.max_length, packing=s.packing, pad_token=s.pad_token)
+    chats = any("messages" in r for r in records)
+    options = SftOptions(max_length=s.max_length, packing=s.packing, pad_token=s.pad_token,
+                         completion_only_loss=s.assistant_only_loss or not chats)
     loader, report = sft_loader(records, tokenizer, options, batch_size=s.batch, shuffle=False, model=model)
 
     def run():

@@ -46,3 +46,23 @@ def test_per_step_losses_equal_trl(tokenizer, packing):
     if packing:  # the same windows, in the same order
         assert [row.input_ids for row in result["loader"].dataset] == result["trainer"].train_dataset["input_ids"]
         assert len(result["loader"].dataset) < 12
+
+
+MARKED = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+          "{{ m['content'] }}<|im_end|>\n{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_losses_equal_trl_assistant_only(tokenizer):
+    """Chats through a template that marks assistant text: TRL's assistant_only_loss, trimtune's default."""
+    chat_tokenizer = copy.deepcopy(tokenizer)
+    chat_tokenizer.chat_template = MARKED
+    records = [{"messages": [{"role": "user", "content": r["prompt"].split("\n")[0]}, {"role": "assistant", "content": r["completion"].strip()}]}
+               for r in sft_vs_trl.review_records(6)]
+    setting = sft_vs_trl.Setting(steps=3, batch=2, max_length=160, lr=5e-2, r=4, alpha=8, targets=("q_proj", "v_proj"),
+                                 assistant_only_loss=True)
+    base = tiny_llama(tokenizer)
+    result = sft_vs_trl.compare(lambda: copy.deepcopy(base), chat_tokenizer, records, setting)
+    assert result["max_diff"] < 1e-4, (result["losses"], result["trl_losses"])
+    first = result["loader"].dataset[0]
+    assert chat_tokenizer.decode([t for t in first.labels if t != -100]) == records[0]["messages"][1]["content"] + "<|im_end|>\n"
