@@ -13,6 +13,7 @@ from gguf_models import CHAT_TEMPLATE, bpe_tokenizer
 
 import trimtune as tt
 from trimtune.data.instructions import read_instructions
+from trimtune.data.loss_positions import loss_positions_only, supports_loss_positions
 from trimtune.data.packed_attention import PackingError, packed_attention
 from trimtune.data.packing import pack_examples, packed_collate, pad_collate
 from trimtune.data.sft import SftOptions, sft_dataset, sft_loader
@@ -188,3 +189,19 @@ def test_packing_checks_how_the_model_keeps_examples_apart(tokenizer, caplog):
                                 model=_Without(model, {"position_ids"}))
     assert report["attention"] == "mask" and "falling back to a block-diagonal 4-D attention mask" in caplog.text
     assert next(iter(loader))["attention_mask"].dim() == 4
+
+
+def test_only_loss_positions_reach_the_lm_head_where_the_loss_stays_the_same(tokenizer):
+    model = tiny_llama_for(tokenizer).eval()
+    examples, _ = sft_dataset(RECORDS[:3], tokenizer, SftOptions(max_length=64))
+    batch = {**pad_collate(tokenizer.pad_token_id)(examples), "use_cache": False}
+    reduced = loss_positions_only(batch)
+    with torch.no_grad():
+        full, fewer = model(**batch), model(**reduced)
+    assert fewer.logits.shape[1] == reduced["logits_to_keep"].numel() < batch["input_ids"].shape[1] // 2
+    assert abs(full.loss.item() - fewer.loss.item()) < 1e-6
+    tokens = examples[0].input_ids[:7]
+    assert supports_loss_positions(model, tokens)
+    assert not supports_loss_positions(_Without(model, {"shift_labels"}), tokens)  # a model that would shift them again
+    _, report = sft_loader(RECORDS, tokenizer, SftOptions(max_length=64), batch_size=2, model=_Without(model, {"logits_to_keep"}))
+    assert report["loss_logits_only"] is False

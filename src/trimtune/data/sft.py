@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from .loss_positions import loss_positions_only, supports_loss_positions
 from .packed_attention import packing_attention_for
 from .packing import pack_examples, packed_collate, pad_collate
 from .sft_tokens import tokenize_records
@@ -21,6 +22,7 @@ class SftOptions:
     chat_template: str | None = None  # default: the tokenizer's
     packing: bool = False
     pad_token: str | None = None  # default: the tokenizer's (or a special token that carries no loss)
+    loss_logits_only: bool = True  # project only the positions with a target, where the model allows (loss_positions.py)
 
 
 def sft_dataset(records: list[dict], tokenizer, options: SftOptions) -> tuple[list, dict]:
@@ -43,7 +45,8 @@ def sft_collate(options: SftOptions, pad_id: int, attention: str = "position_ids
 def sft_loader(records: list[dict], tokenizer, options: SftOptions, batch_size: int = 8, shuffle: bool = False, seed: int = 0,
                model=None) -> tuple[DataLoader, dict]:
     """(batches, report). With packing, ``model`` is checked for how it keeps examples apart
-    (``packed_attention``; refused if it cannot) and the report says which way it does."""
+    (``packed_attention``; refused if it cannot) and the report says which way it does; with a model,
+    batches ask for the logits of loss positions only when it gives the same loss so (``loss_positions``)."""
     items, report = sft_dataset(records, tokenizer, options)
     attention = "position_ids"
     if options.packing:
@@ -52,8 +55,16 @@ def sft_loader(records: list[dict], tokenizer, options: SftOptions, batch_size: 
         attention = packing_attention_for(model, probe_tokens(items))
         report["attention"] = attention
     collate = sft_collate(options, report["pad_token_id"], attention, _dtype(model))
+    if options.loss_logits_only and model is not None:
+        report["loss_logits_only"] = supports_loss_positions(model, probe_tokens(items))
+        if report["loss_logits_only"]:
+            collate = _then(collate, loss_positions_only)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator), report
+
+
+def _then(collate, change):
+    return lambda items: change(collate(items))
 
 
 def probe_tokens(items: list) -> list[int]:

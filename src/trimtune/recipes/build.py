@@ -117,13 +117,16 @@ def make_loaders(recipe: Recipe, records: Records, tokenizer, model: nn.Module |
     if section.train == IMAGE_BATCH:
         return _digit_loaders(section)
     if recipe.model.task == "causal-lm":
-        return _instruction_loaders(section, records, tokenizer, model)
+        return _instruction_loaders(recipe, records, tokenizer, model)
     make = lambda rows, shuffle: text_loader(rows, tokenizer, tuple(records.labels), section.batch_size, section.max_length, shuffle, seed)
     return Loaders(make(records.train, True), make(records.eval, False) if records.eval else None, tt.accuracy)
 
 
-def _instruction_loaders(section: DataSection, records: Records, tokenizer, model: nn.Module | None) -> Loaders:
-    options = SftOptions(section.max_length, section.completion_only_loss, section.chat_template, section.packing, section.pad_token)
+def _instruction_loaders(recipe: Recipe, records: Records, tokenizer, model: nn.Module | None) -> Loaders:
+    section = recipe.data
+    # distillation compares the teacher's logits with the student's at every position, so it keeps them all
+    options = SftOptions(section.max_length, section.completion_only_loss, section.chat_template, section.packing, section.pad_token,
+                         loss_logits_only=recipe.distill is None)
     train, report = sft_loader(records.train, tokenizer, options, section.batch_size, True, section.seed, model)
     reports = {"train": report}
     held_out = None
