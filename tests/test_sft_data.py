@@ -101,6 +101,8 @@ def test_csv_and_datasets_files_read_the_same_records(tmp_path):
     datasets.Dataset.from_list(chats).save_to_disk(str(tmp_path / "chats"))
     assert read_instructions(tmp_path / "d.csv") == read_instructions(tmp_path / "d.parquet") == rows
     assert read_instructions(tmp_path / "chats") == chats
+    (tmp_path / "chats.csv").write_text("messages\n" + '"' + json.dumps(CHAT).replace('"', '""') + '"\n')
+    assert read_instructions(tmp_path / "chats.csv") == chats  # a CSV cell holds the turns as JSON
     (tmp_path / "k.csv").write_text("prompt,completion\np1,c1\np2,\n")
     with pytest.raises(ValueError, match=r"k.csv, line 3: the completion is empty"):
         read_instructions(tmp_path / "k.csv")
