@@ -46,7 +46,8 @@ def sft_loader(records: list[dict], tokenizer, options: SftOptions, batch_size: 
                model=None) -> tuple[DataLoader, dict]:
     """(batches, report). With packing, ``model`` is checked for how it keeps examples apart
     (``packed_attention``; refused if it cannot) and the report says which way it does; with a model,
-    batches ask for the logits of loss positions only when it gives the same loss so (``loss_positions``)."""
+    batches ask for the logits of loss positions only when it gives the same loss so (``loss_positions``):
+    pass the model as it will train (a prompt method's virtual tokens move the positions)."""
     items, report = sft_dataset(records, tokenizer, options)
     attention = "position_ids"
     if options.packing:
