@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -178,7 +179,13 @@ def _build_trl(model_source, s: Setting):
     model, tokenizer = load(model_source)
     out_dir = tempfile.mkdtemp()
     trainer = trl_trainer(model, tokenizer, review_records(records_needed(s)), s, out_dir)
-    return trainer.train
+
+    def run():
+        try:
+            return trainer.train()
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return run
 
 
 def _build_trimtune(model_source, s: Setting):
