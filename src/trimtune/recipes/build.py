@@ -17,7 +17,8 @@ from ..data.files import read_records, split_records
 from ..data.instructions import read_instructions
 from ..data.sft import SftOptions, sft_loader
 from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
-from .schema import INPUT_METHODS, DataSection, ModelSection, PruneSection, Recipe
+from .method_runs import adds_virtual_tokens
+from .schema import DataSection, ModelSection, PruneSection, Recipe
 
 IMAGE_BATCH = "digits"
 
@@ -126,7 +127,7 @@ def _instruction_loaders(recipe: Recipe, records: Records, tokenizer, model: nn.
     section = recipe.data
     # Distillation compares the teacher's logits with the student's at every position, and prompt methods put
     # virtual tokens in front (applied after this check), which moves every position: both keep all logits.
-    virtual_tokens = recipe.method is not None and recipe.method.type in INPUT_METHODS
+    virtual_tokens = recipe.method is not None and adds_virtual_tokens(recipe.method.type)
     options = SftOptions(section.max_length, section.completion_only_loss, section.chat_template, section.packing, section.pad_token,
                          loss_logits_only=recipe.distill is None and not virtual_tokens)
     train, report = sft_loader(records.train, tokenizer, options, section.batch_size, True, section.seed, model)

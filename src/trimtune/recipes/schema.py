@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 import trimtune as tt
 
 from ..models import minilm_path
-from .method_runs import recipe_methods
+from .method_runs import adds_virtual_tokens, recipe_methods
 
 
 def section_error(section: str, err: Exception, fields: list[str], renames: dict[str, str] | None = None) -> str:
@@ -28,9 +28,6 @@ def section_error(section: str, err: Exception, fields: list[str], renames: dict
     if first in renames:
         return f"{section}.{renames[first]}{message[len(first):]}"
     return f"{section}.{message}" if first in fields else f"{section}: {message}"
-
-
-INPUT_METHODS = ("prompt", "p-tuning", "prefix")  # methods that put virtual tokens in front of every row
 
 
 def resolve_model_path(path: str):
@@ -355,7 +352,7 @@ class Recipe(Section):
                              "runs with strategy 'ddp'")
         if self.model.task != "causal-lm" and self.data.sft_fields_set():
             raise ValueError(f"data.{self.data.sft_fields_set()[0]} is for instruction data of a causal LM; model.task is {self.model.task!r}")
-        if self.data.packing and self.method is not None and self.method.type in INPUT_METHODS:
+        if self.data.packing and self.method is not None and adds_virtual_tokens(self.method.type):
             raise ValueError(f"data.packing cannot go with method.type {self.method.type!r}: its virtual tokens in front of each row "
                              "would be shared by the packed examples; set data.packing: false")
         if self.distill is not None and not (self.train.epochs or self.train.max_steps):
