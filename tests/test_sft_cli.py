@@ -55,6 +55,7 @@ def test_chat_data_with_a_cut_example_reports_it(tmp_path, capsys, llama_dir):
     assert code == 0, err
     data = json.loads((run / "summary.json").read_text())["data"]["train"]
     assert (data["examples"], data["truncated"], data["dropped"]) == (6, 1, 1)  # the long prompt left no answer inside 64 tokens
+    assert data["truncated_examples"] == [f"{tmp_path / 'chats.jsonl'}, line 6"]  # named where it is, after the shuffle
 
 
 @pytest.mark.parametrize("setting, expected", [

@@ -68,7 +68,7 @@ def test_truncated_examples_are_counted_and_reported(tokenizer):
                {"prompt": "Short:", "completion": " " + "yes " * 40}, {"prompt": "Hi:", "completion": " ok"}]
     examples, report = tokenize_records(records, tokenizer, max_length=16)
     assert (report.examples, report.truncated, report.dropped, report.kept) == (3, 2, 1, 2)
-    assert report.truncated_examples == [1, 2] and all(len(e.input_ids) <= 16 for e in examples)
+    assert report.truncated_examples == ["example 1", "example 2"] and all(len(e.input_ids) <= 16 for e in examples)
     _, summary = sft_dataset(records, tokenizer, SftOptions(max_length=16))
     assert summary["truncated"] == 2 and summary["dropped"] == 1
 
@@ -99,10 +99,12 @@ def test_csv_and_datasets_files_read_the_same_records(tmp_path):
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
     chats = [{"messages": CHAT}]
     datasets.Dataset.from_list(chats).save_to_disk(str(tmp_path / "chats"))
-    assert read_instructions(tmp_path / "d.csv") == read_instructions(tmp_path / "d.parquet") == rows
-    assert read_instructions(tmp_path / "chats") == chats
+    without_where = lambda path: [{k: v for k, v in r.items() if k != "where"} for r in read_instructions(path)]
+    assert without_where(tmp_path / "d.csv") == without_where(tmp_path / "d.parquet") == rows
+    assert without_where(tmp_path / "chats") == chats
+    assert [r["where"] for r in read_instructions(tmp_path / "d.csv")] == [f"{tmp_path / 'd.csv'}, line 2", f"{tmp_path / 'd.csv'}, line 3"]
     (tmp_path / "chats.csv").write_text("messages\n" + '"' + json.dumps(CHAT).replace('"', '""') + '"\n')
-    assert read_instructions(tmp_path / "chats.csv") == chats  # a CSV cell holds the turns as JSON
+    assert without_where(tmp_path / "chats.csv") == chats  # a CSV cell holds the turns as JSON
     (tmp_path / "k.csv").write_text("prompt,completion\np1,c1\np2,\n")
     with pytest.raises(ValueError, match=r"k.csv, line 3: the completion is empty"):
         read_instructions(tmp_path / "k.csv")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from .jsonl import read_jsonl
@@ -49,8 +50,18 @@ def read_records(path: str | Path, format: str = "auto", columns: tuple[str, ...
 
 def record_location(path: Path, format: str, number: int) -> str:
     """Where record ``number`` (1-based) is, for an error: its file line (CSV, JSONL), else its number."""
+    return record_locations(path, format)(number)
+
+
+def record_locations(path: Path, format: str) -> Callable[[int], str]:
+    """``record_location`` for every record number, reading the file once."""
     format = infer_format(path) if format == "auto" else format
-    return f"line {line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
+    if format == "jsonl":
+        lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        return lambda number: f"line {lines[number - 1]}"
+    if format == "csv":
+        return lambda number: f"line {number + 1}"  # after the header
+    return lambda number: f"record {number}"
 
 
 def line_of(path: Path, format: str, number: int) -> int:

@@ -7,7 +7,7 @@ A file holds one of three shapes (the shapes TRL's SFTTrainer takes), found from
 - ``messages``: chat turns ``{"role", "content"}`` rendered with a chat template; the assistant turns are learned.
 
 Every record is checked here, so a bad one is named by its file and line (or record number) before
-anything is tokenised, loaded or written.
+anything is tokenised, loaded or written; each keeps that location as ``where`` for later messages.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import read_records, record_location
+from .files import read_records, record_locations
 
 ROLES = ("system", "user", "assistant", "tool")
 KINDS = ("messages", "prompt-completion", "text")
@@ -27,13 +27,14 @@ def read_instructions(path: str | Path, format: str = "auto", text_column: str =
     raw = read_records(path, format)
     kind = record_kind(raw, path, text_column)
     columns = {"messages": ("messages",), "prompt-completion": ("prompt", "completion"), "text": (text_column,)}[kind]
+    locations = record_locations(path, format)
     records = []
     for number, record in enumerate(raw, 1):
-        where = lambda: f"{path}, {record_location(path, format, number)}"
+        where = lambda: f"{path}, {locations(number)}"
         missing = [c for c in columns if record.get(c) is None]
         if missing:
             raise ValueError(f"data file {where()}: no {missing}; a {kind} file needs {list(columns)} on every line")
-        records.append(_checked(kind, record, columns, where))
+        records.append({**_checked(kind, record, columns, where), "where": where()})  # for errors and reports after the split
     return records
 
 

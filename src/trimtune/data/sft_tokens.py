@@ -40,7 +40,7 @@ class TokenReport:
     max_length: int = 0
     longest: int = 0
     loss_tokens: int = 0
-    truncated_examples: list[int] = field(default_factory=list)  # record numbers (1-based), the first few
+    truncated_examples: list[str] = field(default_factory=list)  # where the first few come from (file and line)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,12 +52,13 @@ def tokenize_records(records: list[dict], tokenizer, max_length: int, completion
     report = TokenReport(examples=len(records), max_length=max_length)
     examples = []
     for number, record in enumerate(records, 1):
-        example = _tokenize(record, tokenizer, completion_only_loss, template, number)
+        where = record.get("where") or f"example {number}"
+        example = _tokenize(record, tokenizer, completion_only_loss, template, where)
         report.longest = max(report.longest, len(example.input_ids))
         if len(example.input_ids) > max_length:
             report.truncated += 1
             if len(report.truncated_examples) < 10:
-                report.truncated_examples.append(number)
+                report.truncated_examples.append(where)
             example = Example(example.input_ids[:max_length], example.labels[:max_length])
             if all(label == IGNORE for label in example.labels[1:]):
                 report.dropped += 1
@@ -79,7 +80,7 @@ def _check_lengths(report: TokenReport, plain_text: bool) -> None:
         raise ValueError(f"no example keeps a token to learn within data.max_length ({report.max_length})")
     if report.truncated:
         log.warning("%d of %d examples are longer than max_length %d and were cut (%d of them, left with nothing to learn, dropped); "
-                    "records %s%s", report.truncated, report.examples, report.max_length, report.dropped,
+                    "%s%s", report.truncated, report.examples, report.max_length, report.dropped,
                     report.truncated_examples, " ..." if report.truncated > len(report.truncated_examples) else "")
 
 
@@ -93,9 +94,9 @@ def _template(records: list[dict], tokenizer, chat_template: str | None) -> str 
     return template
 
 
-def _tokenize(record: dict, tokenizer, completion_only_loss: bool, template: str | None, number: int) -> Example:
+def _tokenize(record: dict, tokenizer, completion_only_loss: bool, template: str | None, where: str) -> Example:
     if "messages" in record:
-        return _chat(record["messages"], tokenizer, template, completion_only_loss, number)
+        return _chat(record["messages"], tokenizer, template, completion_only_loss, where)
     if "prompt" in record:
         return _prompt_completion(record["prompt"], record["completion"], tokenizer, completion_only_loss)
     ids = _ids(tokenizer, with_eos(record["text"], tokenizer))
@@ -128,7 +129,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _chat(messages: list[dict], tokenizer, template: str, completion_only_loss: bool, number: int) -> Example:
+def _chat(messages: list[dict], tokenizer, template: str, completion_only_loss: bool, where: str) -> Example:
     if not completion_only_loss:
         ids = _rendered(tokenizer, messages, template)
         return Example(ids, list(ids))
@@ -138,9 +139,9 @@ def _chat(messages: list[dict], tokenizer, template: str, completion_only_loss: 
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     else:
         ids = _rendered(tokenizer, messages, template)
-        mask = _assistant_mask_by_prefixes(messages, ids, tokenizer, template, number)
+        mask = _assistant_mask_by_prefixes(messages, ids, tokenizer, template, where)
     if not any(mask):
-        raise ValueError(f"example {number}: the chat template marks no assistant token to learn")
+        raise ValueError(f"{where}: the chat template marks no assistant token to learn")
     return Example(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
 
 
@@ -152,7 +153,7 @@ def _rendered(tokenizer, messages: list[dict], template: str, add_generation_pro
     return list(out["input_ids"])
 
 
-def _assistant_mask_by_prefixes(messages, ids, tokenizer, template, number) -> list[int]:
+def _assistant_mask_by_prefixes(messages, ids, tokenizer, template, where: str) -> list[int]:
     """Each assistant turn is what rendering it adds to the conversation before it (with the generation
     prompt), which holds when the template renders a conversation's start the same alone as in full."""
     mask = [0] * len(ids)
@@ -162,7 +163,7 @@ def _assistant_mask_by_prefixes(messages, ids, tokenizer, template, number) -> l
         before = _rendered(tokenizer, messages[:i], template, add_generation_prompt=True)
         through = _rendered(tokenizer, messages[: i + 1], template)
         if before != ids[: len(before)] or through != ids[: len(through)]:
-            raise ValueError(f"example {number}: the chat template renders the conversation before message {i} differently "
+            raise ValueError(f"{where}: the chat template renders the conversation before message {i} differently "
                              "alone than in full, so the assistant tokens cannot be told apart; mark them with "
                              "{% generation %}...{% endgeneration %} in data.chat_template, or set data.completion_only_loss: false")
         mask[len(before): len(through)] = [1] * (len(through) - len(before))
