@@ -44,7 +44,6 @@ import trimtune as tt  # noqa: E402
 from trimtune.data.demo_texts import load_demo_texts  # noqa: E402
 from trimtune.data.sft import SftOptions, sft_loader  # noqa: E402
 
-_harness.PRELOAD = ["torch", "transformers", "peft", "trl", "datasets"]
 ANSWERS = {"food_good": "the food, positive", "food_bad": "the food, negative",
            "service_good": "the service, positive", "service_bad": "the service, negative"}
 
@@ -228,6 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     args = parser.parse_args(argv)
     _harness.THREADS = args.threads
+    _harness.PRELOAD = [*_harness.PRELOAD, "trl", "datasets"]  # the memory children import them before measuring
     _harness.set_threads()
     source = "tiny" if args.tiny else str(smollm2())
     rows = []
