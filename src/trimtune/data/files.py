@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from .jsonl import read_jsonl
@@ -43,9 +44,24 @@ def read_records(path: str | Path, format: str = "auto", columns: tuple[str, ...
     for number, record in enumerate(records, 1):  # every record, not only the first (a JSONL line may lack a key)
         gaps = [c for c in columns if record.get(c) is None]
         if gaps:
-            where = f"line {line_of(path, format, number)}" if format in ("csv", "jsonl") else f"record {number}"
-            raise ValueError(f"data file {path}, {where}: no {gaps} (every record needs {list(columns)})")
+            raise ValueError(f"data file {path}, {record_location(path, format, number)}: no {gaps} (every record needs {list(columns)})")
     return records
+
+
+def record_location(path: Path, format: str, number: int) -> str:
+    """Where record ``number`` (1-based) is, for an error: its file line (CSV, JSONL), else its number."""
+    return record_locations(path, format)(number)
+
+
+def record_locations(path: Path, format: str) -> Callable[[int], str]:
+    """``record_location`` for every record number, reading the file once."""
+    format = infer_format(path) if format == "auto" else format
+    if format == "jsonl":
+        lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        return lambda number: f"line {lines[number - 1]}"
+    if format == "csv":
+        return lambda number: f"line {number + 1}"  # after the header
+    return lambda number: f"record {number}"
 
 
 def line_of(path: Path, format: str, number: int) -> int:

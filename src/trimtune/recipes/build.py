@@ -14,8 +14,10 @@ import trimtune as tt
 from ..data import load_demo_texts, text_loader
 from ..data.digits import load_digits_split
 from ..data.files import read_records, split_records
-from ..data.lm import lm_loader
+from ..data.instructions import read_instructions
+from ..data.sft import SftOptions, sft_loader
 from ..models import LeNet, load_pretrained, mean_pool_classifier, minilm_path
+from .method_runs import adds_virtual_tokens
 from .schema import DataSection, ModelSection, PruneSection, Recipe
 
 IMAGE_BATCH = "digits"
@@ -52,6 +54,8 @@ def read_data(recipe: Recipe) -> Records:
 def _records(section: DataSection, source: str, columns: tuple[str, ...], classify: bool) -> list[dict]:
     if source == "demo":
         raw, columns = load_demo_texts(), ("text", "label")
+    elif not classify:  # a causal LM learns text, prompt/completion pairs or chats
+        return read_instructions(source, section.format, section.text_column)
     else:
         raw = read_records(source, section.format, columns)
     text, label = columns[0], columns[1] if classify else None
@@ -105,19 +109,33 @@ class Loaders:
     eval: object | None
     metric: object = None  # accuracy for classification
     loss_fn: object = None  # images: cross entropy on (x, y) pairs
+    data_report: dict | None = None  # causal LM: per split, what tokenising and packing did (truncated examples, ...)
 
 
-def make_loaders(recipe: Recipe, records: Records, tokenizer) -> Loaders:
+def make_loaders(recipe: Recipe, records: Records, tokenizer, model: nn.Module | None = None) -> Loaders:
+    """``model``: a causal LM whose data is packed is checked for how it keeps examples apart."""
     section, seed = recipe.data, recipe.data.seed
     if section.train == IMAGE_BATCH:
         return _digit_loaders(section)
     if recipe.model.task == "causal-lm":
-        make = lambda rows, shuffle: lm_loader([r["text"] for r in rows], tokenizer, section.batch_size, section.max_length, shuffle, seed)
-        metric = None
-    else:
-        make = lambda rows, shuffle: text_loader(rows, tokenizer, tuple(records.labels), section.batch_size, section.max_length, shuffle, seed)
-        metric = tt.accuracy
-    return Loaders(make(records.train, True), make(records.eval, False) if records.eval else None, metric)
+        return _instruction_loaders(recipe, records, tokenizer, model)
+    make = lambda rows, shuffle: text_loader(rows, tokenizer, tuple(records.labels), section.batch_size, section.max_length, shuffle, seed)
+    return Loaders(make(records.train, True), make(records.eval, False) if records.eval else None, tt.accuracy)
+
+
+def _instruction_loaders(recipe: Recipe, records: Records, tokenizer, model: nn.Module | None) -> Loaders:
+    section = recipe.data
+    # Distillation compares the teacher's logits with the student's at every position, and prompt methods put
+    # virtual tokens in front (applied after this check), which moves every position: both keep all logits.
+    virtual_tokens = recipe.method is not None and adds_virtual_tokens(recipe.method.type)
+    options = SftOptions(section.max_length, section.completion_only_loss, section.chat_template, section.packing, section.pad_token,
+                         loss_logits_only=recipe.distill is None and not virtual_tokens)
+    train, report = sft_loader(records.train, tokenizer, options, section.batch_size, True, section.seed, model)
+    reports = {"train": report}
+    held_out = None
+    if records.eval:
+        held_out, reports["eval"] = sft_loader(records.eval, tokenizer, options, section.batch_size, False, section.seed, model)
+    return Loaders(train, held_out, data_report=reports)
 
 
 def _digit_loaders(section: DataSection) -> Loaders:

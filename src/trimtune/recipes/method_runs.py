@@ -7,7 +7,9 @@ recipe-only method concerns (the library's methods know nothing of run directori
 - ``finish(model, name, config) -> (summary entries, log line)``: after training, before saving
   (diff projects to its exact density);
 - ``run_files(model, name, config) -> {file name: JSON-able}``: extra records in the run directory
-  (AdaLoRA's final ranks).
+  (AdaLoRA's final ranks);
+- ``virtual_tokens``: the method puts trained tokens in front of every row (prompt, P- and prefix
+  tuning), so instruction data is neither packed nor cut to its loss positions.
 
 A method with none of these needs no line here. ``API_ONLY`` names the methods a recipe's
 ``method.type`` cannot name (the learned L0 gates are a pruning tool).
@@ -27,6 +29,7 @@ class MethodRun:
     prepare_base: Callable | None = None
     finish: Callable | None = None
     run_files: Callable | None = None
+    virtual_tokens: bool = False
 
 
 def _project_diff(model, name, config) -> tuple[dict, str]:
@@ -38,6 +41,9 @@ METHOD_RUNS: dict[str, MethodRun] = {
     "diff": MethodRun(artifact="diff", finish=_project_diff),
     "adalora": MethodRun(run_files=lambda model, name, config: {"adalora_ranks.json": tt.adalora_ranks(model, name)}),
     "qlora": MethodRun(prepare_base=lambda model, config: tt.quantize_base(model, config.quantize, config.quant)),
+    "prompt": MethodRun(virtual_tokens=True),
+    "p-tuning": MethodRun(virtual_tokens=True),
+    "prefix": MethodRun(virtual_tokens=True),
 }
 API_ONLY = {"gates"}
 
@@ -45,6 +51,11 @@ API_ONLY = {"gates"}
 def method_run(config) -> MethodRun:
     """The run-directory concerns of the method ``config`` belongs to (the defaults for most)."""
     return METHOD_RUNS.get(tt.method_for_config(config).name, MethodRun())
+
+
+def adds_virtual_tokens(method_type: str) -> bool:
+    """Whether the recipe's ``method.type`` puts trained tokens in front of every row."""
+    return METHOD_RUNS.get(method_type, MethodRun()).virtual_tokens
 
 
 def recipe_methods() -> dict[str, type]:

@@ -39,7 +39,7 @@ class Run:
     def loaders(self):
         """The recipe's data as the run saw it (its labels, in its order)."""
         records = read_data(self.recipe)
-        return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer)
+        return make_loaders(self.recipe, Records(records.train, records.eval, self.labels), self.tokenizer, self.model)
 
 
 def is_run_dir(path: Path) -> bool:

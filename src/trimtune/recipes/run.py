@@ -103,7 +103,9 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     records = read_data(recipe)
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = load_source(recipe.model, records.labels)
-    loaders = _share(make_loaders(recipe, records, tokenizer), recipe, info.world_size)
+    loaders = _share(make_loaders(recipe, records, tokenizer, model), recipe, info.world_size)
+    if loaders.data_report:
+        log(f"data: {_data_line(loaders.data_report)}")
     before = evaluate_run(model, loaders)
     log(f"model {recipe.model.path} ({type(model).__name__}); before: {_fmt(before)}")
     teacher = load_teacher(recipe, model, records.labels, tokenizer) if recipe.distill else None  # before the method and pruning
@@ -141,6 +143,8 @@ def run_recipe(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[st
     elif recipe.prune:
         tt.prune(model, prune_config(recipe.prune, model, loaders), sparsity=recipe.prune.sparsity)
     summary = {"labels": records.labels, "before": before, "steps": steps, "processes": info.world_size}
+    if loaders.data_report:
+        summary["data"] = loaders.data_report
     if teacher is not None:
         summary["teacher"] = teacher_metrics
     if method is not None and method_run(method).finish is not None:
@@ -198,6 +202,17 @@ def _callbacks(recipe: Recipe, model: nn.Module, loaders: Loaders, steps: int) -
 def evaluate_run(model: nn.Module, loaders: Loaders) -> dict | None:
     """Metrics on the eval loader (None when the run has no eval data)."""
     return tt.evaluate(model, loaders.eval, loaders.metric, loss_fn=loaders.loss_fn) if loaders.eval is not None else None
+
+
+def _data_line(reports: dict) -> str:
+    """One line per run: what tokenising kept, cut and dropped, and how packed examples are kept apart."""
+    parts = []
+    for split, r in reports.items():
+        part = f"{split} {r['kept']} of {r['examples']} examples, {r['truncated']} cut to {r['max_length']} tokens ({r['dropped']} dropped)"
+        if "windows" in r:
+            part += f", packed into {r['windows']} windows ({100 * r['fill']:.0f} % full, attention by {r['attention']})"
+        parts.append(part)
+    return "; ".join(parts)
 
 
 def _fmt(metrics: dict | None) -> str:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 import trimtune as tt
 
 from ..models import minilm_path
-from .method_runs import recipe_methods
+from .method_runs import adds_virtual_tokens, recipe_methods
 
 
 def section_error(section: str, err: Exception, fields: list[str], renames: dict[str, str] | None = None) -> str:
@@ -80,6 +80,19 @@ class DataSection(Section):
     max_length: int = Field(128, ge=1)
     batch_size: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=1, description="use only the first LIMIT train (and eval) records")
+    # causal-lm instruction data (text, prompt/completion or messages records; data/instructions.py)
+    completion_only_loss: bool = Field(True, description="causal-lm: loss on the completion / assistant tokens only; "
+                                       "false: on every token")
+    chat_template: str | None = Field(None, description="causal-lm messages: a Jinja chat template (default: the tokenizer's)")
+    packing: bool = Field(False, description="causal-lm: pack examples into windows of max_length tokens, kept apart in "
+                          "attention; batch_size then counts windows")
+    pad_token: str | None = Field(None, description="causal-lm: the token batches are padded with (default: the tokenizer's); "
+                                  "it must carry no loss")
+
+    def sft_fields_set(self) -> list[str]:
+        """The causal-lm-only fields this section changes from their defaults."""
+        return [name for name in ("completion_only_loss", "chat_template", "packing", "pad_token")
+                if getattr(self, name) != type(self).model_fields[name].default]
 
 
 class MethodSection(BaseModel):
@@ -362,6 +375,11 @@ class Recipe(Section):
         if self.distributed.strategy == "fsdp" and self.method is None:
             raise ValueError("distributed.strategy 'fsdp' trains adapters (a method section); training the whole model (no method) "
                              "runs with strategy 'ddp'")
+        if self.model.task != "causal-lm" and self.data.sft_fields_set():
+            raise ValueError(f"data.{self.data.sft_fields_set()[0]} is for instruction data of a causal LM; model.task is {self.model.task!r}")
+        if self.data.packing and self.method is not None and adds_virtual_tokens(self.method.type):
+            raise ValueError(f"data.packing cannot go with method.type {self.method.type!r}: its virtual tokens in front of each row "
+                             "would be shared by the packed examples; set data.packing: false")
         if self.distill is not None and not (self.train.epochs or self.train.max_steps):
             raise ValueError("distill needs training: set train.epochs or train.max_steps above 0")
         return self
