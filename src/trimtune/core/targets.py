@@ -83,6 +83,11 @@ def default_targets(model: nn.Module, table: dict[str, TargetSpec] | None = None
     return table[model_type]
 
 
+def has_default_targets(model: nn.Module, table: dict[str, TargetSpec] | None = None) -> bool:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return model_type in (DEFAULT_TARGETS if table is None else table)
+
+
 def to_predicate(spec: TargetSpec, model: nn.Module, defaults: dict[str, TargetSpec] | None = None) -> Predicate:
     if spec is None:  # a table entry is itself a spec (a list of names, or a regex where names are ambiguous)
         return to_predicate(default_targets(model, defaults), model)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..core.four_bit import logical_numel
 from ..core.modules_to_save import ModuleCopies
+from ..core.parameter_host import ParameterHost
 from ..core.plain_four_bit import ABSMAX, is_plain_4bit
 from ..core.state import forget_state, hosts, layers, replace_module, state_of
 
@@ -70,6 +71,13 @@ def unload(model: nn.Module, merge_adapters: bool = False) -> nn.Module:
         if layer.weight_mask is not None:  # a plain layer has no mask: keep the pruning in its weight
             layer.weight.data.mul_(layer.weight_mask)
         replace_module(model, name, layer.restore_base())
+    for name, host in [(n, h) for n, h in hosts(model) if isinstance(h, ParameterHost)]:
+        pending = [n for n in host.active if n not in host.merged]
+        if merge_adapters and pending:
+            host.merge(pending)
+        elif not merge_adapters and host.merged:
+            host.unmerge()
+        replace_module(model, name, host.restore_base())
     for name, module in list(model.named_modules()):
         if isinstance(module, ModuleCopies):
             if module.merged and not merge_adapters:  # LN tuning's norms hold the trained values: put the base back

@@ -19,8 +19,10 @@ import math
 import torch
 from torch import nn
 
+from ..parameter_host import ParameterHost
 from ..plain_four_bit import ABSMAX, is_plain_4bit
 from ..state import hosts, layers
+from ..tuned_layer import TunedLayer
 from .gather import model_class, unsharded, whole
 
 SAMPLED_TENSORS = 8
@@ -60,7 +62,7 @@ def _logical_shapes(model: nn.Module, params: list[tuple[str, torch.Tensor]]) ->
 
 
 def fingerprint(model: nn.Module) -> dict:
-    merged = sorted({n for _, layer in layers(model) for n in layer.merged})
+    merged = sorted({n for _, host in hosts(model) if isinstance(host, (TunedLayer, ParameterHost)) for n in host.merged})
     if merged:
         raise ValueError(
             f"adapters {merged} are merged into the base weights, so the base cannot be fingerprinted; "

@@ -38,6 +38,10 @@ class LoraConfig:
     model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
     full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
     r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
+    target_parameters: bare parameters to adapt (peft's field), such as MoE experts stored as 3-D tensors:
+    full dotted names or suffixes (``["experts.gate_up_proj", "experts.down_proj"]``); one rank-r pair per
+    expert (``parameters.py``). Beside it, targets=[] adapts no layer (None: the architecture's default
+    layers too, where trimtune has one). Needs dropout 0.
     follow_mask: on a pruned layer, train the change masked, (W + BA) ⊙ M, so the pruned entries stay
     zero and a sparse merge equals the trained model; costs a dense out × in product per step and
     needs dropout 0 (the default False adds BA unmasked: more capacity, but a sparse merge drops part).
@@ -56,6 +60,7 @@ class LoraConfig:
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     follow_mask: bool = False
+    target_parameters: list[str] | None = None
 
     def __post_init__(self):
         if not isinstance(self.follow_mask, bool):
@@ -75,6 +80,21 @@ class LoraConfig:
             check_positive_int(f"rank_pattern[{pattern!r}]", r)
         for pattern, alpha in self.alpha_pattern.items():
             check_positive(f"alpha_pattern[{pattern!r}]", alpha)
+        self._check_target_parameters()
+
+    def _check_target_parameters(self) -> None:
+        value = self.target_parameters
+        if value is None:
+            return
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"target_parameters must be a list of parameter names (a full dotted name or its suffix, "
+                              f"e.g. ['experts.gate_up_proj', 'experts.down_proj']), got {value!r}")
+        self.target_parameters = list(value)
+        if value and self.dropout > 0:  # the module, not LoRA, sees the input: there is nothing to drop (peft refuses too)
+            raise ConfigError(f"dropout must be 0 with target_parameters (LoRA on a bare parameter has no input of its own "
+                              f"to drop), got {self.dropout}")
+        if value and self.follow_mask:
+            raise ConfigError("follow_mask=True is not available with target_parameters: a bare parameter carries no pruning mask")
 
     def for_layer(self, name: str) -> LoraConfig:
         """This config with r / alpha of the first rank_pattern / alpha_pattern entry matching ``name``."""
@@ -98,6 +118,7 @@ class LoraConfig:
             # peft transposes for GPT-2's Conv1D only when told (it warns and sets it itself otherwise)
             "fan_in_fan_out": any(isinstance(layer.kind, GPT2Conv1DKind) for layer in layers.values()),
             **({"trimtune_follow_mask": True} if self.follow_mask else {}),  # peft ignores it, with a warning
+            **({"target_parameters": list(self.target_parameters)} if self.target_parameters else {}),
         }
 
     @classmethod
@@ -109,7 +130,7 @@ class LoraConfig:
         # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
         layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
         fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
-        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern", "trimtune_follow_mask"}
+        fields |= {"exclude_modules", "layers_to_transform", "layers_pattern", "trimtune_follow_mask", "target_parameters"}
         check_fields(d, fields | layout_only, cls.peft_type)
         return cls(
             r=d.get("r", 8),
@@ -125,6 +146,7 @@ class LoraConfig:
             rank_pattern=d.get("rank_pattern") or {},
             alpha_pattern=d.get("alpha_pattern") or {},
             follow_mask=bool(d.get("trimtune_follow_mask", False)),
+            target_parameters=d.get("target_parameters") or None,
         )
 
     @property
