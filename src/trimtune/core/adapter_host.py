@@ -51,3 +51,47 @@ class AdapterHost(nn.Module):
 
     def detach(self) -> None:
         """Undo whatever the host installed besides itself (e.g. a forward hook); called by unload."""
+
+
+class DeltaHost(AdapterHost):
+    """A host keeping each adapter's change in ``self.deltas[name]`` and folding it into its base
+    (``TunedLayer``'s delta per layer, ``ParameterHost``'s deltas per parameter): switching, listing
+    and deleting adapters are the same for both. A subclass sets ``deltas``, ``active`` and ``merged``
+    and gives ``_refresh`` (re-cache what the forward runs) and ``describe`` (for messages)."""
+
+    def set_active(self, names: Iterable[str]) -> None:
+        names = tuple(names)
+        if any(n in self.merged and n not in names for n in self.active):
+            raise ValueError(f"cannot deactivate adapters merged into {self.describe()}; unmerge first")
+        self.active = tuple(n for n in names if n in self.deltas)
+        self._refresh()
+
+    def adapter_names(self) -> list[str]:
+        return list(self.deltas)
+
+    def folds(self, name: str) -> bool:
+        return name in self.deltas
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged:
+            raise ValueError(f"adapter {name!r} is merged into {self.describe()}; unmerge it before deleting")
+        del self.deltas[name]
+        self.active = tuple(n for n in self.active if n != name)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def take_over_tensors(host: nn.Module, base: nn.Module) -> None:
+    """Move ``base``'s own parameters and buffers onto ``host`` under the same names: one owner for each
+    tensor, and a host standing where ``base`` stood keeps the model's state-dict keys unchanged."""
+    for name, param in list(base._parameters.items()):
+        host.register_parameter(name, param)
+    for name, buf in list(base._buffers.items()):
+        host.register_buffer(name, buf, persistent=name not in base._non_persistent_buffers_set)
+    base._parameters.clear()
+    base._buffers.clear()

@@ -20,20 +20,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .adapter_host import AdapterHost
+from .adapter_host import DeltaHost, take_over_tensors
 from .state import replace_module
 
 
-class ParameterHost(AdapterHost):
+class ParameterHost(DeltaHost):
     def __init__(self, base: nn.Module):
         super().__init__()
-        # One owner for each tensor, under the keys the module gave them (as TunedLayer does).
-        for name, param in list(base._parameters.items()):
-            self.register_parameter(name, param)
-        for name, buf in list(base._buffers.items()):
-            self.register_buffer(name, buf, persistent=name not in base._non_persistent_buffers_set)
-        base._parameters.clear()
-        base._buffers.clear()
+        take_over_tensors(self, base)
         for name, child in base.named_children():  # shared with the module, so their keys stay too
             self.add_module(name, child)
         self.deltas = nn.ModuleDict()  # adapter -> ModuleDict(parameter name -> delta)
@@ -92,23 +86,6 @@ class ParameterHost(AdapterHost):
         """The parameters adapter ``adapter`` changes here, in the module's registration order."""
         return [n for n in self._parameters if n in self.deltas[adapter]]
 
-    def set_active(self, names: Iterable[str]) -> None:
-        names = tuple(names)
-        if any(n in self.merged and n not in names for n in self.active):
-            raise ValueError(f"cannot deactivate adapters merged into {self.describe()}; unmerge first")
-        self.active = tuple(n for n in names if n in self.deltas)
-        self._refresh()
-
-    def adapter_names(self) -> list[str]:
-        return list(self.deltas)
-
-    def delete_adapter(self, name: str) -> None:
-        if name in self.merged:
-            raise ValueError(f"adapter {name!r} is merged into {self.describe()}; unmerge it before deleting")
-        del self.deltas[name]
-        self.active = tuple(n for n in self.active if n != name)
-        self._refresh()
-
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         return list(self.deltas[name].parameters())
 
@@ -125,9 +102,6 @@ class ParameterHost(AdapterHost):
         return tensors
 
     # ---- merging ----
-    def folds(self, name: str) -> bool:
-        return name in self.deltas
-
     @torch.no_grad()
     def merge(self, names: Iterable[str], keep_sparsity: bool = True) -> float:
         names = tuple(names)

@@ -13,14 +13,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .adapter_host import AdapterHost
+from .adapter_host import DeltaHost, take_over_tensors
 from .delta import STAGES, Delta
 from .four_bit import dequantize_base, is_4bit
 from .layer_kinds import kind_class_for, supported_types
 from .plain_four_bit import live_weight
 
 
-class TunedLayer(AdapterHost):
+class TunedLayer(DeltaHost):
     is_target = True
 
     def __init__(self, base: nn.Module):
@@ -32,13 +32,7 @@ class TunedLayer(AdapterHost):
             )
         object.__setattr__(self, "base_layer", base)
         self.kind = kind_cls(base)
-        # One owner for each tensor: move the base's parameters and buffers onto the wrapper.
-        for name, param in list(base._parameters.items()):
-            self.register_parameter(name, param)
-        for name, buf in list(base._buffers.items()):
-            self.register_buffer(name, buf, persistent=name not in base._non_persistent_buffers_set)
-        base._parameters.clear()
-        base._buffers.clear()
+        take_over_tensors(self, base)
         if "bias" not in self._parameters:
             self.bias = None
         self.register_buffer("weight_mask", None)
@@ -86,27 +80,7 @@ class TunedLayer(AdapterHost):
         self._refresh()
 
     def delete_delta(self, name: str) -> None:
-        if name in self.merged:
-            raise ValueError(f"adapter {name!r} is merged into {self.describe()}; unmerge it before deleting")
-        del self.deltas[name]
-        self.active = tuple(n for n in self.active if n != name)
-        self._refresh()
-
-    def set_active(self, names: Iterable[str]) -> None:
-        names = tuple(names)
-        if any(n in self.merged and n not in names for n in self.active):
-            raise ValueError(f"cannot deactivate adapters merged into {self.describe()}; unmerge first")
-        self.active = tuple(n for n in names if n in self.deltas)
-        self._refresh()
-
-    def adapter_names(self) -> list[str]:
-        return list(self.deltas)
-
-    def folds(self, name: str) -> bool:
-        return name in self.deltas
-
-    def delete_adapter(self, name: str) -> None:
-        self.delete_delta(name)
+        self.delete_adapter(name)
 
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         delta = self.deltas[name]
