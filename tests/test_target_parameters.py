@@ -143,7 +143,7 @@ def test_files_both_ways_with_peft(tiny_mixtral, token_ids, tmp_path):
     assert_parity(logits(fresh, token_ids), live, base)
 
 
-def test_merge_unmerge_and_unload(tiny_mixtral, token_ids):
+def test_merge_unmerge_and_unload(tiny_mixtral, token_ids, tmp_path):
     ours, _ = _pair(tiny_mixtral)
     experts = ours.model.layers[0].mlp.experts
     before, live = experts.gate_up_proj.detach().clone(), logits(ours, token_ids)
@@ -152,6 +152,8 @@ def test_merge_unmerge_and_unload(tiny_mixtral, token_ids):
     torch.testing.assert_close(logits(ours, token_ids), live, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="merged"):
         tt.delete_adapter(ours, "default")
+    with pytest.raises(ValueError, match="merged into the base weights"):  # its fingerprint would be of the merged base
+        tt.save_adapter(ours, tmp_path / "merged")
     tt.unmerge(ours)
     torch.testing.assert_close(experts.gate_up_proj, before, atol=1e-6, rtol=0)
     torch.testing.assert_close(logits(ours, token_ids), live, atol=1e-6, rtol=0)
