@@ -1,7 +1,13 @@
-"""LoRA (Hu et al., 2021): a low-rank update added to frozen weights (see ``delta.py``)."""
+"""LoRA (Hu et al., 2021): a low-rank update added to frozen weights (see ``delta.py``), optionally
+started from the base weight itself (PiSSA, OLoRA: ``base_inits.py``, ``residual.py``)."""
 
+from ...core.io.peft_files import save_weight_adapter
 from ...core.method import WeightDeltaMethod, register
-from .delta import LoraConfig, LoraDelta, MaskedLoraDelta, make_lora
+from .base_inits import rewrites_base
+from .delta import LoraConfig, LoraDelta, MaskedLoraDelta
+from .make import make_lora
+from .plain_lora import as_plain_lora
+from .residual import check_rewritable
 
 
 @register
@@ -12,6 +18,15 @@ class Lora(WeightDeltaMethod):
 
     def make_delta(self, layer, config: LoraConfig) -> LoraDelta:
         return make_lora(layer, config)
+
+    def apply(self, model, config: LoraConfig, name: str) -> None:
+        if rewrites_base(config.init):  # every target checked before the first weight is rewritten
+            check_rewritable(model, config)
+        super().apply(model, config, name)
+
+    def save(self, model, path, name):
+        with as_plain_lora(model, name):  # PiSSA/OLoRA: the file is for the original base, as peft's conversion
+            return save_weight_adapter(model, path, name)
 
     def claims_peft(self, peft_config: dict) -> bool:
         return not peft_config.get("use_dora", False)  # peft stores DoRA as LoRA with use_dora

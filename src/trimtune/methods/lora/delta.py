@@ -26,6 +26,7 @@ from ...core.io.peft_format import check_fields, peft_target_modules, targets_fr
 from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.low_rank import add_low_rank, slice_factors
 from ...core.targets import TargetSpec, by_regex
+from .base_inits import check_init, rewrites_base
 
 
 @dataclass
@@ -34,9 +35,12 @@ class LoraConfig:
 
     targets: which layers (regex on module names, list of names, predicate, or None for the
     architecture's default). init: "default" (A Kaiming-uniform, B zero, so the model starts
-    unchanged) or "gaussian" (A ~ N(0, 1/r), B zero). bias: "none", "all" (train every bias of the
-    model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
-    full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
+    unchanged), "gaussian" (A ~ N(0, 1/r), B zero), or one that starts the factors from the base
+    weight, which keeps the rest (``base_inits.py``): "pissa" (top-r singular vectors), "pissa_niter_K"
+    (the same by a randomised SVD, K iterations), "olora" (QR); such an adapter saves as a plain LoRA
+    of rank 2r against the original base, as peft's path_initial_model_for_weight_conversion does.
+    bias: "none", "all" (train every bias of the model) or "lora_only" (train the biases of targeted
+    layers). modules_to_save: modules trained in full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
     r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
     follow_mask: on a pruned layer, train the change masked, (W + BA) ⊙ M, so the pruned entries stay
     zero and a sparse merge equals the trained model; costs a dense out × in product per step and
@@ -67,7 +71,10 @@ class LoraConfig:
         check_positive_int("r", self.r)
         check_positive("alpha", self.alpha)
         check_fraction("dropout", self.dropout)
-        check_choice("init", self.init, ("default", "gaussian"))
+        check_init(self.init)
+        if self.follow_mask and rewrites_base(self.init):
+            raise ConfigError(f"init={self.init!r} rewrites the base weight, which a pruning mask would cut (the start "
+                              "would change the model); use follow_mask=False or init='default'")
         check_choice("bias", self.bias, ("none", "all", "lora_only"))
         self.modules_to_save = list(self.modules_to_save or [])
         self.rank_pattern, self.alpha_pattern = dict(self.rank_pattern or {}), dict(self.alpha_pattern or {})
@@ -105,7 +112,8 @@ class LoraConfig:
         init = d.get("init_lora_weights", True)
         if init not in (True, False, "gaussian"):
             # PiSSA, OLoRA, LoftQ, ... rewrite the base weights: this adapter needs that rewritten base.
-            raise ConfigError(f"init_lora_weights={init!r} changes the base model; trimtune loads True, False or 'gaussian'")
+            raise ConfigError(f"init_lora_weights={init!r} changes the base model; trimtune loads True, False or 'gaussian' "
+                              "(save it from peft with path_initial_model_for_weight_conversion to get a plain LoRA)")
         # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
         layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
         fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
@@ -189,13 +197,3 @@ class MaskedLoraDelta(LoraDelta):
 
     def weight_delta(self):
         return self.delta_weight().to(self.base_dtype)
-
-
-def make_lora(layer, config: LoraConfig) -> LoraDelta:
-    config = config.for_layer(layer.module_name)
-    if not config.follow_mask:
-        return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
-    if not layer.weight.is_floating_point():
-        raise ValueError(f"follow_mask=True adds BA to the weight, but {layer.module_name} has a "
-                         f"{layer.weight.dtype} (e.g. 4-bit) base; use follow_mask=False on quantised layers")
-    return MaskedLoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
