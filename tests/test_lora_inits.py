@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import peft
 import pytest
@@ -18,7 +19,10 @@ from trimtune.core.state import layers, state_of
 
 from _peft_parity import assert_parity
 from _training_helpers import adamw_losses
+import test_cli_resume
+from test_cli_resume import adapter, assert_same
 
+recipe = test_cli_resume.recipe  # the tiny-BERT LoRA run with checkpoints (a fixture)
 TARGETS = {"tiny_llama": (["q_proj", "v_proj"], False), "tiny_gpt2": (["c_attn"], True)}  # (targets, fan_in_fan_out)
 
 
@@ -165,3 +169,29 @@ def test_pissa_on_a_4bit_base_is_refused_and_the_model_unchanged(tiny_llama):
         tt.apply(tiny_llama, tt.LoraConfig(r=4, targets=["q_proj", "v_proj"], init="pissa_niter_2"))
     assert all(torch.equal(v, state[k]) for k, v in tiny_llama.state_dict().items())
     assert not state_of(tiny_llama).adapters
+
+
+def test_a_pissa_run_resumes_exactly_and_its_adapter_loads_on_the_untouched_base(recipe, tmp_path, token_ids):
+    """`trimtune tune` with init=pissa: resuming re-applies PiSSA to the fresh base (same residual, as the run's
+    fingerprint checks) and ends where the uninterrupted run does; the run's adapter is for the original base."""
+    from transformers import AutoModelForSequenceClassification
+
+    from trimtune import cli
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    pissa = ["--set", "method.init=pissa", "--set", "train.lr=0.002", "--quiet"]
+    assert cli.main(["tune", str(recipe), "--out", str(full), *pissa]) == 0
+    shutil.copytree(full, cut)  # as if killed after step 2
+    for step in sorted((cut / "checkpoints").glob("step-*"))[1:]:
+        shutil.rmtree(step)
+    shutil.rmtree(cut / "adapter")
+    assert cli.main(["tune", str(recipe), "--out", str(cut), "--resume", *pissa]) == 0
+    assert_same(adapter(cut), adapter(full), atol=1e-6)
+    assert json.loads((full / "adapter" / "adapter_config.json").read_text())["r"] == 8  # rank 2r: the conversion
+
+    base = AutoModelForSequenceClassification.from_pretrained(recipe.parent / "bert").eval()
+    untouched = _logits(base, token_ids)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), full / "adapter").eval()
+    ours = copy.deepcopy(base)
+    tt.load_adapter(ours, full / "adapter")
+    assert_parity(_logits(ours, token_ids), _logits(theirs, token_ids), untouched)
