@@ -129,9 +129,13 @@ def test_the_file_is_refused_on_the_rewritten_base(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"init": "eva"}, r"init must be one of 'default', 'gaussian', 'pissa', 'olora' or 'pissa_niter_K'.*got 'eva'"),
+    ({"init": "eva"}, r"init must be one of 'default', 'gaussian', 'pissa', 'olora', 'lora_ga' or 'pissa_niter_K'.*got 'eva'"),
     ({"init": "pissa_niter_0"}, r"init must be one of .* got 'pissa_niter_0'"),
     ({"init": "pissa", "follow_mask": True}, r"init='pissa' rewrites the base weight, which a pruning mask would cut"),
+    ({"init": "lora_ga"}, r"init='lora_ga' estimates .* init_batches must be a non-empty list of keyword dicts .* got None"),
+    ({"init": "lora_ga", "init_batches": []}, r"init_batches must be a non-empty list .* got \[\]"),
+    ({"init_batches": [{}]}, r"init_batches is used by init='lora_ga' only, but init='default'"),
+    ({"init": "lora_ga", "init_batches": [{}], "lora_ga_direction": "random"}, r"lora_ga_direction must be one of 'ArB2r', 'A2rBr', 'ArBr', got 'random'"),
 ])
 def test_bad_init_values_are_named(kwargs, message):
     with pytest.raises(tt.ConfigError, match=message):
@@ -195,3 +199,57 @@ def test_a_pissa_run_resumes_exactly_and_its_adapter_loads_on_the_untouched_base
     ours = copy.deepcopy(base)
     tt.load_adapter(ours, full / "adapter")
     assert_parity(_logits(ours, token_ids), _logits(theirs, token_ids), untouched)
+
+
+def _exact_svd(matrix, q, niter):  # torch.svd_lowrank's signature and (U, S, V), without its random start
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return u[:, :q], s[:q], vh[:q].T
+
+
+@pytest.mark.parametrize("direction, scale", [("ArB2r", "stable"), ("ArBr", "gd_scale")])
+def test_lora_ga_start_training_and_file_match_peft(direction, scale, tiny_llama, token_ids, monkeypatch, tmp_path):
+    """The same gradients, factors, residual and losses as peft's LoRA-GA (``preprocess_loraga``); both use
+    torch.svd_lowrank, whose random start neither lets one seed per layer, so both get an exact SVD here."""
+    monkeypatch.setattr(torch, "svd_lowrank", _exact_svd)
+    batches = [{"input_ids": token_ids, "labels": token_ids}, {"input_ids": token_ids[:, 2:], "labels": token_ids[:, 2:]}]
+    before = _logits(tiny_llama, token_ids)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="lora_ga",
+                             lora_ga_config=peft.LoraGAConfig(direction=direction, scale=scale))
+    twin = copy.deepcopy(tiny_llama)
+    peft.preprocess_loraga(twin, config, lambda: [twin(**b).loss.backward() for b in batches])
+    theirs = peft.get_peft_model(twin, config)
+    ours = tt.apply(copy.deepcopy(tiny_llama), tt.LoraConfig(r=2, alpha=4, targets=["q_proj", "v_proj"], init="lora_ga",
+                                                              init_batches=batches, lora_ga_direction=direction, lora_ga_scale=scale))
+    assert not ours.training and all(p.grad is None for p in ours.parameters())  # estimation left no trace
+    for name, layer in layers(ours):
+        peft_layer = theirs.base_model.model.get_submodule(name)
+        torch.testing.assert_close(layer.deltas["default"].lora_A, peft_layer.lora_A["default"].weight, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(layer.deltas["default"].lora_B, peft_layer.lora_B["default"].weight, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(layer.weight, peft_layer.base_layer.weight, atol=1e-6, rtol=0)
+        assert (layer.weight - tiny_llama.get_submodule(name).weight).abs().max() > 1e-4  # 100x the tolerance: not a zero start
+    torch.testing.assert_close(_logits(ours, token_ids), before, atol=1e-5, rtol=0)
+    assert adamw_losses(ours, _batches(token_ids), lr=1e-2, seed=0) == pytest.approx(
+        adamw_losses(theirs, _batches(token_ids), lr=1e-2, seed=0), abs=1e-5)
+    ours.eval()
+    tt.save_adapter(ours, tmp_path / "a")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "a").eval()
+    assert_parity(_logits(loaded, token_ids), _logits(ours, token_ids), before)
+
+
+def test_lora_ga_refuses_a_layer_narrower_than_2r_and_otherwise_starts_at_the_model(tiny_llama, token_ids):
+    batches = [{"input_ids": token_ids, "labels": token_ids}]
+    before = _logits(tiny_llama, token_ids)
+    with pytest.raises(tt.ConfigError, match=r"init='lora_ga' .*v_proj has 16 units on its narrow side, fewer than the 2r = 24"):
+        tt.apply(tiny_llama, tt.LoraConfig(r=12, targets=["q_proj", "v_proj"], init="lora_ga", init_batches=batches))
+    assert not list(layers(tiny_llama))
+    tt.apply(tiny_llama, tt.LoraConfig(r=4, targets=["q_proj", "v_proj"], init="lora_ga", init_batches=batches))  # randomised SVD
+    torch.testing.assert_close(_logits(tiny_llama, token_ids), before, atol=1e-5, rtol=0)
+    assert all(layer.deltas["default"].lora_B.abs().max() > 0 for _, layer in layers(tiny_llama))
+
+
+def test_a_recipe_asking_for_lora_ga_is_refused_naming_the_missing_batches():
+    from trimtune.recipes import RecipeError
+    from trimtune.recipes.load import validate
+
+    with pytest.raises(RecipeError, match=r"method.init='lora_ga' estimates .* init_batches must be a non-empty list"):
+        validate({"model": {"path": "minilm"}, "data": {"train": "demo"}, "method": {"type": "lora", "init": "lora_ga"}})

@@ -1,10 +1,13 @@
 """LoRA (Hu et al., 2021): a low-rank update added to frozen weights (see ``delta.py``), optionally
-started from the base weight itself (PiSSA, OLoRA: ``base_inits.py``, ``residual.py``)."""
+started from the base weight itself (PiSSA, OLoRA: ``base_inits.py``, ``residual.py``) or from its
+gradient on calibration batches (LoRA-GA: ``gradient_init.py``)."""
 
+from ...core.adapters import apply_weight_method
 from ...core.io.peft_files import save_weight_adapter
 from ...core.method import WeightDeltaMethod, register
 from .base_inits import rewrites_base
 from .delta import LoraConfig, LoraDelta, MaskedLoraDelta
+from .gradient_init import mean_gradients
 from .make import make_lora
 from .plain_lora import as_plain_lora
 from .residual import check_rewritable
@@ -20,9 +23,11 @@ class Lora(WeightDeltaMethod):
         return make_lora(layer, config)
 
     def apply(self, model, config: LoraConfig, name: str) -> None:
-        if rewrites_base(config.init):  # every target checked before the first weight is rewritten
-            check_rewritable(model, config)
-        super().apply(model, config, name)
+        if not rewrites_base(config.init):
+            return super().apply(model, config, name)
+        targets = check_rewritable(model, config)  # every target checked before the first weight is rewritten
+        gradients = mean_gradients(model, targets, config.init_batches) if config.init == "lora_ga" else {}
+        apply_weight_method(model, config, name, lambda layer, c: make_lora(layer, c, gradients.get(layer.module_name)))
 
     def save(self, model, path, name):
         with as_plain_lora(model, name):  # PiSSA/OLoRA: the file is for the original base, as peft's conversion

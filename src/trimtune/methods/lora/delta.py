@@ -27,6 +27,7 @@ from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.low_rank import add_low_rank, slice_factors
 from ...core.targets import TargetSpec, by_regex
 from .base_inits import check_init, rewrites_base
+from .gradient_init import check_lora_ga
 
 
 @dataclass
@@ -37,8 +38,11 @@ class LoraConfig:
     architecture's default). init: "default" (A Kaiming-uniform, B zero, so the model starts
     unchanged), "gaussian" (A ~ N(0, 1/r), B zero), or one that starts the factors from the base
     weight, which keeps the rest (``base_inits.py``): "pissa" (top-r singular vectors), "pissa_niter_K"
-    (the same by a randomised SVD, K iterations), "olora" (QR); such an adapter saves as a plain LoRA
-    of rank 2r against the original base, as peft's path_initial_model_for_weight_conversion does.
+    (the same by a randomised SVD, K iterations), "olora" (QR), or "lora_ga" (from the weight's mean
+    gradient over ``init_batches``: a non-empty list of keyword dicts the model takes, labels included;
+    ``lora_ga_direction``, ``lora_ga_scale``, ``lora_ga_gamma`` as peft's LoraGAConfig, ``gradient_init.py``);
+    such an adapter saves as a plain LoRA of rank 2r against the original base, as peft's
+    path_initial_model_for_weight_conversion does.
     bias: "none", "all" (train every bias of the model) or "lora_only" (train the biases of targeted
     layers). modules_to_save: modules trained in full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
     r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
@@ -60,6 +64,10 @@ class LoraConfig:
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     follow_mask: bool = False
+    init_batches: list | None = None
+    lora_ga_direction: str = "ArB2r"
+    lora_ga_scale: str = "stable"
+    lora_ga_gamma: float = 16.0
 
     def __post_init__(self):
         if not isinstance(self.follow_mask, bool):
@@ -75,6 +83,7 @@ class LoraConfig:
         if self.follow_mask and rewrites_base(self.init):
             raise ConfigError(f"init={self.init!r} rewrites the base weight, which a pruning mask would cut (the start "
                               "would change the model); use follow_mask=False or init='default'")
+        check_lora_ga(self)
         check_choice("bias", self.bias, ("none", "all", "lora_only"))
         self.modules_to_save = list(self.modules_to_save or [])
         self.rank_pattern, self.alpha_pattern = dict(self.rank_pattern or {}), dict(self.alpha_pattern or {})

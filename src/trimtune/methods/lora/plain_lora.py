@@ -22,7 +22,7 @@ def plain_lora_config(config):
     """``config`` for the rank-2r plain LoRA: every rank doubled, every alpha scaled so the scale stays."""
     factor = math.sqrt(2) if config.use_rslora else 2  # alpha/√r or alpha/r unchanged at rank 2r
     return dataclasses.replace(
-        config, r=2 * config.r, alpha=factor * config.alpha, init="default",
+        config, r=2 * config.r, alpha=factor * config.alpha, init="default", init_batches=None,
         rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},
         alpha_pattern={k: factor * v for k, v in config.alpha_pattern.items()},
     )

@@ -18,15 +18,15 @@ from ...core.four_bit import is_4bit
 from ...core.layer_kinds import kind_class_for
 from ...core.low_rank import slice_factors
 from ...core.targets import select
-from .base_inits import initial_factors
 from .delta import LoraDelta
 
 
 class ResidualLoraDelta(LoraDelta):
-    def __init__(self, layer, r: int, scale: float, dropout: float, init: str):
+    def __init__(self, layer, r: int, scale: float, dropout: float, init: str, start: tuple[torch.Tensor, torch.Tensor]):
+        """``start``: (A0, B0) in float32, from ``base_inits.initial_factors`` or ``gradient_init.lora_ga_factors``."""
         super().__init__(layer.kind, layer.weight, r, scale, dropout)
         self.init = init
-        start_a, start_b = initial_factors(layer.kind.to_canonical(layer.weight.detach()), r, scale, init)
+        start_a, start_b = start
         with torch.no_grad():
             self.lora_A.copy_(start_a)
             self.lora_B.copy_(start_b)
@@ -64,16 +64,25 @@ class ResidualLoraDelta(LoraDelta):
         return f"{super().extra_repr()}, init={self.init}"
 
 
-def check_rewritable(model: nn.Module, config) -> None:
-    """Refuse, before any weight changes, a target whose base ``config.init`` cannot rewrite."""
+def check_rewritable(model: nn.Module, config) -> list[str]:
+    """The targets' names; refuses, before any weight changes, a target whose base ``config.init`` cannot rewrite."""
     shared = _shared_parameters(model)
-    for name in select(model, config.targets, getattr(config, "default_targets", None)):
+    names = select(model, config.targets, getattr(config, "default_targets", None))
+    for name in names:
         layer = model.get_submodule(name)
         reason = "shares its weight with another module (tied embeddings?)" if id(layer.weight) in shared else None
-        reason = reason or _why_not_rewritable(layer)
+        reason = reason or _why_not_rewritable(layer) or _too_narrow_for_lora_ga(layer, config.for_layer(name))
         if reason:
             raise ConfigError(f"init={config.init!r} moves part of each target's base weight into the adapter, but "
                               f"{name} {reason}; use init='default' or 'gaussian' there (or leave it out of targets)")
+    return names
+
+
+def _too_narrow_for_lora_ga(layer: nn.Module, config) -> str | None:
+    narrowest = min(layer.weight.shape[:2])
+    if config.init == "lora_ga" and 2 * config.r > narrowest:
+        return f"has {narrowest} units on its narrow side, fewer than the 2r = {2 * config.r} gradient directions LoRA-GA splits"
+    return None
 
 
 def _why_not_rewritable(layer: nn.Module) -> str | None:
