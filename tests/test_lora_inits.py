@@ -5,8 +5,11 @@ which is peft's ``path_initial_model_for_weight_conversion`` conversion for the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
+import sys
+import types
 
 import peft
 import pytest
@@ -129,12 +132,14 @@ def test_the_file_is_refused_on_the_rewritten_base(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"init": "eva"}, r"init must be one of 'default', 'gaussian', 'pissa', 'olora', 'lora_ga' or 'pissa_niter_K'.*got 'eva'"),
+    ({"init": "eva"}, r"init must be one of 'default', 'gaussian', 'pissa', 'olora', 'lora_ga', 'corda' or 'pissa_niter_K'.*got 'eva'"),
     ({"init": "pissa_niter_0"}, r"init must be one of .* got 'pissa_niter_0'"),
     ({"init": "pissa", "follow_mask": True}, r"init='pissa' rewrites the base weight, which a pruning mask would cut"),
     ({"init": "lora_ga"}, r"init='lora_ga' estimates .* init_batches must be a non-empty list of keyword dicts .* got None"),
     ({"init": "lora_ga", "init_batches": []}, r"init_batches must be a non-empty list .* got \[\]"),
-    ({"init_batches": [{}]}, r"init_batches is used by init='lora_ga' only, but init='default'"),
+    ({"init_batches": [{}]}, r"init_batches is used by init='lora_ga' and 'corda' only, but init='default'"),
+    ({"init": "corda"}, r"init='corda' estimates each target's input covariance .* init_batches must be a non-empty list"),
+    ({"init": "corda", "init_batches": [{}], "corda_method": "both"}, r"corda_method must be one of 'ipm', 'kpm', got 'both'"),
     ({"init": "lora_ga", "init_batches": [{}], "lora_ga_direction": "random"}, r"lora_ga_direction must be one of 'ArB2r', 'A2rBr', 'ArBr', got 'random'"),
 ])
 def test_bad_init_values_are_named(kwargs, message):
@@ -201,6 +206,25 @@ def test_a_pissa_run_resumes_exactly_and_its_adapter_loads_on_the_untouched_base
     assert_parity(_logits(ours, token_ids), _logits(theirs, token_ids), untouched)
 
 
+def _same_start_losses_and_file(ours, theirs, base, ids, tmp_path, rtol):
+    """A data-driven start equal to peft's (factors, residual), the base's logits at the start, the same
+    losses, and the saved file giving a peft user with the untouched base the trained logits."""
+    before = _logits(base, ids)
+    for name, layer in layers(ours):
+        peft_layer = theirs.base_model.model.get_submodule(name)
+        torch.testing.assert_close(layer.deltas["default"].lora_A, peft_layer.lora_A["default"].weight, atol=1e-6, rtol=rtol)
+        torch.testing.assert_close(layer.deltas["default"].lora_B, peft_layer.lora_B["default"].weight, atol=1e-6, rtol=rtol)
+        torch.testing.assert_close(layer.weight, peft_layer.base_layer.weight, atol=1e-6, rtol=0)
+        assert (layer.weight - base.get_submodule(name).weight).abs().max() > 1e-4  # 100x the tolerance: not a zero start
+    torch.testing.assert_close(_logits(ours, ids), before, atol=1e-5, rtol=0)
+    assert adamw_losses(ours, _batches(ids), lr=1e-2, seed=0) == pytest.approx(
+        adamw_losses(theirs, _batches(ids), lr=1e-2, seed=0), abs=1e-5)
+    ours.eval()
+    tt.save_adapter(ours, tmp_path / "a")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "a").eval()
+    assert_parity(_logits(loaded, ids), _logits(ours, ids), before)
+
+
 def _exact_svd(matrix, q, niter):  # torch.svd_lowrank's signature and (U, S, V), without its random start
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :q], s[:q], vh[:q].T
@@ -212,7 +236,6 @@ def test_lora_ga_start_training_and_file_match_peft(direction, scale, tiny_llama
     torch.svd_lowrank, whose random start neither lets one seed per layer, so both get an exact SVD here."""
     monkeypatch.setattr(torch, "svd_lowrank", _exact_svd)
     batches = [{"input_ids": token_ids, "labels": token_ids}, {"input_ids": token_ids[:, 2:], "labels": token_ids[:, 2:]}]
-    before = _logits(tiny_llama, token_ids)
     config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="lora_ga",
                              lora_ga_config=peft.LoraGAConfig(direction=direction, scale=scale))
     twin = copy.deepcopy(tiny_llama)
@@ -221,25 +244,13 @@ def test_lora_ga_start_training_and_file_match_peft(direction, scale, tiny_llama
     ours = tt.apply(copy.deepcopy(tiny_llama), tt.LoraConfig(r=2, alpha=4, targets=["q_proj", "v_proj"], init="lora_ga",
                                                               init_batches=batches, lora_ga_direction=direction, lora_ga_scale=scale))
     assert not ours.training and all(p.grad is None for p in ours.parameters())  # estimation left no trace
-    for name, layer in layers(ours):
-        peft_layer = theirs.base_model.model.get_submodule(name)
-        torch.testing.assert_close(layer.deltas["default"].lora_A, peft_layer.lora_A["default"].weight, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(layer.deltas["default"].lora_B, peft_layer.lora_B["default"].weight, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(layer.weight, peft_layer.base_layer.weight, atol=1e-6, rtol=0)
-        assert (layer.weight - tiny_llama.get_submodule(name).weight).abs().max() > 1e-4  # 100x the tolerance: not a zero start
-    torch.testing.assert_close(_logits(ours, token_ids), before, atol=1e-5, rtol=0)
-    assert adamw_losses(ours, _batches(token_ids), lr=1e-2, seed=0) == pytest.approx(
-        adamw_losses(theirs, _batches(token_ids), lr=1e-2, seed=0), abs=1e-5)
-    ours.eval()
-    tt.save_adapter(ours, tmp_path / "a")
-    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "a").eval()
-    assert_parity(_logits(loaded, token_ids), _logits(ours, token_ids), before)
+    _same_start_losses_and_file(ours, theirs, tiny_llama, token_ids, tmp_path, rtol=1e-5)
 
 
 def test_lora_ga_refuses_a_layer_narrower_than_2r_and_otherwise_starts_at_the_model(tiny_llama, token_ids):
     batches = [{"input_ids": token_ids, "labels": token_ids}]
     before = _logits(tiny_llama, token_ids)
-    with pytest.raises(tt.ConfigError, match=r"init='lora_ga' .*v_proj has 16 units on its narrow side, fewer than the 2r = 24"):
+    with pytest.raises(tt.ConfigError, match=r"init='lora_ga' .*v_proj has 16 units on its narrow side, fewer than the 24 directions"):
         tt.apply(tiny_llama, tt.LoraConfig(r=12, targets=["q_proj", "v_proj"], init="lora_ga", init_batches=batches))
     assert not list(layers(tiny_llama))
     tt.apply(tiny_llama, tt.LoraConfig(r=4, targets=["q_proj", "v_proj"], init="lora_ga", init_batches=batches))  # randomised SVD
@@ -253,3 +264,22 @@ def test_a_recipe_asking_for_lora_ga_is_refused_naming_the_missing_batches():
 
     with pytest.raises(RecipeError, match=r"method.init='lora_ga' estimates .* init_batches must be a non-empty list"):
         validate({"model": {"path": "minilm"}, "data": {"train": "demo"}, "method": {"type": "lora", "init": "lora_ga"}})
+
+
+@pytest.mark.parametrize("method", ["ipm", "kpm"])
+def test_corda_start_training_and_file_match_peft(method, tiny_llama, token_ids, tmp_path, monkeypatch):
+    # peft's corda.py takes its plain record class from the `attrs` package, which this environment lacks
+    # and which nothing else needs: the standard library's dataclass does the same for it
+    monkeypatch.setitem(sys.modules, "attr", types.SimpleNamespace(dataclass=dataclasses.dataclass))
+    from peft.tuners.lora.config import CordaConfig  # not exported at peft's top level
+    from peft.tuners.lora.corda import preprocess_corda
+
+    batches = [{"input_ids": token_ids[i:i + 1]} for i in range(2)]  # peft's covariance hook takes one sequence a call
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="corda",
+                             corda_config=CordaConfig(corda_method=method))
+    twin = copy.deepcopy(tiny_llama)
+    preprocess_corda(twin, config, run_model=lambda: [twin(**b) for b in batches])
+    theirs = peft.get_peft_model(twin, config)
+    ours = tt.apply(copy.deepcopy(tiny_llama), tt.LoraConfig(r=4, alpha=8, targets=["q_proj", "v_proj"], init="corda",
+                                                              init_batches=batches, corda_method=method))
+    _same_start_losses_and_file(ours, theirs, tiny_llama, token_ids, tmp_path, rtol=1e-4)

@@ -19,7 +19,7 @@ import torch
 from ...core.config import ConfigError
 
 PLAIN_INITS = ("default", "gaussian")
-BASE_INITS = ("pissa", "olora", "lora_ga")  # lora_ga: gradient_init.py
+BASE_INITS = ("pissa", "olora", "lora_ga", "corda")  # lora_ga: gradient_init.py, corda: context_init.py
 _FAST_PISSA = re.compile(r"pissa_niter_([1-9][0-9]*)")
 
 

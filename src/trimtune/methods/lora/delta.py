@@ -27,6 +27,7 @@ from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.low_rank import add_low_rank, slice_factors
 from ...core.targets import TargetSpec, by_regex
 from .base_inits import check_init, rewrites_base
+from .context_init import CORDA_METHODS
 from .gradient_init import check_lora_ga
 
 
@@ -40,7 +41,9 @@ class LoraConfig:
     weight, which keeps the rest (``base_inits.py``): "pissa" (top-r singular vectors), "pissa_niter_K"
     (the same by a randomised SVD, K iterations), "olora" (QR), or "lora_ga" (from the weight's mean
     gradient over ``init_batches``: a non-empty list of keyword dicts the model takes, labels included;
-    ``lora_ga_direction``, ``lora_ga_scale``, ``lora_ga_gamma`` as peft's LoraGAConfig, ``gradient_init.py``);
+    ``lora_ga_direction``, ``lora_ga_scale``, ``lora_ga_gamma`` as peft's LoraGAConfig, ``gradient_init.py``),
+    or "corda" (from W times its inputs' covariance over ``init_batches``; ``corda_method`` "ipm" or
+    "kpm", ``context_init.py``);
     such an adapter saves as a plain LoRA of rank 2r against the original base, as peft's
     path_initial_model_for_weight_conversion does.
     bias: "none", "all" (train every bias of the model) or "lora_only" (train the biases of targeted
@@ -68,6 +71,7 @@ class LoraConfig:
     lora_ga_direction: str = "ArB2r"
     lora_ga_scale: str = "stable"
     lora_ga_gamma: float = 16.0
+    corda_method: str = "ipm"
 
     def __post_init__(self):
         if not isinstance(self.follow_mask, bool):
@@ -84,6 +88,7 @@ class LoraConfig:
             raise ConfigError(f"init={self.init!r} rewrites the base weight, which a pruning mask would cut (the start "
                               "would change the model); use follow_mask=False or init='default'")
         check_lora_ga(self)
+        check_choice("corda_method", self.corda_method, CORDA_METHODS)
         check_choice("bias", self.bias, ("none", "all", "lora_only"))
         self.modules_to_save = list(self.modules_to_save or [])
         self.rank_pattern, self.alpha_pattern = dict(self.rank_pattern or {}), dict(self.alpha_pattern or {})

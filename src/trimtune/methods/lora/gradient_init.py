@@ -18,18 +18,21 @@ from ...core.config import ConfigError, check_choice, check_positive
 
 GA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr")
 GA_SCALES = ("stable", "gd_scale", "unit")
+DATA_INITS = ("lora_ga", "corda")  # the inits that read init_batches
 
 
 def check_lora_ga(config) -> None:
-    """LoRA-GA's fields on a LoraConfig: batches exactly when init='lora_ga', and its known options."""
+    """The data-driven inits' fields on a LoraConfig: batches exactly when init needs them (LoRA-GA, CorDA),
+    and LoRA-GA's known options."""
     batches = config.init_batches
-    if config.init == "lora_ga" and (not isinstance(batches, (list, tuple)) or not batches
-                                     or not all(isinstance(b, dict) for b in batches)):
-        raise ConfigError("init='lora_ga' estimates each target's gradient on calibration batches: init_batches must be "
-                          f"a non-empty list of keyword dicts the model takes (labels included, so it returns a loss), got "
-                          f"{_short(batches)}")
-    if config.init != "lora_ga" and batches is not None:
-        raise ConfigError(f"init_batches is used by init='lora_ga' only, but init={config.init!r}; drop init_batches")
+    needs = config.init in DATA_INITS
+    if needs and (not isinstance(batches, (list, tuple)) or not batches or not all(isinstance(b, dict) for b in batches)):
+        what = "each target's gradient" if config.init == "lora_ga" else "each target's input covariance"
+        labels = " (labels included, so it returns a loss)" if config.init == "lora_ga" else ""
+        raise ConfigError(f"init={config.init!r} estimates {what} on calibration batches: init_batches must be "
+                          f"a non-empty list of keyword dicts the model takes{labels}, got {_short(batches)}")
+    if not needs and batches is not None:
+        raise ConfigError(f"init_batches is used by init='lora_ga' and 'corda' only, but init={config.init!r}; drop init_batches")
     check_choice("lora_ga_direction", config.lora_ga_direction, GA_DIRECTIONS)
     check_choice("lora_ga_scale", config.lora_ga_scale, GA_SCALES)
     check_positive("lora_ga_gamma", config.lora_ga_gamma)

@@ -71,17 +71,18 @@ def check_rewritable(model: nn.Module, config) -> list[str]:
     for name in names:
         layer = model.get_submodule(name)
         reason = "shares its weight with another module (tied embeddings?)" if id(layer.weight) in shared else None
-        reason = reason or _why_not_rewritable(layer) or _too_narrow_for_lora_ga(layer, config.for_layer(name))
+        reason = reason or _why_not_rewritable(layer) or _too_narrow(layer, config.for_layer(name))
         if reason:
             raise ConfigError(f"init={config.init!r} moves part of each target's base weight into the adapter, but "
                               f"{name} {reason}; use init='default' or 'gaussian' there (or leave it out of targets)")
     return names
 
 
-def _too_narrow_for_lora_ga(layer: nn.Module, config) -> str | None:
+def _too_narrow(layer: nn.Module, config) -> str | None:
     narrowest = min(layer.weight.shape[:2])
-    if config.init == "lora_ga" and 2 * config.r > narrowest:
-        return f"has {narrowest} units on its narrow side, fewer than the 2r = {2 * config.r} gradient directions LoRA-GA splits"
+    needed = 2 * config.r if config.init == "lora_ga" else config.r  # LoRA-GA splits 2r directions between A and B
+    if needed > narrowest:
+        return f"has {narrowest} units on its narrow side, fewer than the {needed} directions init={config.init!r} takes"
     return None
 
 
