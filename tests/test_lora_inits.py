@@ -131,6 +131,16 @@ def test_the_file_is_refused_on_the_rewritten_base(tiny_llama, tmp_path):
     assert list(state_of(tiny_llama).adapters) == ["default"]
 
 
+def test_saving_a_rewritten_base_adapter_from_a_sharded_model_is_refused(tiny_llama, tmp_path, monkeypatch):
+    from trimtune.methods.lora import plain_lora
+
+    tt.apply(tiny_llama, tt.LoraConfig(r=4, targets=["q_proj"], init="olora"))
+    monkeypatch.setattr(plain_lora, "model_is_sharded", lambda model: True)  # FSDP itself is tested elsewhere
+    with pytest.raises(ValueError, match=r"adapter 'default' \(init='olora'\) rewrote the base.*FSDP-sharded"):
+        tt.save_adapter(tiny_llama, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"init": "eva"}, r"init must be one of 'default', 'gaussian', 'pissa', 'olora', 'lora_ga', 'corda' or 'pissa_niter_K'.*got 'eva'"),
     ({"init": "pissa_niter_0"}, r"init must be one of .* got 'pissa_niter_0'"),

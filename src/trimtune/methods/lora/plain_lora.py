@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 
+from ...core.io.gather import model_is_sharded
 from ...core.state import layers, state_of
 from .residual import ResidualLoraDelta
 
@@ -36,6 +37,10 @@ def as_plain_lora(model, name: str):
     copy of each rewritten weight meanwhile."""
     state = state_of(model)
     config = state.adapters[name]
+    rewritten = any(isinstance(layer.deltas[name], ResidualLoraDelta) for _, layer in layers(model) if name in layer.deltas)
+    if rewritten and model_is_sharded(model):  # the original weights would have to be rebuilt shard by shard
+        raise ValueError(f"adapter {name!r} (init={config.init!r}) rewrote the base, and saving it as a plain LoRA for the "
+                         "original base is not supported on an FSDP-sharded model yet; save it from an unsharded model")
     swapped = []
     try:
         for _, layer in layers(model):
