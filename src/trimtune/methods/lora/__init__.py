@@ -32,7 +32,7 @@ class Lora(WeightDeltaMethod):
         apply_weight_method(model, config, name, lambda layer, c: make_lora(layer, c, statistics.get(layer.module_name)))
 
     def save(self, model, path, name):
-        with as_plain_lora(model, name):  # PiSSA/OLoRA: the file is for the original base, as peft's conversion
+        with as_plain_lora(model, name):  # a rewritten base: the file is for the original one, as peft's conversion
             return save_weight_adapter(model, path, name)
 
     def claims_peft(self, peft_config: dict) -> bool:

@@ -1,4 +1,5 @@
-"""The LoRA delta for one wrapped layer: plain, masked (``follow_mask``) or over a rewritten base (PiSSA, OLoRA)."""
+"""The LoRA delta for one wrapped layer: plain, masked (``follow_mask``) or over a rewritten base
+(PiSSA, OLoRA, LoRA-GA, CorDA: ``residual.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Saving a LoRA over a rewritten base (PiSSA, OLoRA) as a plain LoRA against the original base.
+"""Saving a LoRA over a rewritten base (PiSSA, OLoRA, LoRA-GA, CorDA) as a plain LoRA against the original base.
 
 peft's ``save_pretrained(path_initial_model_for_weight_conversion=...)`` writes such an adapter as
 ``s·(B A − B0 A0)``: a plain LoRA of rank 2r (``[A; A0]``, ``[B, −B0]``; alpha doubled, or times √2

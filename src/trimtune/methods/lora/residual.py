@@ -1,10 +1,11 @@
-"""LoRA over a rewritten base (PiSSA, OLoRA): the factors start at a part of W, the base keeps the rest.
+"""LoRA over a rewritten base (PiSSA, OLoRA, LoRA-GA, CorDA): the factors start at a part of W, the base keeps the rest.
 
-``ResidualLoraDelta`` computes its start ``(A0, B0)`` from the layer's weight (``base_inits.py``) and
-``take_from_base`` leaves ``W_res = W − s·B0 A0`` in the layer, so ``W_res + s·B A`` is the original
-layer at the start. It keeps ``A0`` and ``B0`` (r·(in + out) numbers, not saved with the model's
-state): the change it trained is ``s·(B A − B0 A0)`` against the *original* W, which is how it is
-saved (``plain_lora.py``), and which lets ``check_rewritable`` refuse before any weight is touched.
+``ResidualLoraDelta`` is given its start ``(A0, B0)`` (from the weight: ``base_inits.py``; from
+calibration batches: ``gradient_init.py``, ``context_init.py``) and ``take_from_base`` leaves
+``W_res = W − s·B0 A0`` in the layer, so ``W_res + s·B A`` is the original layer at the start. It
+keeps ``A0`` and ``B0`` (r·(in + out) numbers, not saved with the model's state): the change it
+trained is ``s·(B A − B0 A0)`` against the *original* W, which is how it is saved (``plain_lora.py``).
+``check_rewritable`` refuses an unfit target before any weight is touched.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .delta import LoraDelta
 
 class ResidualLoraDelta(LoraDelta):
     def __init__(self, layer, r: int, scale: float, dropout: float, init: str, start: tuple[torch.Tensor, torch.Tensor]):
-        """``start``: (A0, B0) in float32, from ``base_inits.initial_factors`` or ``gradient_init.lora_ga_factors``."""
+        """``start``: (A0, B0) in float32 (``make._start`` picks how they are computed)."""
         super().__init__(layer.kind, layer.weight, r, scale, dropout)
         self.init = init
         start_a, start_b = start
