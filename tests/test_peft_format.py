@@ -227,8 +227,8 @@ def test_bad_json_and_unknown_peft_type(tiny_bert, saved_bert_adapter):
     config_file.write_text('{"peft_type": "LORA", "r": 4,')
     with pytest.raises(tt.FormatError, match="not valid JSON"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
-    config_file.write_text(json.dumps({**good, "peft_type": "LOHA"}))  # a peft method trimtune does not have
-    with pytest.raises(tt.FormatError, match="peft_type 'LOHA'.*LORA"):
+    config_file.write_text(json.dumps({**good, "peft_type": "C3A"}))  # a peft method trimtune does not have
+    with pytest.raises(tt.FormatError, match="peft_type 'C3A'.*LORA"):
         tt.load_adapter(tiny_bert, saved_bert_adapter)
     config_file.write_text(json.dumps({k: v for k, v in good.items() if k != "peft_type"}))
     with pytest.raises(tt.FormatError, match="no peft_type"):

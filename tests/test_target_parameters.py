@@ -214,6 +214,7 @@ def test_naming_a_non_parameter_is_refused_and_the_model_is_unchanged(tiny_mixtr
     ({"target_parameters": [""]}, r"target_parameters must be a list"),
     ({"target_parameters": EXPERTS, "dropout": 0.1}, r"dropout must be 0 with target_parameters.*got 0.1"),
     ({"target_parameters": EXPERTS, "follow_mask": True}, r"follow_mask=True is not available with target_parameters"),
+    ({"target_parameters": EXPERTS, "init": "pissa"}, r"init='pissa' is not available with target_parameters"),
 ])
 def test_bad_config_values_are_named(kwargs, message):
     with pytest.raises(tt.ConfigError, match=message):

@@ -37,6 +37,8 @@ class DoraConfig(LoraConfig):
             raise ConfigError("follow_mask=True is not available with DoRA, which rescales whole output rows; "
                               "use follow_mask=False")
         super().__post_init__()
+        if self.init not in ("default", "gaussian"):  # PiSSA/OLoRA rewrite the base: not done for DoRA here
+            raise ConfigError(f"init must be 'default' or 'gaussian' with DoRA, got {self.init!r}")
 
     def to_peft_dict(self, layers: dict) -> dict:
         return {**super().to_peft_dict(layers), "use_dora": True}

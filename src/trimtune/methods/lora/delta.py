@@ -26,6 +26,9 @@ from ...core.io.peft_format import check_fields, peft_target_modules, targets_fr
 from ...core.layer_kinds import EmbeddingKind, GPT2Conv1DKind, LayerKind
 from ...core.low_rank import add_low_rank, slice_factors
 from ...core.targets import TargetSpec, by_regex
+from .base_inits import check_init, rewrites_base
+from .context_init import CORDA_METHODS
+from .gradient_init import check_lora_ga
 
 
 @dataclass
@@ -34,9 +37,17 @@ class LoraConfig:
 
     targets: which layers (regex on module names, list of names, predicate, or None for the
     architecture's default). init: "default" (A Kaiming-uniform, B zero, so the model starts
-    unchanged) or "gaussian" (A ~ N(0, 1/r), B zero). bias: "none", "all" (train every bias of the
-    model) or "lora_only" (train the biases of targeted layers). modules_to_save: modules trained in
-    full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
+    unchanged), "gaussian" (A ~ N(0, 1/r), B zero), or one that starts the factors from the base
+    weight, which keeps the rest (``base_inits.py``): "pissa" (top-r singular vectors), "pissa_niter_K"
+    (the same by a randomised SVD, K iterations), "olora" (QR), or "lora_ga" (from the weight's mean
+    gradient over ``init_batches``: a non-empty list of keyword dicts the model takes, labels included;
+    ``lora_ga_direction``, ``lora_ga_scale``, ``lora_ga_gamma`` as peft's LoraGAConfig, ``gradient_init.py``),
+    or "corda" (from W times its inputs' covariance over ``init_batches``; ``corda_method`` "ipm" or
+    "kpm", ``context_init.py``);
+    such an adapter saves as a plain LoRA of rank 2r against the original base, as peft's
+    path_initial_model_for_weight_conversion does.
+    bias: "none", "all" (train every bias of the model) or "lora_only" (train the biases of targeted
+    layers). modules_to_save: modules trained in full, one copy per adapter (e.g. a classification head). rank_pattern / alpha_pattern: per-layer
     r / alpha, {regex on the module name's dotted suffix: value}, first match wins (peft's fields).
     target_parameters: bare parameters to adapt (peft's field), such as MoE experts stored as 3-D tensors:
     full dotted names or suffixes (``["experts.gate_up_proj", "experts.down_proj"]``); one rank-r pair per
@@ -61,6 +72,11 @@ class LoraConfig:
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     follow_mask: bool = False
     target_parameters: list[str] | None = None
+    init_batches: list | None = None
+    lora_ga_direction: str = "ArB2r"
+    lora_ga_scale: str = "stable"
+    lora_ga_gamma: float = 16.0
+    corda_method: str = "ipm"
 
     def __post_init__(self):
         if not isinstance(self.follow_mask, bool):
@@ -72,7 +88,12 @@ class LoraConfig:
         check_positive_int("r", self.r)
         check_positive("alpha", self.alpha)
         check_fraction("dropout", self.dropout)
-        check_choice("init", self.init, ("default", "gaussian"))
+        check_init(self.init)
+        if self.follow_mask and rewrites_base(self.init):
+            raise ConfigError(f"init={self.init!r} rewrites the base weight, which a pruning mask would cut (the start "
+                              "would change the model); use follow_mask=False or init='default'")
+        check_lora_ga(self)
+        check_choice("corda_method", self.corda_method, CORDA_METHODS)
         check_choice("bias", self.bias, ("none", "all", "lora_only"))
         self.modules_to_save = list(self.modules_to_save or [])
         self.rank_pattern, self.alpha_pattern = dict(self.rank_pattern or {}), dict(self.alpha_pattern or {})
@@ -95,6 +116,9 @@ class LoraConfig:
                               f"to drop), got {self.dropout}")
         if value and self.follow_mask:
             raise ConfigError("follow_mask=True is not available with target_parameters: a bare parameter carries no pruning mask")
+        if value and rewrites_base(self.init):  # the residual and the plain-LoRA save are written for layers
+            raise ConfigError(f"init={self.init!r} is not available with target_parameters: it rewrites a layer's base weight, "
+                              "and bare parameters are adapted from the default init only (choose init='default' or 'gaussian')")
 
     def for_layer(self, name: str) -> LoraConfig:
         """This config with r / alpha of the first rank_pattern / alpha_pattern entry matching ``name``."""
@@ -126,7 +150,8 @@ class LoraConfig:
         init = d.get("init_lora_weights", True)
         if init not in (True, False, "gaussian"):
             # PiSSA, OLoRA, LoftQ, ... rewrite the base weights: this adapter needs that rewritten base.
-            raise ConfigError(f"init_lora_weights={init!r} changes the base model; trimtune loads True, False or 'gaussian'")
+            raise ConfigError(f"init_lora_weights={init!r} changes the base model; trimtune loads True, False or 'gaussian' "
+                              "(save it from peft with path_initial_model_for_weight_conversion to get a plain LoRA)")
         # fan_in_fan_out only says how peft stores GPT-2 Conv1D weights; trimtune's layer kinds know the layout.
         layout_only = {"fan_in_fan_out", "init_lora_weights", "megatron_core", "qalora_group_size", "runtime_config"}
         fields = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias", "modules_to_save", "rank_pattern", "alpha_pattern"}
@@ -211,13 +236,3 @@ class MaskedLoraDelta(LoraDelta):
 
     def weight_delta(self):
         return self.delta_weight().to(self.base_dtype)
-
-
-def make_lora(layer, config: LoraConfig) -> LoraDelta:
-    config = config.for_layer(layer.module_name)
-    if not config.follow_mask:
-        return LoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)
-    if not layer.weight.is_floating_point():
-        raise ValueError(f"follow_mask=True adds BA to the weight, but {layer.module_name} has a "
-                         f"{layer.weight.dtype} (e.g. 4-bit) base; use follow_mask=False on quantised layers")
-    return MaskedLoraDelta(layer.kind, layer.weight, config.r, config.scale, config.dropout, config.init)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.adapters import apply_weight_method
+from ...core.config import ConfigError
 from ...core.four_bit import QuantConfig, require_bitsandbytes
 from ...core.targets import TargetSpec
-from ..lora.delta import LoraConfig, make_lora
+from ..lora.delta import LoraConfig
+from ..lora.make import make_lora
 from .quantize import quantize_base
 
 
@@ -29,6 +31,11 @@ class QLoraConfig(LoraConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.init not in ("default", "gaussian"):  # checked before quantize_base touches the model
+            raise ConfigError(
+                f"init={self.init!r} moves part of each base weight into the adapter, but QLoRA stores the base in 4 bits, "
+                "which cannot hold the exact residual (peft does this with LoftQ, which trimtune does not have yet); "
+                "use init='default' or 'gaussian', or apply LoraConfig(init=...) on the float base and quantise after")
         require_bitsandbytes()
         self.quant = QuantConfig(self.quant_type, self.double_quant, self.compute_dtype, self.blocksize)
 
