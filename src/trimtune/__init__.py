@@ -17,6 +17,7 @@ from .core.adapters import (
     set_adapter,
 )
 from .core.config import ConfigError
+from .core.mixed_batch import mixed_batch
 from .core.four_bit import QuantConfig
 from .core.input_deltas.apply import fold
 from .core.input_deltas.model_info import CACHE_ARGUMENTS
@@ -111,7 +112,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # adapters: add, switch, merge, unload
-    "apply", "set_adapter", "active_adapters", "adapter_config", "adapter_configs", "delete_adapter", "disable_adapters",
+    "apply", "set_adapter", "active_adapters", "adapter_config", "adapter_configs", "delete_adapter", "disable_adapters", "mixed_batch",
     "merge", "unmerge", "unload", "fold", "trainable_parameters", "print_trainable_parameters", "TunedLayer",
     "CACHE_ARGUMENTS",  # the names transformers gives the attention cache (prefix tuning rides on it)
     # adapter files

@@ -16,12 +16,36 @@ drops the same output or input units that were removed from the base.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from .layer_kinds import LayerKind
 
 STAGES = ("scale_input", "weight_delta", "output_units", "add_output", "transform_output")
+
+
+class Stages(NamedTuple):
+    """Deltas by the forward stage they take part in, in order (what a wrapper's forward runs)."""
+
+    scale_input: tuple = ()
+    weight_delta: tuple = ()
+    output_units: tuple = ()
+    add_output: tuple = ()
+    transform_output: tuple = ()
+
+    @classmethod
+    def of(cls, deltas) -> Stages:
+        return cls(*(tuple(d for d in deltas if stage in d.stages()) for stage in STAGES))
+
+    @property
+    def after_op(self) -> bool:
+        """Whether they only change the op's output, row by row (so the op may run once for many adapters)."""
+        return not (self.scale_input or self.weight_delta or self.output_units)
+
+
+NO_STAGES = Stages()
 
 
 def sliced(param: nn.Parameter, dim: int, keep: torch.Tensor) -> nn.Parameter:
