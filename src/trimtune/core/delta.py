@@ -108,6 +108,17 @@ class Delta(nn.Module):
                 raise ValueError(f"{type(self).__name__} changes a bias but the base layer has none")
             bias.add_(sign * change.to(bias.dtype))
 
+    # ---- hot-swap (core/hotswap.py) ----
+    @property
+    def rescalable(self) -> bool:
+        """Whether ``rescale`` is implemented (a hot-swap to another scale needs it)."""
+        return type(self).rescale is not Delta.rescale
+
+    def rescale(self, factor: float) -> None:
+        """Multiply this delta's change by ``factor`` through its tensors, not through attributes a
+        compiled graph read as constants (a hot-swap to an adapter with another scale)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be rescaled")
+
     # ---- adapter files ----
     def file_state(self) -> dict[str, torch.Tensor]:
         """The tensors an adapter file holds for this delta: its live state by default (loading

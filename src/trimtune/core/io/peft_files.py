@@ -52,7 +52,7 @@ def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
 
 def load_weight_adapter(model: nn.Module, path: Path, name: str, config, check_base: bool = True, activate: bool = True):
     """Add weight-delta adapter ``name`` described by ``config`` and fill it from ``path``'s tensors."""
-    config = _fit_modules_to_save(model, config)
+    config = fit_modules_to_save(model, config)
     tensors, metadata = read_tensors(path / WEIGHTS_FILE)
     saved = json.loads(metadata[FINGERPRINT_KEY]) if check_base and FINGERPRINT_KEY in metadata else None
     if saved is not None:
@@ -101,7 +101,7 @@ def read_tensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise FormatError(str(err)) from err
 
 
-def _fit_modules_to_save(model: nn.Module, config):
+def fit_modules_to_save(model: nn.Module, config):
     """Keep the modules_to_save entries this model has: peft writes every name its task might use
     (``classifier`` and ``score`` for sequence classification) and skips those that are absent."""
     wanted = getattr(config, "modules_to_save", None)
