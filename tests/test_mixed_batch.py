@@ -41,16 +41,19 @@ def _logits(model):
     return lambda ids: model(input_ids=ids).logits
 
 
-@torch.no_grad()
-def test_forward_equals_each_row_alone(tiny_llama):
-    model = _two_loras(tiny_llama)
-    ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(1))
+def _mixed_equals_alone(model, seed):
+    """The logits of a mixed batch, checked against each row alone; returns them with the base's."""
+    ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(seed))
     with tt.mixed_batch(model, NAMES):
         mixed = model(input_ids=ids).logits
-    alone = _alone(model, ids, NAMES, _logits(model))
-    torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed, _alone(model, ids, NAMES, _logits(model)), atol=1e-5, rtol=0)
     with tt.disable_adapters(model):
-        base = model(input_ids=ids).logits
+        return mixed, model(input_ids=ids).logits
+
+
+@torch.no_grad()
+def test_forward_equals_each_row_alone(tiny_llama):
+    mixed, base = _mixed_equals_alone(_two_loras(tiny_llama), seed=1)
     assert (mixed[0] - base[0]).abs().max() > 0.1 and (mixed[2] - base[2]).abs().max() > 0.1  # the adapters do act
     torch.testing.assert_close(mixed[1], base[1], atol=1e-5, rtol=0)
 
@@ -70,6 +73,18 @@ def test_greedy_generate_equals_each_row_alone(tiny_llama):
     # the scores of the last step, row by row, as each row alone gives them
     last = _alone(model, ids, NAMES, lambda row: model.generate(row, **kwargs).scores[-1])
     torch.testing.assert_close(mixed.scores[-1], last, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_beam_search_takes_each_name_repeated_per_beam(tiny_llama):
+    model = _two_loras(tiny_llama)
+    ids = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(7))
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "num_beams": 2}
+    with tt.mixed_batch(model, ["fr", "fr", "de", "de"]):
+        mixed = model.generate(ids, **kwargs)
+    assert torch.equal(mixed, _alone(model, ids, ["fr", "de"], lambda row: model.generate(row, **kwargs)))
+    with tt.mixed_batch(model, ["fr", "de"]), pytest.raises(ValueError, match="repeat each name that many times"):
+        model.generate(ids, **kwargs)
 
 
 @torch.no_grad()
@@ -103,13 +118,7 @@ def test_weight_and_input_deltas_and_head_copies_mix(tiny_bert):
     for name, param in tiny_bert.named_parameters():
         if ".deltas." in name or ".copies." in name:
             param.add_(0.3 * torch.randn_like(param))
-    ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(4))
-    with tt.mixed_batch(tiny_bert, NAMES):
-        mixed = tiny_bert(input_ids=ids).logits
-    alone = _alone(tiny_bert, ids, NAMES, _logits(tiny_bert))
-    torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=0)
-    with tt.disable_adapters(tiny_bert):
-        base = tiny_bert(input_ids=ids).logits
+    mixed, base = _mixed_equals_alone(tiny_bert, seed=4)
     assert (mixed[[0, 2]] - base[[0, 2]]).abs().max() > 0.05
 
 
@@ -188,3 +197,25 @@ def test_a_batch_split_off_the_first_dimension_is_caught():
     tt.apply(model, tt.LoraConfig(r=2, targets=["0"]), "fr")
     with tt.mixed_batch(model, ["fr", "__base__"]), pytest.raises(ValueError, match="got a batch of 6 examples"):
         model(torch.randn(6, 4))
+
+
+@pytest.mark.parametrize("config", [
+    tt.DoraConfig(r=2, targets="q_proj|v_proj"),
+    tt.VeraConfig(r=8, targets="q_proj|v_proj"),
+    tt.LoKrConfig(r=2, targets="q_proj|v_proj"),
+    tt.AdaLoraConfig(init_r=4, target_r=2, targets="q_proj|v_proj", total_step=10),
+    tt.BottleneckConfig(reduction_factor=8),
+    tt.TrainableTokensConfig(token_indices=list(range(3, 100, 2))),
+    tt.LNTuningConfig(),
+    tt.DiffConfig(targets="q_proj|v_proj"),
+], ids=lambda config: type(config).__name__)
+@torch.no_grad()
+def test_every_weight_method_mixes_with_lora(tiny_llama, config):
+    tt.apply(tiny_llama, tt.LoraConfig(r=2, targets="q_proj|v_proj"), "fr")
+    tt.apply(tiny_llama, config, "de")
+    torch.manual_seed(6)
+    for name, param in tiny_llama.named_parameters():
+        if ".deltas." in name or ".copies." in name:
+            param.add_(0.3 * torch.randn_like(param))
+    mixed, base = _mixed_equals_alone(tiny_llama, seed=6)
+    assert (mixed[2] - base[2]).abs().max() > 0.05  # the second adapter does act on its row
