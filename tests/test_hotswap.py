@@ -146,3 +146,17 @@ def test_a_merged_adapter_is_refused(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match=r"adapter 'default' is merged into the weights; unmerge\(model\) before hot-swapping"):
         tt.hotswap_adapter(model, tmp_path / "other")
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("config", [tt.IA3Config(), tt.LoHaConfig(r=2, targets=TARGETS), tt.DoraConfig(r=2, targets=TARGETS)],
+                         ids=lambda config: type(config).__name__)
+def test_other_methods_swap_their_tensors(tiny_llama, ids, tmp_path, config):
+    model, other = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
+    tt.apply(model, config)
+    tt.apply(other, config)
+    _randomised(model, 1), _randomised(other, 2)
+    tt.save_adapter(other, tmp_path / "other")
+    before = _logits(model, ids)
+    tt.hotswap_adapter(model, tmp_path / "other")
+    torch.testing.assert_close(_logits(model, ids), _logits(other, ids), atol=1e-5, rtol=0)
+    assert (_logits(model, ids) - before).abs().max() > 0.05

@@ -27,8 +27,16 @@ from torch import nn
 
 from .adapters import adapter_config
 from .io.fingerprint import check_fingerprint
-from .io.peft_files import FINGERPRINT_KEY, WEIGHTS_FILE, adapter_tensors, fit_modules_to_save, read_config, read_tensors
-from .io.peft_format import method_of
+from .io.peft_files import (
+    FINGERPRINT_KEY,
+    WEIGHTS_FILE,
+    adapter_tensors,
+    fit_modules_to_save,
+    layers_with,
+    read_config,
+    read_tensors,
+)
+from .io.peft_format import method_of, to_peft_config
 from .registry import method_for_config
 from .state import hosts, layers
 
@@ -48,7 +56,7 @@ def hotswap_adapter(model: nn.Module, source: str | os.PathLike | Mapping[str, t
     old = adapter_config(model, name)
     _check_not_merged(model, name)
     new, tensors = _read_source(model, source, config, old, check_base)
-    _check_config(old, new, name)
+    _check_config(_as_saved(model, old, name), _as_saved(model, new, name), name)
     live = adapter_tensors(model, old, name)
     _check_tensors(live, tensors, name)
     factors = _scale_factors(model, old, new, name)
@@ -69,6 +77,13 @@ def _read_source(model, source, config, old, check_base: bool):
     if check_base and FINGERPRINT_KEY in metadata:
         check_fingerprint(json.loads(metadata[FINGERPRINT_KEY]), model, f"the adapter in {path}")
     return new, tensors
+
+
+def _as_saved(model: nn.Module, config, name: str):
+    """``config`` as its adapter file would give it back on this model: a default spelled out
+    (IA3's feed-forward layers), so two configs compare by what they do, not how they were written."""
+    saved = to_peft_config(model, config, name, layers_with(model, name))
+    return fit_modules_to_save(model, method_of(saved).config.from_peft_dict(saved))
 
 
 def _check_config(old, new, name: str) -> None:

@@ -36,7 +36,7 @@ def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
 
     Under FSDP every rank must call it: the sharded tensors are gathered whole and rank 0 writes."""
     config = adapter_config(model, name)
-    carriers = _layers_with(model, name)
+    carriers = layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
     record = {**fingerprint(model), "changes": change_fingerprint(model, name)}
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(record, sort_keys=True)}
@@ -70,12 +70,12 @@ def adapter_tensors(model: nn.Module, config, name: str) -> dict[str, torch.Tens
     for module_name, host in hosts(model):
         if name in host.adapter_names():
             tensors.update(host.peft_tensors(name, PREFIX + module_name))
-    for key, bias in bias_tensors(model, config, name, _layers_with(model, name)).items():
+    for key, bias in bias_tensors(model, config, name, layers_with(model, name)).items():
         tensors.setdefault(key, bias)  # a head copy's bias is the head's bias for this adapter
     return tensors
 
 
-def _layers_with(model: nn.Module, name: str) -> dict[str, nn.Module]:
+def layers_with(model: nn.Module, name: str) -> dict[str, nn.Module]:
     """The target layers carrying adapter ``name`` (wrappers, or a method's own host such as LN tuning's)."""
     return {n: host for n, host in hosts(model) if host.is_target and name in host.adapter_names()}
 
