@@ -138,6 +138,21 @@ def test_mismatches_are_refused_before_anything_changes(tiny_llama, ids, tmp_pat
     torch.testing.assert_close(_logits(model, ids), logits, atol=0, rtol=0)
 
 
+def test_a_file_made_for_another_base_is_refused(tiny_llama, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(9)
+    another = LlamaForCausalLM(tiny_llama.config).eval()  # same shapes, other weights
+    tt.save_adapter(_tuned(another, 2), tmp_path / "other")
+    model = _tuned(tiny_llama, 1)
+    state = _adapter_state(model)
+    with pytest.raises(tt.BaseMismatchError):
+        tt.hotswap_adapter(model, tmp_path / "other")
+    assert all(torch.equal(state[k], v) for k, v in _adapter_state(model).items())
+    tt.hotswap_adapter(model, tmp_path / "other", check_base=False)  # the caller's word
+    assert not all(torch.equal(state[k], v) for k, v in _adapter_state(model).items())
+
+
 def test_a_merged_adapter_is_refused(tiny_llama, tmp_path):
     model, other = _tuned(tiny_llama, 1), _tuned(tiny_llama, 2)
     tt.save_adapter(other, tmp_path / "other")

@@ -104,6 +104,10 @@ def test_equals_peft_mixed_batch(tiny_llama):
         ours = model(input_ids=ids).logits
     peft_logits = theirs(input_ids=ids, adapter_names=NAMES).logits
     torch.testing.assert_close(ours, peft_logits, atol=1e-5, rtol=0)
+    kwargs = {"max_new_tokens": 5, "do_sample": False}
+    with tt.mixed_batch(model, NAMES):
+        ours_generated = model.generate(ids, **kwargs)
+    assert torch.equal(ours_generated, theirs.generate(input_ids=ids, adapter_names=NAMES, **kwargs))
     with tt.disable_adapters(model):
         assert (ours - model(input_ids=ids).logits).abs().max() > 0.1
 
