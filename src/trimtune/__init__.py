@@ -17,6 +17,8 @@ from .core.adapters import (
     set_adapter,
 )
 from .core.config import ConfigError
+from .core.hotswap import hotswap_adapter
+from .core.mixed_batch import mixed_batch
 from .core.four_bit import QuantConfig
 from .core.input_deltas.apply import fold
 from .core.input_deltas.model_info import CACHE_ARGUMENTS
@@ -111,11 +113,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     # adapters: add, switch, merge, unload
-    "apply", "set_adapter", "active_adapters", "adapter_config", "adapter_configs", "delete_adapter", "disable_adapters",
+    "apply", "set_adapter", "active_adapters", "adapter_config", "adapter_configs", "delete_adapter", "disable_adapters", "mixed_batch",
     "merge", "unmerge", "unload", "fold", "trainable_parameters", "print_trainable_parameters", "TunedLayer",
     "CACHE_ARGUMENTS",  # the names transformers gives the attention cache (prefix tuning rides on it)
     # adapter files
-    "save_adapter", "load_adapter", "save_shrunk", "load_shrunk",
+    "save_adapter", "load_adapter", "hotswap_adapter", "save_shrunk", "load_shrunk",
     # methods: the contract, the registry and every method's config
     "Method", "WeightDeltaMethod", "register", "method_for_config", "registered_methods",
     "QLoraConfig", "AdaLoraConfig", "DiffConfig", "GateConfig", "QuantConfig",  # every other method's config: below

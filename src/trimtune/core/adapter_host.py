@@ -18,6 +18,9 @@ class AdapterHost(nn.Module):
     # True for a host standing where a target layer of its method stood (the weight wrapper, LN tuning's
     # norm copies): adapter_config.json's target_modules lists these (head copies and prompts are no targets).
     is_target: bool = False
+    # True for a host that can run each example of a batch with its own adapter (``core/mixed_batch.py``):
+    # it looks its routing up with ``row_adapters.rows_for(self)`` in its forward.
+    mixes_rows: bool = False
 
     def set_active(self, names: Iterable[str]) -> None:
         raise NotImplementedError

@@ -16,12 +16,36 @@ drops the same output or input units that were removed from the base.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from .layer_kinds import LayerKind
 
 STAGES = ("scale_input", "weight_delta", "output_units", "add_output", "transform_output")
+
+
+class Stages(NamedTuple):
+    """Deltas by the forward stage they take part in, in order (what a wrapper's forward runs)."""
+
+    scale_input: tuple = ()
+    weight_delta: tuple = ()
+    output_units: tuple = ()
+    add_output: tuple = ()
+    transform_output: tuple = ()
+
+    @classmethod
+    def of(cls, deltas) -> Stages:
+        return cls(*(tuple(d for d in deltas if stage in d.stages()) for stage in STAGES))
+
+    @property
+    def after_op(self) -> bool:
+        """Whether they only change the op's output, row by row (so the op may run once for many adapters)."""
+        return not (self.scale_input or self.weight_delta or self.output_units)
+
+
+NO_STAGES = Stages()
 
 
 def sliced(param: nn.Parameter, dim: int, keep: torch.Tensor) -> nn.Parameter:
@@ -83,6 +107,17 @@ class Delta(nn.Module):
             if bias is None:
                 raise ValueError(f"{type(self).__name__} changes a bias but the base layer has none")
             bias.add_(sign * change.to(bias.dtype))
+
+    # ---- hot-swap (core/hotswap.py) ----
+    @property
+    def rescalable(self) -> bool:
+        """Whether ``rescale`` is implemented (a hot-swap to another scale needs it)."""
+        return type(self).rescale is not Delta.rescale
+
+    def rescale(self, factor: float) -> None:
+        """Multiply this delta's change by ``factor`` through its tensors, not through attributes a
+        compiled graph read as constants (a hot-swap to an adapter with another scale)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be rescaled")
 
     # ---- adapter files ----
     def file_state(self) -> dict[str, torch.Tensor]:

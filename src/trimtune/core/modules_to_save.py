@@ -9,12 +9,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .adapter_host import AdapterHost
+from .row_adapters import RowAdapters, assemble, rows_for
 
 
 class ModuleCopies(AdapterHost):
+    mixes_rows = True
+
     def __init__(self, original: nn.Module):
         super().__init__()
         object.__setattr__(self, "original", original)
@@ -35,8 +39,25 @@ class ModuleCopies(AdapterHost):
         self.copies[name] = duplicate
 
     def forward(self, *args, **kwargs):
+        rows = rows_for(self)
+        if rows is not None:
+            return self._forward_mixed(rows, *args, **kwargs)
         module = self.copies[self.active[0]] if self.active else self.original
         return module(*args, **kwargs)
+
+    def _forward_mixed(self, rows: RowAdapters, x, *args, **kwargs):
+        """Each group of examples through its adapter's copy (the original for the others); the
+        module's first argument and its output carry the batch in their first dimension."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"a mixed batch through {type(self.original).__name__} needs its input as the first argument, "
+                            f"a tensor whose first dimension is the batch; got {type(x).__name__}")
+        parts = []
+        for name, idx in rows.indices(x.shape[0], x.device, type(self.original).__name__).items():
+            module = self.copies[name] if name in self.copies else self.original
+            parts.append((idx, module(x[idx], *args, **kwargs)))
+        if not all(isinstance(part, torch.Tensor) for _, part in parts):
+            raise TypeError(f"a mixed batch through {type(self.original).__name__} needs a tensor output to reassemble")
+        return assemble(parts, x.shape[0])
 
     def set_active(self, names: Iterable[str]) -> None:
         self.active = tuple(n for n in names if n in self.copies)[:1]

@@ -14,14 +14,16 @@ import torch
 from torch import nn
 
 from .adapter_host import DeltaHost, take_over_tensors
-from .delta import STAGES, Delta
+from .delta import NO_STAGES, Delta, Stages
 from .four_bit import dequantize_base, is_4bit
 from .layer_kinds import kind_class_for, supported_types
 from .plain_four_bit import live_weight
+from .row_adapters import RowAdapters, assemble, rows_for
 
 
 class TunedLayer(DeltaHost):
     is_target = True
+    mixes_rows = True
 
     def __init__(self, base: nn.Module):
         super().__init__()
@@ -44,10 +46,16 @@ class TunedLayer(DeltaHost):
 
     # ---- the forward, written once ----
     def forward(self, x):
-        for delta in self._scale_input:
+        rows = rows_for(self)
+        if rows is not None:
+            return self._forward_mixed(x, rows)
+        return self._run(x, self._live)
+
+    def _run(self, x, stages: Stages):
+        for delta in stages.scale_input:
             x = delta.scale_input(x)
         weight, bias = live_weight(self), self.bias  # a 4-bit base sharded by FSDP2 gets its quant state back
-        for delta in self._weight_delta:
+        for delta in stages.weight_delta:
             weight = weight + delta.weight_delta()
             extra_bias = delta.bias_delta()
             if extra_bias is not None:
@@ -57,20 +65,38 @@ class TunedLayer(DeltaHost):
         if self.weight_mask is not None:
             weight = weight * self.weight_mask
         keep = None
-        for delta in self._output_units:  # runtime gates: compute only the open output units
+        for delta in stages.output_units:  # runtime gates: compute only the open output units
             keep = delta.output_units(x)
         y = self.kind.forward(x, weight, bias) if keep is None else self.kind.forward_units(x, weight, bias, keep)
-        for delta in self._add_output:
+        return self._finish(y, x, stages)
+
+    @staticmethod
+    def _finish(y, x, stages: Stages):
+        for delta in stages.add_output:
             y = delta.add_output(y, x)
-        for delta in self._transform_output:
+        for delta in stages.transform_output:
             y = delta.transform_output(y)
         return y
 
+    def _forward_mixed(self, x, rows: RowAdapters):
+        """Each example with its own adapter (``core/mixed_batch.py``). When every adapter in the batch
+        only adds to or transforms the output (LoRA, DoRA, VeRA, IA3 on outputs, ...), the base op runs
+        once on the whole batch and each group of rows gets its adapter's stages; an adapter that
+        changes the weight or the input (LoHa, LoKr, diff, IA3 on inputs) runs its rows separately."""
+        groups = rows.indices(x.shape[0], x.device, self.module_name or self.describe())
+        stages = {name: Stages.of([self.deltas[name]] if name in self.deltas else []) for name in groups}
+        if all(s.after_op for s in stages.values()):
+            y = self._run(x, NO_STAGES)
+            for name, idx in groups.items():
+                if any(stages[name]):
+                    y = y.index_copy(0, idx, self._finish(y[idx], x[idx], stages[name]))
+            return y
+        parts = [(idx, self._run(x[idx], stages[name])) for name, idx in groups.items()]
+        return assemble(parts, x.shape[0])
+
     def _refresh(self) -> None:
-        """Cache, per forward stage, the active deltas that are not merged into the weight."""
-        live = [self.deltas[n] for n in self.active if n not in self.merged]
-        for stage in STAGES:
-            object.__setattr__(self, f"_{stage}", tuple(d for d in live if stage in d.stages()))
+        """Cache the stages of the active deltas that are not merged into the weight."""
+        object.__setattr__(self, "_live", Stages.of([self.deltas[n] for n in self.active if n not in self.merged]))
 
     # ---- managing deltas ----
     def add_delta(self, name: str, delta: Delta) -> None:

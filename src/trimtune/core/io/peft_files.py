@@ -36,7 +36,7 @@ def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
 
     Under FSDP every rank must call it: the sharded tensors are gathered whole and rank 0 writes."""
     config = adapter_config(model, name)
-    carriers = _layers_with(model, name)
+    carriers = layers_with(model, name)
     peft_config = to_peft_config(model, config, name, carriers)
     record = {**fingerprint(model), "changes": change_fingerprint(model, name)}
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(record, sort_keys=True)}
@@ -52,7 +52,7 @@ def save_weight_adapter(model: nn.Module, path: str | os.PathLike, name: str = "
 
 def load_weight_adapter(model: nn.Module, path: Path, name: str, config, check_base: bool = True, activate: bool = True):
     """Add weight-delta adapter ``name`` described by ``config`` and fill it from ``path``'s tensors."""
-    config = _fit_modules_to_save(model, config)
+    config = fit_modules_to_save(model, config)
     tensors, metadata = read_tensors(path / WEIGHTS_FILE)
     saved = json.loads(metadata[FINGERPRINT_KEY]) if check_base and FINGERPRINT_KEY in metadata else None
     if saved is not None:
@@ -70,12 +70,12 @@ def adapter_tensors(model: nn.Module, config, name: str) -> dict[str, torch.Tens
     for module_name, host in hosts(model):
         if name in host.adapter_names():
             tensors.update(host.peft_tensors(name, PREFIX + module_name))
-    for key, bias in bias_tensors(model, config, name, _layers_with(model, name)).items():
+    for key, bias in bias_tensors(model, config, name, layers_with(model, name)).items():
         tensors.setdefault(key, bias)  # a head copy's bias is the head's bias for this adapter
     return tensors
 
 
-def _layers_with(model: nn.Module, name: str) -> dict[str, nn.Module]:
+def layers_with(model: nn.Module, name: str) -> dict[str, nn.Module]:
     """The target layers carrying adapter ``name`` (wrappers, or a method's own host such as LN tuning's)."""
     return {n: host for n, host in hosts(model) if host.is_target and name in host.adapter_names()}
 
@@ -101,7 +101,7 @@ def read_tensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise FormatError(str(err)) from err
 
 
-def _fit_modules_to_save(model: nn.Module, config):
+def fit_modules_to_save(model: nn.Module, config):
     """Keep the modules_to_save entries this model has: peft writes every name its task might use
     (``classifier`` and ``score`` for sequence classification) and skips those that are absent."""
     wanted = getattr(config, "modules_to_save", None)

@@ -26,8 +26,9 @@ class NormCopies(ModuleCopies):
         self._saved_base: dict[str, torch.Tensor] = {}  # the original's values while a copy is merged in
 
     def forward(self, *args, **kwargs):
-        module = self.original if self.merged or not self.active else self.copies[self.active[0]]
-        return module(*args, **kwargs)
+        if self.merged:  # the copy's values are in the original already
+            return self.original(*args, **kwargs)
+        return super().forward(*args, **kwargs)  # the active copy, or each example's in a mixed batch
 
     def folds(self, name: str) -> bool:
         return name in self.copies

@@ -59,6 +59,9 @@ class LoraConfig:
     """
 
     peft_type: ClassVar[str] = "LORA"
+    # What a hot-swap (core/hotswap.py) may change besides the tensors: the scale, which it folds into
+    # lora_B (``scale_for``, ``LoraDelta.rescale``), and the initialisation, which the tensors replace.
+    swap_free_fields: ClassVar[tuple[str, ...]] = ("alpha", "alpha_pattern", "use_rslora", "init")
 
     r: int = 8
     alpha: float = 8.0
@@ -178,6 +181,10 @@ class LoraConfig:
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
+    def scale_for(self, name: str) -> float:
+        """The scale of the layer at module name ``name`` (rank_pattern / alpha_pattern applied)."""
+        return self.for_layer(name).scale
+
 
 class LoraDelta(Delta):
     def __init__(self, kind: LayerKind, weight: torch.Tensor, r: int, scale: float, dropout: float = 0.0, init: str = "default"):
@@ -221,6 +228,10 @@ class LoraDelta(Delta):
 
     def slice_(self, dim, keep):
         slice_factors(self, dim, keep)
+
+    @torch.no_grad()
+    def rescale(self, factor):
+        self.lora_B.mul_(factor)  # scale·B·A with B·factor: the scale itself (a float) stays what a compiled graph saw
 
     def extra_repr(self):
         return f"r={self.r}, scale={self.scale:g}, dropout={self.dropout:g}"

@@ -57,6 +57,8 @@ class VeraProjections(AdapterHost):
     deleting or unloading the adapter drops them and saving writes them (as peft's
     ``base_model.vera_A`` / ``base_model.vera_B`` when ``save_projection``)."""
 
+    mixes_rows = True  # never run itself: the layers' deltas read the pairs, so a mixed batch just works
+
     def __init__(self):
         super().__init__()
         self.pairs = nn.ModuleDict()
