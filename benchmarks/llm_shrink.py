@@ -64,6 +64,8 @@ ONESHOT = [  # (label, config): width only, depth only, mixed; the repair and im
     ("mixed: ffn 0.25 + 2 blocks, wanda", "ffn=0.25,drop_layers=2,importance=wanda"),
     ("mixed: hidden 0.1 + ffn 0.2", "hidden=0.1,ffn=0.2"),
     ("mixed: ffn 0.25 + 3 blocks", "ffn=0.25,drop_layers=3"),
+    ("mixed: ffn 0.25 + 3 blocks, no repair", "ffn=0.25,drop_layers=3,repair=none"),
+    ("mixed: ffn 0.25 + 3 blocks, bias repair", "ffn=0.25,drop_layers=3,repair=bias"),
     ("mixed: ffn 0.34 + 2 blocks", "ffn=0.34,drop_layers=2"),
     ("mixed: hidden 0.125 + ffn 0.25", "hidden=0.125,ffn=0.25"),
     ("mixed: heads 1/3 + ffn 0.2 + 1 block", "heads=0.34,ffn=0.2,drop_layers=1"),
