@@ -269,20 +269,21 @@ def recover_part(student: str, steps: int, lr: float, method: str | None) -> dic
             "before": perplexity_of(load(student)), "after": perplexity_of(load(merged))}
 
 
-def speed_part(student: str, rounds: int) -> dict:
+def speed_part(students: list[str], rounds: int) -> dict:
+    """The dense model and each shrunk directory, interleaved in every round (load drifts hit all alike)."""
     from trimtune.training.generation_speed import generation_speed
 
     prompt = heldout_ids()[None, :128]
-    models = {"dense": load(smollm2_dir()), "shrunk": load(student)}
+    models = {"dense": load(smollm2_dir()), **{student: load(student) for student in students}}
     runs = {name: [] for name in models}
-    for _ in range(rounds):  # interleaved: load drifts hit both alike
+    for _ in range(rounds):
         for name, model in models.items():
             runs[name].append(generation_speed(model, prompt, 128, rounds=1))
     med = {name: {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in ("prefill_tokens_per_s", "decode_tokens_per_s")}
            for name, rows in runs.items()}
-    return {"threads": torch.get_num_threads(), "rounds": rounds, "student": student, **med,
-            "prefill_ratio": med["shrunk"]["prefill_tokens_per_s"] / med["dense"]["prefill_tokens_per_s"],
-            "decode_ratio": med["shrunk"]["decode_tokens_per_s"] / med["dense"]["decode_tokens_per_s"]}
+    return {"threads": torch.get_num_threads(), "rounds": rounds, **med,
+            "ratios": {student: {k.replace("tokens_per_s", "ratio"): med[student][k] / med["dense"][k] for k in med["dense"]}
+                       for student in students}}
 
 
 def memory_child(model_dir: str, out: str, spec: str, nsamples: str, seqlen: str) -> None:
@@ -318,13 +319,19 @@ def memory_part(depths, spec: str) -> dict:
     return {"config": spec, "calibration": "4 x 128 random tokens", "rows": rows}
 
 
+def _one(students: list[str] | None) -> str:
+    if not students or len(students) != 1:
+        raise SystemExit("--part recover takes one --student directory")
+    return students[0]
+
+
 def main() -> None:
     global CALIB, EVAL_TOKENS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("oneshot", "anchor", "recover", "speed", "memory"))
     parser.add_argument("--config", default="ffn=0.25,drop_layers=2", help="trimtune's shrink for anchor/memory")
     parser.add_argument("--only", nargs="*", help="oneshot: only these labels")
-    parser.add_argument("--student", help="recover/speed: a shrunk directory")
+    parser.add_argument("--student", nargs="+", help="recover: a shrunk directory; speed: one or more")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--method", choices=("lora",), default=None, help="recover: LoRA instead of full fine-tuning")
@@ -344,7 +351,7 @@ def main() -> None:
     result = {
         "oneshot": lambda: oneshot_part(args.only),
         "anchor": lambda: anchor_part(args.config),
-        "recover": lambda: recover_part(args.student, args.steps, args.lr, args.method),
+        "recover": lambda: recover_part(_one(args.student), args.steps, args.lr, args.method),
         "speed": lambda: speed_part(args.student, args.rounds),
         "memory": lambda: memory_part([int(d) for d in args.depths.split(",")], args.config),
     }[args.part]()
