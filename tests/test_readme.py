@@ -29,7 +29,7 @@ def test_two_single_line_setup_commands_and_ci_runs_the_test_one():
 
 def test_python_example_runs(minilm_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the example saves its adapter to ./out/
-    (example,) = code_blocks("python")
+    (example,) = code_blocks("python")  # the one runnable example; fragments that need files are ```py
     assert len(example.strip().splitlines()) <= 12
     torch.manual_seed(0)
     namespace: dict = {}
