@@ -63,6 +63,23 @@ def assert_parity(ours, peft, base, atol: float = 1e-5) -> None:
     assert error * 100 < effect, f"adapter effect {effect:.3g} too small to make parity error {error:.3g} meaningful"
 
 
+def assert_merges_like_peft(ours, theirs, output, base_output) -> None:
+    """``tt.merge`` keeps ``output(ours)`` and gives peft's ``merge_and_unload`` weights; ``tt.unmerge``
+    restores every parameter. ``output``: model -> tensor; ``base_output``: the unadapted model's."""
+    import trimtune as tt
+
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    live = output(ours)
+    tt.merge(ours)
+    assert_parity(output(ours), live, base_output)
+    ours_state = ours.state_dict()
+    for key, weight in theirs.merge_and_unload().state_dict().items():
+        torch.testing.assert_close(ours_state[key], weight, atol=1e-6, rtol=0)
+    tt.unmerge(ours)
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(param, before[name], atol=1e-6, rtol=0)
+
+
 def to_bnb_linear4bit(model, config=None, skip=("lm_head",)):
     """The peft + bitsandbytes baseline: every nn.Linear (but the head) becomes a bnb ``Linear4bit``
     holding the same packed weight trimtune's ``quantize_base`` makes (same rounding)."""

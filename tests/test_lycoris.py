@@ -14,7 +14,7 @@ from torch import nn
 import trimtune as tt
 from trimtune.core.state import layers
 
-from _peft_parity import assert_parity, copy_from_peft
+from _peft_parity import assert_merges_like_peft, assert_parity, copy_from_peft
 from _training_helpers import adamw_losses
 
 METHODS = {"loha": (tt.LoHaConfig, peft.LoHaConfig), "lokr": (tt.LoKrConfig, peft.LoKrConfig)}
@@ -159,16 +159,7 @@ class _WithLoss(nn.Module):
 def test_merge_gives_peft_merged_weights_and_unmerge_restores(method, case, kwargs, request):
     model, targets, run = _case(case, request)
     ours, theirs = _pair(method, model, targets, r=2, alpha=4, **kwargs)
-    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
-    live = _out(run, ours)
-    tt.merge(ours)
-    assert_parity(_out(run, ours), live, _out(run, model))
-    ours_state = ours.state_dict()
-    for key, weight in theirs.merge_and_unload().state_dict().items():
-        torch.testing.assert_close(ours_state[key], weight, atol=1e-6, rtol=0)
-    tt.unmerge(ours)
-    for name, param in ours.named_parameters():
-        torch.testing.assert_close(param, before[name], atol=1e-6, rtol=0)
+    assert_merges_like_peft(ours, theirs, lambda m: _out(run, m), _out(run, model))
 
 
 @pytest.mark.parametrize("method", METHODS)

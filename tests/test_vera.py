@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import trimtune as tt
 from trimtune.core.state import layers
 
-from _peft_parity import assert_parity, copy_from_peft
+from _peft_parity import assert_merges_like_peft, assert_parity, copy_from_peft
 from _training_helpers import adamw_losses
 
 SPECS = {  # fixture -> targets (the same names for both); down_proj makes the shared A wider than q/v need
@@ -126,16 +126,7 @@ def test_training_losses_match_peft(tiny_llama):
 def test_merge_gives_peft_merged_weights_and_unmerge_restores(fixture, request, token_ids):
     model = _model(fixture, request)
     ours, theirs = _pair(model, fixture)
-    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
-    live = _out(ours, token_ids)
-    tt.merge(ours)
-    assert_parity(_out(ours, token_ids), live, _out(model, token_ids))
-    ours_state = ours.state_dict()
-    for key, weight in theirs.merge_and_unload().state_dict().items():
-        torch.testing.assert_close(ours_state[key], weight, atol=1e-6, rtol=0)
-    tt.unmerge(ours)
-    for name, param in ours.named_parameters():
-        torch.testing.assert_close(param, before[name], atol=1e-6, rtol=0)
+    assert_merges_like_peft(ours, theirs, lambda m: _out(m, token_ids), _out(model, token_ids))
 
 
 @pytest.mark.parametrize("save_projection", [True, False])
