@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -106,6 +107,40 @@ def test_grad_accum_of_two_half_batches_equals_one_full_batch():
     for a, b in zip(full.parameters(), halves.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert not torch.allclose(full.weight, initial.weight, atol=1e-3)  # and training did move them
+
+
+def causal_lm_batches(targets_per_row: list[int], length: int = 12) -> list[dict]:
+    """One-row batches of random tokens whose last ``n`` positions carry loss (completions of unequal length)."""
+    torch.manual_seed(1)
+    batches = []
+    for n in targets_per_row:
+        ids = torch.randint(3, 100, (1, length))
+        labels = torch.full_like(ids, -100)
+        labels[:, length - n:] = ids[:, length - n:]
+        batches.append({"input_ids": ids, "labels": labels})
+    return batches
+
+
+def test_a_causal_lm_step_weighs_every_target_token_alike_across_micro_batches(tiny_llama):
+    small, large = causal_lm_batches([2, 9])  # 2 and 9 target tokens
+    full = {k: torch.cat([small[k], large[k]]) for k in small}
+    models = {}
+    for name, data, accum in (("full", [full], 1), ("halves", [small, large], 2)):
+        models[name] = copy.deepcopy(tiny_llama).train()
+        sgd = torch.optim.SGD(models[name].parameters(), lr=0.5)
+        result = quiet_train(models[name], data, epochs=1, optimizer=sgd, grad_accum=accum)
+        models[name].losses = result.losses
+    # the two micro-batches' mean losses averaged alike would weigh the one target token as much as the eight
+    assert models["halves"].losses == pytest.approx(models["full"].losses, rel=1e-5)
+    for a, b in zip(models["full"].parameters(), models["halves"].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    moved = models["full"].model.layers[0].mlp.up_proj.weight
+    assert not torch.allclose(moved, tiny_llama.model.layers[0].mlp.up_proj.weight, atol=1e-4)
+    with torch.no_grad():
+        tokens = tt.evaluate(tiny_llama, [small, large])
+        whole = float(tiny_llama(**full).loss)
+    assert tokens["loss"] == pytest.approx(whole, rel=1e-5) and tokens["target_tokens"] == 11
+    assert tokens["perplexity"] == pytest.approx(math.exp(whole), rel=1e-5)
 
 
 def test_a_shorter_last_group_makes_a_step_and_max_steps_wins_over_epochs():

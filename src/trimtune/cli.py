@@ -13,6 +13,7 @@ import sys
 
 from .commands.evaluate import add_eval
 from .commands.export import add_export, add_merge
+from .commands.generate import add_generate
 from .commands.report import add_report
 from .commands.runs import add_runs
 from .commands.shrink import add_shrink
@@ -80,7 +81,7 @@ def run_demo_command(args) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS = [add_demo, add_runs, add_shrink, add_merge, add_eval, add_report, add_export]
+SUBCOMMANDS = [add_demo, add_runs, add_shrink, add_merge, add_eval, add_generate, add_report, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+IGNORE_INDEX = -100  # Hugging Face's "no target here" label
 
 
 @dataclass
@@ -73,3 +74,18 @@ def _logits(outputs) -> torch.Tensor:
 def _size(labels, logits: torch.Tensor) -> int:
     reference = labels if isinstance(labels, torch.Tensor) and labels.ndim > 0 else logits
     return int(reference.shape[0]) if reference.ndim > 0 else 1
+
+
+def lm_target_tokens(model: nn.Module, batch) -> int | None:
+    """How many tokens a causal LM's loss averages over in ``batch`` (None for other models and batch
+    shapes): its labels after the one-position shift the model applies, or ``shift_labels`` when the
+    batch gives them already aligned (``data/loss_positions.py``)."""
+    can_generate = getattr(model, "can_generate", None)
+    if not (isinstance(batch, Mapping) and callable(can_generate) and can_generate()):
+        return None
+    if batch.get("shift_labels") is not None:
+        return int((batch["shift_labels"] != IGNORE_INDEX).sum())
+    labels = batch.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.ndim < 2:
+        return None
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

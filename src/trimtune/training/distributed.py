@@ -93,19 +93,28 @@ def distributed_loader(dataset, batch_size: int, *, shuffle: bool = True, seed: 
     """A DataLoader over this rank's share: ``batch_size`` is per process, so the global batch is
     ``batch_size * world_size``. Shuffling is seeded (``seed + epoch``, the loop calls
     ``set_epoch``), so every rank and every resumed run draws the same permutation."""
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank(), shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed, drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **loader_kwargs)
 
 
 def mean_over_ranks(value: float) -> float:
     """The mean of ``value`` over all processes (the loss of the global batch when every rank's
     share has the same size); ``value`` itself without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    return sum_over_ranks(value) / world_size()
+
+
+def sum_over_ranks(value: float) -> float:
+    """The sum of ``value`` over all processes; ``value`` itself without a process group."""
+    if world_size() == 1:
         return value
     total = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(total)
-    return float(total.item()) / dist.get_world_size()
+    return float(total.item())
+
+
+def world_size() -> int:
+    """How many processes train together (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -3,18 +3,22 @@
 A metric is a function ``(logits, labels) -> per-example scores`` (a tensor with one value per
 example, e.g. 1.0 for a correct prediction); ``evaluate`` averages the scores over all examples,
 so batches of unequal size are weighted correctly.
+
+A causal LM's loss is the mean over the tokens that have a target (completion tokens only, for
+instruction data that masks its prompts), so across batches it is weighted by those tokens, not by
+examples, and ``evaluate`` reports its exponential, the perplexity of those tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from .batches import LossFn, run_batch, to_device
+from .batches import IGNORE_INDEX, LossFn, lm_target_tokens, run_batch, to_device
 
-IGNORE_INDEX = -100
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -39,7 +43,8 @@ def evaluate(
     loss_fn: LossFn | None = None,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
-    """{"loss": mean loss (when the batches give one), <metric name>: mean score, ...}.
+    """{"loss": mean loss (when the batches give one), <metric name>: mean score, ...}; for a causal LM
+    also "perplexity" and "target_tokens" (the loss is then the mean over all target tokens).
 
     The model runs in eval mode (its previous mode is restored after); batches are moved to
     ``device`` (default: where the model's parameters are)."""
@@ -49,12 +54,17 @@ def evaluate(
     model.eval()
     sums = dict.fromkeys(["loss", *metrics], 0.0)
     counts = dict.fromkeys(sums, 0)
+    target_tokens = 0
     try:
         for batch in data:
-            out = run_batch(model, to_device(batch, device), loss_fn)
+            batch = to_device(batch, device)
+            out = run_batch(model, batch, loss_fn)
             if out.loss is not None:
-                sums["loss"] += float(out.loss) * out.size
-                counts["loss"] += out.size
+                tokens = lm_target_tokens(model, batch) if loss_fn is None else None
+                weight = out.size if tokens is None else tokens
+                sums["loss"] += float(out.loss) * weight
+                counts["loss"] += weight
+                target_tokens += tokens or 0
             for name, fn in metrics.items():
                 if out.labels is None:
                     raise ValueError(f"metric {name!r} needs labels; the batch has none")
@@ -65,7 +75,10 @@ def evaluate(
         model.train(was_training)
     if not any(counts.values()):
         raise ValueError("evaluation data yielded no batches (or no loss and no metric to compute)")
-    return {name: sums[name] / counts[name] for name in sums if counts[name]}
+    results = {name: sums[name] / counts[name] for name in sums if counts[name]}
+    if target_tokens:
+        results.update(perplexity=math.exp(results["loss"]), target_tokens=target_tokens)
+    return results
 
 
 def _named(metric) -> dict[str, Metric]:

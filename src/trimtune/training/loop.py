@@ -20,12 +20,12 @@ from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, check_positive, check_positive_int
 from ..core.state import state_of
-from .batches import LossFn, run_batch, to_device
+from .batches import LossFn, lm_target_tokens, run_batch, to_device
 from .callbacks import CallbackList, TrainContext
 from .checkpoint import as_checkpoint_config, latest_checkpoint
 from .clip import as_clip_config, clip_gradients
 from .data_position import DataPosition
-from .distributed import mean_over_ranks, unwrap_model
+from .distributed import mean_over_ranks, sum_over_ranks, unwrap_model, world_size
 from .evaluate import Metric, evaluate, model_device
 from .fsdp import average_replicated_gradients
 from .precision import MixedPrecision
@@ -177,9 +177,11 @@ def default_optimizer(model: nn.Module, lr: float, extra: list[nn.Parameter] = (
 
 
 def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
-    """Forward and backward every micro-batch of one step; returns the step's mean loss."""
+    """Forward and backward every micro-batch of one step; returns this process's share of the step's
+    loss, weighted so that the mean over processes is the step's loss."""
     model, total = ctx.model, 0.0
-    for i, batch in enumerate(group):
+    weights = _micro_batch_weights(unwrap_model(model), group, loss_fn)
+    for i, (batch, weight) in enumerate(zip(group, weights)):
         last = i == len(group) - 1
         # under DistributedDataParallel, synchronise gradients only once per step
         sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
@@ -196,9 +198,24 @@ def _accumulate(ctx, group, loss_fn, precision, hooks, device, result) -> float:
             if not math.isfinite(value):
                 last_finite = result.losses[-1] if result.losses else None
                 raise NonFiniteLossError(ctx.step + 1, value, last_finite, result)
-            precision.backward(loss / len(group))
-        total += value
-    return total / len(group)
+            precision.backward(loss * weight)
+        total += value * weight
+    return total
+
+
+def _micro_batch_weights(model: nn.Module, group: list, loss_fn) -> list[float]:
+    """What each micro-batch's loss is multiplied by before its backward pass.
+
+    A causal LM's loss is a mean over target tokens, and micro-batches (packed windows, completions of
+    any length) hold different numbers of them; the step's loss is the mean over every target token of
+    the global batch, all micro-batches of all processes, as transformers' Trainer and TRL weigh it.
+    So micro-batch i weighs n_i / N, times the process count that gradient averaging divides by. Other
+    losses weigh each micro-batch alike (1 / their number)."""
+    counts = [lm_target_tokens(model, batch) for batch in group] if loss_fn is None else [None]
+    total = sum_over_ranks(sum(counts)) if None not in counts else 0
+    if not total:  # not a causal LM, or no target anywhere (its loss is NaN and stops the run)
+        return [1 / len(group)] * len(group)
+    return [n * world_size() / total for n in counts]
 
 
 def _optimizer_step(ctx, clip, precision, hooks, result) -> None:
