@@ -7,8 +7,11 @@ Parts (``--part``), each printing JSON lines and merged into one results file:
   in f32/f16/q8_0, greedy generation, tokenizer, shrunk/pruned/LoRA/QLoRA sources). CI skips them
   when llama-cpp-python is not installed (PyPI has only its source); this part fails instead.
 - ``time``: seconds of ``trimtune export --format gguf --outtype f16`` on the dense directory, and,
-  with ``--convert-script PATH`` (llama.cpp's ``convert_hf_to_gguf.py`` from a llama.cpp checkout;
-  not shipped with trimtune), the same directory through that script, interleaved rounds.
+  with ``--convert-script PATH`` (llama.cpp's ``convert_hf_to_gguf.py`` from a llama.cpp checkout, or
+  from llama-cpp-python's source archive, which vendors it with its ``conversion/`` and ``gguf-py/``
+  folders; not shipped with trimtune), the same directory through that script, interleaved rounds.
+  ``--convert-python`` is the interpreter to run it with (it needs its own requirements, e.g.
+  sentencepiece, which trimtune does not).
 - ``speed``: llama.cpp (llama-cpp-python) prompt processing and generation tokens/s of the dense and
   the shrunk f16 exports: a ``--prompt``-token prompt, then ``--generate`` greedy tokens, batch 1,
   ``--threads`` threads, interleaved rounds.
@@ -16,7 +19,7 @@ Parts (``--part``), each printing JSON lines and merged into one results file:
   exports and by transformers in float32, in the same non-overlapping windows of ``--seqlen`` tokens.
 
     PYTHONPATH=src python benchmarks/export.py --part checks|time|speed|perplexity [--out results.json]
-        [--dense DIR] [--shrunk DIR] [--text FILE] [--convert-script PATH] [--threads 2]
+        [--dense DIR] [--shrunk DIR] [--text FILE] [--convert-script PATH [--convert-python PY]] [--threads 2]
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def part_checks(args) -> dict:
 def part_time(args, scratch: Path) -> dict:
     variants = {"trimtune": lambda: export_gguf(args.dense, scratch / "trimtune.gguf")}
     if args.convert_script:
-        command = [sys.executable, str(args.convert_script), str(args.dense), "--outtype", "f16", "--outfile", str(scratch / "llama.cpp.gguf")]
+        command = [str(args.convert_python or sys.executable), str(args.convert_script), str(args.dense), "--outtype", "f16", "--outfile", str(scratch / "llama.cpp.gguf")]
         variants["convert_hf_to_gguf"] = lambda: subprocess.run(command, check=True, capture_output=True)
     timings = _harness.time_variants(variants, rounds=args.rounds, warmup=1)
     result = {name: {"median_s": t.median_ms / 1e3, "spread_pct": round(t.spread_pct, 1)} for name, t in timings.items()}
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--shrunk", type=Path, default=SHRUNK)
     parser.add_argument("--text", type=Path, default=TEXT)
     parser.add_argument("--convert-script", type=Path, help="llama.cpp's convert_hf_to_gguf.py, to time against")
+    parser.add_argument("--convert-python", type=Path, help="the Python that runs --convert-script (default: this one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prompt", type=int, default=128, help="speed: prompt tokens")

@@ -54,6 +54,8 @@ SEQLEN = 512
 
 ONESHOT = [  # (label, config): width only, depth only, mixed; the repair and importance variants of one mix
     ("width: ffn 0.34", "ffn=0.34"),
+    ("width: ffn 0.34, no repair", "ffn=0.34,repair=none"),
+    ("width: ffn 0.34, bias repair", "ffn=0.34,repair=bias"),
     ("width: heads 1/3 + ffn 0.25", "heads=0.34,ffn=0.25"),
     ("depth: 8 blocks, block influence", "drop_layers=8"),
     ("depth: 8 blocks, angular", "drop_layers=8,depth_metric=angular"),
