@@ -44,6 +44,7 @@ from .methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
 from .methods.dora import DoraConfig as DoraConfig
+from .methods.hira import HiraConfig as HiraConfig
 from .methods.hra import HRAConfig as HRAConfig
 from .methods.ia3 import IA3Config as IA3Config
 from .methods.ln_tuning import LNTuningConfig as LNTuningConfig
