@@ -55,6 +55,7 @@ from .methods.lora import loraplus_optimizer, trains_lora_factors
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
+from .methods.shira import ShiraConfig as ShiraConfig
 from .methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
 from .methods.trainable_tokens import TrainableTokensConfig as TrainableTokensConfig
 from .methods.vera import VeraConfig as VeraConfig
