@@ -130,12 +130,15 @@ TOKENS_16 = list(range(1000, 1016))  # embedding rows that train (the random bat
 
 
 def _entries() -> list[Entry]:
+    from peft import HiraConfig as PeftHira
+    from peft import HRAConfig as PeftHRA
     from peft import IA3Config as PeftIA3
     from peft import LNTuningConfig as PeftLN
     from peft import TrainableTokensConfig as PeftTokens
     from peft import LoHaConfig as PeftLoHa
     from peft import LoKrConfig as PeftLoKr
     from peft import LoraConfig as PeftLora
+    from peft import ShiraConfig as PeftShira
     from peft import VeraConfig as PeftVera
 
     entries = []
@@ -152,6 +155,13 @@ def _entries() -> list[Entry]:
                   _peft(lambda t=targets: PeftLoHa(r=8, alpha=16, target_modules=t))),
             Entry("LoKr r=8", model, _ours(lambda: tt.LoKrConfig(r=8, alpha=16)),
                   _peft(lambda t=targets: PeftLoKr(r=8, alpha=16, target_modules=t))),
+            Entry("HRA r=8", model, _ours(lambda: tt.HRAConfig(r=8)),
+                  _peft(lambda t=targets: PeftHRA(r=8, target_modules=t))),
+            Entry("HiRA r=32", model, _ours(lambda: tt.HiraConfig(r=32)),
+                  _peft(lambda t=targets: PeftHira(r=32, target_modules=t))),
+            # r=16: --quick's Llama v_proj (32 x 64) has room for r <= 21 (r · (out + in) entries)
+            Entry("SHiRA r=16", model, _ours(lambda: tt.ShiraConfig(r=16)),
+                  _peft(lambda t=targets: PeftShira(r=16, target_modules=t))),
             Entry("IA3", model, _ours(tt.IA3Config), _peft(PeftIA3)),
             Entry("AdaLoRA 12->8", model, _ours(lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, total_step=1000)),
                   _peft(_peft_adalora)),
@@ -392,6 +402,9 @@ QUALITY = {  # method -> (config factory, learning rate); every one trains a cop
     "VeRA r=256": (lambda: tt.VeraConfig(r=256, targets="query|value", modules_to_save=["classifier"]), 3e-2),
     "LoHa r=8": (lambda: tt.LoHaConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
     "LoKr r=8": (lambda: tt.LoKrConfig(r=8, alpha=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "HRA r=8": (lambda: tt.HRAConfig(r=8, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "HiRA r=32": (lambda: tt.HiraConfig(r=32, targets="query|value", modules_to_save=["classifier"]), 1e-3),
+    "SHiRA r=16": (lambda: tt.ShiraConfig(r=16, targets="query|value", modules_to_save=["classifier"]), 1e-3),
     "IA3": (lambda: tt.IA3Config(modules_to_save=["classifier"]), 1e-2),
     # orth_reg_weight 0.1 as in the AdaLoRA paper's GLUE runs (peft's default 0.5 cost 4 points here)
     "AdaLoRA 12->8": (lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, tinit=20, tfinal=40, orth_reg_weight=0.1,
@@ -434,6 +447,9 @@ def _peft_quality_configs(total_steps: int) -> dict[str, tuple[Callable, int, di
         "VeRA r=256": (lambda: peft.VeraConfig(r=256, target_modules=QV, modules_to_save=HEAD), 0, {}),
         "LoHa r=8": (lambda: peft.LoHaConfig(r=8, alpha=16, target_modules=QV, modules_to_save=HEAD), 0, {}),
         "LoKr r=8": (lambda: peft.LoKrConfig(r=8, alpha=16, target_modules=QV, modules_to_save=HEAD), 0, {}),
+        "HRA r=8": (lambda: peft.HRAConfig(r=8, target_modules=QV, modules_to_save=HEAD), 0, {}),
+        "HiRA r=32": (lambda: peft.HiraConfig(r=32, target_modules=QV, modules_to_save=HEAD), 0, {}),
+        "SHiRA r=16": (lambda: peft.ShiraConfig(r=16, target_modules=QV, modules_to_save=HEAD), 0, {}),
         "IA3": (lambda: peft.IA3Config(modules_to_save=HEAD), 0, {}),  # peft's BERT defaults: key, value, output.dense
         "AdaLoRA 12->8": (lambda: peft.AdaLoraConfig(init_r=12, target_r=8, lora_alpha=16, tinit=20, tfinal=40, orth_reg_weight=0.1,
                                                      # peft refuses a schedule longer than the run (--quick's 2 steps)

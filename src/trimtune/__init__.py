@@ -44,6 +44,8 @@ from .methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
 from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
 from .methods.dora import DoraConfig as DoraConfig
+from .methods.hira import HiraConfig as HiraConfig
+from .methods.hra import HRAConfig as HRAConfig
 from .methods.ia3 import IA3Config as IA3Config
 from .methods.ln_tuning import LNTuningConfig as LNTuningConfig
 from .methods.loha import LoHaConfig as LoHaConfig
@@ -53,6 +55,7 @@ from .methods.lora import loraplus_optimizer, trains_lora_factors
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
+from .methods.shira import ShiraConfig as ShiraConfig
 from .methods.qlora import QLoraConfig, pack_4bit_for_cpu, quantize_base
 from .methods.trainable_tokens import TrainableTokensConfig as TrainableTokensConfig
 from .methods.vera import VeraConfig as VeraConfig
