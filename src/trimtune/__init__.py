@@ -50,6 +50,7 @@ from .methods.loha import LoHaConfig as LoHaConfig
 from .methods.lokr import LoKrConfig as LoKrConfig
 from .methods.lora import LoraConfig as LoraConfig
 from .methods.lora import loraplus_optimizer, trains_lora_factors
+from .methods.oft import OFTConfig as OFTConfig
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
