@@ -63,10 +63,13 @@ def constrain_(vector: torch.Tensor, eps: float) -> None:
 
 
 def rotate_rows(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """x (..., blocks · b) times diag(R_1, …, R_blocks): block i of each row times R_i."""
+    """x (..., blocks · b) times diag(R_1, …, R_blocks): block i of each row times R_i.
+
+    One batched product over the blocks on a strided view of the rows: a single copy (the result back
+    into row order), where einsum's permutations copied in the backward too."""
     blocks, size = rotation.shape[0], rotation.shape[-1]
-    rotated = torch.einsum("...rk,rkc->...rc", x.reshape(*x.shape[:-1], blocks, size), rotation)
-    return rotated.reshape(x.shape)
+    by_block = x.reshape(-1, blocks, size).transpose(0, 1)  # (blocks, rows, b), no copy
+    return torch.bmm(by_block, rotation).transpose(0, 1).reshape(x.shape)
 
 
 def rotate_weight(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
