@@ -41,6 +41,7 @@ from .export import (
     write_onnx,
 )
 from .methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
+from .methods.boft import BOFTConfig as BOFTConfig
 from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
 from .methods.dora import DoraConfig as DoraConfig
