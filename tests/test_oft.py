@@ -102,7 +102,7 @@ def test_unsupported_layers_are_refused_and_the_model_is_unchanged(tiny_llama):
     assert list(tiny_llama.state_dict()) == keys and not list(layers(tiny_llama))
     dilated = nn.Sequential(nn.Conv2d(4, 4, 3, dilation=2))
     with pytest.raises(tt.ConfigError, match=r"OFT on 0 .*: peft 0.21's OFT takes square kernels, groups 1 and dilation 1; "
-                                             r"this one has kernel \(3, 3\), groups 1, dilation \(2, 2\)"):
+                                             r"this one has kernel \(3, 3\), groups 1, dilation \(2, 2\)$"):
         tt.apply(dilated, tt.OFTConfig(oft_block_size=4, targets=["0"]))
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...core.config import ConfigError
 from ...core.delta import Delta
 from ...core.layer_kinds import ConvKind, LinearKind
+from ..oft.delta import rotated_width
 from .butterfly import apply_butterfly, cayley, factor_permutations
 from .config import BOFTConfig
 
@@ -123,25 +123,7 @@ class BoftConvDelta(BoftRotation):
         return self.rotated_weight(weight) - weight
 
 
-def rotated_width(layer) -> int:
-    """The width BOFT rotates: a Linear layer's inputs, a Conv2d's flattened patches (in · kh · kw)."""
-    kind, weight = layer.kind, layer.weight
-    if type(kind) is LinearKind:
-        return weight.shape[1]
-    if isinstance(kind, ConvKind) and weight.dim() == 4:
-        conv = kind.shell
-        if conv.kernel_size[0] != conv.kernel_size[1] or conv.groups != 1:
-            raise ConfigError(f"BOFT on {layer.module_name} ({layer.describe()}): peft 0.21's BOFT takes square kernels "
-                              f"and groups 1; this one has kernel {tuple(conv.kernel_size)}, groups {conv.groups}")
-        return weight[0].numel()
-    raise ValueError(f"BOFT supports Linear and Conv2d layers; {layer.module_name} is {layer.describe()} "
-                     "(choose targets among the linear or 2-d convolution layers)")
-
-
 def make_boft(layer, config: BOFTConfig) -> BoftRotation:
-    width = rotated_width(layer)
-    if not layer.weight.is_floating_point():
-        raise ValueError(f"BOFT rotates the weight when merging, but {layer.module_name} has a {layer.weight.dtype} "
-                         "(e.g. 4-bit) weight; apply it to a floating-point base")
+    width = rotated_width(layer, "BOFT")
     cls = BoftLinearDelta if type(layer.kind) is LinearKind else BoftConvDelta
     return cls(layer, config, width)

@@ -114,26 +114,27 @@ class OftConvDelta(OftRotation):
         return rotate_weight(weight, self.rotation().to(weight.dtype)) - weight
 
 
-def rotated_width(layer) -> int:
-    """The width OFT rotates: a Linear layer's inputs, a Conv2d's flattened patches (in · kh · kw)."""
+def rotated_width(layer, method: str = "OFT") -> int:
+    """The width a rotation acts on: a Linear layer's inputs, a Conv2d's flattened patches (in · kh · kw).
+    Refuses, naming it, a layer the ``method`` does not serve (BOFT shares this)."""
     kind, weight = layer.kind, layer.weight
+    if not (type(kind) is LinearKind or (isinstance(kind, ConvKind) and weight.dim() == 4)):
+        raise ValueError(f"{method} supports Linear and Conv2d layers; {layer.module_name} is {layer.describe()} "
+                         "(choose targets among the linear or 2-d convolution layers)")
+    if not weight.is_floating_point():
+        raise ValueError(f"{method} rotates the weight when merging, but {layer.module_name} has a {weight.dtype} "
+                         "(e.g. 4-bit) weight; apply it to a floating-point base")
     if type(kind) is LinearKind:
         return weight.shape[1]
-    if isinstance(kind, ConvKind) and weight.dim() == 4:
-        conv = kind.shell
-        if conv.kernel_size[0] != conv.kernel_size[1] or conv.groups != 1 or max(conv.dilation) > 1:
-            raise ConfigError(f"OFT on {layer.module_name} ({layer.describe()}): peft 0.21's OFT takes square kernels, "
-                              f"groups 1 and dilation 1; this one has kernel {tuple(conv.kernel_size)}, groups "
-                              f"{conv.groups}, dilation {tuple(conv.dilation)}, so its file could not be read there")
-        return weight[0].numel()
-    raise ValueError(f"OFT supports Linear and Conv2d layers; {layer.module_name} is {layer.describe()} "
-                     "(choose targets among the linear or 2-d convolution layers)")
+    conv = kind.shell
+    if conv.kernel_size[0] != conv.kernel_size[1] or conv.groups != 1 or max(conv.dilation) > 1:
+        raise ConfigError(f"{method} on {layer.module_name} ({layer.describe()}): peft 0.21's {method} takes square "
+                          f"kernels, groups 1 and dilation 1; this one has kernel {tuple(conv.kernel_size)}, groups "
+                          f"{conv.groups}, dilation {tuple(conv.dilation)}")
+    return weight[0].numel()
 
 
 def make_oft(layer, config: OFTConfig) -> OftRotation:
     width = rotated_width(layer)
-    if not layer.weight.is_floating_point():
-        raise ValueError(f"OFT rotates the weight when merging, but {layer.module_name} has a {layer.weight.dtype} "
-                         "(e.g. 4-bit) weight; apply it to a floating-point base")
     cls = OftLinearDelta if type(layer.kind) is LinearKind else OftConvDelta
     return cls(layer, config, width)
