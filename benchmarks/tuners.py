@@ -137,6 +137,8 @@ def _entries() -> list[Entry]:
     from peft import TrainableTokensConfig as PeftTokens
     from peft import LoHaConfig as PeftLoHa
     from peft import LoKrConfig as PeftLoKr
+    from peft import BOFTConfig as PeftBOFT
+    from peft import OFTConfig as PeftOFT
     from peft import LoraConfig as PeftLora
     from peft import ShiraConfig as PeftShira
     from peft import VeraConfig as PeftVera
@@ -162,6 +164,11 @@ def _entries() -> list[Entry]:
             # r=16: --quick's Llama v_proj (32 x 64) has room for r <= 21 (r · (out + in) entries)
             Entry("SHiRA r=16", model, _ours(lambda: tt.ShiraConfig(r=16)),
                   _peft(lambda t=targets: PeftShira(r=16, target_modules=t))),
+            Entry("OFT b=32", model, _ours(lambda: tt.OFTConfig(oft_block_size=32)),
+                  _peft(lambda t=targets: PeftOFT(oft_block_size=32, target_modules=t))),
+            # one butterfly factor: peft builds more only with its CUDA kernel (on a CPU it falls back to one)
+            Entry("BOFT b=8", model, _ours(lambda: tt.BOFTConfig(boft_block_size=8)),
+                  _peft(lambda t=targets: PeftBOFT(boft_block_size=8, target_modules=t))),
             Entry("IA3", model, _ours(tt.IA3Config), _peft(PeftIA3)),
             Entry("AdaLoRA 12->8", model, _ours(lambda: tt.AdaLoraConfig(init_r=12, target_r=8, alpha=16, total_step=1000)),
                   _peft(_peft_adalora)),

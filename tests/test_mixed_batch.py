@@ -207,6 +207,8 @@ def test_a_batch_split_off_the_first_dimension_is_caught():
     tt.DoraConfig(r=2, targets="q_proj|v_proj"),
     tt.VeraConfig(r=8, targets="q_proj|v_proj"),
     tt.LoKrConfig(r=2, targets="q_proj|v_proj"),
+    tt.OFTConfig(oft_block_size=8, targets="q_proj|v_proj"),
+    tt.BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2, targets="q_proj|v_proj"),
     tt.AdaLoraConfig(init_r=4, target_r=2, targets="q_proj|v_proj", total_step=10),
     tt.BottleneckConfig(reduction_factor=8),
     tt.TrainableTokensConfig(token_indices=list(range(3, 100, 2))),

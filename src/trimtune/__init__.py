@@ -41,6 +41,7 @@ from .export import (
     write_onnx,
 )
 from .methods.adalora import AdaLoraConfig, adalora_ranks, adalora_update
+from .methods.boft import BOFTConfig as BOFTConfig
 from .methods.bottleneck import BottleneckConfig as BottleneckConfig
 from .methods.diff import DiffConfig, DiffPenalty, diff_optimizer, diff_penalty, load_diff, project_diffs, save_diff
 from .methods.dora import DoraConfig as DoraConfig
@@ -52,6 +53,7 @@ from .methods.loha import LoHaConfig as LoHaConfig
 from .methods.lokr import LoKrConfig as LoKrConfig
 from .methods.lora import LoraConfig as LoraConfig
 from .methods.lora import loraplus_optimizer, trains_lora_factors
+from .methods.oft import OFTConfig as OFTConfig
 from .methods.p_tuning import PTuningConfig as PTuningConfig
 from .methods.prefix import PrefixTuningConfig as PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig as PromptTuningConfig
