@@ -1,12 +1,14 @@
 """One rank of the distillation data-parallel test (tests/test_distill_ddp.py), started by torchrun:
 
-    torchrun --standalone --nproc_per_node 2 tests/_ddp_distill_worker.py OUT_DIR [augmented]
+    torchrun --standalone --nproc_per_node 2 tests/_ddp_distill_worker.py OUT_DIR [plain] [augmented]
 
 A shrunk MLP student (16 -> 8 hidden units) learns from its own teacher copy (each rank holds one)
 with logit and hidden-state distillation through a learned 8 -> 16 map. Each rank writes the
 student's weights and the map to OUT_DIR/rank<r>.safetensors. With ``augmented``: a bag-of-tokens
 classifier distils on perturbed copies of its token batches (the copies run the unwrapped student,
-so their gradients must still reach DDP's all-reduce).
+so their gradients must still reach DDP's all-reduce). With both ``plain`` and ``augmented``, both
+runs, one after the other in the same processes (into OUT_DIR/plain and OUT_DIR/augmented): starting
+the ranks costs more than the runs.
 """
 
 import copy
@@ -66,5 +68,10 @@ def run_augmented(out: Path, batch: int) -> dict[str, torch.Tensor]:
 if __name__ == "__main__":
     from _worker_exit import leave
 
-    (run_augmented if sys.argv[2:] == ["augmented"] else run)(Path(sys.argv[1]), PER_RANK_BATCH)
+    out, modes = Path(sys.argv[1]), sys.argv[2:]
+    if len(modes) > 1:
+        for mode in modes:
+            {"plain": run, "augmented": run_augmented}[mode](out / mode, PER_RANK_BATCH)
+    else:
+        (run_augmented if modes == ["augmented"] else run)(out, PER_RANK_BATCH)
     leave()

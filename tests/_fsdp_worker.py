@@ -4,6 +4,7 @@
     torchrun --standalone --nproc_per_node 2 tests/_fsdp_worker.py train METHOD ARCH OUT_DIR
     torchrun --standalone --nproc_per_node 2 tests/_fsdp_worker.py fill ARCH OUT_DIR
     torchrun --standalone --nproc_per_node N tests/_fsdp_worker.py ckpt CKPT_DIR OUT_DIR [resume] [kill=STEP]
+    torchrun --standalone --nproc_per_node 2 tests/_fsdp_worker.py batch "COMMAND ARGS" "COMMAND ARGS" ...
 
 ``train`` shards the adapted model (2 processes), trains with ``trimtune.train`` on the same global
 batches as 1 process, saves the adapter (``save_adapter`` / ``save_diff``) to OUT_DIR/adapter and the
@@ -11,6 +12,9 @@ losses to OUT_DIR/losses.json. ``fill`` writes a rank-specific value into each r
 every trainable tensor and saves: the file must hold every rank's values; then it checks two
 refusals (masks differing between ranks, a pruning schedule on a sharded model). ``ckpt`` trains LoRA with
 sharded checkpoints, optionally resuming, or killing the last rank with SIGKILL after step STEP.
+``batch`` runs several of these commands one after the other in the same processes: starting the ranks
+(importing torch, transformers and trimtune, joining the process group) costs far more than a tiny
+run, so the tests start them once. A command that raises is reported on stderr and the next one runs.
 """
 
 from __future__ import annotations
@@ -254,7 +258,7 @@ def checkpointed_run(ckpt: Path, out: Path, flags: list[str]):
         (out / "losses.json").write_text(json.dumps(result.losses))
 
 
-def main(argv: list[str]) -> None:
+def run_command(argv: list[str]) -> None:
     from trimtune.training.fsdp import shard_model
 
     if argv[0] == "train":
@@ -285,6 +289,28 @@ def main(argv: list[str]) -> None:
         except tt.ConfigError as error:
             if rank == 0:
                 (out / "pruning_refused.txt").write_text(str(error))
+    else:
+        raise ValueError(f"unknown command {argv[0]!r}")
+
+
+def run_batch(commands: list[str]) -> None:
+    """Each command as ``run_command`` takes it, in one string (shlex quoting); a failure is printed
+    with its command and the next command runs, so each test sees its own command's failure."""
+    import shlex
+    import traceback
+
+    for command in commands:
+        try:
+            run_command(shlex.split(command))
+        except Exception:
+            print(f"batch command failed: {command}\n{traceback.format_exc()}", file=sys.stderr)
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "batch":
+        run_batch(argv[1:])
+    else:
+        run_command(argv)
     leave()
 
 

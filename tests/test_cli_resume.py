@@ -20,6 +20,9 @@ from test_cli import SRC
 from trimtune import cli
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "reviews.csv"
+# The tests share one 1-process run (one_process_run): under `pytest -n 2 --dist loadgroup` the group runs
+# on one worker, so that run happens once.
+pytestmark = pytest.mark.xdist_group("cli_resume")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +50,14 @@ def recipe(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, recipe) -> Path:
+    """The recipe's run in this process, uninterrupted: what a resumed run and 2 processes must end as."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert cli.main(["tune", str(recipe), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
 def adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
@@ -57,9 +68,8 @@ def assert_same(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0)
 
 
-def test_resume_ends_like_an_uninterrupted_run(tmp_path, recipe, capsys):
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert cli.main(["tune", str(recipe), "--out", str(full), "--quiet"]) == 0
+def test_resume_ends_like_an_uninterrupted_run(tmp_path, recipe, one_process_run, capsys):
+    full, cut = one_process_run, tmp_path / "cut"
     rows = list(csv.DictReader((full / "metrics.csv").open()))
     assert {r["name"] for r in rows if r["split"] == "train"} >= {"loss", "lr"} and max(int(r["step"]) for r in rows) == 4
     steps = sorted(p.name for p in (full / "checkpoints").iterdir() if p.name.startswith("step-"))
@@ -92,9 +102,8 @@ LAUNCHERS = {
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_two_processes_end_like_one(tmp_path, recipe, launcher):
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli.main(["tune", str(recipe), "--out", str(one), "--quiet"]) == 0
+def test_two_processes_end_like_one(tmp_path, recipe, one_process_run, launcher):
+    one, two = one_process_run, tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "HF_HOME": str(tmp_path / "hf")}  # no user accelerate config file can change the launch
     command = LAUNCHERS[launcher] + ["-m", "trimtune", "tune", str(recipe), "--out", str(two), "--quiet"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,16 @@ from _fsdp_worker import PER_RANK_BATCH, build_base, build_model, expected_fill,
 from trimtune.training.fsdp import block_modules, embedding_units
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "tests" / "_fsdp_worker.py")
 ADAPTER_FILE = "adapter_model.safetensors"
+OTHER_METHODS = [
+    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("lora", "llama+units"), ("adalora", "llama+units"), ("qlora-512", "llama+units"), ("lora", "llama+meta"),
+    ("bottleneck", "bert"), ("prompt", "gpt2"), ("p-tuning", "llama"), ("dora", "llama"), ("vera", "llama"),
+]
+TRAINED = [("lora", "llama"), *OTHER_METHODS, ("qlora", "llama"), ("adalora", "llama"), ("diff", "bert")]
+# Every test of this file shares the one 2-process launch below: under `pytest -n 2 --dist loadgroup`
+# the group runs on one worker, so the launch happens once.
+pytestmark = pytest.mark.xdist_group("fsdp")
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 300, ok: bool = True) -> subprocess.CompletedProcess:
@@ -32,12 +43,45 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 300, ok: bool = True) ->
     return finished
 
 
-def two_vs_one(method: str, arch: str, tmp_path: Path):
+@dataclass
+class Batch:
+    """Outputs of several worker commands run in one torchrun launch (``_fsdp_worker.py batch``)."""
+
+    root: Path
+    stderr: str
+
+    def output(self, name: str) -> Path:
+        """The directory a command wrote, after checking that the command did not fail."""
+        path = self.root / name
+        failed = [line for line in self.stderr.splitlines() if line.startswith("batch command failed:") and str(path) in line.split()]
+        assert not failed and path.is_dir(), f"2-process run {name} failed:\n{self.stderr[-4000:]}"
+        return path
+
+
+def batch(root: Path, commands: list[list[str]], nproc: int = 2, ok: bool = True) -> Batch:
+    """Run the worker's ``commands`` (each writing under ``root``) in one launch: starting the ranks costs
+    far more than each tiny run."""
+    finished = torchrun(WORKER, "batch", *(shlex.join(c) for c in commands), nproc=nproc, timeout=900, ok=ok)
+    return Batch(root, finished.stderr)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> Batch:
+    """Every 2-process run of this file that is not killed: the checkpointed reference, each method's
+    training (TRAINED) and the shard-filling save, in one torchrun."""
+    root = tmp_path_factory.mktemp("fsdp")
+    commands = [["ckpt", str(root / "ckpt" / "ckpt"), str(root / "ckpt")]]
+    commands += [["train", method, arch, str(root / f"{method}-{arch}")] for method, arch in TRAINED]
+    commands.append(["fill", "llama", str(root / "fill")])
+    return batch(root, commands)
+
+
+def two_vs_one(method: str, arch: str, tmp_path: Path, runs: Batch):
     """(2-process losses, 1-process losses, 2-process adapter dir, 1-process adapter dir, 1-process model)."""
-    torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "train", method, arch, str(tmp_path / "two"))
+    two_dir = runs.output(f"{method}-{arch}")
     model, single = train_run(method, arch, tmp_path / "one", 2 * PER_RANK_BATCH)  # same global batch
-    two = json.loads((tmp_path / "two" / "losses.json").read_text())
-    return two, single, tmp_path / "two" / "adapter", tmp_path / "one" / "adapter", model
+    two = json.loads((two_dir / "losses.json").read_text())
+    return two, single, two_dir / "adapter", tmp_path / "one" / "adapter", model
 
 
 def assert_same_files(sharded: Path, single: Path, name: str = ADAPTER_FILE) -> None:
@@ -47,10 +91,10 @@ def assert_same_files(sharded: Path, single: Path, name: str = ADAPTER_FILE) -> 
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
 
 
-def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_path):
+def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_path, two_process_runs):
     from peft import PeftModel
 
-    two, one, sharded, single, model = two_vs_one("lora", "llama", tmp_path)
+    two, one, sharded, single, model = two_vs_one("lora", "llama", tmp_path, two_process_runs)
     assert len(two) == len(one) == 4
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
     assert_same_files(sharded, single)
@@ -65,27 +109,24 @@ def test_lora_on_llama_two_processes_equal_one_and_the_file_loads_in_peft(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, arch", [
-    ("ia3", "gpt2"), ("prefix", "llama"), ("lora", "bert"), ("lora", "llama+gc"), ("lora", "llama+units"), ("adalora", "llama+units"), ("qlora-512", "llama+units"), ("lora", "llama+meta"),
-    ("bottleneck", "bert"), ("prompt", "gpt2"), ("p-tuning", "llama"), ("dora", "llama"), ("vera", "llama"),
-])
-def test_other_methods_two_processes_equal_one(tmp_path, method, arch):
-    two, one, sharded, single, _ = two_vs_one(method, arch, tmp_path)
+@pytest.mark.parametrize("method, arch", OTHER_METHODS)
+def test_other_methods_two_processes_equal_one(tmp_path, method, arch, two_process_runs):
+    two, one, sharded, single, _ = two_vs_one(method, arch, tmp_path, two_process_runs)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
     assert_same_files(sharded, single)
 
 
 @pytest.mark.slow
-def test_qlora_shards_its_4bit_base_and_two_processes_equal_one(tmp_path):
+def test_qlora_shards_its_4bit_base_and_two_processes_equal_one(tmp_path, two_process_runs):
     """The packed codes and block scales of the 4-bit base are split between the ranks (each holds
     half, padding aside; no whole Params4bit left), training equals 1 process, and the adapter loads
     on a 1-process 4-bit base (same fingerprint) with the 1-process model's logits."""
     from _fsdp_worker import build_base
 
-    two, one, sharded, single, model = two_vs_one("qlora", "llama", tmp_path)
+    two, one, sharded, single, model = two_vs_one("qlora", "llama", tmp_path, two_process_runs)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
     assert_same_files(sharded, single)
-    records = [json.loads((tmp_path / "two" / f"four_bit_rank{r}.json").read_text()) for r in range(2)]
+    records = [json.loads((sharded.parent / f"four_bit_rank{r}.json").read_text()) for r in range(2)]
     assert records[0]["tensors"].keys() == records[1]["tensors"].keys()
     assert len(records[0]["tensors"]) == 2 * 14  # codes and scales of 7 projections x 2 blocks
     total = sum(whole for _, whole in records[0]["tensors"].values())
@@ -105,8 +146,8 @@ def test_qlora_shards_its_4bit_base_and_two_processes_equal_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_adalora_ranks_agree_on_the_rank_pattern_of_one_process(tmp_path):
-    two, one, sharded, single, _ = two_vs_one("adalora", "llama", tmp_path)
+def test_adalora_ranks_agree_on_the_rank_pattern_of_one_process(tmp_path, two_process_runs):
+    two, one, sharded, single, _ = two_vs_one("adalora", "llama", tmp_path, two_process_runs)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
     patterns = [json.loads((d / "adapter_config.json").read_text())["rank_pattern"] for d in (sharded, single)]
     assert patterns[0] == patterns[1] and patterns[0]
@@ -115,8 +156,8 @@ def test_adalora_ranks_agree_on_the_rank_pattern_of_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_diff_pruning_keeps_the_entries_of_one_process_and_fine_tunes_them_alike(tmp_path):
-    two, one, sharded, single, _ = two_vs_one("diff", "bert", tmp_path)
+def test_diff_pruning_keeps_the_entries_of_one_process_and_fine_tunes_them_alike(tmp_path, two_process_runs):
+    two, one, sharded, single, _ = two_vs_one("diff", "bert", tmp_path, two_process_runs)
     assert len(two) == len(one) == 6  # 4 dense steps with the L1 penalty, 2 on the kept entries
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), atol=1e-5, rtol=0)
     configs = [json.loads((d / "diff_config.json").read_text()) for d in (sharded, single)]
@@ -130,23 +171,23 @@ def test_diff_pruning_keeps_the_entries_of_one_process_and_fine_tunes_them_alike
             torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
 
 
-def test_saved_adapter_holds_every_ranks_shard(tmp_path):
+def test_saved_adapter_holds_every_ranks_shard(two_process_runs):
     """accelerate #4206: a save that writes only rank 0's slice (or rank 0's slice everywhere) fails here."""
-    torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "fill", "llama", str(tmp_path))
+    filled = two_process_runs.output("fill")
     fresh = build_model("lora", "llama")
     with torch.no_grad():
         for param in fresh.parameters():
             if param.requires_grad:
                 param.zero_()
     tt.delete_adapter(fresh, "default")
-    tt.load_adapter(fresh, tmp_path / "adapter")
+    tt.load_adapter(fresh, filled / "adapter")
     trainable = [(n, p) for n, p in fresh.named_parameters() if p.requires_grad]
     assert trainable
     for name, param in trainable:
         torch.testing.assert_close(param.detach(), expected_fill(param.shape, 2), atol=0, rtol=0, msg=name)
         assert (param < 2000).any() and (param >= 2000).any(), name  # both ranks' values arrived
-    assert "weight_mask" in (tmp_path / "refused.txt").read_text()  # ranks with different masks were refused
-    refusal = (tmp_path / "pruning_refused.txt").read_text()
+    assert "weight_mask" in (filled / "refused.txt").read_text()  # ranks with different masks were refused
+    refusal = (filled / "pruning_refused.txt").read_text()
     assert "prune.schedule" in refusal and "prune before sharding" in refusal
 
 
@@ -172,11 +213,13 @@ def test_shard_model_without_process_group_is_refused():
 
 
 
-def checkpointed(ckpt: Path, out: Path, *flags: str, nproc: int = 2, ok: bool = True) -> tuple[list[float], dict]:
-    torchrun(str(ROOT / "tests" / "_fsdp_worker.py"), "ckpt", str(ckpt), str(out), *flags, nproc=nproc, ok=ok)
-    if not ok:
-        return [], {}
+def checkpointed(out: Path) -> tuple[list[float], dict]:
+    """(losses, adapter tensors) of a ``ckpt`` command that wrote to ``out``."""
     return json.loads((out / "losses.json").read_text()), load_file(out / "adapter" / ADAPTER_FILE)
+
+
+def ckpt(run: Path, *flags: str) -> list[str]:
+    return ["ckpt", str(run / "ckpt"), str(run), *flags]
 
 
 def assert_same_run(run, reference, atol: float) -> None:
@@ -188,24 +231,28 @@ def assert_same_run(run, reference, atol: float) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_of_one_rank_then_resume_and_resume_on_other_world_sizes(tmp_path):
+def test_kill_9_of_one_rank_then_resume_and_resume_on_other_world_sizes(tmp_path, two_process_runs):
     """Sharded (DCP) checkpoints every 2 of 6 steps. kill -9 of rank 1 after step 5, resume on 2
     processes: exactly the uninterrupted run. The same checkpoint resumed by 1 process, and a
     1-process checkpoint resumed by 2, end within 1e-5 of it."""
-    reference = checkpointed(tmp_path / "a" / "ckpt", tmp_path / "a")
+    uninterrupted = two_process_runs.output("ckpt")
+    reference = checkpointed(uninterrupted)
     assert len(reference[0]) == 6
-    assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["step-00000004", "step-00000006"]
-    assert len(list((tmp_path / "a" / "ckpt" / "step-00000004" / "sharded").glob("*.safetensors"))) == 2  # one per rank
+    assert sorted(p.name for p in (uninterrupted / "ckpt").iterdir()) == ["step-00000004", "step-00000006"]
+    assert len(list((uninterrupted / "ckpt" / "step-00000004" / "sharded").glob("*.safetensors"))) == 2  # one per rank
 
-    checkpointed(tmp_path / "b" / "ckpt", tmp_path / "b", "kill=5", ok=False)
-    assert tt.latest_checkpoint(tmp_path / "b" / "ckpt").name == "step-00000004"
-    shutil.copytree(tmp_path / "b" / "ckpt", tmp_path / "c" / "ckpt")
-    assert_same_run(checkpointed(tmp_path / "b" / "ckpt", tmp_path / "b", "resume"), reference, atol=0)
-    assert_same_run(checkpointed(tmp_path / "c" / "ckpt", tmp_path / "c", "resume", nproc=1), reference, atol=1e-5)  # 2 -> 1
+    b, c, d = tmp_path / "b", tmp_path / "c", tmp_path / "d"
+    torchrun(WORKER, *ckpt(b, "kill=5"), ok=False)
+    assert tt.latest_checkpoint(b / "ckpt").name == "step-00000004"
+    shutil.copytree(b / "ckpt", c / "ckpt")
+    # One process: resume b's copy (2 -> 1), then start d and get killed after step 5 (so the launch fails).
+    one = batch(tmp_path, [ckpt(c, "resume"), ckpt(d, "kill=5")], nproc=1, ok=False)
+    assert_same_run(checkpointed(one.output("c")), reference, atol=1e-5)  # 2 -> 1
+    assert tt.latest_checkpoint(d / "ckpt").name == "step-00000004"
 
-    checkpointed(tmp_path / "d" / "ckpt", tmp_path / "d", "kill=5", nproc=1, ok=False)
-    assert tt.latest_checkpoint(tmp_path / "d" / "ckpt").name == "step-00000004"
-    assert_same_run(checkpointed(tmp_path / "d" / "ckpt", tmp_path / "d", "resume"), reference, atol=1e-5)  # 1 -> 2
+    two = batch(tmp_path, [ckpt(b, "resume"), ckpt(d, "resume")])
+    assert_same_run(checkpointed(two.output("b")), reference, atol=0)
+    assert_same_run(checkpointed(two.output("d")), reference, atol=1e-5)  # 1 -> 2
 
 
 @pytest.mark.parametrize(("quant_type", "double_quant"), [("nf4", True), ("fp4", False)])

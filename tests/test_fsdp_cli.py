@@ -17,6 +17,9 @@ from test_cli import SRC
 from test_cli_resume import LAUNCHERS, adapter, assert_same, recipe  # noqa: F401  (recipe is a fixture)
 
 FSDP = ["--set", "distributed.strategy=fsdp"]
+# The two 2-process tests share one torchrun run (by_torchrun): under `pytest -n 2 --dist loadgroup` the
+# group runs on one worker, so that run happens once.
+pytestmark = pytest.mark.xdist_group("fsdp_cli")
 
 
 def torchrun_tune(recipe_path, out, *extra, nproc=2, launcher=None):
@@ -33,11 +36,18 @@ def torchrun_tune(recipe_path, out, *extra, nproc=2, launcher=None):
     return result
 
 
+@pytest.fixture(scope="module")
+def by_torchrun(tmp_path_factory, recipe):  # noqa: F811
+    """The recipe's run on 2 processes started by torchrun: both tests compare with it."""
+    out = tmp_path_factory.mktemp("fsdp_cli") / "torchrun"
+    torchrun_tune(recipe, out)
+    return out
+
+
 @pytest.mark.slow
-def test_fsdp_recipe_on_two_processes_ends_like_one_and_resumes_on_one(tmp_path, recipe):  # noqa: F811
-    one, two, cut = tmp_path / "one", tmp_path / "two", tmp_path / "cut"
+def test_fsdp_recipe_on_two_processes_ends_like_one_and_resumes_on_one(tmp_path, recipe, by_torchrun):  # noqa: F811
+    one, two, cut = tmp_path / "one", by_torchrun, tmp_path / "cut"
     assert cli.main(["tune", str(recipe), "--out", str(one), "--quiet", *FSDP]) == 0
-    torchrun_tune(recipe, two)
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     assert_same(adapter(two), adapter(one), atol=1e-5)
     steps = sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.startswith("step-"))
@@ -52,12 +62,11 @@ def test_fsdp_recipe_on_two_processes_ends_like_one_and_resumes_on_one(tmp_path,
 
 
 @pytest.mark.slow
-def test_fsdp_recipe_launched_by_accelerate_ends_like_torchrun(tmp_path, recipe):  # noqa: F811
+def test_fsdp_recipe_launched_by_accelerate_ends_like_torchrun(tmp_path, recipe, by_torchrun):  # noqa: F811
     """accelerate launch (its torch.distributed launcher, gloo without GPUs) starts the processes and
     nothing more: trimtune shards (the checkpoints are DCP shards, one file per rank) and the adapter
     is the one torchrun's run writes."""
-    by_torchrun, by_accelerate = tmp_path / "torchrun", tmp_path / "accelerate"
-    torchrun_tune(recipe, by_torchrun)
+    by_accelerate = tmp_path / "accelerate"
     torchrun_tune(recipe, by_accelerate, launcher="accelerate")
     assert json.loads((by_accelerate / "summary.json").read_text())["processes"] == 2
     last = max(p for p in (by_accelerate / "checkpoints").iterdir() if p.name.startswith("step-"))
