@@ -56,6 +56,7 @@ ONESHOT = [  # (label, config): width only, depth only, mixed; the repair and im
     ("width: ffn 0.34", "ffn=0.34"),
     ("width: ffn 0.34, no repair", "ffn=0.34,repair=none"),
     ("width: ffn 0.34, bias repair", "ffn=0.34,repair=bias"),
+    ("width: ffn 0.34, widths a multiple of 64", "ffn=0.34,round_to=64"),
     ("width: heads 1/3 + ffn 0.25", "heads=0.34,ffn=0.25"),
     ("depth: 8 blocks, block influence", "drop_layers=8"),
     ("depth: 8 blocks, angular", "drop_layers=8,depth_metric=angular"),
@@ -83,7 +84,7 @@ def parse_config(text: str):
     fields = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        fields[key] = value if key in ("importance", "depth_metric", "repair", "gqa") else (int(value) if key == "drop_layers" else float(value))
+        fields[key] = value if key in ("importance", "depth_metric", "repair", "gqa") else (int(value) if key in ("drop_layers", "round_to") else float(value))
     return StructuredConfig(**fields)
 
 

@@ -89,6 +89,23 @@ def test_ffn_channels_go_by_flap_fluctuation_on_the_dense_inputs_of_block_0():
     assert report.blocks[0]["ffn_removed"] == expected
 
 
+def test_round_to_keeps_widths_aligned_and_the_best_scored_channels():
+    model = llama()  # FFN 96, hidden 64
+    plain = shrink_llm(twin(model), SAMPLES, StructuredConfig(ffn=0.3, hidden=0.2, importance="fluctuation", repair="none"))
+    rounded = shrink_llm(twin(model), SAMPLES, StructuredConfig(ffn=0.3, hidden=0.2, importance="fluctuation", repair="none", round_to=16))
+    assert (plain.after["intermediate_size"], plain.after["hidden_size"]) == (67, 51)  # 96 - round(28.8), 64 - round(12.8)
+    assert (rounded.after["intermediate_size"], rounded.after["hidden_size"]) == (64, 48)  # the nearest multiples of 16
+    plain, rounded = (shrink_llm(twin(model), SAMPLES, StructuredConfig(ffn=0.3, importance="fluctuation", repair="none", round_to=n))
+                      for n in (1, 16))
+    kept_plain = set(range(96)) - set(plain.blocks[0]["ffn_removed"])
+    kept_rounded = set(range(96)) - set(rounded.blocks[0]["ffn_removed"])
+    assert len(kept_rounded) == 64 and kept_rounded < kept_plain  # the same ranking, cut at the aligned width
+    with pytest.raises(ConfigError, match="round_to 128 is more than the 96 there are"):
+        shrink_llm(twin(model), SAMPLES, StructuredConfig(ffn=0.3, round_to=128))
+    with pytest.raises(ConfigError, match="round_to"):
+        StructuredConfig(ffn=0.3, round_to=0)
+
+
 def test_least_squares_repair_is_the_damped_normal_equations_and_beats_no_repair():
     model = llama()
     x = block_inputs(model, 0, "mlp.down_proj")

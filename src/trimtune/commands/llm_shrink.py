@@ -37,7 +37,7 @@ def add_llm_shrink_arguments(p: argparse.ArgumentParser) -> None:
 
 
 SHRINK_FIELDS = ("heads", "ffn", "hidden", "drop_layers", "importance", "depth_metric", "repair", "gqa", "percdamp",
-                 "calib", "nsamples", "seqlen", "seed", "batch_tokens")  # the flags above, and a recipe's shrink: section
+                 "calib", "nsamples", "seqlen", "seed", "batch_tokens", "round_to")  # the flags above (--round-to: shrink.py's), and a recipe's shrink: section
 
 
 def run_llm_shrink(args) -> int:
@@ -48,7 +48,7 @@ def run_llm_shrink(args) -> int:
 
 def shrink_model_directory(model: Path, out: Path | None, quiet: bool, overwrite: bool, speed: bool, *, heads, ffn, hidden,
                            drop_layers, importance, depth_metric, repair, gqa, percdamp, calib, nsamples, seqlen, seed,
-                           batch_tokens) -> int:
+                           batch_tokens, round_to) -> int:
     """Structured shrinking from the command line or a recipe's ``shrink:`` section: ``tt.shrink_llm_directory``."""
     import trimtune as tt
     from trimtune.outputs import STRUCTURED_REPORT_FILE, write_bytes
@@ -57,7 +57,8 @@ def shrink_model_directory(model: Path, out: Path | None, quiet: bool, overwrite
         raise ValueError("--out is required with --model: the new directory for the shrunk model")
     if overwrite:
         raise ValueError("--overwrite is not taken with --model: the shrunk model goes to a new --out, and nothing is replaced")
-    config = tt.StructuredConfig(heads, ffn, hidden, drop_layers, importance, depth_metric, repair, gqa, percdamp, batch_tokens)
+    config = tt.StructuredConfig(heads, ffn, hidden, drop_layers, importance, depth_metric, repair, gqa, percdamp, batch_tokens,
+                                 round_to)
     made = []  # the calibration, made once the library has checked --out and the plan: --speed prompts with it
 
     def calibration():

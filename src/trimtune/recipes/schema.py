@@ -256,10 +256,11 @@ class ShrinkSection(Section):
     seqlen: int = Field(2048, ge=2)
     seed: int = 0
     batch_tokens: int = Field(2048, ge=1)
+    round_to: int = Field(1, ge=1)
 
     def build(self) -> tt.StructuredConfig:
         return tt.StructuredConfig(self.heads, self.ffn, self.hidden, self.drop_layers, self.importance, self.depth_metric,
-                                self.repair, self.gqa, self.percdamp, self.batch_tokens)
+                                self.repair, self.gqa, self.percdamp, self.batch_tokens, self.round_to)
 
     @model_validator(mode="after")
     def _library_checks(self):

@@ -61,7 +61,7 @@ def shrink_ffn(parts: BlockParts, calls: BlockCalls, config: StructuredConfig) -
     scores = column_scores(config.importance, down_stats, [canonical_weight(parts.down)])
     if config.importance == "wanda":
         scores = scores + sum(row_scores(canonical_weight(up), in_stats) for up in parts.ups)
-    keep = keep_top(scores, removed_count(config.ffn, width, "ffn"))
+    keep = keep_top(scores, removed_count(config.ffn, width, "ffn", config.round_to))
     if config.repair == "bias":
         for up in parts.ups:
             ensure_bias(up)  # the config's mlp_bias gives every FFN projection a bias together

@@ -33,11 +33,18 @@ def per_unit(channel_scores: torch.Tensor, width: int) -> torch.Tensor:
     return channel_scores.view(-1, width).sum(1)
 
 
-def removed_count(ratio: float, units: int, what: str) -> int:
-    """round(ratio · units), never all of them (checked against the config before any work)."""
+def removed_count(ratio: float, units: int, what: str, round_to: int = 1) -> int:
+    """round(ratio · units), never all of them (checked against the config before any work); with
+    ``round_to`` the kept count is the nearest multiple of it that is at most ``units``."""
     count = int(round(ratio * units))
     if count >= units:
         raise ConfigError(f"{what}: removing {ratio:g} of {units} would leave none; choose a smaller ratio")
+    if round_to > 1 and count:
+        keep = round((units - count) / round_to) * round_to
+        keep = keep if 0 < keep <= units else (units // round_to) * round_to
+        if keep == 0:
+            raise ConfigError(f"{what}: round_to {round_to} is more than the {units} there are; choose a smaller round_to")
+        count = units - keep
     return count
 
 

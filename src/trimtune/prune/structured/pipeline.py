@@ -113,7 +113,7 @@ def choose_model_wide(model, calibration, config, layout, source, progress) -> t
     scores, depth = dense_pass(model, calibration, config, layout, source, f"{progress} (dense pass)" if progress else None)
     hidden_keep = None
     if config.hidden:
-        hidden_keep = torch.as_tensor(keep_top(scores, removed_count(config.hidden, len(scores), "hidden")), dtype=torch.long)
+        hidden_keep = torch.as_tensor(keep_top(scores, removed_count(config.hidden, len(scores), "hidden", config.round_to)), dtype=torch.long)
     dropped = depth.choose(config.depth_metric, config.drop_layers)
     return hidden_keep, dropped, {"block_influence": depth.influence}
 

@@ -38,9 +38,10 @@ def check_plan(model_config, config: StructuredConfig) -> None:
         else:
             removed_count(config.heads, q // kv, "heads (query heads per KV group)")
     if config.ffn:
-        removed_count(config.ffn, getattr(model_config, "intermediate_size", None) or model_config.n_inner or 4 * model_config.n_embd, "ffn")
+        removed_count(config.ffn, getattr(model_config, "intermediate_size", None) or model_config.n_inner or 4 * model_config.n_embd, "ffn",
+                      config.round_to)
     if config.hidden:
-        removed_count(config.hidden, model_config.hidden_size, "hidden")
+        removed_count(config.hidden, model_config.hidden_size, "hidden", config.round_to)
 
 
 def shrunk_config(model_config, widths: dict, kept_blocks: list[int], config: StructuredConfig):
